@@ -1,0 +1,313 @@
+/* cmd-bench: `itt bench engine`, prefill and decode speed of the in-process
+ * engine beside the rooflines measured in the same run: streaming read
+ * bandwidth for decode (weights must stream once per token) and OpenBLAS
+ * sgemm throughput at the prefill shape. */
+#include <cblas.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+#if defined(__AVX2__)
+#include <immintrin.h>
+#endif
+
+#include "cli.h"
+#include "engine.h"
+
+static const char bench_help[] =
+	"usage: itt bench engine --local MODEL.gguf [--threads T] [--prompt-tokens N]\n"
+	"                        [--gen-tokens N] [--reps R] [--json]\n"
+	"Measures prefill and decode tokens/s and, in the same run, the rooflines they are\n"
+	"compared with: streaming read bandwidth (decode: weight bytes per token / bandwidth)\n"
+	"and OpenBLAS sgemm GFLOP/s at the prefill shape. Figures are medians of R runs.\n";
+
+static int cmp_double(const void *a, const void *b)
+{
+	double x = *(const double *)a, y = *(const double *)b;
+	return (x > y) - (x < y);
+}
+
+static double median(double *v, int n)
+{
+	qsort(v, (size_t)n, sizeof *v, cmp_double);
+	return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
+}
+
+struct bw_job {
+	const float *buf;
+	size_t n;
+	double sums[256];
+};
+
+static void bw_worker(void *arg, int ith, int nth)
+{
+	struct bw_job *j = arg;
+	size_t lo, hi;
+	threadpool_split(j->n, 64, ith, nth, &lo, &hi);
+	const float *p = j->buf;
+	double total = 0;
+#if defined(__AVX2__)
+	__m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+	size_t i = lo;
+	for (; i + 32 <= hi; i += 32) {
+		a0 = _mm256_add_ps(a0, _mm256_loadu_ps(p + i));
+		a1 = _mm256_add_ps(a1, _mm256_loadu_ps(p + i + 8));
+		a2 = _mm256_add_ps(a2, _mm256_loadu_ps(p + i + 16));
+		a3 = _mm256_add_ps(a3, _mm256_loadu_ps(p + i + 24));
+	}
+	float t[8];
+	_mm256_storeu_ps(t, _mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3)));
+	for (int k = 0; k < 8; k++)
+		total += t[k];
+	for (; i < hi; i++)
+		total += p[i];
+#else
+	float acc[16] = {0};
+	size_t i = lo;
+	for (; i + 16 <= hi; i += 16)
+		for (int k = 0; k < 16; k++)
+			acc[k] += p[i + k];
+	for (int k = 0; k < 16; k++)
+		total += acc[k];
+	for (; i < hi; i++)
+		total += p[i];
+#endif
+	j->sums[ith % 256] = total;
+}
+
+/* Read bandwidth in GB/s over a buffer much larger than the caches. */
+static double measure_bandwidth(threadpool_t *pool, int reps)
+{
+	size_t n = (size_t)256 << 20; /* 1 GiB of floats */
+	float *buf = malloc(n * sizeof(float));
+	if (!buf)
+		return NAN;
+	for (size_t i = 0; i < n; i++)
+		buf[i] = (float)(i & 1023);
+	struct bw_job j = {buf, n, {0}};
+	double t[32];
+	threadpool_run(pool, bw_worker, &j); /* warm */
+	for (int r = 0; r < reps; r++) {
+		double t0 = cli_now_ms();
+		threadpool_run(pool, bw_worker, &j);
+		t[r] = cli_now_ms() - t0;
+	}
+	free(buf);
+	return (double)n * sizeof(float) / (median(t, reps) / 1e3) / 1e9;
+}
+
+/* sgemm GFLOP/s for C[M][N] = A[M][K] B[N][K]^T, the prefill shape, with
+ * OpenBLAS's own threading over `threads` threads (the engine runs OpenBLAS
+ * single-threaded inside its pool; the roofline is what OpenBLAS can do). */
+static double measure_sgemm(int M, int N, int K, int threads, int reps)
+{
+	float *A = malloc((size_t)M * K * sizeof(float));
+	float *B = malloc((size_t)N * K * sizeof(float));
+	float *C = malloc((size_t)M * N * sizeof(float));
+	if (!A || !B || !C) {
+		free(A);
+		free(B);
+		free(C);
+		return NAN;
+	}
+	for (size_t i = 0; i < (size_t)M * K; i++)
+		A[i] = (float)((i * 7) % 13) * 0.01f;
+	for (size_t i = 0; i < (size_t)N * K; i++)
+		B[i] = (float)((i * 5) % 11) * 0.01f;
+	double t[32];
+	openblas_set_num_threads(threads);
+	cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, M, N, K, 1, A, K, B, K, 0, C, N);
+	for (int r = 0; r < reps; r++) {
+		double t0 = cli_now_ms();
+		cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, M, N, K, 1, A, K, B, K, 0, C,
+			    N);
+		t[r] = cli_now_ms() - t0;
+	}
+	openblas_set_num_threads(1);
+	free(A);
+	free(B);
+	free(C);
+	return 2.0 * M * N * K / (median(t, reps) / 1e3) / 1e9;
+}
+
+static void cpu_name(char *buf, size_t cap)
+{
+	FILE *f = fopen("/proc/cpuinfo", "r");
+	char line[512];
+	snprintf(buf, cap, "unknown");
+	while (f && fgets(line, sizeof line, f)) {
+		if (!strncmp(line, "model name", 10)) {
+			char *c = strchr(line, ':');
+			if (c) {
+				c += 2;
+				c[strcspn(c, "\n")] = 0;
+				snprintf(buf, cap, "%s", c);
+			}
+			break;
+		}
+	}
+	if (f)
+		fclose(f);
+}
+
+static int bench_engine(int argc, char **argv)
+{
+	const char *model = NULL;
+	long threads = 1, n_prompt = 128, n_gen = 64, reps = 5;
+	bool json = false;
+	for (int i = 0; i < argc; i++) {
+		const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
+		bool ok = true;
+		if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
+			fputs(bench_help, stdout);
+			return 0;
+		} else if (!strcmp(a, "--local") && v)
+			model = argv[++i];
+		else if (!strcmp(a, "--threads") && v)
+			ok = cli_parse_long(argv[++i], 1, 256, &threads);
+		else if (!strcmp(a, "--prompt-tokens") && v)
+			ok = cli_parse_long(argv[++i], 1, 65536, &n_prompt);
+		else if (!strcmp(a, "--gen-tokens") && v)
+			ok = cli_parse_long(argv[++i], 1, 65536, &n_gen);
+		else if (!strcmp(a, "--reps") && v)
+			ok = cli_parse_long(argv[++i], 1, 31, &reps);
+		else if (!strcmp(a, "--json"))
+			json = true;
+		else
+			ok = false;
+		if (!ok) {
+			fprintf(stderr, "itt bench engine: bad argument %s\n", a);
+			fputs(bench_help, stderr);
+			return 2;
+		}
+	}
+	if (!model) {
+		fputs(bench_help, stderr);
+		return 2;
+	}
+
+	struct engine_config c;
+	struct itt_err err = {0};
+	struct engine *e;
+	engine_config_default(&c);
+	c.path = model;
+	c.n_threads = (int)threads;
+	c.max_rows = (uint32_t)n_prompt;
+	c.kv_bytes = (size_t)1 << 30;
+	if (engine_open(&c, &e, &err) < 0) {
+		fprintf(stderr, "itt bench engine: %s: %s\n", itt_strerror(err.code), err.msg);
+		return 1;
+	}
+	const struct model *m = e->model;
+	const struct model_hparams *hp = &m->hp;
+	if (!model_is_first(m) || !model_is_last(m) || (uint64_t)n_prompt + n_gen > hp->ctx_len) {
+		fprintf(stderr, "itt bench engine: prompt + gen tokens exceed the context of %u\n",
+			hp->ctx_len);
+		engine_close(&e);
+		return 2;
+	}
+	uint32_t V = hp->vocab;
+	int32_t *toks = malloc((size_t)(n_prompt + n_gen) * sizeof *toks);
+	float *logits = malloc((size_t)V * sizeof *logits);
+	double *tp = malloc((size_t)reps * sizeof *tp), *td = malloc((size_t)reps * sizeof *td);
+	for (long i = 0; i < n_prompt; i++)
+		toks[i] = (int32_t)(3 + (i * 2654435761u) % (V - 3));
+
+	for (long r = 0; r < reps; r++) {
+		struct kv_seq seq;
+		kv_seq_init(&seq);
+		double t0 = cli_now_ms();
+		if (engine_prefill(e, &seq, toks, (uint32_t)n_prompt, NULL, logits, &err) < 0) {
+			fprintf(stderr, "itt bench engine: %s\n", err.msg);
+			return 1;
+		}
+		double t1 = cli_now_ms();
+		for (long g = 0; g < n_gen; g++) {
+			int32_t best = 0;
+			for (uint32_t j = 1; j < V; j++)
+				if (logits[j] > logits[best])
+					best = (int32_t)j;
+			uint32_t pos = (uint32_t)(n_prompt + g);
+			struct kv_seq *sp = &seq;
+			struct forward_batch b = {1, &best, NULL, &pos, &sp, NULL};
+			if (forward_run(&e->fwd, &b, logits, &err) < 0) {
+				fprintf(stderr, "itt bench engine: %s\n", err.msg);
+				return 1;
+			}
+		}
+		double t2 = cli_now_ms();
+		tp[r] = t1 - t0;
+		td[r] = t2 - t1;
+		kv_seq_free(&e->kv, &seq);
+	}
+	double prefill_ms = median(tp, (int)reps), decode_ms = median(td, (int)reps);
+	double prefill_tps = n_prompt / (prefill_ms / 1e3), decode_tps = n_gen / (decode_ms / 1e3);
+
+	double bw = measure_bandwidth(e->pool, (int)(reps < 3 ? 3 : reps));
+	uint32_t wide = hp->ffn_dim > hp->dim ? hp->ffn_dim : hp->dim;
+	double sgemm = measure_sgemm((int)n_prompt, (int)wide, (int)hp->dim, (int)threads, (int)reps);
+
+	/* Decode roofline: every weight of the range streams once per token,
+	 * plus the KV cache read at the mean position. */
+	double mean_pos = n_prompt + n_gen / 2.0;
+	double kv_bytes = 2.0 * hp->n_layers * mean_pos * hp->n_kv_heads * hp->head_dim * 4;
+	double bytes_tok = (double)m->weight_bytes + kv_bytes;
+	double roof_tps = bw * 1e9 / bytes_tok;
+	/* Prefill work: 2 flops per layer weight per token, attention, and the
+	 * head on the last token only. */
+	uint64_t layer_params = 0;
+	for (uint32_t l = 0; l < hp->n_layers; l++) {
+		const struct model_layer *L = &m->layers[l];
+		layer_params += (uint64_t)L->wq.rows * L->wq.cols + (uint64_t)L->wk.rows * L->wk.cols +
+				(uint64_t)L->wv.rows * L->wv.cols + (uint64_t)L->wo.rows * L->wo.cols +
+				(uint64_t)L->w1.rows * L->w1.cols + (uint64_t)L->w2.rows * L->w2.cols +
+				(uint64_t)L->w3.rows * L->w3.cols;
+	}
+	double attn_flops = 4.0 * hp->n_layers * hp->n_heads * hp->head_dim * (n_prompt / 2.0);
+	double prefill_gflops = (2.0 * layer_params + attn_flops) * prefill_tps / 1e9;
+
+	char cpu[128];
+	cpu_name(cpu, sizeof cpu);
+	const char *tname = ggml_type_name(m->layers[0].wq.type);
+	if (json) {
+		printf("{\"machine\":{\"cpu\":\"%s\",\"cores\":%ld},\"model\":\"%s\",\"type\":\"%s\","
+		       "\"params\":%llu,\"weight_bytes\":%llu,\"threads\":%ld,\"prompt_tokens\":%ld,"
+		       "\"gen_tokens\":%ld,\"prefill_tok_s\":%.2f,\"decode_tok_s\":%.2f,"
+		       "\"bandwidth_gb_s\":%.2f,\"decode_roofline_tok_s\":%.2f,"
+		       "\"decode_fraction\":%.3f,\"sgemm_gflops\":%.2f,\"prefill_gflops\":%.2f,"
+		       "\"prefill_fraction\":%.3f}\n",
+		       cpu, sysconf(_SC_NPROCESSORS_ONLN), model, tname,
+		       (unsigned long long)(layer_params + 2ull * V * hp->dim),
+		       (unsigned long long)m->weight_bytes, threads, n_prompt, n_gen, prefill_tps,
+		       decode_tps, bw, roof_tps, decode_tps / roof_tps, sgemm, prefill_gflops,
+		       prefill_gflops / sgemm);
+	} else {
+		printf("machine   %s, %ld cores; OpenBLAS %s\n", cpu, sysconf(_SC_NPROCESSORS_ONLN),
+		       openblas_get_config());
+		printf("model     %s (%s weights, dim %u, %u layers, ffn %u, vocab %u, %.1f MB read "
+		       "per token)\n",
+		       model, tname, hp->dim, hp->n_layers, hp->ffn_dim, V, m->weight_bytes / 1e6);
+		printf("threads   %ld; medians of %ld runs\n\n", threads, reps);
+		printf("%-8s %8s %12s %22s %9s\n", "phase", "tokens", "tok/s", "roofline", "fraction");
+		printf("%-8s %8ld %12.1f %13.1f GFLOP/s %9s\n", "prefill", n_prompt, prefill_tps,
+		       prefill_gflops, "");
+		printf("%-8s %8s %12s %13.1f GFLOP/s %8.1f%%  (sgemm %ldx%ux%u)\n", "", "", "", sgemm,
+		       100 * prefill_gflops / sgemm, n_prompt, wide, hp->dim);
+		printf("%-8s %8ld %12.1f %13.1f tok/s   %8.1f%%  (read bandwidth %.2f GB/s)\n",
+		       "decode", n_gen, decode_tps, roof_tps, 100 * decode_tps / roof_tps, bw);
+	}
+	free(toks);
+	free(logits);
+	free(tp);
+	free(td);
+	engine_close(&e);
+	return 0;
+}
+
+int cmd_bench(int argc, char **argv)
+{
+	if (argc >= 1 && !strcmp(argv[0], "engine"))
+		return bench_engine(argc - 1, argv + 1);
+	fputs(bench_help, argc >= 1 && !strcmp(argv[0], "--help") ? stdout : stderr);
+	return argc >= 1 && !strcmp(argv[0], "--help") ? 0 : 2;
+}

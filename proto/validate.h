@@ -1,0 +1,43 @@
+/* validate: field-by-field checks of protocol bodies against the limits of
+ * PROTOCOL.md, shared by the broker (SUBMIT) and the worker (OPEN).  Every
+ * failure returns an itt code (ITT__CODE__INVALID_ARGUMENT) and a reason
+ * naming the field and the offending value. */
+#ifndef ITT_VALIDATE_H
+#define ITT_VALIDATE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "itt.pb-c.h"
+#include "sampler.h"
+
+struct wire_limits {
+	uint32_t max_id_len;          /* request_id, client_id: 64 */
+	uint32_t max_name_len;        /* model, tenant, api_key: 128 */
+	uint32_t max_prompt_bytes;    /* 262144 */
+	uint32_t max_prompt_tokens;   /* 65536 */
+	int32_t max_tokens_limit;     /* 65536 */
+	int32_t max_tokens_default;   /* 128 */
+	uint32_t max_stops;           /* 8 */
+	uint32_t max_stop_len;        /* 64 */
+	uint32_t max_bias;            /* 1024 */
+	uint32_t deadline_default_ms; /* 300000 */
+	uint32_t deadline_max_ms;     /* 3600000 */
+};
+
+void wire_limits_default(struct wire_limits *l);
+
+/* Checks a SUBMIT body (ids, names, prompt/prompt_tokens, max_tokens,
+ * stop strings, deadline, sampling).  vocab 0 skips token range checks
+ * (the worker repeats them). */
+int validate_generate(const Itt__GenerateRequest *r, const struct wire_limits *l, uint32_t vocab,
+		      char *reason, size_t cap);
+
+/* Fills out from p (NULL: all defaults) with llama.cpp's defaults for
+ * absent fields, and validates it; the bias entries are copied into
+ * bias_buf (bias_cap entries), which out->bias then points to. */
+int validate_sampling(const Itt__SamplingParams *p, uint32_t vocab, const struct wire_limits *l,
+		      struct sampler_params *out, struct sampler_bias *bias_buf, size_t bias_cap,
+		      char *reason, size_t cap);
+
+#endif

@@ -1,0 +1,225 @@
+/* wire: multipart framing, validation of frames 0-1, and sending. */
+#include "wire.h"
+
+#include <errno.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+const char *wire_cmd_name(int cmd)
+{
+	switch (cmd) {
+	case WIRE_SUBMIT: return "SUBMIT";
+	case WIRE_CHUNK: return "CHUNK";
+	case WIRE_DONE: return "DONE";
+	case WIRE_ERROR: return "ERROR";
+	case WIRE_CANCEL: return "CANCEL";
+	case WIRE_HEARTBEAT: return "HEARTBEAT";
+	case WIRE_STATS: return "STATS";
+	case WIRE_STATS_REPLY: return "STATS_REPLY";
+	case WIRE_HELLO: return "HELLO";
+	case WIRE_WELCOME: return "WELCOME";
+	case WIRE_OPEN: return "OPEN";
+	case WIRE_STEP: return "STEP";
+	case WIRE_RESULT: return "RESULT";
+	case WIRE_CLOSE: return "CLOSE";
+	case WIRE_BYE: return "BYE";
+	}
+	return NULL;
+}
+
+const char *wire_code_name(int code)
+{
+	const ProtobufCEnumValue *v = protobuf_c_enum_descriptor_get_value(&itt__code__descriptor, code);
+	return v ? v->name : "UNKNOWN_CODE";
+}
+
+bool wire_cmd_has_tensor(int cmd)
+{
+	(void)cmd;
+	return false; /* version 1: no command carries a tensor yet */
+}
+
+uint64_t wire_now_ms(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
+}
+
+static bool more(void *sock)
+{
+	int m = 0;
+	size_t len = sizeof m;
+	return zmq_getsockopt(sock, ZMQ_RCVMORE, &m, &len) == 0 && m;
+}
+
+int wire_recv(void *sock, bool router, const int *accepts, struct wire_msg *m, int *code,
+	      char *reason, size_t cap, int flags)
+{
+	zmq_msg_t extra;
+	int total = 0;
+
+	memset(m, 0, offsetof(struct wire_msg, parts));
+	m->cmd = -1;
+	m->n_parts = 0;
+	*code = 0;
+	if (reason && cap)
+		reason[0] = 0;
+
+	/* Identity frame on a ROUTER. */
+	if (router) {
+		zmq_msg_t id;
+		zmq_msg_init(&id);
+		if (zmq_msg_recv(&id, sock, flags) < 0) {
+			int e = errno;
+			zmq_msg_close(&id);
+			errno = e;
+			return e == EAGAIN || e == EINTR ? 0 : -1;
+		}
+		size_t n = zmq_msg_size(&id);
+		m->identity_len = n > WIRE_MAX_IDENTITY ? WIRE_MAX_IDENTITY : n;
+		memcpy(m->identity, zmq_msg_data(&id), m->identity_len);
+		bool has_more = zmq_msg_more(&id);
+		zmq_msg_close(&id);
+		if (!has_more) {
+			*code = ITT__CODE__INVALID_ARGUMENT;
+			snprintf(reason, cap, "expected 3 or 4 frames, got 0");
+			return 1;
+		}
+		flags = 0; /* the rest of a multipart message is already here */
+	}
+	/* Up to 4 frames kept; any further ones drained and counted. */
+	for (;;) {
+		zmq_msg_t *dst = m->n_parts < 4 ? &m->parts[m->n_parts] : &extra;
+		zmq_msg_init(dst);
+		if (zmq_msg_recv(dst, sock, total == 0 ? flags : 0) < 0) {
+			int e = errno;
+			zmq_msg_close(dst);
+			if (total == 0) {
+				errno = e;
+				return e == EAGAIN || e == EINTR ? 0 : -1;
+			}
+			break; /* cannot happen mid-message; treat as truncated */
+		}
+		total++;
+		bool has_more = zmq_msg_more(dst);
+		if (m->n_parts < 4)
+			m->n_parts++;
+		else
+			zmq_msg_close(&extra);
+		if (!has_more)
+			break;
+	}
+	(void)more;
+	if (total < 3 || total > 4) {
+		*code = ITT__CODE__INVALID_ARGUMENT;
+		snprintf(reason, cap, "expected 3 or 4 frames, got %d", total);
+		return 1;
+	}
+	if (zmq_msg_size(&m->parts[0]) != WIRE_SIGNATURE_LEN ||
+	    memcmp(zmq_msg_data(&m->parts[0]), WIRE_SIGNATURE, WIRE_SIGNATURE_LEN) != 0) {
+		char hex[2 * 8 + 4] = "";
+		size_t n = zmq_msg_size(&m->parts[0]);
+		const uint8_t *p = zmq_msg_data(&m->parts[0]);
+		for (size_t i = 0; i < n && i < 8; i++)
+			snprintf(hex + 2 * i, 3, "%02x", p[i]);
+		if (n > 8)
+			strcat(hex, "...");
+		*code = ITT__CODE__VERSION_MISMATCH;
+		snprintf(reason, cap, "signature %s is not ITT version 1 (49545401)",
+			 n ? hex : "(empty)");
+		return 1;
+	}
+	if (zmq_msg_size(&m->parts[1]) != 1) {
+		*code = ITT__CODE__INVALID_ARGUMENT;
+		snprintf(reason, cap, "command frame has %zu bytes; expected 1",
+			 zmq_msg_size(&m->parts[1]));
+		return 1;
+	}
+	int cmd = *(const uint8_t *)zmq_msg_data(&m->parts[1]);
+	bool ok = false;
+	for (const int *a = accepts; a && *a; a++)
+		ok |= *a == cmd;
+	if (!ok) {
+		*code = ITT__CODE__UNIMPLEMENTED;
+		if (wire_cmd_name(cmd))
+			snprintf(reason, cap, "command %s (0x%02x) is not accepted here",
+				 wire_cmd_name(cmd), cmd);
+		else
+			snprintf(reason, cap, "unknown command 0x%02x", cmd);
+		return 1;
+	}
+	m->cmd = cmd;
+	m->body = zmq_msg_data(&m->parts[2]);
+	m->body_len = zmq_msg_size(&m->parts[2]);
+	if (total == 4) {
+		if (!wire_cmd_has_tensor(cmd)) {
+			*code = ITT__CODE__INVALID_ARGUMENT;
+			snprintf(reason, cap, "command %s carries no tensor frame", wire_cmd_name(cmd));
+			return 1;
+		}
+		m->tensor = zmq_msg_data(&m->parts[3]);
+		m->tensor_len = zmq_msg_size(&m->parts[3]);
+	}
+	return 1;
+}
+
+void wire_msg_close(struct wire_msg *m)
+{
+	for (int i = 0; i < m->n_parts; i++)
+		zmq_msg_close(&m->parts[i]);
+	m->n_parts = 0;
+}
+
+int wire_send(void *sock, const void *identity, size_t identity_len, int cmd,
+	      const ProtobufCMessage *body, const void *tensor, size_t tensor_len, int flags)
+{
+	uint8_t c = (uint8_t)cmd;
+	uint8_t stack[1024];
+	uint8_t *buf = stack;
+	size_t len = body ? protobuf_c_message_get_packed_size(body) : 0;
+	int rc = -1;
+
+	if (len > sizeof stack && !(buf = malloc(len))) {
+		errno = ENOMEM;
+		return -1;
+	}
+	if (body)
+		protobuf_c_message_pack(body, buf);
+	int more = ZMQ_SNDMORE | flags;
+	if (identity && zmq_send(sock, identity, identity_len, more) < 0)
+		goto out;
+	if (zmq_send(sock, WIRE_SIGNATURE, WIRE_SIGNATURE_LEN, more) < 0 ||
+	    zmq_send(sock, &c, 1, more) < 0 ||
+	    zmq_send(sock, buf, len, (tensor ? ZMQ_SNDMORE : 0) | flags) < 0)
+		goto out;
+	if (tensor && zmq_send(sock, tensor, tensor_len, flags) < 0)
+		goto out;
+	rc = 0;
+out:
+	if (buf != stack) {
+		int e = errno;
+		free(buf);
+		errno = e;
+	}
+	return rc;
+}
+
+int wire_send_error(void *sock, const void *identity, size_t identity_len,
+		    const char *request_id, uint64_t session_id, int code, const char *fmt, ...)
+{
+	char reason[512];
+	va_list ap;
+	va_start(ap, fmt);
+	vsnprintf(reason, sizeof reason, fmt, ap);
+	va_end(ap);
+	Itt__Error e = ITT__ERROR__INIT;
+	e.request_id = (char *)(request_id ? request_id : "");
+	e.code = (Itt__Code)code;
+	e.reason = reason;
+	e.session_id = session_id;
+	return wire_send(sock, identity, identity_len, WIRE_ERROR, &e.base, NULL, 0, 0);
+}

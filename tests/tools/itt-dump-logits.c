@@ -1,0 +1,127 @@
+/* itt-dump-logits: runs one sequence through the engine and writes the raw
+ * float32 output of every position, for comparison with the NumPy reference.
+ *
+ *   itt-dump-logits MODEL.gguf --tokens 1,2,3 [--layers A:B] [--hidden-in FILE]
+ *                   [--threads T] [--batch N] --out FILE
+ *
+ * Output is [n_tokens][vocab] logits on a last stage and [n_tokens][dim]
+ * residual stream otherwise.  --batch N feeds the tokens N rows at a time
+ * (default: all at once), so batched and one-at-a-time runs can be compared. */
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "engine.h"
+
+static int usage(void)
+{
+	fprintf(stderr, "usage: itt-dump-logits MODEL.gguf --tokens IDS [--layers A:B] "
+			"[--hidden-in FILE] [--threads T] [--batch N] --out FILE\n");
+	return 2;
+}
+
+int main(int argc, char **argv)
+{
+	const char *path = NULL, *out_path = NULL, *hidden_path = NULL, *tok_arg = NULL;
+	unsigned first = 0, last = 0, batch = 0;
+	int threads = 1;
+
+	for (int i = 1; i < argc; i++) {
+		const char *a = argv[i];
+		const char *v = i + 1 < argc ? argv[i + 1] : NULL;
+		if (!strcmp(a, "--tokens") && v)
+			tok_arg = argv[++i];
+		else if (!strcmp(a, "--layers") && v) {
+			if (sscanf(argv[++i], "%u:%u", &first, &last) != 2)
+				return usage();
+		} else if (!strcmp(a, "--hidden-in") && v)
+			hidden_path = argv[++i];
+		else if (!strcmp(a, "--out") && v)
+			out_path = argv[++i];
+		else if (!strcmp(a, "--threads") && v)
+			threads = atoi(argv[++i]);
+		else if (!strcmp(a, "--batch") && v)
+			batch = (unsigned)atoi(argv[++i]);
+		else if (a[0] != '-' && !path)
+			path = a;
+		else
+			return usage();
+	}
+	if (!path || !out_path || !tok_arg)
+		return usage();
+
+	size_t n = 0, cap = 16;
+	int32_t *tokens = malloc(cap * sizeof *tokens);
+	for (const char *p = tok_arg; *p;) {
+		char *end;
+		errno = 0;
+		long t = strtol(p, &end, 10);
+		if (end == p || errno) {
+			fprintf(stderr, "itt-dump-logits: bad token list at \"%s\"\n", p);
+			return 2;
+		}
+		if (n == cap)
+			tokens = realloc(tokens, (cap *= 2) * sizeof *tokens);
+		tokens[n++] = (int32_t)t;
+		p = *end == ',' ? end + 1 : end;
+	}
+
+	struct engine_config c;
+	engine_config_default(&c);
+	c.path = path;
+	c.first = first;
+	c.last = last;
+	c.n_threads = threads;
+	c.max_rows = batch ? batch : (uint32_t)n;
+	struct itt_err err = {0};
+	struct engine *e;
+	if (engine_open(&c, &e, &err) < 0) {
+		fprintf(stderr, "itt-dump-logits: %s: %s\n", itt_strerror(err.code), err.msg);
+		return 1;
+	}
+	const struct model *m = e->model;
+	size_t width = model_is_last(m) ? m->hp.vocab : m->hp.dim;
+	float *hidden = NULL;
+	if (!model_is_first(m)) {
+		size_t want = n * m->hp.dim * sizeof(float);
+		FILE *f = hidden_path ? fopen(hidden_path, "rb") : NULL;
+		hidden = malloc(want);
+		if (!f || fread(hidden, 1, want, f) != want) {
+			fprintf(stderr, "itt-dump-logits: need --hidden-in with %zu bytes\n", want);
+			return 1;
+		}
+		fclose(f);
+	}
+	float *out = malloc(n * width * sizeof(float));
+	uint32_t *pos = malloc(n * sizeof *pos);
+	struct kv_seq seq, **seqs = malloc(n * sizeof *seqs);
+	kv_seq_init(&seq);
+	for (size_t i = 0; i < n; i++) {
+		pos[i] = (uint32_t)i;
+		seqs[i] = &seq;
+	}
+	for (size_t done = 0; done < n;) {
+		uint32_t k = (uint32_t)(n - done < c.max_rows ? n - done : c.max_rows);
+		struct forward_batch b = {k, tokens + done, hidden ? hidden + done * m->hp.dim : NULL,
+					  pos + done, seqs + done, NULL};
+		if (forward_run(&e->fwd, &b, out + done * width, &err) < 0) {
+			fprintf(stderr, "itt-dump-logits: %s: %s\n", itt_strerror(err.code), err.msg);
+			return 1;
+		}
+		done += k;
+	}
+	FILE *f = fopen(out_path, "wb");
+	if (!f || fwrite(out, sizeof(float), n * width, f) != n * width || fclose(f) != 0) {
+		fprintf(stderr, "itt-dump-logits: cannot write %s\n", out_path);
+		return 1;
+	}
+	kv_seq_free(&e->kv, &seq);
+	engine_close(&e);
+	free(out);
+	free(pos);
+	free(seqs);
+	free(hidden);
+	free(tokens);
+	return 0;
+}

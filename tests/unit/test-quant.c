@@ -1,0 +1,713 @@
+/* test-quant: half/bfloat16 conversions, Q8_0/Q4_0 quantisation against
+ * hand-computed blocks and error bounds, row sizes, and the fused matmul
+ * kernels (every compiled-in kernel) against a double-precision reference
+ * on the dequantised weights, including bit-exactness of batched runs. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <cmocka.h>
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "err.h"
+#include "gguf.h"
+#include "quant.h"
+#include "testutil.h"
+
+#ifdef __F16C__
+#include <immintrin.h>
+#endif
+
+static uint32_t f2u(float f)
+{
+	uint32_t u;
+	memcpy(&u, &f, 4);
+	return u;
+}
+
+static float u2f(uint32_t u)
+{
+	float f;
+	memcpy(&f, &u, 4);
+	return f;
+}
+
+/* xorshift64*: deterministic test data. */
+static uint64_t rng_state = 0x9e3779b97f4a7c15ull;
+
+static uint32_t rng_u32(void)
+{
+	rng_state ^= rng_state >> 12;
+	rng_state ^= rng_state << 25;
+	rng_state ^= rng_state >> 27;
+	return (uint32_t)((rng_state * 0x2545f4914f6cdd1dull) >> 32);
+}
+
+/* Uniform in [-1, 1). */
+static float rng_float(void)
+{
+	return (float)((double)rng_u32() / 2147483648.0 - 1.0);
+}
+
+/* ---- fp16 / bf16 ---------------------------------------------------------- */
+
+static void test_fp16_to_fp32_known_values(void **state)
+{
+	(void)state;
+	assert_true(quant_fp16_to_fp32(0x3c00) == 1.0f);
+	assert_true(quant_fp16_to_fp32(0xc000) == -2.0f);
+	assert_true(quant_fp16_to_fp32(0x7bff) == 65504.0f);
+	assert_true(quant_fp16_to_fp32(0x0400) == 0x1p-14f);
+	assert_true(quant_fp16_to_fp32(0x0001) == 0x1p-24f);
+	assert_true(quant_fp16_to_fp32(0x03ff) == 1023 * 0x1p-24f);
+	assert_true(quant_fp16_to_fp32(0x8001) == -0x1p-24f);
+	assert_int_equal(f2u(quant_fp16_to_fp32(0x8000)), 0x80000000u);
+	assert_int_equal(f2u(quant_fp16_to_fp32(0x7c00)), 0x7f800000u);
+	assert_int_equal(f2u(quant_fp16_to_fp32(0xfc00)), 0xff800000u);
+	/* signalling NaN with payload 1 comes back quiet, payload kept */
+	assert_int_equal(f2u(quant_fp16_to_fp32(0x7c01)), 0x7fc02000u);
+	assert_int_equal(f2u(quant_fp16_to_fp32(0x7e00)), 0x7fc00000u);
+}
+
+static void test_fp32_to_fp16_rounds_to_nearest_even(void **state)
+{
+	(void)state;
+	assert_int_equal(quant_fp32_to_fp16(1.0f), 0x3c00);
+	assert_int_equal(quant_fp32_to_fp16(-0.0f), 0x8000);
+	assert_int_equal(quant_fp32_to_fp16(65504.0f), 0x7bff);
+	assert_int_equal(quant_fp32_to_fp16(65519.996f), 0x7bff);
+	assert_int_equal(quant_fp32_to_fp16(65520.0f), 0x7c00); /* tie, odd: up to inf */
+	assert_int_equal(quant_fp32_to_fp16(1e10f), 0x7c00);
+	assert_int_equal(quant_fp32_to_fp16(-INFINITY), 0xfc00);
+	/* ties in the normal range: 1 + 2^-11 is halfway between 1 and 1 + 2^-10 */
+	assert_int_equal(quant_fp32_to_fp16(1.0f + 0x1p-11f), 0x3c00);
+	assert_int_equal(quant_fp32_to_fp16(1.0f + 3 * 0x1p-11f), 0x3c02);
+	assert_int_equal(quant_fp32_to_fp16(1.0f + 0x1p-11f + 0x1p-20f), 0x3c01);
+	/* subnormals, units of 2^-24 */
+	assert_int_equal(quant_fp32_to_fp16(0x1p-24f), 0x0001);
+	assert_int_equal(quant_fp32_to_fp16(0x1p-25f), 0x0000);        /* tie to even 0 */
+	assert_int_equal(quant_fp32_to_fp16(0x1.000002p-25f), 0x0001); /* just above */
+	assert_int_equal(quant_fp32_to_fp16(3 * 0x1p-25f), 0x0002);    /* 1.5 -> 2 */
+	assert_int_equal(quant_fp32_to_fp16(5 * 0x1p-25f), 0x0002);    /* 2.5 -> 2 */
+	assert_int_equal(quant_fp32_to_fp16(1e-30f), 0x0000);
+	assert_int_equal(quant_fp32_to_fp16(-1e-30f), 0x8000);
+	assert_int_equal(quant_fp32_to_fp16(0x1p-14f - 0x1p-26f), 0x0400); /* carries to normal */
+	/* NaN: quiet, top payload bits */
+	assert_int_equal(quant_fp32_to_fp16(u2f(0x7f800001u)), 0x7e00);
+	assert_int_equal(quant_fp32_to_fp16(u2f(0xff812345u)), 0xfe09);
+}
+
+static void test_fp16_round_trip_all_halves(void **state)
+{
+	(void)state;
+	for (uint32_t h = 0; h < 65536; h++) {
+		float f = quant_fp16_to_fp32((uint16_t)h);
+		uint16_t back = quant_fp32_to_fp16(f);
+		if ((h & 0x7c00) == 0x7c00 && (h & 0x3ff)) /* NaN: comes back quiet */
+			assert_int_equal(back, h | 0x200);
+		else
+			assert_int_equal(back, h);
+	}
+}
+
+#ifdef __F16C__
+static void test_fp16_to_fp32_matches_f16c_all_halves(void **state)
+{
+	(void)state;
+	for (uint32_t h = 0; h < 65536; h++)
+		assert_int_equal(f2u(quant_fp16_to_fp32((uint16_t)h)), f2u(_cvtsh_ss((uint16_t)h)));
+}
+
+static void check_f32_to_f16(uint32_t u)
+{
+	float f = u2f(u);
+	uint16_t mine = quant_fp32_to_fp16(f), ref = _cvtss_sh(f, _MM_FROUND_TO_NEAREST_INT);
+	if (mine != ref)
+		fail_msg("fp32 %08x: got %04x, F16C %04x", u, mine, ref);
+}
+
+static void test_fp32_to_fp16_matches_f16c(void **state)
+{
+	(void)state;
+	/* every boundary region: all floats within +-4096 ulps of each half's
+	 * value and of each midpoint, both signs */
+	for (uint32_t h = 0; h < 0x7c01; h++) {
+		uint32_t c = f2u(quant_fp16_to_fp32((uint16_t)h));
+		for (uint32_t d = 0; d < 64; d++) {
+			check_f32_to_f16(c + d);
+			check_f32_to_f16((c + d) | 0x80000000u);
+			if (c >= d)
+				check_f32_to_f16(c - d);
+			check_f32_to_f16(c + 0x1000u + d - 32); /* around a normal midpoint */
+		}
+	}
+	/* a sweep of the whole float space with a prime stride */
+	for (uint64_t u = 0; u < (1ull << 32); u += 65521)
+		check_f32_to_f16((uint32_t)u);
+	for (int i = 0; i < 2000000; i++)
+		check_f32_to_f16(rng_u32());
+	static const uint32_t edges[] = {0x00000000, 0x80000000, 0x00000001, 0x007fffff, 0x00800000,
+	                                 0x33000000, 0x33000001, 0x32ffffff, 0x387fe000, 0x387ff000,
+	                                 0x38800000, 0x477fe000, 0x477fefff, 0x477ff000, 0x477fffff,
+	                                 0x7f7fffff, 0x7f800000, 0x7f800001, 0x7fc00000, 0x7fffffff,
+	                                 0xffffffff, 0xff800000};
+	for (size_t i = 0; i < sizeof edges / sizeof edges[0]; i++)
+		check_f32_to_f16(edges[i]);
+}
+#endif
+
+static void test_bf16_dequant_is_upper_half(void **state)
+{
+	(void)state;
+	const uint16_t src[4] = {0x3f80, 0xc000, 0x7f80, 0x0001};
+	float dst[4];
+	assert_int_equal(quant_dequant_row(GGML_TYPE_BF16, src, dst, 4), 0);
+	assert_true(dst[0] == 1.0f);
+	assert_true(dst[1] == -2.0f);
+	assert_int_equal(f2u(dst[2]), 0x7f800000u);
+	assert_int_equal(f2u(dst[3]), 0x00010000u);
+
+	/* quantising to BF16 rounds to nearest even */
+	const float in[4] = {1.0f, u2f(0x3f808000u), u2f(0x3f818000u), u2f(0x3f808001u)};
+	uint16_t out[4];
+	assert_int_equal(quant_quantize_row(GGML_TYPE_BF16, in, out, 4), 0);
+	assert_int_equal(out[0], 0x3f80);
+	assert_int_equal(out[1], 0x3f80);
+	assert_int_equal(out[2], 0x3f82);
+	assert_int_equal(out[3], 0x3f81);
+}
+
+/* ---- row sizes and errors --------------------------------------------------- */
+
+static void test_row_bytes_per_type(void **state)
+{
+	(void)state;
+	assert_int_equal(quant_row_bytes(GGML_TYPE_F32, 5), 20);
+	assert_int_equal(quant_row_bytes(GGML_TYPE_F16, 5), 10);
+	assert_int_equal(quant_row_bytes(GGML_TYPE_BF16, 7), 14);
+	assert_int_equal(quant_row_bytes(GGML_TYPE_Q8_0, 64), 68);
+	assert_int_equal(quant_row_bytes(GGML_TYPE_Q4_0, 64), 36);
+	assert_int_equal(quant_row_bytes(GGML_TYPE_Q8_0, 4096), 4352);
+	assert_int_equal(quant_row_bytes(GGML_TYPE_Q4_0, 4096), 2304);
+	assert_int_equal(quant_row_bytes(GGML_TYPE_Q8_0, 0), 0);
+	/* not a multiple of the block size */
+	assert_int_equal(quant_row_bytes(GGML_TYPE_Q8_0, 33), 0);
+	assert_int_equal(quant_row_bytes(GGML_TYPE_Q4_0, 16), 0);
+	/* unknown or unsupported types */
+	assert_int_equal(quant_row_bytes(GGML_TYPE_Q4_1, 32), 0);
+	assert_int_equal(quant_row_bytes(GGML_TYPE_Q6_K, 256), 0);
+	assert_int_equal(quant_row_bytes(999, 32), 0);
+	/* overflow */
+	assert_int_equal(quant_row_bytes(GGML_TYPE_F32, SIZE_MAX / 2), 0);
+	assert_int_equal(quant_row_bytes(GGML_TYPE_F16, SIZE_MAX / 2 + 1), 0);
+}
+
+static void test_unsupported_types_and_bad_lengths(void **state)
+{
+	(void)state;
+	float f[64] = {0};
+	uint8_t b[256] = {0};
+	assert_int_equal(quant_dequant_row(GGML_TYPE_Q4_1, b, f, 32), ITT_E_UNSUPPORTED);
+	assert_int_equal(quant_quantize_row(GGML_TYPE_Q6_K, f, b, 32), ITT_E_UNSUPPORTED);
+	assert_int_equal(quant_dequant_row(GGML_TYPE_Q8_0, b, f, 40), ITT_E_INVALID);
+	assert_int_equal(quant_quantize_row(GGML_TYPE_Q4_0, f, b, 48), ITT_E_INVALID);
+}
+
+/* ---- known blocks ------------------------------------------------------------ */
+
+static void test_q8_0_known_block(void **state)
+{
+	(void)state;
+	/* amax = 127 gives d = 1, id = 1: codes are roundf(x), halves away
+	 * from zero */
+	float x[32];
+	for (int j = 0; j < 32; j++)
+		x[j] = 0.0f;
+	x[0] = -127.0f;
+	x[1] = 0.5f;
+	x[2] = 1.5f;
+	x[3] = 2.5f;
+	x[4] = -0.5f;
+	x[5] = -2.5f;
+	x[6] = 126.4f;
+	x[7] = 3.49f;
+	x[8] = -0.49f;
+	x[31] = 100.0f;
+	const uint8_t want[34] = {0x00, 0x3c, /* d = 1.0 */
+	                          0x81, 0x01, 0x02, 0x03, 0xff, 0xfd, 0x7e, 0x03, 0x00, 0x00, 0x00,
+	                          0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00,
+	                          0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x64};
+	uint8_t got[34];
+	assert_int_equal(quant_quantize_row(GGML_TYPE_Q8_0, x, got, 32), 0);
+	assert_memory_equal(got, want, 34);
+
+	/* amax = 254: d = 2 (0x4000), id = 0.5 */
+	for (int j = 0; j < 32; j++)
+		x[j] = (float)(2 * j) - 30.0f; /* -30, -28, ..., 32 */
+	x[5] = 254.0f;
+	x[6] = -3.0f; /* -1.5 -> -2 */
+	assert_int_equal(quant_quantize_row(GGML_TYPE_Q8_0, x, got, 32), 0);
+	assert_int_equal(got[0], 0x00);
+	assert_int_equal(got[1], 0x40);
+	for (int j = 0; j < 32; j++) {
+		int want_q = j == 5 ? 127 : j == 6 ? -2 : j - 15;
+		assert_int_equal((int8_t)got[2 + j], want_q);
+	}
+	float back[32];
+	assert_int_equal(quant_dequant_row(GGML_TYPE_Q8_0, got, back, 32), 0);
+	assert_true(back[5] == 254.0f);
+	assert_true(back[6] == -4.0f);
+	assert_true(back[0] == -30.0f);
+}
+
+static void test_q4_0_known_block(void **state)
+{
+	(void)state;
+	/* max = -8 gives d = 1, id = 1: code = min(15, trunc(x + 8.5)) */
+	float x[32] = {0};
+	x[0] = -8.0f;  /* 0 */
+	x[1] = 7.0f;   /* 15 */
+	x[2] = 7.4f;   /* 15.9 -> 15 */
+	x[3] = 7.6f;   /* 16.1 -> 16 -> clipped 15 */
+	x[4] = -0.5f;  /* 8.0 -> 8 */
+	x[5] = 0.5f;   /* 9 */
+	x[6] = -1.5f;  /* 7 */
+	x[7] = -0.51f; /* 7.99 -> 7 */
+	x[16] = 1.0f;  /* 9 */
+	x[17] = -7.9f; /* 0.6 -> 0 */
+	x[31] = 3.0f;  /* 11 */
+	/* elements j and j+16 share byte j: low nibble j, high nibble j+16;
+	 * the zeros elsewhere are code 8 */
+	const uint8_t want[18] = {0x00, 0x3c, 0x90, 0x0f, 0x8f, 0x8f, 0x88, 0x89, 0x87,
+	                          0x87, 0x88, 0x88, 0x88, 0x88, 0x88, 0x88, 0x88, 0xb8};
+	uint8_t got[18];
+	assert_int_equal(quant_quantize_row(GGML_TYPE_Q4_0, x, got, 32), 0);
+	assert_memory_equal(got, want, 18);
+
+	/* a positive max 8 gives d = -1 (0xbc00) and maps 8 to code 0 */
+	float y[32] = {0};
+	y[0] = 8.0f;
+	y[1] = -7.0f; /* x*id = 7 -> 15 */
+	y[2] = 2.0f;  /* -2 -> 6 */
+	assert_int_equal(quant_quantize_row(GGML_TYPE_Q4_0, y, got, 32), 0);
+	assert_int_equal(got[0], 0x00);
+	assert_int_equal(got[1], 0xbc);
+	assert_int_equal(got[2], 0x80);
+	assert_int_equal(got[3], 0x8f);
+	assert_int_equal(got[4], 0x86);
+	float back[32];
+	assert_int_equal(quant_dequant_row(GGML_TYPE_Q4_0, got, back, 32), 0);
+	assert_true(back[0] == 8.0f);
+	assert_true(back[1] == -7.0f);
+	assert_true(back[2] == 2.0f);
+	assert_true(back[3] == 0.0f);
+}
+
+static void test_zero_blocks_quantise_to_zero(void **state)
+{
+	(void)state;
+	float x[64] = {0}, back[64];
+	uint8_t q8[68], q4[36];
+	assert_int_equal(quant_quantize_row(GGML_TYPE_Q8_0, x, q8, 64), 0);
+	assert_int_equal(quant_quantize_row(GGML_TYPE_Q4_0, x, q4, 64), 0);
+	for (int i = 0; i < 68; i++)
+		assert_int_equal(q8[i], 0);
+	/* ggml computes d = 0 / -8 = -0, stored as fp16 0x8000 */
+	assert_int_equal(q4[0], 0x00);
+	assert_int_equal(q4[1], 0x80);
+	assert_int_equal(q4[2], 0x88);
+	assert_int_equal(quant_dequant_row(GGML_TYPE_Q4_0, q4, back, 64), 0);
+	for (int i = 0; i < 64; i++)
+		assert_true(back[i] == 0.0f);
+}
+
+/* ---- round-trip error bounds --------------------------------------------------- */
+
+/* Random blocks with scales from 1e-3 to 1e3 and a few spiky blocks. */
+static void fill_blocks(float *x, size_t n)
+{
+	for (size_t b = 0; b < n / 32; b++) {
+		float scale = powf(10.0f, 6.0f * (float)(rng_u32() % 1000) / 1000.0f - 3.0f);
+		for (int j = 0; j < 32; j++)
+			x[b * 32 + j] = scale * rng_float();
+		if (b % 7 == 3)
+			x[b * 32 + rng_u32() % 32] = -20.0f * scale;
+		if (b % 11 == 5) /* a value of each sign near the extreme */
+			x[b * 32 + 1] = -x[b * 32], x[b * 32 + 2] = 0.97f * x[b * 32];
+	}
+}
+
+static void test_q8_0_round_trip_error_bound(void **state)
+{
+	(void)state;
+	enum { N = 32 * 4096 };
+	float *x = malloc(N * sizeof(float)), *back = malloc(N * sizeof(float));
+	uint8_t *q = malloc(quant_row_bytes(GGML_TYPE_Q8_0, N));
+	fill_blocks(x, N);
+	assert_int_equal(quant_quantize_row(GGML_TYPE_Q8_0, x, q, N), 0);
+	assert_int_equal(quant_dequant_row(GGML_TYPE_Q8_0, q, back, N), 0);
+	for (size_t b = 0; b < N / 32; b++) {
+		float amax = 0.0f;
+		for (int j = 0; j < 32; j++)
+			amax = fmaxf(amax, fabsf(x[b * 32 + j]));
+		float d = amax / 127.0f;
+		float dh = quant_fp16_to_fp32((uint16_t)(q[b * 34] | q[b * 34 + 1] << 8));
+		double bound = d / 2.0 + 127.0 * fabs((double)d - dh) + 1e-6 * amax;
+		for (int j = 0; j < 32; j++) {
+			float v = back[b * 32 + j];
+			/* dequantisation uses the fp16 scale the block holds */
+			assert_true(v == dh * (float)(int8_t)q[b * 34 + 2 + j]);
+			double err = fabs((double)x[b * 32 + j] - v);
+			if (err > bound)
+				fail_msg("block %zu elem %d: err %g > bound %g", b, j, err, bound);
+		}
+	}
+	free(x);
+	free(back);
+	free(q);
+}
+
+static void test_q4_0_round_trip_error_bound(void **state)
+{
+	(void)state;
+	enum { N = 32 * 4096 };
+	float *x = malloc(N * sizeof(float)), *back = malloc(N * sizeof(float));
+	uint8_t *q = malloc(quant_row_bytes(GGML_TYPE_Q4_0, N));
+	fill_blocks(x, N);
+	assert_int_equal(quant_quantize_row(GGML_TYPE_Q4_0, x, q, N), 0);
+	assert_int_equal(quant_dequant_row(GGML_TYPE_Q4_0, q, back, N), 0);
+	int clipped = 0;
+	for (size_t b = 0; b < N / 32; b++) {
+		float amax = 0.0f, max = 0.0f;
+		for (int j = 0; j < 32; j++) {
+			if (amax < fabsf(x[b * 32 + j])) {
+				amax = fabsf(x[b * 32 + j]);
+				max = x[b * 32 + j];
+			}
+		}
+		float d = max / -8.0f;
+		float dh = quant_fp16_to_fp32((uint16_t)(q[b * 18] | q[b * 18 + 1] << 8));
+		double ad = fabs(d), dd = 8.0 * fabs((double)d - dh), slack = 1e-6 * amax;
+		for (int j = 0; j < 32; j++) {
+			int code = j < 16 ? q[b * 18 + 2 + j] & 15 : q[b * 18 + 2 + j - 16] >> 4;
+			float v = back[b * 32 + j];
+			assert_true(v == dh * (float)(code - 8));
+			double ratio = x[b * 32 + j] / (double)d;
+			double bound = (ratio < 7.5 ? ad / 2.0 : ad) + dd + slack;
+			clipped += ratio >= 7.5;
+			double err = fabs((double)x[b * 32 + j] - v);
+			if (err > bound)
+				fail_msg("block %zu elem %d: err %g > bound %g", b, j, err, bound);
+		}
+	}
+	assert_true(clipped > 0); /* the clipped case was exercised */
+	free(x);
+	free(back);
+	free(q);
+}
+
+static void test_f16_quantise_is_elementwise(void **state)
+{
+	(void)state;
+	float x[37], back[37];
+	uint16_t h[37];
+	for (int i = 0; i < 37; i++)
+		x[i] = 1000.0f * rng_float();
+	assert_int_equal(quant_quantize_row(GGML_TYPE_F16, x, h, 37), 0);
+	assert_int_equal(quant_dequant_row(GGML_TYPE_F16, h, back, 37), 0);
+	for (int i = 0; i < 37; i++) {
+		assert_int_equal(h[i], quant_fp32_to_fp16(x[i]));
+		assert_int_equal(f2u(back[i]), f2u(quant_fp16_to_fp32(h[i])));
+	}
+	assert_int_equal(quant_quantize_row(GGML_TYPE_F32, x, back, 37), 0);
+	assert_memory_equal(x, back, sizeof x);
+}
+
+/* ---- fused matmul ----------------------------------------------------------------- */
+
+static const uint32_t mm_types[] = {GGML_TYPE_F32, GGML_TYPE_F16, GGML_TYPE_BF16, GGML_TYPE_Q8_0,
+                                    GGML_TYPE_Q4_0};
+#define N_MM_TYPES (sizeof mm_types / sizeof mm_types[0])
+
+struct mm_case {
+	uint32_t type;
+	size_t rows, K, stride;
+	uint8_t *W;  /* rows * stride bytes (stride may exceed a row) */
+	float *Wf;   /* [rows][K] dequantised */
+	float *X;    /* [QUANT_MAX_M][K] (+1 float so X + 1 is usable) */
+	double *ref; /* [QUANT_MAX_M][rows] */
+	double *mag; /* [QUANT_MAX_M][rows] sum |w x| */
+};
+
+static void mm_case_init(struct mm_case *c, uint32_t type, size_t rows, size_t K)
+{
+	c->type = type;
+	c->rows = rows;
+	c->K = K;
+	c->stride = quant_row_bytes(type, K) + 6; /* padded, and misaligned for F32 */
+	c->W = calloc(rows, c->stride);
+	c->Wf = malloc(rows * K * sizeof(float));
+	c->X = malloc((QUANT_MAX_M * K + 1) * sizeof(float));
+	c->ref = malloc(QUANT_MAX_M * rows * sizeof(double));
+	c->mag = malloc(QUANT_MAX_M * rows * sizeof(double));
+	float *tmp = malloc(K * sizeof(float));
+	for (size_t r = 0; r < rows; r++) {
+		for (size_t k = 0; k < K; k++)
+			tmp[k] = rng_float() * (1.0f + (float)(r % 5));
+		assert_int_equal(quant_quantize_row(type, tmp, c->W + r * c->stride, K), 0);
+		assert_int_equal(quant_dequant_row(type, c->W + r * c->stride, c->Wf + r * K, K),
+		                 0);
+	}
+	for (size_t i = 0; i < QUANT_MAX_M * K + 1; i++)
+		c->X[i] = rng_float();
+	for (size_t m = 0; m < QUANT_MAX_M; m++)
+		for (size_t r = 0; r < rows; r++) {
+			double s = 0, a = 0;
+			for (size_t k = 0; k < K; k++) {
+				double p = (double)c->Wf[r * K + k] * c->X[m * K + k];
+				s += p;
+				a += fabs(p);
+			}
+			c->ref[m * rows + r] = s;
+			c->mag[m * rows + r] = a;
+		}
+	free(tmp);
+}
+
+static void mm_case_free(struct mm_case *c)
+{
+	free(c->W);
+	free(c->Wf);
+	free(c->X);
+	free(c->ref);
+	free(c->mag);
+}
+
+#define SENTINEL 12345.0f
+
+/* Runs one (kernel, M, [r0, r1)) product and checks it against the double
+ * reference; entries outside the range must keep the sentinel. */
+static void mm_check(const struct mm_case *c, enum quant_kernel kern, size_t M, size_t r0,
+                     size_t r1)
+{
+	size_t ldy = c->rows + 3;
+	float *Y = malloc(M * ldy * sizeof(float));
+	for (size_t i = 0; i < M * ldy; i++)
+		Y[i] = SENTINEL;
+	int rc =
+	    quant_matmul_rows_kernel(kern, c->type, c->W, c->stride, c->K, c->X, M, Y, ldy, r0, r1);
+	assert_int_equal(rc, 0);
+	/* float summation in lanes of >= 8 products each: a rigorous bound is
+	 * (K/8 + 8) u sum |w x| with u = 2^-24 */
+	double tol = ((double)c->K / 8.0 + 8.0) * 0x1p-24;
+	for (size_t m = 0; m < M; m++)
+		for (size_t r = 0; r < ldy; r++) {
+			float y = Y[m * ldy + r];
+			if (r < r0 || r >= r1) {
+				assert_true(y == SENTINEL);
+				continue;
+			}
+			double ref = c->ref[m * c->rows + r], mag = c->mag[m * c->rows + r];
+			if (fabs(y - ref) > tol * mag + 1e-30)
+				fail_msg("%s type %u K %zu M %zu row %zu m %zu: %.9g vs %.9g "
+				         "(mag %g)",
+				         quant_kernel_name(kern), c->type, c->K, M, r, m, y, ref,
+				         mag);
+		}
+	free(Y);
+}
+
+static void mm_check_against_reference(size_t K)
+{
+	const size_t rows = 37;
+	const size_t ranges[][2] = {{0, 37}, {3, 30}, {36, 37}, {5, 6}, {1, 12}};
+	for (size_t t = 0; t < N_MM_TYPES; t++) {
+		struct mm_case c;
+		mm_case_init(&c, mm_types[t], rows, K);
+		for (int kern = QUANT_KERNEL_AUTO; kern < QUANT_KERNEL_COUNT; kern++) {
+			if (!quant_kernel_available(kern))
+				continue;
+			for (size_t M = 1; M <= QUANT_MAX_M; M++)
+				for (size_t i = 0; i < sizeof ranges / sizeof ranges[0]; i++)
+					mm_check(&c, kern, M, ranges[i][0], ranges[i][1]);
+		}
+		mm_case_free(&c);
+	}
+}
+
+static void test_matmul_matches_reference_k32(void **state)
+{
+	(void)state;
+	mm_check_against_reference(32);
+}
+
+static void test_matmul_matches_reference_k64(void **state)
+{
+	(void)state;
+	mm_check_against_reference(64);
+}
+
+static void test_matmul_matches_reference_k4096(void **state)
+{
+	(void)state;
+	mm_check_against_reference(4096);
+}
+
+/* Float-like types take any K; the tail step is padded. */
+static void test_matmul_float_types_any_k(void **state)
+{
+	(void)state;
+	const size_t Ks[] = {1, 7, 16, 17, 33, 47, 100};
+	const uint32_t types[] = {GGML_TYPE_F32, GGML_TYPE_F16, GGML_TYPE_BF16};
+	for (size_t ki = 0; ki < sizeof Ks / sizeof Ks[0]; ki++)
+		for (size_t t = 0; t < 3; t++) {
+			struct mm_case c;
+			mm_case_init(&c, types[t], 11, Ks[ki]);
+			for (int kern = QUANT_KERNEL_AUTO; kern < QUANT_KERNEL_COUNT; kern++) {
+				if (!quant_kernel_available(kern))
+					continue;
+				for (size_t M = 1; M <= QUANT_MAX_M; M += 3)
+					mm_check(&c, kern, M, 2, 11);
+			}
+			mm_case_free(&c);
+		}
+}
+
+/* Y[m][r] of a batched call equals a single call on X row m, bit for bit,
+ * whatever the row range, the batch size or the alignment of X. */
+static void test_matmul_batched_equals_single_bit_exact(void **state)
+{
+	(void)state;
+	const size_t Ks[] = {4096, 96, 45};
+	for (size_t ki = 0; ki < 3; ki++)
+		for (size_t t = 0; t < N_MM_TYPES; t++) {
+			size_t K = Ks[ki];
+			if (K % 32 &&
+			    !(mm_types[t] == GGML_TYPE_F32 || mm_types[t] == GGML_TYPE_F16 ||
+			      mm_types[t] == GGML_TYPE_BF16))
+				continue;
+			struct mm_case c;
+			mm_case_init(&c, mm_types[t], 29, K);
+			size_t ldy = c.rows;
+			float *Yb = malloc(QUANT_MAX_M * ldy * sizeof(float));
+			float *Ys = malloc(ldy * sizeof(float));
+			float *Xs = malloc((K + 1) * sizeof(float));
+			for (int kern = QUANT_KERNEL_SCALAR; kern < QUANT_KERNEL_COUNT; kern++) {
+				if (!quant_kernel_available(kern))
+					continue;
+				for (size_t M = 1; M <= QUANT_MAX_M; M++) {
+					assert_int_equal(
+					    quant_matmul_rows_kernel(kern, c.type, c.W, c.stride, K,
+					                             c.X, M, Yb, ldy, 0, c.rows),
+					    0);
+					for (size_t m = 0; m < M; m++) {
+						/* a single row, copied to a misaligned buffer,
+						 * computed in two pieces of the row range */
+						memcpy(Xs + 1, c.X + m * K, K * sizeof(float));
+						size_t cut = (M * 7 + m) % c.rows;
+						assert_int_equal(quant_matmul_rows_kernel(
+						                     kern, c.type, c.W, c.stride, K,
+						                     Xs + 1, 1, Ys, 0, 0, cut),
+						                 0);
+						assert_int_equal(quant_matmul_rows_kernel(
+						                     kern, c.type, c.W, c.stride, K,
+						                     Xs + 1, 1, Ys, 0, cut, c.rows),
+						                 0);
+						if (memcmp(Ys, Yb + m * ldy, ldy * sizeof(float)))
+							fail_msg("%s type %u K %zu M %zu m %zu: "
+							         "batched != single",
+							         quant_kernel_name(kern), c.type, K,
+							         M, m);
+					}
+				}
+			}
+			free(Yb);
+			free(Ys);
+			free(Xs);
+			mm_case_free(&c);
+		}
+}
+
+static void test_matmul_auto_is_best_kernel(void **state)
+{
+	(void)state;
+	enum quant_kernel best = QUANT_KERNEL_SCALAR;
+	for (int k = QUANT_KERNEL_SCALAR; k < QUANT_KERNEL_COUNT; k++)
+		if (quant_kernel_available(k))
+			best = k;
+	struct mm_case c;
+	mm_case_init(&c, GGML_TYPE_Q8_0, 9, 256);
+	float Ya[9 * 4], Yb[9 * 4];
+	assert_int_equal(quant_matmul_rows(c.type, c.W, c.stride, 256, c.X, 4, Ya, 9, 0, 9), 0);
+	assert_int_equal(
+	    quant_matmul_rows_kernel(best, c.type, c.W, c.stride, 256, c.X, 4, Yb, 9, 0, 9), 0);
+	assert_memory_equal(Ya, Yb, sizeof Ya);
+	mm_case_free(&c);
+}
+
+static void test_matmul_rejects_bad_arguments(void **state)
+{
+	(void)state;
+	uint8_t W[4 * 68] = {0};
+	float X[QUANT_MAX_M + 1][64] = {{0}}, Y[(QUANT_MAX_M + 1) * 4];
+	const uint32_t q8 = GGML_TYPE_Q8_0;
+	assert_int_equal(quant_matmul_rows(GGML_TYPE_Q4_1, W, 40, 64, X[0], 1, Y, 4, 0, 4),
+	                 ITT_E_UNSUPPORTED);
+	assert_int_equal(quant_matmul_rows(GGML_TYPE_Q6_K, W, 68, 64, X[0], 1, Y, 4, 0, 4),
+	                 ITT_E_UNSUPPORTED);
+	assert_int_equal(quant_matmul_rows(q8, W, 68, 64, X[0], 0, Y, 4, 0, 4), ITT_E_INVALID);
+	assert_int_equal(quant_matmul_rows(q8, W, 68, 64, X[0], QUANT_MAX_M + 1, Y, 4, 0, 4),
+	                 ITT_E_INVALID);
+	assert_int_equal(quant_matmul_rows(q8, W, 68, 48, X[0], 1, Y, 4, 0, 4), ITT_E_INVALID);
+	assert_int_equal(quant_matmul_rows(q8, W, 60, 64, X[0], 1, Y, 4, 0, 4), ITT_E_INVALID);
+	assert_int_equal(quant_matmul_rows(q8, W, 68, 64, X[0], 1, Y, 4, 3, 2), ITT_E_INVALID);
+	assert_int_equal(quant_matmul_rows(q8, W, 68, 64, X[0], 2, Y, 3, 0, 4), ITT_E_INVALID);
+	assert_int_equal(quant_matmul_rows(q8, NULL, 68, 64, X[0], 1, Y, 4, 0, 4), ITT_E_INVALID);
+	/* an empty range is a no-op */
+	Y[0] = SENTINEL;
+	assert_int_equal(quant_matmul_rows(q8, W, 68, 64, X[0], 1, Y, 4, 2, 2), 0);
+	assert_true(Y[0] == SENTINEL);
+	for (int k = QUANT_KERNEL_SCALAR; k < QUANT_KERNEL_COUNT; k++)
+		if (!quant_kernel_available(k))
+			assert_int_equal(
+			    quant_matmul_rows_kernel(k, q8, W, 68, 64, X[0], 1, Y, 4, 0, 4),
+			    ITT_E_UNSUPPORTED);
+	assert_int_equal(
+	    quant_matmul_rows_kernel(QUANT_KERNEL_COUNT, q8, W, 68, 64, X[0], 1, Y, 4, 0, 4),
+	    ITT_E_UNSUPPORTED);
+	assert_string_equal(quant_kernel_name(QUANT_KERNEL_SCALAR), "scalar");
+}
+
+int main(void)
+{
+	const struct CMUnitTest tests[] = {
+	    cmocka_unit_test(test_fp16_to_fp32_known_values),
+	    cmocka_unit_test(test_fp32_to_fp16_rounds_to_nearest_even),
+	    cmocka_unit_test(test_fp16_round_trip_all_halves),
+#ifdef __F16C__
+	    cmocka_unit_test(test_fp16_to_fp32_matches_f16c_all_halves),
+	    cmocka_unit_test(test_fp32_to_fp16_matches_f16c),
+#endif
+	    cmocka_unit_test(test_bf16_dequant_is_upper_half),
+	    cmocka_unit_test(test_row_bytes_per_type),
+	    cmocka_unit_test(test_unsupported_types_and_bad_lengths),
+	    cmocka_unit_test(test_q8_0_known_block),
+	    cmocka_unit_test(test_q4_0_known_block),
+	    cmocka_unit_test(test_zero_blocks_quantise_to_zero),
+	    cmocka_unit_test(test_q8_0_round_trip_error_bound),
+	    cmocka_unit_test(test_q4_0_round_trip_error_bound),
+	    cmocka_unit_test(test_f16_quantise_is_elementwise),
+	    cmocka_unit_test(test_matmul_matches_reference_k32),
+	    cmocka_unit_test(test_matmul_matches_reference_k64),
+	    cmocka_unit_test(test_matmul_matches_reference_k4096),
+	    cmocka_unit_test(test_matmul_float_types_any_k),
+	    cmocka_unit_test(test_matmul_batched_equals_single_bit_exact),
+	    cmocka_unit_test(test_matmul_auto_is_best_kernel),
+	    cmocka_unit_test(test_matmul_rejects_bad_arguments),
+	};
+	return cmocka_run_group_tests(tests, NULL, NULL);
+}

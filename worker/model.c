@@ -1,0 +1,289 @@
+/* model: llama hyper-parameters and the weights of one layer range, as
+ * views into a validated GGUF mapping.
+ *
+ * Every tensor the range needs is checked for presence, shape and type
+ * before use; norm vectors stored in F16/BF16 are converted to F32 once
+ * (they are tiny), everything else is used in place. */
+#include "model.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "quant.h"
+
+static int get_u32_req(const gguf_t *g, const char *key, uint32_t *out, struct itt_err *err)
+{
+	int rc = gguf_get_u32(g, key, out, err);
+	if (rc == ITT_E_NOTFOUND)
+		return itt_err_set(err, ITT_E_FORMAT, "metadata key %s is missing", key);
+	return rc;
+}
+
+int model_read_hparams(const gguf_t *g, struct model_hparams *hp, struct itt_err *err)
+{
+	struct gguf_str arch;
+	int rc;
+
+	memset(hp, 0, sizeof *hp);
+	rc = gguf_get_str(g, "general.architecture", &arch, err);
+	if (rc == ITT_E_NOTFOUND)
+		return itt_err_set(err, ITT_E_FORMAT, "metadata key general.architecture is missing");
+	if (rc < 0)
+		return rc;
+	if (!gguf_str_eq(arch, "llama"))
+		return itt_err_set(err, ITT_E_UNSUPPORTED,
+				   "general.architecture is \"%.*s\"; only \"llama\" is supported",
+				   (int)(arch.len > 64 ? 64 : arch.len), arch.ptr);
+
+	if ((rc = get_u32_req(g, "llama.embedding_length", &hp->dim, err)) < 0 ||
+	    (rc = get_u32_req(g, "llama.block_count", &hp->n_layers, err)) < 0 ||
+	    (rc = get_u32_req(g, "llama.attention.head_count", &hp->n_heads, err)) < 0 ||
+	    (rc = get_u32_req(g, "llama.feed_forward_length", &hp->ffn_dim, err)) < 0)
+		return rc;
+	rc = gguf_get_u32(g, "llama.attention.head_count_kv", &hp->n_kv_heads, err);
+	if (rc == ITT_E_NOTFOUND)
+		hp->n_kv_heads = hp->n_heads;
+	else if (rc < 0)
+		return rc;
+	rc = gguf_get_u32(g, "llama.context_length", &hp->ctx_len, err);
+	if (rc == ITT_E_NOTFOUND)
+		hp->ctx_len = 2048;
+	else if (rc < 0)
+		return rc;
+	rc = gguf_get_f32(g, "llama.attention.layer_norm_rms_epsilon", &hp->rms_eps, err);
+	if (rc == ITT_E_NOTFOUND)
+		hp->rms_eps = 1e-5f;
+	else if (rc < 0)
+		return rc;
+	rc = gguf_get_f32(g, "llama.rope.freq_base", &hp->rope_base, err);
+	if (rc == ITT_E_NOTFOUND)
+		hp->rope_base = 10000.0f;
+	else if (rc < 0)
+		return rc;
+
+	if (hp->dim == 0 || hp->dim > MODEL_MAX_DIM)
+		return itt_err_set(err, ITT_E_FORMAT, "llama.embedding_length %u out of range [1, %u]",
+				   hp->dim, MODEL_MAX_DIM);
+	if (hp->n_layers == 0 || hp->n_layers > MODEL_MAX_LAYERS)
+		return itt_err_set(err, ITT_E_FORMAT, "llama.block_count %u out of range [1, %u]",
+				   hp->n_layers, MODEL_MAX_LAYERS);
+	if (hp->n_heads == 0 || hp->dim % hp->n_heads != 0)
+		return itt_err_set(err, ITT_E_FORMAT,
+				   "llama.attention.head_count %u does not divide embedding_length %u",
+				   hp->n_heads, hp->dim);
+	if (hp->n_kv_heads == 0 || hp->n_heads % hp->n_kv_heads != 0)
+		return itt_err_set(err, ITT_E_FORMAT,
+				   "llama.attention.head_count_kv %u does not divide head_count %u",
+				   hp->n_kv_heads, hp->n_heads);
+	hp->head_dim = hp->dim / hp->n_heads;
+	if (hp->head_dim % 2 != 0)
+		return itt_err_set(err, ITT_E_FORMAT, "head dimension %u is odd; RoPE needs pairs",
+				   hp->head_dim);
+	uint32_t rope_dims;
+	rc = gguf_get_u32(g, "llama.rope.dimension_count", &rope_dims, err);
+	if (rc == 0 && rope_dims != hp->head_dim)
+		return itt_err_set(err, ITT_E_UNSUPPORTED,
+				   "llama.rope.dimension_count %u != head dimension %u (partial RoPE)",
+				   rope_dims, hp->head_dim);
+	if (rc < 0 && rc != ITT_E_NOTFOUND)
+		return rc;
+	if (hp->ffn_dim == 0 || hp->ffn_dim > 16 * MODEL_MAX_DIM)
+		return itt_err_set(err, ITT_E_FORMAT, "llama.feed_forward_length %u out of range",
+				   hp->ffn_dim);
+	if (hp->ctx_len == 0)
+		return itt_err_set(err, ITT_E_FORMAT, "llama.context_length is 0");
+	if (!(hp->rms_eps > 0.0f) || !isfinite(hp->rms_eps))
+		return itt_err_set(err, ITT_E_FORMAT, "llama.attention.layer_norm_rms_epsilon %g invalid",
+				   (double)hp->rms_eps);
+	if (!(hp->rope_base > 0.0f) || !isfinite(hp->rope_base))
+		return itt_err_set(err, ITT_E_FORMAT, "llama.rope.freq_base %g invalid",
+				   (double)hp->rope_base);
+
+	const struct gguf_tensor *te = gguf_find_tensor(g, "token_embd.weight");
+	if (!te)
+		return itt_err_set(err, ITT_E_FORMAT, "tensor token_embd.weight is missing");
+	if (te->n_dims != 2 || te->ne[0] != hp->dim || te->ne[1] == 0 || te->ne[1] > MODEL_MAX_VOCAB)
+		return itt_err_set(err, ITT_E_FORMAT,
+				   "tensor token_embd.weight has shape [%llu, %llu]; expected [%u, vocab]",
+				   (unsigned long long)te->ne[0],
+				   (unsigned long long)(te->n_dims > 1 ? te->ne[1] : 1), hp->dim);
+	hp->vocab = (uint32_t)te->ne[1];
+	return 0;
+}
+
+static bool type_loadable(uint32_t type)
+{
+	return type == GGML_TYPE_F32 || type == GGML_TYPE_F16 || type == GGML_TYPE_Q8_0 ||
+	       type == GGML_TYPE_Q4_0;
+}
+
+static int load_matrix(const gguf_t *g, const char *name, uint32_t rows, uint32_t cols,
+		       struct model_weight *w, uint64_t *bytes, struct itt_err *err)
+{
+	const struct gguf_tensor *t = gguf_find_tensor(g, name);
+	if (!t)
+		return itt_err_set(err, ITT_E_FORMAT, "tensor %s is missing", name);
+	if (t->n_dims != 2 || t->ne[0] != cols || t->ne[1] != rows)
+		return itt_err_set(err, ITT_E_FORMAT,
+				   "tensor %s has shape [%llu, %llu] (%u dims); expected [%u, %u]", name,
+				   (unsigned long long)t->ne[0],
+				   (unsigned long long)(t->n_dims > 1 ? t->ne[1] : 1), t->n_dims, cols,
+				   rows);
+	if (!type_loadable(t->type))
+		return itt_err_set(err, ITT_E_UNSUPPORTED,
+				   "tensor %s has type %s; supported: F32, F16, Q8_0, Q4_0", name,
+				   ggml_type_name(t->type));
+	w->data = t->data;
+	w->type = t->type;
+	w->rows = rows;
+	w->cols = cols;
+	w->row_bytes = quant_row_bytes(t->type, cols);
+	if (w->row_bytes == 0 || w->row_bytes * rows != t->size)
+		return itt_err_set(err, ITT_E_FORMAT, "tensor %s: size %llu does not match its shape",
+				   name, (unsigned long long)t->size);
+	if (bytes)
+		*bytes += t->size;
+	return 0;
+}
+
+/* Norm vectors: F32 in place; F16/BF16 converted into the owned buffer. */
+static int load_vector(const gguf_t *g, const char *name, uint32_t n, float **owned_cursor,
+		       const float **out, uint64_t *bytes, struct itt_err *err)
+{
+	const struct gguf_tensor *t = gguf_find_tensor(g, name);
+	if (!t)
+		return itt_err_set(err, ITT_E_FORMAT, "tensor %s is missing", name);
+	if (t->n_dims != 1 || t->ne[0] != n)
+		return itt_err_set(err, ITT_E_FORMAT, "tensor %s has %u dims, ne[0] %llu; expected [%u]",
+				   name, t->n_dims, (unsigned long long)t->ne[0], n);
+	if (t->type == GGML_TYPE_F32 && ((uintptr_t)t->data % sizeof(float)) == 0) {
+		*out = t->data;
+	} else if (t->type == GGML_TYPE_F32 || t->type == GGML_TYPE_F16 ||
+		   t->type == GGML_TYPE_BF16) {
+		float *dst = *owned_cursor;
+		if (t->type == GGML_TYPE_F32)
+			memcpy(dst, t->data, (size_t)n * sizeof(float));
+		else if (quant_dequant_row(t->type, t->data, dst, n) < 0)
+			return itt_err_set(err, ITT_E_UNSUPPORTED, "tensor %s: cannot convert type %s",
+					   name, ggml_type_name(t->type));
+		*owned_cursor += n;
+		*out = dst;
+	} else {
+		return itt_err_set(err, ITT_E_UNSUPPORTED, "tensor %s has type %s; norms need F32/F16",
+				   name, ggml_type_name(t->type));
+	}
+	if (bytes)
+		*bytes += t->size;
+	return 0;
+}
+
+int model_open(const char *path, uint32_t first, uint32_t last, struct model **out,
+	       struct itt_err *err)
+{
+	struct model *m = calloc(1, sizeof *m);
+	char name[96];
+	int rc;
+
+	if (!m)
+		return itt_err_set(err, ITT_E_NOMEM, "model_open: out of memory");
+	rc = gguf_open(path, &m->file, err);
+	if (rc < 0)
+		goto fail;
+	rc = model_read_hparams(m->file, &m->hp, err);
+	if (rc < 0)
+		goto fail;
+	const struct model_hparams *hp = &m->hp;
+	if (last == 0)
+		last = hp->n_layers;
+	if (first >= last || last > hp->n_layers) {
+		rc = itt_err_set(err, ITT_E_RANGE, "layer range [%u, %u) is not within [0, %u)",
+				 first, last, hp->n_layers);
+		goto fail;
+	}
+	m->first = first;
+	m->last = last;
+	uint32_t n = last - first;
+	m->layers = calloc(n, sizeof *m->layers);
+	/* At most two norms per layer plus the output norm. */
+	m->owned = malloc(((size_t)2 * n + 1) * hp->dim * sizeof(float));
+	if (!m->layers || !m->owned) {
+		rc = itt_err_set(err, ITT_E_NOMEM, "model_open: out of memory for %u layers", n);
+		goto fail;
+	}
+	float *cursor = m->owned;
+	uint32_t q_dim = hp->n_heads * hp->head_dim, kv_dim = hp->n_kv_heads * hp->head_dim;
+
+	if (first == 0) {
+		rc = load_matrix(m->file, "token_embd.weight", hp->vocab, hp->dim, &m->tok_embd,
+				 NULL, err);
+		if (rc < 0)
+			goto fail;
+	}
+	for (uint32_t i = 0; i < n; i++) {
+		struct model_layer *L = &m->layers[i];
+		uint32_t l = first + i;
+		struct {
+			const char *suffix;
+			struct model_weight *w;
+			uint32_t rows, cols;
+		} mats[] = {
+			{"attn_q", &L->wq, q_dim, hp->dim},     {"attn_k", &L->wk, kv_dim, hp->dim},
+			{"attn_v", &L->wv, kv_dim, hp->dim},    {"attn_output", &L->wo, hp->dim, q_dim},
+			{"ffn_gate", &L->w1, hp->ffn_dim, hp->dim},
+			{"ffn_down", &L->w2, hp->dim, hp->ffn_dim},
+			{"ffn_up", &L->w3, hp->ffn_dim, hp->dim},
+		};
+		snprintf(name, sizeof name, "blk.%u.attn_norm.weight", l);
+		rc = load_vector(m->file, name, hp->dim, &cursor, &L->attn_norm, &m->weight_bytes,
+				 err);
+		if (rc < 0)
+			goto fail;
+		snprintf(name, sizeof name, "blk.%u.ffn_norm.weight", l);
+		rc = load_vector(m->file, name, hp->dim, &cursor, &L->ffn_norm, &m->weight_bytes,
+				 err);
+		if (rc < 0)
+			goto fail;
+		for (size_t j = 0; j < sizeof mats / sizeof mats[0]; j++) {
+			snprintf(name, sizeof name, "blk.%u.%s.weight", l, mats[j].suffix);
+			rc = load_matrix(m->file, name, mats[j].rows, mats[j].cols, mats[j].w,
+					 &m->weight_bytes, err);
+			if (rc < 0)
+				goto fail;
+		}
+	}
+	if (last == hp->n_layers) {
+		rc = load_vector(m->file, "output_norm.weight", hp->dim, &cursor, &m->output_norm,
+				 &m->weight_bytes, err);
+		if (rc < 0)
+			goto fail;
+		if (gguf_find_tensor(m->file, "output.weight")) {
+			rc = load_matrix(m->file, "output.weight", hp->vocab, hp->dim, &m->output,
+					 &m->weight_bytes, err);
+		} else {
+			m->tied_output = true;
+			rc = load_matrix(m->file, "token_embd.weight", hp->vocab, hp->dim,
+					 &m->output, &m->weight_bytes, err);
+		}
+		if (rc < 0)
+			goto fail;
+	}
+	*out = m;
+	return 0;
+fail:
+	model_close(&m);
+	return rc;
+}
+
+void model_close(struct model **mp)
+{
+	struct model *m = mp ? *mp : NULL;
+	if (!m)
+		return;
+	gguf_close(&m->file);
+	free(m->layers);
+	free(m->owned);
+	free(m);
+	*mp = NULL;
+}

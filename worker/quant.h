@@ -1,0 +1,104 @@
+/* quant: weight element types other than F32 — half precision conversion,
+ * the ggml block layouts Q8_0 and Q4_0, row dequantisation, quantisation,
+ * and fused "dequantise and multiply" kernels for small batches.
+ *
+ * Block layouts (little-endian, no padding), as in ggml:
+ *   Q8_0: { uint16_t d (fp16); int8_t qs[32]; }          34 bytes / 32 values
+ *         x[i] = d * qs[i]
+ *   Q4_0: { uint16_t d (fp16); uint8_t qs[16]; }         18 bytes / 32 values
+ *         x[j] = d * ((qs[j] & 15) - 8), x[j + 16] = d * ((qs[j] >> 4) - 8)
+ * A row of n values (n a multiple of 32) is n/32 consecutive blocks. */
+#ifndef ITT_QUANT_H
+#define ITT_QUANT_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#define QK8_0 32
+#define QK4_0 32
+
+struct block_q8_0 {
+	uint16_t d;
+	int8_t qs[QK8_0];
+};
+
+struct block_q4_0 {
+	uint16_t d;
+	uint8_t qs[QK4_0 / 2];
+};
+
+_Static_assert(sizeof(struct block_q8_0) == 34, "q8_0 block layout");
+_Static_assert(sizeof(struct block_q4_0) == 18, "q4_0 block layout");
+
+/* IEEE half <-> single in portable C; fp32 -> fp16 rounds to nearest even,
+ * handles subnormals, infinities and NaN.  Both agree bit for bit with the
+ * F16C instructions: NaNs become quiet and keep the top payload bits. */
+float quant_fp16_to_fp32(uint16_t h);
+uint16_t quant_fp32_to_fp16(float f);
+
+/* Bytes of a row of n elements of type (F32, F16, Q8_0, Q4_0, BF16);
+ * 0 if the type is unknown, n is not a multiple of its block size or the
+ * size does not fit a size_t. */
+size_t quant_row_bytes(uint32_t type, size_t n);
+
+/* Dequantises n elements (n a multiple of the block size) of type into dst.
+ * Returns 0, ITT_E_UNSUPPORTED for a type it does not handle, or
+ * ITT_E_INVALID when n is not a multiple of the block size. */
+int quant_dequant_row(uint32_t type, const void *src, float *dst, size_t n);
+
+/* Quantises n floats into dst (quant_row_bytes(type, n) bytes) with ggml's
+ * reference rounding rules.  Types: F16, BF16 (round to nearest even),
+ * Q8_0, Q4_0 (and F32 as a copy).  Returns 0, ITT_E_UNSUPPORTED, or
+ * ITT_E_INVALID when n is not a multiple of the block size.
+ *
+ * Error bounds, up to float rounding of x / d (d the float scale, dh the
+ * fp16 scale the block holds and dequantisation uses):
+ *   Q8_0 (d = amax / 127):     |x - dh q| <= d/2 + 127 |d - dh|
+ *   Q4_0 (d = -(signed max) / 8): |x - dh (q - 8)| <= |d|/2 + 8 |d - dh| when
+ *         x/d < 7.5; up to |d| + 8 |d - dh| for x/d in [7.5, 8] (values of the
+ *         sign opposite to the largest one, whose code 16 is clipped to 15). */
+int quant_quantize_row(uint32_t type, const float *src, void *dst, size_t n);
+
+/* Fused small-batch product for a weight matrix W with rows of K elements
+ * stored row_stride bytes apart:
+ *     Y[m * ldy + r] = sum_k W[r][k] * X[m * K + k]
+ * for m in [0, M) and weight rows r in [r0, r1); other entries of Y are not
+ * touched.  Types: F16, BF16, Q8_0, Q4_0 (and F32); K must be a multiple of
+ * 32 for Q8_0 / Q4_0, any K for the float types.  1 <= M <= QUANT_MAX_M.
+ * Returns 0, ITT_E_UNSUPPORTED (type) or ITT_E_INVALID (arguments).
+ *
+ * Each weight block is dequantised once per call into registers and used
+ * for all M inputs, so W streams from memory once.  The activations are not
+ * quantised: the dequantised weights are exact floats and the only
+ * rounding is the float summation (16 or 8 lane accumulators, then a fixed
+ * reduction), so results agree with a double-precision dot product of the
+ * dequantised row to a few ulps of sum |w x|.
+ *
+ * Determinism: for one kernel, Y[m][r] depends only on W row r, X row m and
+ * K; not on M, m, r0, r1, ldy or the alignment of X.  A batched call equals
+ * M single calls bit for bit, and any split of [r0, r1) across threads gives
+ * the same result.  Different kernels (scalar, AVX2, AVX-512) may differ in
+ * the last bits.  Single-threaded: callers split [r0, r1) across threads. */
+#define QUANT_MAX_M 16
+int quant_matmul_rows(uint32_t type, const void *W, size_t row_stride, size_t K, const float *X,
+                      size_t M, float *Y, size_t ldy, size_t r0, size_t r1);
+
+/* The kernels behind quant_matmul_rows, for tests and benchmarks.  AUTO is
+ * the widest one compiled in (the build targets one instruction set). */
+enum quant_kernel {
+	QUANT_KERNEL_AUTO = 0,
+	QUANT_KERNEL_SCALAR, /* portable C, always built */
+	QUANT_KERNEL_AVX2,   /* AVX2 + FMA + F16C */
+	QUANT_KERNEL_AVX512, /* AVX-512F + FMA + F16C */
+	QUANT_KERNEL_COUNT
+};
+
+/* 1 if the kernel is compiled in, else 0. */
+int quant_kernel_available(enum quant_kernel kernel);
+const char *quant_kernel_name(enum quant_kernel kernel);
+/* quant_matmul_rows with a chosen kernel; ITT_E_UNSUPPORTED if absent. */
+int quant_matmul_rows_kernel(enum quant_kernel kernel, uint32_t type, const void *W,
+                             size_t row_stride, size_t K, const float *X, size_t M, float *Y,
+                             size_t ldy, size_t r0, size_t r1);
+
+#endif

@@ -1,0 +1,504 @@
+/* itt-synth: writes a random-weight llama GGUF (F32) of a chosen shape.
+ *
+ * Contract: the same arguments give the same file, byte for byte.  Weights
+ * are generated while the file is written (one chunk in memory), from a
+ * per-tensor splitmix64 stream: a sum of four uniforms, scaled to a
+ * standard deviation of 0.02 for the embedding and 1/sqrt(fan_in) for the
+ * projections (the residual outputs attn_output and ffn_down further by
+ * 1/sqrt(2 * layers), so activations stay bounded through the layers);
+ * norm weights are 1.  The metadata holds a valid SentencePiece-style
+ * tokenizer: <unk>, <s>, </s>, the 256 <0xXX> byte tokens, U+2581 and the
+ * printable ASCII characters, then distinct pseudo-random lowercase words
+ * as chains of prefixes ("\u2581w", "\u2581wo", ... and "wo", ...) with
+ * decreasing scores until the vocab is full.
+ * Exit codes: 0 done, 1 failure, 2 usage error (bad arguments). */
+#include <errno.h>
+#include <inttypes.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "gguf-write.h"
+#include "llama2c.h"
+#include "tokenizer.h"
+
+#define SYNTH_MIN_VOCAB  259          /* specials + 256 byte tokens */
+#define SYNTH_MAX_PARAMS (1ull << 33) /* 32 GiB of F32 */
+#define SYNTH_CHUNK      16384        /* floats per fill call */
+#define SYNTH_MAX_WORD   10
+
+struct synth_args {
+	long dim, layers, heads, kv_heads, ffn, vocab, ctx;
+	uint64_t seed;
+	bool tied;
+	const char *out;
+	const char *name;
+};
+
+/* ---- random numbers ---- */
+
+static uint64_t splitmix64(uint64_t *s)
+{
+	uint64_t z = (*s += 0x9e3779b97f4a7c15ull);
+	z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+	z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+	return z ^ (z >> 31);
+}
+
+/* Approximately N(0, 1): four 16-bit uniforms summed (Irwin-Hall), centred
+ * and scaled to unit variance; bounded by +-2*sqrt(3). */
+static float gauss(uint64_t *s)
+{
+	uint64_t r = splitmix64(s);
+	int32_t u = (int32_t)(r & 0xffff) + (int32_t)((r >> 16) & 0xffff) +
+	            (int32_t)((r >> 32) & 0xffff) + (int32_t)(r >> 48);
+	return (float)(u - 131070) * (1.7320508f / 65536.0f);
+}
+
+/* ---- weights ---- */
+
+struct gen {
+	uint64_t state;
+	float std; /* 0: constant value */
+	float value;
+	uint64_t left; /* floats still to produce */
+	float *buf;    /* shared, SYNTH_CHUNK floats */
+};
+
+static int fill_weights(void *ctx, const void **chunk, size_t *len, struct itt_err *err)
+{
+	struct gen *g = ctx;
+	size_t n = g->left < SYNTH_CHUNK ? (size_t)g->left : SYNTH_CHUNK;
+	if (g->std == 0.0f) {
+		for (size_t i = 0; i < n; i++)
+			g->buf[i] = g->value;
+	} else {
+		for (size_t i = 0; i < n; i++)
+			g->buf[i] = g->std * gauss(&g->state);
+	}
+	g->left -= n;
+	*chunk = g->buf;
+	*len = n * sizeof(float);
+	return 0;
+}
+
+/* ---- tokenizer ---- */
+
+struct vocab_build {
+	struct llama2c_vocab v;
+	uint32_t cap;
+	char *store; /* texts, NUL-separated */
+	size_t *off; /* offset of each text in store (store moves while growing) */
+	size_t used, store_cap;
+	uint32_t *hash; /* open addressing: id + 1, 0 = empty */
+	uint32_t hash_cap;
+	float next_score;
+};
+
+static uint32_t fnv1a(const char *s, size_t n)
+{
+	uint32_t h = 2166136261u;
+	for (size_t i = 0; i < n; i++)
+		h = (h ^ (uint8_t)s[i]) * 16777619u;
+	return h;
+}
+
+/* Slot of text in the hash: the slot holding it, or the empty one where it
+ * would go. */
+static uint32_t *vb_slot(struct vocab_build *b, const char *s, size_t n)
+{
+	uint32_t i = fnv1a(s, n) & (b->hash_cap - 1);
+	for (;;) {
+		uint32_t *slot = &b->hash[i];
+		if (*slot == 0)
+			return slot;
+		uint32_t id = *slot - 1;
+		if (b->v.tokens[id].len == n && memcmp(b->store + b->off[id], s, n) == 0)
+			return slot;
+		i = (i + 1) & (b->hash_cap - 1);
+	}
+}
+
+/* Adds a token unless it exists; returns 1 if added, 0 if present, <0 on
+ * allocation failure. */
+static int vb_add(struct vocab_build *b, const char *s, size_t n, int32_t type, float score)
+{
+	uint32_t *slot = vb_slot(b, s, n);
+	if (*slot)
+		return 0;
+	if (b->used + n + 1 > b->store_cap) {
+		size_t cap = b->store_cap * 2 + n + 1;
+		char *p = realloc(b->store, cap);
+		if (!p)
+			return ITT_E_NOMEM;
+		b->store = p;
+		b->store_cap = cap;
+	}
+	uint32_t id = b->v.n++;
+	memcpy(b->store + b->used, s, n);
+	b->store[b->used + n] = 0;
+	b->v.tokens[id].len = n;
+	b->off[id] = b->used;
+	b->v.scores[id] = score;
+	b->v.types[id] = type;
+	b->used += n + 1;
+	*slot = id + 1;
+	return 1;
+}
+
+static int vb_add_normal(struct vocab_build *b, const char *s, size_t n)
+{
+	int rc = vb_add(b, s, n, TOKENIZER_TYPE_NORMAL, b->next_score);
+	if (rc == 1)
+		b->next_score -= 1.0f;
+	return rc;
+}
+
+/* A letter, skewed towards the frequent ones of English. */
+static char letter(uint64_t *s)
+{
+	static const char order[] = "etaoinshrdlcumwfgypbvkjxqz";
+	uint64_t r = splitmix64(s);
+	uint32_t a = (uint32_t)(r % 26), c = (uint32_t)((r >> 32) % 26);
+	return order[a < c ? a : c];
+}
+
+static int build_vocab(struct vocab_build *b, uint32_t n, uint64_t seed)
+{
+	b->cap = n;
+	b->v.tokens = calloc(n, sizeof *b->v.tokens);
+	b->v.scores = calloc(n, sizeof *b->v.scores);
+	b->v.types = calloc(n, sizeof *b->v.types);
+	b->off = calloc(n, sizeof *b->off);
+	b->hash_cap = 1;
+	while (b->hash_cap < 2 * n)
+		b->hash_cap *= 2;
+	b->hash = calloc(b->hash_cap, sizeof *b->hash);
+	b->store_cap = (size_t)n * 8;
+	b->store = malloc(b->store_cap);
+	if (!b->v.tokens || !b->v.scores || !b->v.types || !b->off || !b->hash || !b->store)
+		return ITT_E_NOMEM;
+
+	int rc = 0;
+	rc |= vb_add(b, "<unk>", 5, TOKENIZER_TYPE_UNKNOWN, 0.0f);
+	rc |= vb_add(b, "<s>", 3, TOKENIZER_TYPE_CONTROL, 0.0f);
+	rc |= vb_add(b, "</s>", 4, TOKENIZER_TYPE_CONTROL, 0.0f);
+	for (int i = 0; i < 256; i++) {
+		char t[8];
+		snprintf(t, sizeof t, "<0x%02X>", i);
+		rc |= vb_add(b, t, 6, TOKENIZER_TYPE_BYTE, 0.0f);
+	}
+	if (rc < 0)
+		return ITT_E_NOMEM;
+	if (b->v.n < n && vb_add_normal(b, "\xe2\x96\x81", 3) < 0)
+		return ITT_E_NOMEM;
+	for (int c = 0x21; c < 0x7f && b->v.n < n; c++) {
+		char t = (char)c;
+		if (vb_add_normal(b, &t, 1) < 0)
+			return ITT_E_NOMEM;
+	}
+	uint64_t s = seed ^ 0x746f6b656e73ull; /* "tokens" */
+	while (b->v.n < n) {
+		char word[3 + SYNTH_MAX_WORD];
+		size_t len = 2 + (size_t)(splitmix64(&s) % (SYNTH_MAX_WORD - 1));
+		memcpy(word, "\xe2\x96\x81", 3);
+		for (size_t i = 0; i < len; i++)
+			word[3 + i] = letter(&s);
+		/* "\u2581" + prefixes, then the bare prefixes of two letters or more */
+		for (size_t k = 1; k <= len && b->v.n < n; k++)
+			if (vb_add_normal(b, word, 3 + k) < 0)
+				return ITT_E_NOMEM;
+		for (size_t k = 2; k <= len && b->v.n < n; k++)
+			if (vb_add_normal(b, word + 3, k) < 0)
+				return ITT_E_NOMEM;
+	}
+	for (uint32_t i = 0; i < b->v.n; i++)
+		b->v.tokens[i].ptr = b->store + b->off[i];
+	return 0;
+}
+
+static void free_vocab(struct vocab_build *b)
+{
+	free(b->v.tokens);
+	free(b->v.scores);
+	free(b->v.types);
+	free(b->off);
+	free(b->hash);
+	free(b->store);
+}
+
+/* ---- arguments ---- */
+
+static void usage(FILE *f)
+{
+	fprintf(f,
+	        "usage: itt-synth OUT.gguf [options]\n"
+	        "\n"
+	        "Writes a llama GGUF with deterministic random F32 weights and a valid\n"
+	        "SentencePiece-style tokenizer.\n"
+	        "\n"
+	        "  --dim N       embedding width (768)\n"
+	        "  --layers N    blocks (12)\n"
+	        "  --heads N     query heads (12); dim must be a multiple, head_dim even\n"
+	        "  --kv-heads N  key/value heads (12); must divide heads\n"
+	        "  --ffn N       FFN width (2048)\n"
+	        "  --vocab N     tokens (32000), at least %d\n"
+	        "  --ctx N       llama.context_length (2048)\n"
+	        "  --seed N      random seed (1)\n"
+	        "  --tied        no output.weight: the head is the token embedding\n"
+	        "  --name NAME   general.name (itt-synth)\n"
+	        "  -h, --help    this text\n"
+	        "\n"
+	        "Exit status: 0 done, 1 failure, 2 usage error.\n",
+	        SYNTH_MIN_VOCAB);
+}
+
+static int parse_long(const char *flag, const char *s, long *out)
+{
+	if (!s) {
+		fprintf(stderr, "itt-synth: %s needs a value\n", flag);
+		return -1;
+	}
+	char *end;
+	errno = 0;
+	long v = strtol(s, &end, 10);
+	if (errno || end == s || *end) {
+		fprintf(stderr, "itt-synth: %s: \"%s\" is not an integer\n", flag, s);
+		return -1;
+	}
+	*out = v;
+	return 0;
+}
+
+static int check_bound(const char *flag, long v, long lo, long hi)
+{
+	if (v < lo || v > hi) {
+		fprintf(stderr, "itt-synth: %s %ld is out of range [%ld, %ld]\n", flag, v, lo, hi);
+		return -1;
+	}
+	return 0;
+}
+
+static int parse_args(int argc, char **argv, struct synth_args *a)
+{
+	*a = (struct synth_args){.dim = 768,
+	                         .layers = 12,
+	                         .heads = 12,
+	                         .kv_heads = 12,
+	                         .ffn = 2048,
+	                         .vocab = 32000,
+	                         .ctx = 2048,
+	                         .seed = 1,
+	                         .name = "itt-synth"};
+	for (int i = 1; i < argc; i++) {
+		const char *f = argv[i];
+		const char *val = i + 1 < argc ? argv[i + 1] : NULL;
+		struct {
+			const char *flag;
+			long *dst;
+		} num[] = {{"--dim", &a->dim},     {"--layers", &a->layers},
+		           {"--heads", &a->heads}, {"--kv-heads", &a->kv_heads},
+		           {"--ffn", &a->ffn},     {"--vocab", &a->vocab},
+		           {"--ctx", &a->ctx}};
+		bool done = false;
+		for (size_t k = 0; k < sizeof num / sizeof num[0] && !done; k++) {
+			if (strcmp(f, num[k].flag) == 0) {
+				if (parse_long(f, val, num[k].dst))
+					return -1;
+				i++;
+				done = true;
+			}
+		}
+		if (done)
+			continue;
+		if (strcmp(f, "--seed") == 0) {
+			char *end;
+			errno = 0;
+			if (!val || *val == '-' || (a->seed = strtoull(val, &end, 10), errno) ||
+			    end == val || *end) {
+				fprintf(stderr, "itt-synth: --seed needs an unsigned integer\n");
+				return -1;
+			}
+			i++;
+		} else if (strcmp(f, "--name") == 0) {
+			if (!val || !*val) {
+				fprintf(stderr, "itt-synth: --name needs a non-empty value\n");
+				return -1;
+			}
+			a->name = val;
+			i++;
+		} else if (strcmp(f, "--tied") == 0) {
+			a->tied = true;
+		} else if (f[0] == '-' && f[1]) {
+			fprintf(stderr, "itt-synth: unknown option %s (try --help)\n", f);
+			return -1;
+		} else if (!a->out) {
+			a->out = f;
+		} else {
+			fprintf(stderr, "itt-synth: unexpected argument %s (try --help)\n", f);
+			return -1;
+		}
+	}
+	if (!a->out) {
+		fprintf(stderr, "itt-synth: OUT.gguf is missing (try --help)\n");
+		return -1;
+	}
+	if (check_bound("--dim", a->dim, 1, LLAMA2C_MAX_DIM) ||
+	    check_bound("--layers", a->layers, 1, LLAMA2C_MAX_LAYERS) ||
+	    check_bound("--heads", a->heads, 1, a->dim) ||
+	    check_bound("--kv-heads", a->kv_heads, 1, a->heads) ||
+	    check_bound("--ffn", a->ffn, 1, LLAMA2C_MAX_HIDDEN) ||
+	    check_bound("--vocab", a->vocab, SYNTH_MIN_VOCAB, LLAMA2C_MAX_VOCAB) ||
+	    check_bound("--ctx", a->ctx, 1, LLAMA2C_MAX_SEQ))
+		return -1;
+	if (a->dim % a->heads != 0) {
+		fprintf(stderr, "itt-synth: --dim %ld is not a multiple of --heads %ld\n", a->dim,
+		        a->heads);
+		return -1;
+	}
+	if (a->heads % a->kv_heads != 0) {
+		fprintf(stderr, "itt-synth: --heads %ld is not a multiple of --kv-heads %ld\n",
+		        a->heads, a->kv_heads);
+		return -1;
+	}
+	if ((a->dim / a->heads) % 2 != 0) {
+		fprintf(stderr, "itt-synth: head_dim %ld (--dim / --heads) must be even\n",
+		        a->dim / a->heads);
+		return -1;
+	}
+	return 0;
+}
+
+/* ---- the model ---- */
+
+struct tensor_spec {
+	char name[64];
+	uint64_t cols, rows; /* rows 0: a vector */
+	float std;           /* 0: all ones */
+};
+
+static int synth(const struct synth_args *a, struct itt_err *err)
+{
+	struct llama2c_config c = {.dim = (int32_t)a->dim,
+	                           .hidden_dim = (int32_t)a->ffn,
+	                           .n_layers = (int32_t)a->layers,
+	                           .n_heads = (int32_t)a->heads,
+	                           .n_kv_heads = (int32_t)a->kv_heads,
+	                           .vocab_size = (int32_t)a->vocab,
+	                           .seq_len = (int32_t)a->ctx,
+	                           .shared_classifier = a->tied};
+	int rc = llama2c_check_config(&c, err);
+	if (rc)
+		return rc;
+	uint64_t d = (uint64_t)c.dim, h = (uint64_t)c.hidden_dim, v = (uint64_t)c.vocab_size;
+	uint64_t kv = (uint64_t)c.kv_dim, L = (uint64_t)c.n_layers;
+	uint64_t per_layer = 2 * d * d + 2 * kv * d + 3 * h * d + 2 * d;
+	uint64_t params = v * d * (a->tied ? 1 : 2) + d + L * per_layer;
+	printf("parameters: %" PRIu64 " (%.1f M), %.1f MiB as F32\n", params, params / 1e6,
+	       params * 4.0 / 1048576.0);
+	if (params > SYNTH_MAX_PARAMS)
+		return itt_err_set(err, ITT_E_RANGE, "%" PRIu64 " parameters exceed the limit %llu",
+		                   params, (unsigned long long)SYNTH_MAX_PARAMS);
+
+	size_t n_t = 3 + 9 * (size_t)L;
+	struct tensor_spec *ts = calloc(n_t, sizeof *ts);
+	struct gen *gens = calloc(n_t, sizeof *gens);
+	float *buf = malloc(SYNTH_CHUNK * sizeof(float));
+	struct vocab_build vb = {0};
+	gguf_writer_t *w = NULL;
+	if (!ts || !gens || !buf) {
+		rc = itt_err_set(err, ITT_E_NOMEM, "out of memory");
+		goto out;
+	}
+	float s_in = 1.0f / sqrtf((float)d), s_res = 1.0f / sqrtf(2.0f * (float)L);
+	size_t k = 0;
+	ts[k++] = (struct tensor_spec){"token_embd.weight", d, v, 0.02f};
+	ts[k++] = (struct tensor_spec){"output_norm.weight", d, 0, 0.0f};
+	if (!a->tied)
+		ts[k++] = (struct tensor_spec){"output.weight", d, v, s_in};
+	for (uint64_t l = 0; l < L; l++) {
+		struct {
+			const char *suffix;
+			uint64_t cols, rows;
+			float std;
+		} lt[] = {
+		    {"attn_q", d, d, s_in},
+		    {"attn_k", d, kv, s_in},
+		    {"attn_v", d, kv, s_in},
+		    {"attn_output", d, d, s_in * s_res},
+		    {"attn_norm", d, 0, 0.0f},
+		    {"ffn_gate", d, h, s_in},
+		    {"ffn_down", h, d, s_res / sqrtf((float)h)},
+		    {"ffn_up", d, h, s_in},
+		    {"ffn_norm", d, 0, 0.0f},
+		};
+		for (size_t i = 0; i < sizeof lt / sizeof lt[0]; i++) {
+			struct tensor_spec *t = &ts[k++];
+			snprintf(t->name, sizeof t->name, "blk.%" PRIu64 ".%s.weight", l,
+			         lt[i].suffix);
+			t->cols = lt[i].cols;
+			t->rows = lt[i].rows;
+			t->std = lt[i].std;
+		}
+	}
+
+	rc = build_vocab(&vb, (uint32_t)v, a->seed);
+	if (rc) {
+		rc = itt_err_set(err, rc, "building the vocabulary: out of memory");
+		goto out;
+	}
+	if ((rc = gguf_writer_new(&w, err)) || (rc = llama2c_add_hparams(w, &c, a->name, err)) ||
+	    (rc = llama2c_add_vocab(w, &vb.v, err)))
+		goto out;
+	uint64_t seed_mix = splitmix64(&(uint64_t){a->seed});
+	for (size_t i = 0; i < k; i++) {
+		uint64_t ne[2] = {ts[i].cols, ts[i].rows};
+		uint64_t s = seed_mix ^ (0x9e3779b97f4a7c15ull * (i + 1));
+		gens[i] = (struct gen){.state = splitmix64(&s),
+		                       .std = ts[i].std,
+		                       .value = 1.0f,
+		                       .left = ts[i].cols * (ts[i].rows ? ts[i].rows : 1),
+		                       .buf = buf};
+		rc = gguf_writer_add_tensor_fn(w, ts[i].name, ts[i].rows ? 2 : 1, ne, GGML_TYPE_F32,
+		                               fill_weights, &gens[i], err);
+		if (rc)
+			goto out;
+	}
+	struct timespec t0, t1;
+	clock_gettime(CLOCK_MONOTONIC, &t0);
+	rc = gguf_writer_write(w, a->out, false, err);
+	clock_gettime(CLOCK_MONOTONIC, &t1);
+	if (rc == 0)
+		printf("wrote %s: %zu tensors, vocab %u, %" PRIu64 " bytes in %.2f s\n", a->out, k,
+		       vb.v.n, gguf_writer_file_size(w),
+		       (double)(t1.tv_sec - t0.tv_sec) + (t1.tv_nsec - t0.tv_nsec) / 1e9);
+out:
+	gguf_writer_destroy(&w);
+	free_vocab(&vb);
+	free(buf);
+	free(gens);
+	free(ts);
+	return rc;
+}
+
+int main(int argc, char **argv)
+{
+	for (int i = 1; i < argc; i++) {
+		if (strcmp(argv[i], "-h") == 0 || strcmp(argv[i], "--help") == 0) {
+			usage(stdout);
+			return 0;
+		}
+	}
+	struct synth_args a;
+	if (parse_args(argc, argv, &a) != 0)
+		return 2;
+	struct itt_err err = {0};
+	int rc = synth(&a, &err);
+	if (rc) {
+		fprintf(stderr, "itt-synth: %s (%s)\n", err.msg, itt_strerror(rc));
+		return 1;
+	}
+	return 0;
+}
