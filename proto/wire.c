@@ -218,8 +218,10 @@ int wire_send_error(void *sock, const void *identity, size_t identity_len,
 	va_end(ap);
 	Itt__Error e = ITT__ERROR__INIT;
 	e.request_id = (char *)(request_id ? request_id : "");
+	e.has_code = 1;
 	e.code = (Itt__Code)code;
 	e.reason = reason;
+	e.has_session_id = session_id != 0;
 	e.session_id = session_id;
 	return wire_send(sock, identity, identity_len, WIRE_ERROR, &e.base, NULL, 0, 0);
 }
