@@ -12,9 +12,9 @@
 #define CLI_MAX_STOPS 8
 
 struct gen_opts {
-	const char *local;   /* model path for the in-process engine */
-	const char *broker;  /* broker endpoint */
-	const char *model;   /* model name at the broker */
+	const char *local;  /* model path for the in-process engine */
+	const char *broker; /* broker endpoint */
+	const char *model;  /* model name at the broker */
 	const char *prompt;
 	int32_t n_predict;
 	struct sampler_params sp;
@@ -40,6 +40,10 @@ void json_ids(FILE *f, const int32_t *ids, size_t n);
 double cli_now_ms(void);
 
 int cmd_generate_local(struct gen_opts *o);
+/* cmd-cluster.c: argv holds the options after the subcommand's name. */
+int cmd_generate_broker(int argc, char **argv);
+int cmd_stats(int argc, char **argv);
+int cmd_up(int argc, char **argv);
 int cmd_perplexity(int argc, char **argv);
 int cmd_bench(int argc, char **argv);
 

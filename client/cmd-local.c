@@ -165,6 +165,7 @@ int cmd_generate_local(struct gen_opts *o)
 		if (text_len > emitted)
 			fwrite(text + emitted, 1, text_len - emitted, stdout);
 		printf("\n");
+		fflush(stdout);
 		fprintf(stderr, "[%zu prompt tokens in %.1f ms, %zu generated in %.1f ms (%.1f tok/s), "
 				"stop: %s, seed %llu]\n",
 			n_prompt, t1 - t0, n_gen, t2 - t1, n_gen / ((t2 - t1) / 1e3 + 1e-12),

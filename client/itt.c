@@ -1,4 +1,5 @@
 /* itt: the command-line client.  Subcommands dispatch to cmd-*.c. */
+#include <stdbool.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -8,14 +9,18 @@ static const char usage[] =
 	"usage: itt COMMAND [options]\n"
 	"\n"
 	"commands:\n"
-	"  generate    generate text: --local MODEL.gguf runs the engine in this process\n"
+	"  generate    generate text: --local MODEL.gguf runs the engine in this process,\n"
+	"              --broker ENDPOINT --model NAME asks a cluster and streams the answer\n"
+	"  stats       a cluster's workers, models and counters (--broker ENDPOINT)\n"
+	"  up          start a broker and N workers on this machine (--model FILE)\n"
 	"  perplexity  mean negative log-likelihood of a text file (--local)\n"
 	"  bench       benchmarks: `itt bench engine --local MODEL.gguf`\n"
 	"\n"
 	"`itt COMMAND --help` describes each command.\n";
 
 static const char generate_help[] =
-	"usage: itt generate --local MODEL.gguf [--prompt TEXT] [-n N] [--temperature T]\n"
+	"usage: itt generate (--local MODEL.gguf | --broker ENDPOINT --model NAME)\n"
+	"                    [--prompt TEXT] [-n N] [--temperature T]\n"
 	"                    [--top-k K] [--top-p P] [--min-p P] [--typical P]\n"
 	"                    [--repeat-penalty R] [--repeat-last-n N] [--presence-penalty X]\n"
 	"                    [--frequency-penalty X] [--seed S] [--stop STR]... [--threads T]\n"
@@ -26,7 +31,13 @@ static const char generate_help[] =
 	"64 tokens), top-k 40, typical 1.0, top-p 0.95, min-p 0.05, temperature 0.8;\n"
 	"temperature <= 0 is greedy. Without --seed a random seed is used and reported.\n"
 	"--json prints one object: prompt, prompt_tokens (ids, BOS included), tokens,\n"
-	"text, stop_reason, seed and timings.\n";
+	"text, stop_reason, seed and timings.\n"
+	"With --broker the request goes to a cluster (e.g. tcp://127.0.0.1:5555) for the model\n"
+	"NAME and the text is printed as it arrives; --threads does not apply. Extra options:\n"
+	"  --api-key KEY     (default $ITT_API_KEY)   --client-id ID   (default random)\n"
+	"  --tenant NAME     --priority N (higher first)   --deadline-ms MS (broker default)\n"
+	"  --timeout-ms MS   give up when the broker is silent this long (default 30000)\n"
+	"An ERROR from the cluster prints \"itt generate: CODE: reason\" and exits 1.\n";
 
 int main(int argc, char **argv)
 {
@@ -37,23 +48,34 @@ int main(int argc, char **argv)
 	const char *cmd = argv[1];
 	if (!strcmp(cmd, "generate")) {
 		struct gen_opts o;
-		for (int i = 2; i < argc; i++)
+		bool broker = false;
+		for (int i = 2; i < argc; i++) {
 			if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) {
 				fputs(generate_help, stdout);
 				return 0;
 			}
+			broker |= !strcmp(argv[i], "--broker");
+		}
+		if (broker)
+			return cmd_generate_broker(argc - 2, argv + 2);
 		int rc = cli_parse_gen(argc - 2, argv + 2, &o, cmd);
 		if (rc)
 			return rc;
 		if (o.local)
 			return cmd_generate_local(&o);
-		fprintf(stderr, "itt generate: --local MODEL.gguf is required\n%s", generate_help);
+		fprintf(stderr,
+			"itt generate: --local MODEL.gguf or --broker ENDPOINT is required\n%s",
+			generate_help);
 		return 2;
 	}
 	if (!strcmp(cmd, "perplexity"))
 		return cmd_perplexity(argc - 2, argv + 2);
 	if (!strcmp(cmd, "bench"))
 		return cmd_bench(argc - 2, argv + 2);
+	if (!strcmp(cmd, "stats"))
+		return cmd_stats(argc - 2, argv + 2);
+	if (!strcmp(cmd, "up"))
+		return cmd_up(argc - 2, argv + 2);
 	fprintf(stderr, "itt: unknown command \"%s\"\n%s", cmd, usage);
 	return 2;
 }

@@ -78,7 +78,7 @@ int validate_sampling(const Itt__SamplingParams *p, uint32_t vocab, const struct
 	out->n_bias = p->n_logit_bias;
 	struct itt_err err = {0};
 	/* vocab unknown (broker): let every token id pass the sampler check */
-	if (sampler_params_validate(out, vocab ? vocab : UINT32_MAX, &err) < 0)
+	if (sampler_params_validate(out, vocab ? vocab : INT32_MAX, &err) < 0)
 		return bad(reason, cap, "sampling: %s", err.msg);
 	return 0;
 }

@@ -30,7 +30,7 @@ struct sampler_params {
 	float top_p;             /* in (0, 1]; 1: off */
 	float min_p;             /* in [0, 1]; 0: off */
 	float typical_p;         /* in (0, 1]; 1: off */
-	float repeat_penalty;    /* >= 0 (llama.cpp: > 0); 1: off */
+	float repeat_penalty;    /* > 0; 1: off */
 	float presence_penalty;  /* 0: off */
 	float frequency_penalty; /* 0: off */
 	int32_t penalty_last_n;  /* window; 0: off, -1: whole history */

@@ -1,0 +1,755 @@
+/* cmd-cluster: the itt subcommands that talk to a cluster through libitt:
+ *   itt generate --broker ENDPOINT --model NAME ...   stream a generation
+ *   itt stats [--broker ENDPOINT] [--json]             the broker's ClusterStats
+ *   itt up [--workers N] [--model FILE] ...            a broker and N workers as children
+ *
+ * Contract: exit 0 on success; 1 when the cluster answered ERROR (printed as
+ * "itt CMD: CODE: reason") or a child of `itt up` died; 2 on a usage error
+ * or a request refused before it was sent.  Everything received is checked
+ * by libitt; nothing a broker sends can crash these commands.
+ *
+ * `itt up` invariant: every child it started is signalled and reaped before
+ * it returns (children also get SIGTERM from the kernel if `itt up` itself is
+ * killed, through PR_SET_PDEATHSIG). */
+#include <errno.h>
+#include <libgen.h>
+#include <limits.h>
+#include <signal.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/prctl.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "cli.h"
+#include "libitt.h"
+
+#define DEFAULT_BROKER "tcp://127.0.0.1:5555"
+#define UP_MAX_WORKERS 256
+#define UP_MAX_EXTRA   32
+
+static volatile sig_atomic_t g_stop;
+
+static void on_signal(int sig)
+{
+	g_stop = sig;
+}
+
+/* SIGINT/SIGTERM set g_stop and interrupt blocking calls (no SA_RESTART). */
+static void install_signals(void)
+{
+	struct sigaction sa;
+	memset(&sa, 0, sizeof sa);
+	sa.sa_handler = on_signal;
+	sigemptyset(&sa.sa_mask);
+	sigaction(SIGINT, &sa, NULL);
+	sigaction(SIGTERM, &sa, NULL);
+}
+
+static const char *env_or(const char *name, const char *def)
+{
+	const char *v = getenv(name);
+	return v && *v ? v : def;
+}
+
+/* --- generate --broker ------------------------------------------------------ */
+
+struct cluster_opts {
+	const char *api_key;
+	const char *client_id;
+	const char *tenant;
+	long deadline_ms;
+	long priority;
+	long timeout_ms;
+};
+
+/* Sets the sampling fields that differ from the defaults, so that absent
+ * fields keep the broker's (and later a tenant's) defaults. */
+static void fill_sampling(const struct gen_opts *o, struct itt_sampling *s)
+{
+	struct sampler_params d;
+	const struct sampler_params *p = &o->sp;
+	sampler_params_default(&d);
+#define SET(field, src, bit)                                                                       \
+	do {                                                                                       \
+		if (p->src != d.src) {                                                             \
+			s->field = p->src;                                                         \
+			s->set |= bit;                                                             \
+		}                                                                                  \
+	} while (0)
+	SET(temperature, temperature, ITT_SAMPLING_TEMPERATURE);
+	SET(top_k, top_k, ITT_SAMPLING_TOP_K);
+	SET(top_p, top_p, ITT_SAMPLING_TOP_P);
+	SET(min_p, min_p, ITT_SAMPLING_MIN_P);
+	SET(typical_p, typical_p, ITT_SAMPLING_TYPICAL_P);
+	SET(repeat_penalty, repeat_penalty, ITT_SAMPLING_REPEAT_PENALTY);
+	SET(repeat_last_n, penalty_last_n, ITT_SAMPLING_REPEAT_LAST_N);
+	SET(presence_penalty, presence_penalty, ITT_SAMPLING_PRESENCE_PENALTY);
+	SET(frequency_penalty, frequency_penalty, ITT_SAMPLING_FREQUENCY_PENALTY);
+#undef SET
+	if (o->seed_set) {
+		s->seed = p->seed;
+		s->set |= ITT_SAMPLING_SEED;
+	}
+}
+
+/* A growable byte buffer for the generated text and ids. */
+struct buf {
+	char *p;
+	size_t len, cap;
+};
+
+static int buf_add(struct buf *b, const void *data, size_t n)
+{
+	if (b->len + n + 1 > b->cap) {
+		size_t cap = 2 * b->cap + n + 64;
+		char *p = realloc(b->p, cap);
+		if (!p)
+			return -1;
+		b->p = p;
+		b->cap = cap;
+	}
+	if (n)
+		memcpy(b->p + b->len, data, n);
+	b->len += n;
+	b->p[b->len] = 0;
+	return 0;
+}
+
+/* Removes the options only the broker path knows from argv (in place) and
+ * stores them in co; returns the new argc, or -1 after a usage error. */
+static int take_cluster_opts(int argc, char **argv, struct cluster_opts *co, const char *cmd)
+{
+	int n = 0;
+	for (int i = 0; i < argc; i++) {
+		const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
+		const char **str = NULL;
+		long *num = NULL, lo = 0, hi = 0;
+		if (!strcmp(a, "--api-key"))
+			str = &co->api_key;
+		else if (!strcmp(a, "--client-id"))
+			str = &co->client_id;
+		else if (!strcmp(a, "--tenant"))
+			str = &co->tenant;
+		else if (!strcmp(a, "--deadline-ms"))
+			num = &co->deadline_ms, lo = 0, hi = 3600000;
+		else if (!strcmp(a, "--priority"))
+			num = &co->priority, lo = -1000000, hi = 1000000;
+		else if (!strcmp(a, "--timeout-ms"))
+			num = &co->timeout_ms, lo = 0, hi = 86400000;
+		if (!str && !num) {
+			argv[n++] = argv[i];
+			continue;
+		}
+		if (!v) {
+			fprintf(stderr, "itt %s: %s needs a value\n", cmd, a);
+			return -1;
+		}
+		if (str)
+			*str = v;
+		else if (!cli_parse_long(v, lo, hi, num)) {
+			fprintf(stderr, "itt %s: bad value for %s: \"%s\" (%ld..%ld)\n", cmd, a, v,
+				lo, hi);
+			return -1;
+		}
+		i++;
+	}
+	return n;
+}
+
+static itt_client_t *open_client(const char *endpoint, const struct cluster_opts *co,
+				 const char *cmd)
+{
+	struct itt_client_options opt;
+	struct itt_error err = {0};
+	itt_client_options_default(&opt);
+	opt.api_key = co->api_key ? co->api_key : getenv("ITT_API_KEY");
+	opt.client_id = co->client_id;
+	if (co->timeout_ms >= 0)
+		opt.give_up_ms = (int)co->timeout_ms;
+	itt_client_t *c = itt_client_new(endpoint, &opt, &err);
+	if (!c)
+		fprintf(stderr, "itt %s: %s: %s\n", cmd, itt_code_name(err.code), err.reason);
+	return c;
+}
+
+int cmd_generate_broker(int argc, char **argv)
+{
+	struct cluster_opts co = {.timeout_ms = -1};
+	struct gen_opts o;
+	struct itt_error err = {0};
+	int rc = 1;
+
+	argc = take_cluster_opts(argc, argv, &co, "generate");
+	if (argc < 0 || cli_parse_gen(argc, argv, &o, "generate"))
+		return 2;
+	if (o.local) {
+		fprintf(stderr, "itt generate: --local and --broker are exclusive\n");
+		return 2;
+	}
+	if (!o.broker || !o.model) {
+		fprintf(stderr, "itt generate: --broker ENDPOINT needs --model NAME\n");
+		return 2;
+	}
+	struct itt_request req;
+	itt_request_init(&req);
+	req.model = o.model;
+	req.prompt = o.prompt;
+	req.max_tokens = o.n_predict;
+	fill_sampling(&o, &req.sampling);
+	req.stop = o.stops;
+	req.n_stop = (size_t)o.n_stops;
+	req.deadline_ms = (uint32_t)co.deadline_ms;
+	req.priority = (int32_t)co.priority;
+	req.tenant = co.tenant;
+
+	itt_client_t *c = open_client(o.broker, &co, "generate");
+	if (!c)
+		return 2;
+	itt_stream_t *s = itt_submit(c, &req, &err);
+	if (!s) {
+		fprintf(stderr, "itt generate: %s: %s\n", itt_code_name(err.code), err.reason);
+		itt_client_destroy(&c);
+		return err.code == ITT__CODE__INVALID_ARGUMENT ? 2 : 1;
+	}
+	install_signals();
+	if (!o.json) {
+		fputs(o.prompt, stdout);
+		fflush(stdout);
+	}
+	struct buf text = {0}, ids = {0};
+	double t0 = cli_now_ms();
+	bool cancelled = false;
+	for (;;) {
+		struct itt_event ev;
+		if (g_stop && !cancelled) {
+			/* Ctrl-C: cancel, and give the broker a moment to confirm. */
+			itt_stream_cancel(s);
+			cancelled = true;
+			t0 = cli_now_ms();
+		}
+		int r = itt_stream_next(s, &ev, 200);
+		if (r < 0)
+			break;
+		if (r == 0) {
+			if (cancelled && cli_now_ms() - t0 > 2000) {
+				rc = 130;
+				break;
+			}
+			continue;
+		}
+		if (ev.type == ITT_EVENT_CHUNK) {
+			if (buf_add(&text, ev.text, ev.text_len) < 0 ||
+			    buf_add(&ids, ev.tokens, ev.n_tokens * sizeof *ev.tokens) < 0) {
+				fprintf(stderr, "itt generate: out of memory\n");
+				break;
+			}
+			if (!o.json) {
+				fwrite(ev.text, 1, ev.text_len, stdout);
+				fflush(stdout);
+			}
+			continue;
+		}
+		if (ev.type == ITT_EVENT_ERROR) {
+			if (!o.json)
+				printf("\n");
+			fprintf(stderr, "itt generate: %s: %s\n", itt_code_name(ev.code),
+				ev.reason);
+			rc = cancelled ? 130 : 1;
+			break;
+		}
+		/* DONE */
+		size_t n_gen = ids.len / sizeof(int32_t);
+		double gen_s = (ev.total_ms - ev.first_token_ms) / 1e3;
+		double tok_s = n_gen > 1 && gen_s > 0 ? (double)(n_gen - 1) / gen_s : 0;
+		if (o.json) {
+			printf("{\"prompt\":");
+			json_str(stdout, o.prompt, strlen(o.prompt));
+			printf(",\"prompt_tokens\":");
+			json_ids(stdout, ev.prompt_tokens, ev.n_prompt_tokens);
+			printf(",\"tokens\":");
+			json_ids(stdout, (const int32_t *)ids.p, n_gen);
+			printf(",\"text\":");
+			json_str(stdout, text.p ? text.p : "", text.len);
+			printf(",\"stop_reason\":");
+			json_str(stdout, ev.stop_reason, strlen(ev.stop_reason));
+			printf(",\"seed\":%llu,\"model\":", (unsigned long long)ev.seed);
+			json_str(stdout, o.model, strlen(o.model));
+			printf(",\"request_id\":");
+			json_str(stdout, itt_stream_id(s), strlen(itt_stream_id(s)));
+			printf(",\"replays\":%u,\"timings\":{\"queue_ms\":%.3f,\"first_token_ms\":%"
+			       ".3f,"
+			       "\"total_ms\":%.3f,\"gen_tok_s\":%.2f}}\n",
+			       ev.replays, ev.queue_ms, ev.first_token_ms, ev.total_ms, tok_s);
+		} else {
+			printf("\n");
+			fflush(stdout);
+			fprintf(
+			    stderr,
+			    "[%zu prompt tokens, %zu generated in %.1f ms (first token %.1f ms, "
+			    "%.1f tok/s), stop: %s, seed %llu, replays %u]\n",
+			    ev.n_prompt_tokens, n_gen, ev.total_ms, ev.first_token_ms, tok_s,
+			    ev.stop_reason, (unsigned long long)ev.seed, ev.replays);
+		}
+		rc = cancelled ? 130 : 0;
+		break;
+	}
+	fflush(stdout);
+	free(text.p);
+	free(ids.p);
+	itt_stream_destroy(&s);
+	itt_client_destroy(&c);
+	return rc;
+}
+
+/* --- stats ------------------------------------------------------------------ */
+
+static const char stats_help[] =
+	"usage: itt stats [--broker ENDPOINT] [--json] [--api-key KEY] [--timeout-ms MS]\n"
+	"Asks the broker (default $ITT_BROKER or " DEFAULT_BROKER ") for its statistics and\n"
+	"prints a table per worker (id, host, model, layers, state, sessions, queue,\n"
+	"tokens/s, ms since its last heartbeat), one per model and the totals.\n"
+	"--json prints the ClusterStats message as one JSON object (workers, models, uptime_ms,\n"
+	"requests, completed, failed). --timeout-ms: how long to wait for the reply (5000).\n"
+	"The API key defaults to $ITT_API_KEY.\n";
+
+static void print_stats_json(const Itt__ClusterStats *st)
+{
+	printf("{\"uptime_ms\":%llu,\"requests\":%llu,\"completed\":%llu,\"failed\":%llu,"
+	       "\"workers\":[",
+	       (unsigned long long)st->uptime_ms, (unsigned long long)st->requests,
+	       (unsigned long long)st->completed, (unsigned long long)st->failed);
+	for (size_t i = 0; i < st->n_workers; i++) {
+		const Itt__WorkerStats *w = st->workers[i];
+		printf("%s{\"id\":", i ? "," : "");
+		json_str(stdout, w->id ? w->id : "", w->id ? strlen(w->id) : 0);
+		printf(",\"host\":");
+		json_str(stdout, w->host ? w->host : "", w->host ? strlen(w->host) : 0);
+		printf(",\"model\":");
+		json_str(stdout, w->model ? w->model : "", w->model ? strlen(w->model) : 0);
+		printf(",\"layer_first\":%u,\"layer_last\":%u,\"n_layers\":%u,\"state\":",
+		       w->layer_first, w->layer_last, w->n_layers);
+		json_str(stdout, w->state ? w->state : "", w->state ? strlen(w->state) : 0);
+		printf(",\"sessions\":%u,\"max_sessions\":%u,\"queue\":%u,\"tokens_per_s\":%.3f,"
+		       "\"last_heartbeat_ms\":%.1f,\"threads\":%u,\"steps\":%llu}",
+		       w->sessions, w->max_sessions, w->queue, w->tokens_per_s,
+		       w->last_heartbeat_ms, w->threads, (unsigned long long)w->steps);
+	}
+	printf("],\"models\":[");
+	for (size_t i = 0; i < st->n_models; i++) {
+		const Itt__ModelStats *m = st->models[i];
+		printf("%s{\"name\":", i ? "," : "");
+		json_str(stdout, m->name ? m->name : "", m->name ? strlen(m->name) : 0);
+		printf(",\"queued\":%u,\"queue_limit\":%u,\"running\":%u,\"workers\":%u}",
+		       m->queued, m->queue_limit, m->running, m->workers);
+	}
+	printf("]}\n");
+}
+
+static const char *or_dash(const char *s)
+{
+	return s && *s ? s : "-";
+}
+
+static void print_stats_table(const Itt__ClusterStats *st)
+{
+	printf("%-28s %-14s %-14s %-9s %-6s %-9s %5s %9s %8s\n", "WORKER", "HOST", "MODEL",
+	       "LAYERS", "STATE", "SESSIONS", "QUEUE", "TOK/S", "HEARD");
+	for (size_t i = 0; i < st->n_workers; i++) {
+		const Itt__WorkerStats *w = st->workers[i];
+		char layers[40], sessions[40], heard[40];
+		snprintf(layers, sizeof layers, "%u:%u/%u", w->layer_first, w->layer_last,
+			 w->n_layers);
+		snprintf(sessions, sizeof sessions, "%u/%u", w->sessions, w->max_sessions);
+		snprintf(heard, sizeof heard, "%.0fms", w->last_heartbeat_ms);
+		printf("%-28s %-14s %-14s %-9s %-6s %-9s %5u %9.1f %8s\n", or_dash(w->id),
+		       or_dash(w->host), or_dash(w->model), layers, or_dash(w->state), sessions,
+		       w->queue, w->tokens_per_s, heard);
+	}
+	if (!st->n_workers)
+		printf("(no workers)\n");
+	printf("\n%-28s %7s %8s %8s %8s\n", "MODEL", "WORKERS", "RUNNING", "QUEUED", "LIMIT");
+	for (size_t i = 0; i < st->n_models; i++) {
+		const Itt__ModelStats *m = st->models[i];
+		printf("%-28s %7u %8u %8u %8u\n", or_dash(m->name), m->workers, m->running,
+		       m->queued, m->queue_limit);
+	}
+	if (!st->n_models)
+		printf("(no models)\n");
+	printf("\nuptime %.1f s, requests %llu, completed %llu, failed %llu\n",
+	       (double)st->uptime_ms / 1e3, (unsigned long long)st->requests,
+	       (unsigned long long)st->completed, (unsigned long long)st->failed);
+}
+
+int cmd_stats(int argc, char **argv)
+{
+	struct cluster_opts co = {.timeout_ms = 5000};
+	const char *broker = env_or("ITT_BROKER", DEFAULT_BROKER);
+	bool json = false;
+	argc = take_cluster_opts(argc, argv, &co, "stats");
+	if (argc < 0)
+		return 2;
+	for (int i = 0; i < argc; i++) {
+		if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) {
+			fputs(stats_help, stdout);
+			return 0;
+		} else if (!strcmp(argv[i], "--broker") && i + 1 < argc) {
+			broker = argv[++i];
+		} else if (!strcmp(argv[i], "--json")) {
+			json = true;
+		} else {
+			fprintf(stderr, "itt stats: unknown option %s\n%s", argv[i], stats_help);
+			return 2;
+		}
+	}
+	co.client_id = co.client_id ? co.client_id : NULL;
+	itt_client_t *c = open_client(broker, &co, "stats");
+	if (!c)
+		return 2;
+	Itt__ClusterStats *st = NULL;
+	struct itt_error err = {0};
+	int rc = 0;
+	if (itt_stats(c, &st, (int)co.timeout_ms, &err)) {
+		fprintf(stderr, "itt stats: %s: %s (broker %s)\n", itt_code_name(err.code),
+			err.reason, broker);
+		rc = 1;
+	} else if (json) {
+		print_stats_json(st);
+	} else {
+		print_stats_table(st);
+	}
+	itt_stats_free(&st);
+	itt_client_destroy(&c);
+	return rc;
+}
+
+/* --- up --------------------------------------------------------------------- */
+
+static const char up_help[] =
+	"usage: itt up --model FILE [--workers N] [--name NAME] [--front ENDPOINT]\n"
+	"              [--back ENDPOINT] [--threads T] [--ready-timeout-ms MS]\n"
+	"              [--worker-arg ARG]... [--broker-arg ARG]...\n"
+	"Starts itt-broker and N itt-worker processes (found beside this itt executable) as\n"
+	"children, prints the endpoints, and a line \"itt up: ready: ...\" once all N workers\n"
+	"have registered with the broker. Ctrl-C or SIGTERM stops them all (exit 0). When a\n"
+	"child dies unexpectedly it is reported, the others are stopped, and itt up exits 1.\n"
+	"  --model FILE          GGUF model every worker loads (required)\n"
+	"  --workers N           worker processes, 1..256 (default 1)\n"
+	"  --name NAME           model name the workers serve (default: the worker's own)\n"
+	"  --front ENDPOINT      broker front end, for clients (default tcp://*:5555)\n"
+	"  --back ENDPOINT       broker back end, for workers (default tcp://*:5556)\n"
+	"  --threads T           compute threads per worker (default 1)\n"
+	"  --ready-timeout-ms MS give up when the workers have not registered (default 60000)\n"
+	"  --worker-arg ARG      pass ARG to every worker (repeatable)\n"
+	"  --broker-arg ARG      pass ARG to the broker (repeatable)\n";
+
+struct child {
+	pid_t pid;
+	char name[32];
+	bool alive;
+};
+
+/* The bind forms "tcp://<any>:5556" and "tcp://0.0.0.0:5556" as a local peer
+ * would connect to them. */
+static void connect_form(const char *bind_ep, char *out, size_t cap)
+{
+	const char *hosts[] = {"tcp://*:", "tcp://0.0.0.0:"};
+	for (size_t i = 0; i < sizeof hosts / sizeof hosts[0]; i++) {
+		size_t n = strlen(hosts[i]);
+		if (!strncmp(bind_ep, hosts[i], n)) {
+			snprintf(out, cap, "tcp://127.0.0.1:%s", bind_ep + n);
+			return;
+		}
+	}
+	snprintf(out, cap, "%s", bind_ep);
+}
+
+static pid_t spawn(char *const *argv)
+{
+	pid_t parent = getpid();
+	pid_t pid = fork();
+	if (pid != 0)
+		return pid;
+	/* Child: its own process group (Ctrl-C reaches only itt up, which
+	 * stops the children in order), and SIGTERM should itt up vanish. */
+	setpgid(0, 0);
+	prctl(PR_SET_PDEATHSIG, SIGTERM);
+	if (getppid() != parent)
+		_exit(127);
+	signal(SIGINT, SIG_DFL);
+	signal(SIGTERM, SIG_DFL);
+	execv(argv[0], argv);
+	fprintf(stderr, "itt up: cannot run %s: %s\n", argv[0], strerror(errno));
+	_exit(127);
+}
+
+static void describe_exit(const struct child *ch, int status)
+{
+	if (WIFSIGNALED(status))
+		fprintf(stderr, "itt up: %s (pid %d) was killed by signal %d (%s)\n", ch->name,
+			(int)ch->pid, WTERMSIG(status), strsignal(WTERMSIG(status)));
+	else
+		fprintf(stderr, "itt up: %s (pid %d) exited with status %d\n", ch->name,
+			(int)ch->pid, WEXITSTATUS(status));
+}
+
+/* Reaps exited children; returns the number that had not been expected to
+ * exit (all exits count as unexpected unless `stopping`). */
+static int reap(struct child *ch, int n, bool stopping)
+{
+	int died = 0, status;
+	pid_t pid;
+	while ((pid = waitpid(-1, &status, WNOHANG)) > 0) {
+		for (int i = 0; i < n; i++)
+			if (ch[i].pid == pid && ch[i].alive) {
+				ch[i].alive = false;
+				if (!stopping) {
+					describe_exit(&ch[i], status);
+					died++;
+				}
+			}
+	}
+	return died;
+}
+
+static void sleep_ms(long ms)
+{
+	struct timespec ts = {ms / 1000, (ms % 1000) * 1000000L};
+	nanosleep(&ts, NULL);
+}
+
+/* SIGTERM to every live child, SIGKILL after 5 s; reaps them all. */
+static void stop_children(struct child *ch, int n)
+{
+	/* Workers first, then the broker (child 0), so that workers say BYE. */
+	for (int i = n - 1; i >= 0; i--)
+		if (ch[i].alive)
+			kill(ch[i].pid, SIGTERM);
+	double t0 = cli_now_ms();
+	for (;;) {
+		reap(ch, n, true);
+		int left = 0;
+		for (int i = 0; i < n; i++)
+			left += ch[i].alive;
+		if (!left)
+			return;
+		if (cli_now_ms() - t0 > 5000) {
+			for (int i = 0; i < n; i++)
+				if (ch[i].alive) {
+					fprintf(stderr,
+						"itt up: %s (pid %d) ignored SIGTERM; killing it\n",
+						ch[i].name, (int)ch[i].pid);
+					kill(ch[i].pid, SIGKILL);
+				}
+			t0 = cli_now_ms() + 1e9; /* once */
+		}
+		sleep_ms(20);
+	}
+}
+
+/* Workers registered at the broker (state other than "lost", model name
+ * matching when given), or -1 when the broker did not answer. */
+static int count_ready(itt_client_t *c, const char *name)
+{
+	Itt__ClusterStats *st = NULL;
+	if (itt_stats(c, &st, 500, NULL))
+		return -1;
+	int n = 0;
+	for (size_t i = 0; i < st->n_workers; i++) {
+		const Itt__WorkerStats *w = st->workers[i];
+		if (w->state && !strcmp(w->state, "lost"))
+			continue;
+		if (name && (!w->model || strcmp(w->model, name)))
+			continue;
+		n++;
+	}
+	itt_stats_free(&st);
+	return n;
+}
+
+int cmd_up(int argc, char **argv)
+{
+	const char *model = NULL, *name = NULL, *front = "tcp://*:5555", *back = "tcp://*:5556";
+	long n_workers = 1, threads = 1, ready_ms = 60000;
+	const char *wargs[UP_MAX_EXTRA], *bargs[UP_MAX_EXTRA];
+	int n_wargs = 0, n_bargs = 0;
+
+	for (int i = 0; i < argc; i++) {
+		const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
+		bool ok = true;
+		if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
+			fputs(up_help, stdout);
+			return 0;
+		}
+		if (!v) {
+			fprintf(stderr, "itt up: unknown option or missing value: %s\n%s", a,
+				up_help);
+			return 2;
+		}
+		i++;
+		if (!strcmp(a, "--model"))
+			model = v;
+		else if (!strcmp(a, "--name"))
+			name = v;
+		else if (!strcmp(a, "--front"))
+			front = v;
+		else if (!strcmp(a, "--back"))
+			back = v;
+		else if (!strcmp(a, "--workers"))
+			ok = cli_parse_long(v, 1, UP_MAX_WORKERS, &n_workers);
+		else if (!strcmp(a, "--threads") || !strcmp(a, "-t"))
+			ok = cli_parse_long(v, 1, 256, &threads);
+		else if (!strcmp(a, "--ready-timeout-ms"))
+			ok = cli_parse_long(v, 100, 3600000, &ready_ms);
+		else if (!strcmp(a, "--worker-arg") && n_wargs < UP_MAX_EXTRA)
+			wargs[n_wargs++] = v;
+		else if (!strcmp(a, "--broker-arg") && n_bargs < UP_MAX_EXTRA)
+			bargs[n_bargs++] = v;
+		else {
+			fprintf(stderr,
+				"itt up: unknown option %s (or more than %d extra args)\n%s", a,
+				UP_MAX_EXTRA, up_help);
+			return 2;
+		}
+		if (!ok) {
+			fprintf(stderr, "itt up: bad value for %s: \"%s\"\n", a, v);
+			return 2;
+		}
+	}
+	if (!model) {
+		fprintf(stderr, "itt up: --model FILE is required\n%s", up_help);
+		return 2;
+	}
+	if (access(model, R_OK) != 0) {
+		fprintf(stderr, "itt up: cannot read %s: %s\n", model, strerror(errno));
+		return 1;
+	}
+
+	/* The broker and worker binaries live beside this executable. */
+	char self[PATH_MAX], dir[PATH_MAX], broker_bin[PATH_MAX + 16], worker_bin[PATH_MAX + 16];
+	ssize_t sl = readlink("/proc/self/exe", self, sizeof self - 1);
+	if (sl <= 0) {
+		fprintf(stderr, "itt up: cannot find my own executable: %s\n", strerror(errno));
+		return 1;
+	}
+	self[sl] = 0;
+	snprintf(dir, sizeof dir, "%s", self);
+	char *d = dirname(dir);
+	snprintf(broker_bin, sizeof broker_bin, "%s/itt-broker", d);
+	snprintf(worker_bin, sizeof worker_bin, "%s/itt-worker", d);
+	if (access(broker_bin, X_OK) || access(worker_bin, X_OK)) {
+		fprintf(stderr, "itt up: %s and %s must be built beside itt\n", broker_bin,
+			worker_bin);
+		return 1;
+	}
+	char back_conn[512], front_conn[512], threads_s[16];
+	connect_form(back, back_conn, sizeof back_conn);
+	connect_form(front, front_conn, sizeof front_conn);
+	snprintf(threads_s, sizeof threads_s, "%ld", threads);
+
+	/* Signals are caught before the first child exists, so that a stop
+	 * request can never leave one behind. */
+	install_signals();
+	struct child ch[1 + UP_MAX_WORKERS];
+	int n_ch = 0, rc = 0;
+	char *args[16 + 2 * UP_MAX_EXTRA];
+	int k = 0;
+	args[k++] = broker_bin;
+	args[k++] = "--front";
+	args[k++] = (char *)front;
+	args[k++] = "--back";
+	args[k++] = (char *)back;
+	for (int i = 0; i < n_bargs; i++)
+		args[k++] = (char *)bargs[i];
+	args[k] = NULL;
+	ch[0].pid = spawn(args);
+	ch[0].alive = ch[0].pid > 0;
+	snprintf(ch[0].name, sizeof ch[0].name, "itt-broker");
+	n_ch = 1;
+	if (ch[0].pid < 0) {
+		fprintf(stderr, "itt up: fork: %s\n", strerror(errno));
+		return 1;
+	}
+	printf("itt up: broker pid %d, front end %s (clients connect to %s), back end %s\n",
+	       (int)ch[0].pid, front, front_conn, back);
+	for (long w = 0; w < n_workers; w++) {
+		k = 0;
+		args[k++] = worker_bin;
+		args[k++] = "--broker";
+		args[k++] = back_conn;
+		args[k++] = "--model";
+		args[k++] = (char *)model;
+		args[k++] = "--threads";
+		args[k++] = threads_s;
+		if (name) {
+			args[k++] = "--name";
+			args[k++] = (char *)name;
+		}
+		for (int i = 0; i < n_wargs; i++)
+			args[k++] = (char *)wargs[i];
+		args[k] = NULL;
+		struct child *c = &ch[n_ch];
+		c->pid = spawn(args);
+		if (c->pid < 0) {
+			fprintf(stderr, "itt up: fork: %s\n", strerror(errno));
+			rc = 1;
+			goto out;
+		}
+		c->alive = true;
+		snprintf(c->name, sizeof c->name, "itt-worker %ld", w + 1);
+		n_ch++;
+		printf("itt up: worker %ld pid %d, model %s\n", w + 1, (int)c->pid, model);
+	}
+	fflush(stdout);
+
+	/* Poll STATS until all workers have registered. */
+	struct cluster_opts co = {.timeout_ms = 0};
+	itt_client_t *cl = open_client(front_conn, &co, "up");
+	if (!cl) {
+		rc = 1;
+		goto out;
+	}
+	double t0 = cli_now_ms();
+	int ready = 0;
+	while (!g_stop) {
+		if (reap(ch, n_ch, false)) {
+			rc = 1;
+			break;
+		}
+		ready = count_ready(cl, name);
+		if (ready >= n_workers)
+			break;
+		if (cli_now_ms() - t0 > (double)ready_ms) {
+			fprintf(stderr, "itt up: only %d of %ld workers registered within %ld ms\n",
+				ready < 0 ? 0 : ready, n_workers, ready_ms);
+			rc = 1;
+			break;
+		}
+		sleep_ms(100);
+	}
+	itt_client_destroy(&cl);
+	if (rc || g_stop)
+		goto out;
+	printf("itt up: ready: %ld worker%s registered; clients connect to %s\n", n_workers,
+	       n_workers == 1 ? "" : "s", front_conn);
+	fflush(stdout);
+
+	while (!g_stop) {
+		if (reap(ch, n_ch, false)) {
+			rc = 1;
+			break;
+		}
+		sleep_ms(100);
+	}
+out:
+	if (g_stop)
+		printf("itt up: %s: stopping\n", strsignal((int)g_stop));
+	else if (rc)
+		printf("itt up: stopping the remaining processes\n");
+	fflush(stdout);
+	stop_children(ch, n_ch);
+	printf("itt up: stopped\n");
+	fflush(stdout);
+	return rc;
+}

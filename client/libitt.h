@@ -1,0 +1,204 @@
+/* libitt: the C client library of an itt cluster (PROTOCOL.md, "Client session").
+ *
+ * A client owns one ZeroMQ DEALER socket connected to the broker's front end.
+ * Several generation streams may be open on it at once; the broker's messages
+ * are demultiplexed by request_id into per-stream queues, and chunks are
+ * deduplicated by seq, so every stream delivers seq 0, 1, 2, ... exactly once
+ * and then exactly one final event (DONE or ERROR).
+ *
+ * The library does its I/O only inside its calls (no thread of its own): while
+ * streams are open, call itt_stream_next (or itt_client_poll) at least every
+ * second so that heartbeats go out and silence is noticed.  While streams are
+ * open the client sends HEARTBEAT every heartbeat_ms; when nothing has been
+ * heard from the broker for resubmit_ms it re-sends the open SUBMITs with the
+ * same (client_id, request_id), which the broker treats as a reconnection
+ * (idempotency), and after give_up_ms of silence a stream ends with a local
+ * ERROR UNAVAILABLE.  A request without a seed gets a random one here, so a
+ * re-sent SUBMIT reproduces the same tokens even at a restarted broker.
+ *
+ * Errors are the protocol's codes (Itt__Code, itt.pb-c.h) with a reason.
+ * Nothing the broker sends can make the library abort: a malformed or
+ * unexpected message is dropped.
+ *
+ * Threads: a client and its streams are used by one thread at a time (a
+ * ZeroMQ socket is not thread-safe); use one client per thread for
+ * parallelism.  Different clients are independent.
+ *
+ * Ownership: every pointer passed in is borrowed for the duration of the call
+ * (strings and arrays are copied).  Pointers in an event stay valid until the
+ * next itt_stream_next or itt_stream_destroy on that stream.  itt_stats hands
+ * the caller a ClusterStats that only itt_stats_free releases. */
+#ifndef ITT_LIBITT_H
+#define ITT_LIBITT_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "itt.pb-c.h"
+
+typedef struct itt_client itt_client_t;
+typedef struct itt_stream itt_stream_t;
+
+/* An error: code is an Itt__Code (0 = none), reason names the condition. */
+struct itt_error {
+	int code;
+	char reason[512];
+};
+
+/* Name of a code ("INVALID_ARGUMENT"); never NULL. */
+const char *itt_code_name(int code);
+
+struct itt_client_options {
+	const char *client_id; /* NULL: random "c-" + 16 hex digits; 1..64 bytes */
+	const char *api_key;   /* NULL: none; at most 128 bytes */
+	int heartbeat_ms;      /* HEARTBEAT interval while streams are open; default 1000 */
+	int resubmit_ms;       /* broker silence before open SUBMITs are re-sent; default 5000 */
+	int give_up_ms;        /* broker silence that ends a stream (UNAVAILABLE); default
+				  30000; 0: never */
+	int linger_ms;         /* ZMQ_LINGER on destroy; default 1000 */
+};
+
+/* Fills o with the defaults above. */
+void itt_client_options_default(struct itt_client_options *o);
+
+/* Connects to the broker's front end (e.g. "tcp://127.0.0.1:5555"); the
+ * connection itself is made in the background, so a broker that is not up
+ * yet is not an error.  opts NULL: defaults.  Returns NULL with *err set
+ * (INVALID_ARGUMENT: a bad option or endpoint; INTERNAL: ZeroMQ failed). */
+itt_client_t *itt_client_new(const char *endpoint, const struct itt_client_options *opts,
+			     struct itt_error *err);
+
+/* Destroys open streams (cancelling those that have not ended), closes the
+ * socket and frees the client; accepts NULL and nulls *client_p.  Streams of
+ * this client must not be used afterwards. */
+void itt_client_destroy(itt_client_t **client_p);
+
+/* The client id in use (owned by the client). */
+const char *itt_client_id(const itt_client_t *client);
+
+/* Sampling parameters: a field is sent only when its bit is in `set`;
+ * absent fields take the defaults of PROTOCOL.md ("Limits"). */
+enum itt_sampling_field {
+	ITT_SAMPLING_TEMPERATURE = 1u << 0,
+	ITT_SAMPLING_TOP_K = 1u << 1,
+	ITT_SAMPLING_TOP_P = 1u << 2,
+	ITT_SAMPLING_MIN_P = 1u << 3,
+	ITT_SAMPLING_TYPICAL_P = 1u << 4,
+	ITT_SAMPLING_REPEAT_PENALTY = 1u << 5,
+	ITT_SAMPLING_REPEAT_LAST_N = 1u << 6,
+	ITT_SAMPLING_PRESENCE_PENALTY = 1u << 7,
+	ITT_SAMPLING_FREQUENCY_PENALTY = 1u << 8,
+	ITT_SAMPLING_SEED = 1u << 9,
+};
+
+struct itt_logit_bias {
+	int32_t token;
+	float bias; /* -INFINITY bans the token */
+};
+
+struct itt_sampling {
+	uint32_t set; /* enum itt_sampling_field bits */
+	float temperature;
+	int32_t top_k;
+	float top_p;
+	float min_p;
+	float typical_p;
+	float repeat_penalty;
+	int32_t repeat_last_n;
+	float presence_penalty;
+	float frequency_penalty;
+	uint64_t seed;
+	const struct itt_logit_bias *logit_bias; /* borrowed during itt_submit */
+	size_t n_logit_bias;
+};
+
+/* Mirrors GenerateRequest; itt_request_init gives an empty prompt, the
+ * default max_tokens and all sampling fields absent. */
+struct itt_request {
+	const char *request_id;       /* NULL: generated, unique within the client */
+	const char *model;            /* required */
+	const char *prompt;           /* NUL-terminated text (BOS added by the worker); NULL: "" */
+	const int32_t *prompt_tokens; /* or ids used as they are; exclusive with a prompt */
+	size_t n_prompt_tokens;
+	int32_t max_tokens; /* < 0: absent (default 128) */
+	struct itt_sampling sampling;
+	const char *const *stop; /* stop strings */
+	size_t n_stop;
+	uint32_t deadline_ms; /* 0: the broker's default */
+	int32_t priority;
+	const char *tenant; /* NULL: none */
+};
+
+void itt_request_init(struct itt_request *r);
+
+/* Validates the request against the protocol's limits and sends SUBMIT.
+ * Returns the open stream, or NULL with *err set (INVALID_ARGUMENT for a
+ * request the broker would refuse; INTERNAL when the send failed).  The
+ * stream belongs to the caller (itt_stream_destroy). */
+itt_stream_t *itt_submit(itt_client_t *client, const struct itt_request *req,
+			 struct itt_error *err);
+
+enum itt_event_type {
+	ITT_EVENT_NONE = 0, /* timeout: nothing yet */
+	ITT_EVENT_CHUNK,
+	ITT_EVENT_DONE,
+	ITT_EVENT_ERROR,
+};
+
+struct itt_event {
+	enum itt_event_type type;
+	/* CHUNK: the next piece, in seq order without gaps or repeats. */
+	uint32_t seq;
+	const int32_t *tokens; /* generated ids in this chunk */
+	size_t n_tokens;
+	const char *text; /* their text, NUL-terminated (UTF-8 may split across chunks) */
+	size_t text_len;
+	/* DONE */
+	const char *stop_reason; /* "eos", "length", "stop", "context" */
+	const int32_t *prompt_tokens;
+	size_t n_prompt_tokens;
+	uint32_t n_generated;
+	uint32_t n_chunks;
+	uint64_t seed;
+	uint32_t replays;
+	double queue_ms, first_token_ms, total_ms;
+	/* ERROR (from the broker, or local: UNAVAILABLE after give_up_ms of
+	 * silence, INTERNAL when the stream lost chunks) */
+	int code;
+	const char *reason;
+};
+
+/* Waits up to timeout_ms (< 0: forever, 0: no wait) for the stream's next
+ * event.  Returns 1 with *ev filled, 0 on timeout (ev->type NONE), or -1
+ * when the stream has already delivered its DONE or ERROR. */
+int itt_stream_next(itt_stream_t *stream, struct itt_event *ev, int timeout_ms);
+
+/* Sends CANCEL; the stream then ends with ERROR CANCELLED (or with its DONE
+ * when it had already finished).  Returns 0, or -1 when the stream has
+ * already ended or the send failed. */
+int itt_stream_cancel(itt_stream_t *stream);
+
+/* The stream's request id (owned by the stream). */
+const char *itt_stream_id(const itt_stream_t *stream);
+
+/* True once the final event has been delivered by itt_stream_next. */
+bool itt_stream_ended(const itt_stream_t *stream);
+
+/* Cancels the request if it has not ended, and frees the stream; accepts
+ * NULL and nulls *stream_p. */
+void itt_stream_destroy(itt_stream_t **stream_p);
+
+/* Runs the client's I/O (receive, heartbeats, re-sends) for up to
+ * timeout_ms, queueing what arrives into the streams.  For callers that hold
+ * streams without reading them.  Returns 0, or -1 on a socket error. */
+int itt_client_poll(itt_client_t *client, int timeout_ms);
+
+/* Asks the broker for STATS and waits up to timeout_ms for STATS_REPLY.
+ * Returns 0 with *out set (free with itt_stats_free), or an Itt__Code with
+ * *err set: the broker's ERROR, or UNAVAILABLE when no reply came in time. */
+int itt_stats(itt_client_t *client, Itt__ClusterStats **out, int timeout_ms, struct itt_error *err);
+
+void itt_stats_free(Itt__ClusterStats **stats_p);
+
+#endif

@@ -1,0 +1,123 @@
+/* bench-linear: which kernel wins for each weight type and batch size M,
+ * measured through linear_matmul with each path forced in turn.
+ *
+ * F32: one sgemv per row (weights stream M times) against one sgemm.
+ * F16/Q8_0/Q4_0: the fused dequantising kernel (weights stream once, for up
+ * to QUANT_MAX_M rows a call) against dequantise-a-tile-then-sgemm.
+ * Shapes are the 134M synthetic model's (dim 768, ffn 2048, vocab 32000).
+ * Weights are cold: the matrix has enough copies to overflow the caches and
+ * each call uses the next.  Prints a table (weight GB/s streamed, GFLOP/s,
+ * winner) and a JSON line; the crossover M per type is what linear.c uses.
+ *
+ * Usage: bench-linear [--threads T] [--reps R] */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "gguf.h"
+#include "linear.h"
+#include "quant.h"
+
+static double now_s(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+static int cmp(const void *a, const void *b)
+{
+	double x = *(const double *)a, y = *(const double *)b;
+	return (x > y) - (x < y);
+}
+
+int main(int argc, char **argv)
+{
+	int threads = 1, reps = 7;
+	for (int i = 1; i + 1 < argc; i += 2) {
+		if (!strcmp(argv[i], "--threads"))
+			threads = atoi(argv[i + 1]);
+		else if (!strcmp(argv[i], "--reps"))
+			reps = atoi(argv[i + 1]);
+	}
+	if (threads < 1 || reps < 1 || reps > 63) {
+		fprintf(stderr, "usage: bench-linear [--threads T] [--reps R]\n");
+		return 2;
+	}
+	struct itt_err err = {0};
+	threadpool_t *pool;
+	struct linear_ctx lc;
+	if (threadpool_new(threads, &pool, &err) < 0 || linear_init(&lc, pool, 4096, &err) < 0) {
+		fprintf(stderr, "bench-linear: %s\n", err.msg);
+		return 1;
+	}
+	const uint32_t shapes[][2] = {{2048, 768}, {768, 2048}, {32000, 768}};
+	const uint32_t types[] = {GGML_TYPE_F32, GGML_TYPE_F16, GGML_TYPE_Q8_0, GGML_TYPE_Q4_0};
+	const uint32_t Ms[] = {1, 2, 4, 8, 16, 32, 64, 128};
+	float *X = malloc((size_t)128 * 2048 * sizeof(float));
+	float *Y = malloc((size_t)128 * 32000 * sizeof(float));
+	for (size_t i = 0; i < (size_t)128 * 2048; i++)
+		X[i] = sinf((float)i * 0.01f);
+
+	printf("bench-linear: %d thread(s), medians of %d, cold weights\n", threads, reps);
+	printf("%-6s %-11s %4s %12s %12s %8s\n", "type", "shape", "M", "A GB/s", "B GB/s", "winner");
+	printf("(A: F32 sgemv per row / quantised fused kernel; B: sgemm / dequantise+sgemm)\n");
+	printf("JSON {\"threads\":%d,\"rows\":[", threads);
+	int first_json = 1;
+	char table[16384] = "";
+	size_t tl = 0;
+	for (size_t ti = 0; ti < sizeof types / sizeof types[0]; ti++) {
+		for (size_t si = 0; si < sizeof shapes / sizeof shapes[0]; si++) {
+			uint32_t R = shapes[si][0], K = shapes[si][1];
+			size_t rb = quant_row_bytes(types[ti], K), bytes = rb * R;
+			size_t copies = ((size_t)512 << 20) / bytes + 1;
+			uint8_t *W = malloc(copies * bytes);
+			float *row = malloc(K * sizeof(float));
+			for (uint32_t r = 0; r < R; r++) {
+				for (uint32_t k = 0; k < K; k++)
+					row[k] = cosf((float)(r * 31 + k) * 0.001f) * 0.05f;
+				quant_quantize_row(types[ti], row, W + r * rb, K);
+			}
+			for (size_t c = 1; c < copies; c++)
+				memcpy(W + c * bytes, W, bytes);
+			for (size_t mi = 0; mi < sizeof Ms / sizeof Ms[0]; mi++) {
+				uint32_t M = Ms[mi];
+				double gbs[2];
+				for (int path = 0; path < 2; path++) {
+					bool f32 = types[ti] == GGML_TYPE_F32;
+					lc.f32_gemv_max_m = f32 && path == 0 ? 1u << 30 : 0;
+					lc.quant_fused_max_m = !f32 && path == 0 ? 1u << 30 : 0;
+					double t[64];
+					for (int r = 0; r < reps; r++) {
+						struct model_weight w = {W + (r % copies) * bytes,
+									 types[ti], R, K, rb};
+						double t0 = now_s();
+						linear_matmul(&lc, &w, X, M, Y, R);
+						t[r] = now_s() - t0;
+					}
+					qsort(t, (size_t)reps, sizeof t[0], cmp);
+					gbs[path] = bytes / t[reps / 2] / 1e9;
+				}
+				tl += (size_t)snprintf(table + tl, sizeof table - tl,
+						       "%-6s %5ux%-5u %4u %12.2f %12.2f %8s\n",
+						       ggml_type_name(types[ti]), R, K, M, gbs[0],
+						       gbs[1], gbs[0] >= gbs[1] ? "A" : "B");
+				printf("%s{\"type\":\"%s\",\"rows\":%u,\"cols\":%u,\"m\":%u,"
+				       "\"a_gb_s\":%.3f,\"b_gb_s\":%.3f}",
+				       first_json ? "" : ",", ggml_type_name(types[ti]), R, K, M,
+				       gbs[0], gbs[1]);
+				first_json = 0;
+			}
+			free(W);
+			free(row);
+		}
+	}
+	printf("]}\n%s", table);
+	free(X);
+	free(Y);
+	linear_free(&lc);
+	threadpool_destroy(&pool);
+	return 0;
+}
