@@ -107,6 +107,35 @@ static void rope_apply(float *vec, uint32_t n_heads, uint32_t head_dim, const fl
 	}
 }
 
+/* q . k with LANES independent partial sums (vectorisable without
+ * reassociation), summed in lane order at the end.  With hd == LANES this
+ * is exactly the sequential sum. */
+#define LANES 8
+static inline float dot(const float *q, const float *k, uint32_t hd)
+{
+	if (hd % LANES != 0) {
+		float s = 0.0f;
+		for (uint32_t i = 0; i < hd; i++)
+			s += q[i] * k[i];
+		return s;
+	}
+	float acc[LANES] = {0};
+	for (uint32_t i = 0; i < hd; i += LANES)
+		for (uint32_t l = 0; l < LANES; l++)
+			acc[l] += q[i + l] * k[i + l];
+	float s = 0.0f;
+	for (uint32_t l = 0; l < LANES; l++)
+		s += acc[l];
+	return s;
+}
+
+/* y += a x; restrict lets the compiler vectorise it. */
+static inline void axpy(float *restrict y, float a, const float *restrict x, uint32_t n)
+{
+	for (uint32_t i = 0; i < n; i++)
+		y[i] += a * x[i];
+}
+
 struct attn_job {
 	struct forward_ctx *f;
 	const struct forward_batch *b;
@@ -137,10 +166,7 @@ static void attn_worker(void *arg, int ith, int nth)
 		float max = -INFINITY;
 		for (uint32_t t = 0; t <= pos; t++) {
 			const float *k = kv->k + kv_offset(kv, s, j->layer, t) + (size_t)kvh * hd;
-			float score = 0.0f;
-			for (uint32_t i = 0; i < hd; i++)
-				score += q[i] * k[i];
-			score *= scale;
+			float score = dot(q, k, hd) * scale;
 			att[t] = score;
 			if (score > max)
 				max = score;
@@ -155,9 +181,7 @@ static void attn_worker(void *arg, int ith, int nth)
 		memset(out, 0, hd * sizeof(float));
 		for (uint32_t t = 0; t <= pos; t++) {
 			const float *v = kv->v + kv_offset(kv, s, j->layer, t) + (size_t)kvh * hd;
-			float a = att[t];
-			for (uint32_t i = 0; i < hd; i++)
-				out[i] += a * v[i];
+			axpy(out, att[t], v, hd);
 		}
 	}
 }

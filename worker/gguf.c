@@ -630,24 +630,13 @@ static int gguf_check_overlap(struct gguf_parser *p, gguf_t *g)
 	return rc;
 }
 
-static struct gguf_name_ix *gguf_build_index(struct gguf_parser *p, uint64_t n,
-                                             const struct gguf_str *first, size_t stride)
+/* Sorts (name, index) pairs and rejects duplicates; kind is "key" or
+ * "name" and p->what says whether they are kvs or tensors. */
+static int gguf_index_names(struct gguf_parser *p, struct gguf_name_ix *ix, uint64_t n,
+                            const char *kind)
 {
-	struct gguf_name_ix *ix = malloc((size_t)(n ? n : 1) * sizeof *ix);
-	if (!ix) {
-		itt_err_set(p->err, ITT_E_NOMEM, "gguf: allocating an index of %" PRIu64 " names",
-		            n);
-		return NULL;
-	}
-	for (uint64_t i = 0; i < n; i++) {
-		const struct gguf_str *s =
-		    (const struct gguf_str *)((const char *)first + (size_t)i * stride);
-		ix[i].ptr = s->ptr;
-		ix[i].len = s->len;
-		ix[i].idx = (uint32_t)i;
-	}
 	qsort(ix, (size_t)n, sizeof *ix, gguf_cmp_name_ix);
-	return ix;
+	return gguf_check_dups(p, ix, n, kind);
 }
 
 static int gguf_parse(gguf_t *g, struct itt_err *err)
@@ -697,16 +686,21 @@ static int gguf_parse(gguf_t *g, struct itt_err *err)
 	if ((rc = gguf_place_tensors(&p, g)))
 		return rc;
 
-	if (!(g->kv_ix = gguf_build_index(&p, g->n_kv, &g->kv[0].key, sizeof g->kv[0])))
-		return ITT_E_NOMEM;
+	g->kv_ix = malloc((size_t)(g->n_kv ? g->n_kv : 1) * sizeof *g->kv_ix);
+	g->t_ix = malloc((size_t)(g->n_tensors ? g->n_tensors : 1) * sizeof *g->t_ix);
+	if (!g->kv_ix || !g->t_ix)
+		return itt_err_set(err, ITT_E_NOMEM, "gguf: allocating the name indexes");
+	for (uint64_t i = 0; i < g->n_kv; i++)
+		g->kv_ix[i] =
+		    (struct gguf_name_ix){g->kv[i].key.ptr, g->kv[i].key.len, (uint32_t)i};
+	for (uint64_t i = 0; i < g->n_tensors; i++)
+		g->t_ix[i] = (struct gguf_name_ix){g->tensors[i].name.ptr, g->tensors[i].name.len,
+		                                   (uint32_t)i};
 	p.what = "kv";
-	if ((rc = gguf_check_dups(&p, g->kv_ix, g->n_kv, "key")))
+	if ((rc = gguf_index_names(&p, g->kv_ix, g->n_kv, "key")))
 		return rc;
-	if (!(g->t_ix =
-	          gguf_build_index(&p, g->n_tensors, &g->tensors[0].name, sizeof g->tensors[0])))
-		return ITT_E_NOMEM;
 	p.what = "tensor";
-	if ((rc = gguf_check_dups(&p, g->t_ix, g->n_tensors, "name")))
+	if ((rc = gguf_index_names(&p, g->t_ix, g->n_tensors, "name")))
 		return rc;
 	return gguf_check_overlap(&p, g);
 }

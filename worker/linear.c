@@ -1,4 +1,5 @@
-/* linear: kernel choice per weight type and batch size. */
+/* linear: kernel choice per weight type and batch size, and the threaded
+ * drivers of the three kernels. */
 #include "linear.h"
 
 #include <cblas.h>
@@ -9,8 +10,16 @@
 #include "gguf.h"
 #include "quant.h"
 
-/* Rows of weight dequantised per sgemm tile (a few MB, stays in L2/L3). */
+/* Rows of weight dequantised per sgemm tile (a few MB, stays in cache). */
 #define TILE_ROWS 512
+
+/* Crossovers measured with bench-linear on the 134M model's shapes (see the
+ * README's performance section): up to these M the fused kernel beats
+ * sgemm. */
+#define FUSED_MAX_M_F32 8
+#define FUSED_MAX_M_F16 16
+#define FUSED_MAX_M_Q8_0 32
+#define FUSED_MAX_M_Q4_0 16
 
 int linear_init(struct linear_ctx *lc, threadpool_t *pool, uint32_t max_cols, struct itt_err *err)
 {
@@ -22,8 +31,10 @@ int linear_init(struct linear_ctx *lc, threadpool_t *pool, uint32_t max_cols, st
 				   lc->tile_floats);
 	lc->pool = pool;
 	lc->n_threads = threadpool_size(pool);
-	lc->f32_gemv_max_m = 1;
-	lc->quant_fused_max_m = QUANT_MAX_M;
+	lc->fused_max_m[0] = FUSED_MAX_M_F32;
+	lc->fused_max_m[1] = FUSED_MAX_M_F16;
+	lc->fused_max_m[2] = FUSED_MAX_M_Q8_0;
+	lc->fused_max_m[3] = FUSED_MAX_M_Q4_0;
 	/* OpenBLAS runs single-threaded inside our pool's threads, each on its
 	 * own slice of weight rows: one set of threads, no oversubscription of
 	 * the cores by two pools spinning against each other. */
@@ -37,17 +48,38 @@ void linear_free(struct linear_ctx *lc)
 	memset(lc, 0, sizeof *lc);
 }
 
-struct fused_job {
+static int type_slot(uint32_t type)
+{
+	switch (type) {
+	case GGML_TYPE_F32: return 0;
+	case GGML_TYPE_F16: return 1;
+	case GGML_TYPE_Q8_0: return 2;
+	case GGML_TYPE_Q4_0: return 3;
+	}
+	return 1;
+}
+
+enum linear_path linear_choose(const struct linear_ctx *lc, uint32_t type, uint32_t M)
+{
+	if (lc->force == LINEAR_PATH_GEMV && type != GGML_TYPE_F32)
+		return LINEAR_PATH_FUSED;
+	if (lc->force != LINEAR_PATH_AUTO)
+		return lc->force;
+	return M <= lc->fused_max_m[type_slot(type)] ? LINEAR_PATH_FUSED : LINEAR_PATH_GEMM;
+}
+
+struct job {
 	const struct model_weight *w;
 	const float *X;
 	uint32_t M;
 	float *Y;
 	size_t ldy;
+	size_t r0, n; /* dequantisation: tile rows */
 };
 
 static void fused_worker(void *arg, int ith, int nth)
 {
-	struct fused_job *j = arg;
+	struct job *j = arg;
 	size_t lo, hi;
 	threadpool_split(j->w->rows, 16, ith, nth, &lo, &hi);
 	if (lo < hi)
@@ -55,79 +87,80 @@ static void fused_worker(void *arg, int ith, int nth)
 				  j->Y, j->ldy, lo, hi);
 }
 
-struct dequant_job {
-	const struct model_weight *w;
-	size_t r0, n;
-	float *dst;
-};
-
-static void dequant_worker(void *arg, int ith, int nth)
+static void gemv_worker(void *arg, int ith, int nth)
 {
-	struct dequant_job *j = arg;
+	struct job *j = arg;
+	const struct model_weight *w = j->w;
 	size_t lo, hi;
-	threadpool_split(j->n, 1, ith, nth, &lo, &hi);
-	const uint8_t *base = j->w->data;
-	for (size_t r = lo; r < hi; r++)
-		quant_dequant_row(j->w->type, base + (j->r0 + r) * j->w->row_bytes,
-				  j->dst + r * j->w->cols, j->w->cols);
+	threadpool_split(w->rows, 16, ith, nth, &lo, &hi);
+	int n = (int)(hi - lo), k = (int)w->cols;
+	for (uint32_t m = 0; lo < hi && m < j->M; m++)
+		cblas_sgemv(CblasRowMajor, CblasNoTrans, n, k, 1.0f,
+			    (const float *)w->data + lo * w->cols, k, j->X + (size_t)m * k, 1, 0.0f,
+			    j->Y + (size_t)m * j->ldy + lo, 1);
 }
 
-struct blas_job {
-	const struct model_weight *w;
-	const float *X;
-	uint32_t M;
-	float *Y;
-	size_t ldy;
-	bool gemv;
-};
-
-/* F32 through OpenBLAS on this thread's slice of weight rows. */
-static void blas_worker(void *arg, int ith, int nth)
+/* F32 sgemm on this thread's slice of weight rows. */
+static void gemm_worker(void *arg, int ith, int nth)
 {
-	struct blas_job *j = arg;
+	struct job *j = arg;
 	const struct model_weight *w = j->w;
 	size_t lo, hi;
 	threadpool_split(w->rows, 16, ith, nth, &lo, &hi);
 	if (lo >= hi)
 		return;
-	const float *W = (const float *)w->data + lo * w->cols;
-	int n = (int)(hi - lo), k = (int)w->cols;
-	if (j->gemv) {
-		for (uint32_t m = 0; m < j->M; m++)
-			cblas_sgemv(CblasRowMajor, CblasNoTrans, n, k, 1.0f, W, k,
-				    j->X + (size_t)m * k, 1, 0.0f, j->Y + (size_t)m * j->ldy + lo, 1);
-	} else {
-		cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)j->M, n, k, 1.0f, j->X, k,
-			    W, k, 0.0f, j->Y + lo, (int)j->ldy);
-	}
+	int k = (int)w->cols;
+	cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)j->M, (int)(hi - lo), k, 1.0f,
+		    j->X, k, (const float *)w->data + lo * w->cols, k, 0.0f, j->Y + lo,
+		    (int)j->ldy);
+}
+
+static void dequant_worker(void *arg, int ith, int nth)
+{
+	struct job *j = arg;
+	size_t lo, hi;
+	threadpool_split(j->n, 1, ith, nth, &lo, &hi);
+	const uint8_t *base = j->w->data;
+	for (size_t r = lo; r < hi; r++)
+		quant_dequant_row(j->w->type, base + (j->r0 + r) * j->w->row_bytes,
+				  j->Y + r * j->w->cols, j->w->cols);
 }
 
 void linear_matmul(struct linear_ctx *lc, const struct model_weight *w, const float *X, uint32_t M,
 		   float *Y, size_t ldy)
 {
-	if (w->type == GGML_TYPE_F32) {
-		struct blas_job j = {w, X, M, Y, ldy, M <= lc->f32_gemv_max_m};
-		threadpool_run(lc->pool, blas_worker, &j);
+	switch (linear_choose(lc, w->type, M)) {
+	case LINEAR_PATH_GEMV: {
+		struct job j = {w, X, M, Y, ldy, 0, 0};
+		threadpool_run(lc->pool, gemv_worker, &j);
 		return;
 	}
-	if (M <= lc->quant_fused_max_m) {
+	case LINEAR_PATH_FUSED:
 		for (uint32_t m0 = 0; m0 < M; m0 += QUANT_MAX_M) {
 			uint32_t mm = M - m0 < QUANT_MAX_M ? M - m0 : QUANT_MAX_M;
-			struct fused_job j = {w, X + (size_t)m0 * w->cols, mm, Y + (size_t)m0 * ldy,
-					      ldy};
+			struct job j = {w, X + (size_t)m0 * w->cols, mm, Y + (size_t)m0 * ldy, ldy,
+					0, 0};
 			threadpool_run(lc->pool, fused_worker, &j);
 		}
 		return;
+	case LINEAR_PATH_AUTO:
+	case LINEAR_PATH_GEMM:
+		break;
 	}
-	/* Large M: dequantise TILE_ROWS weight rows at a time (in parallel) and
-	 * let sgemm reuse each tile across all M inputs, also split by rows. */
+	if (w->type == GGML_TYPE_F32) {
+		struct job j = {w, X, M, Y, ldy, 0, 0};
+		threadpool_run(lc->pool, gemm_worker, &j);
+		return;
+	}
+	/* Dequantise TILE_ROWS weight rows at a time (in parallel) and let
+	 * sgemm reuse each tile across all M inputs. */
 	for (size_t r0 = 0; r0 < w->rows; r0 += TILE_ROWS) {
 		size_t n = w->rows - r0 < TILE_ROWS ? w->rows - r0 : TILE_ROWS;
-		struct dequant_job dj = {w, r0, n, lc->tile};
+		struct job dj = {w, NULL, 0, lc->tile, 0, r0, n};
 		threadpool_run(lc->pool, dequant_worker, &dj);
 		struct model_weight tile = {lc->tile, GGML_TYPE_F32, (uint32_t)n, w->cols,
 					    (size_t)w->cols * sizeof(float)};
-		struct blas_job bj = {&tile, X, M, Y + r0, ldy, false};
-		threadpool_run(lc->pool, blas_worker, &bj);
+		struct job bj = {&tile, X, M, Y + r0, ldy, 0, 0};
+		threadpool_run(lc->pool, gemm_worker, &bj);
 	}
 }

@@ -2,12 +2,17 @@
  *
  *     Y[m][r] = sum_k W[r][k] X[m][k]     (Y = X W^T, m < M, r < rows)
  *
- * The kernel is chosen per weight type and batch size M, by measurement
- * (tests/bench/bench-linear): F32 goes to OpenBLAS (sgemv for few rows,
- * sgemm above a threshold); F16/Q8_0/Q4_0 go to the fused dequantising
- * kernel of quant.h for small M (weights stream once, no F32 copy) and to
- * dequantise-a-tile-then-sgemm for large M.  Our own kernels are split over
- * the thread pool by weight rows. */
+ * Three kernels, chosen per weight type and batch size M by measurement
+ * (tests/bench/bench-linear.c; figures in the README):
+ *   FUSED  quant.h's kernel: each weight block is read (and dequantised)
+ *          once for up to QUANT_MAX_M input rows; the weights stream once.
+ *          Wins for small M, where decode is bound by memory bandwidth.
+ *   GEMM   OpenBLAS sgemm (quantised weights dequantised a tile at a time
+ *          first); wins once M is large enough to be bound by compute.
+ *   GEMV   OpenBLAS sgemv once per input row (F32 only); kept for
+ *          comparison, never faster than FUSED here.
+ * Every kernel runs inside the thread pool, split by weight rows; OpenBLAS
+ * itself runs single-threaded, so there is one set of threads. */
 #ifndef ITT_LINEAR_H
 #define ITT_LINEAR_H
 
@@ -18,12 +23,19 @@
 #include "model.h"
 #include "threadpool.h"
 
+enum linear_path {
+	LINEAR_PATH_AUTO = 0,
+	LINEAR_PATH_FUSED,
+	LINEAR_PATH_GEMM,
+	LINEAR_PATH_GEMV,
+};
+
 struct linear_ctx {
 	threadpool_t *pool;
 	int n_threads;
-	uint32_t f32_gemv_max_m;   /* F32: M <= this uses one sgemv per row */
-	uint32_t quant_fused_max_m; /* quantised: M <= this uses the fused kernel */
-	float *tile;               /* dequantised weight tile for the sgemm path */
+	uint32_t fused_max_m[4]; /* F32, F16, Q8_0, Q4_0: M <= this uses FUSED */
+	enum linear_path force;  /* benchmarks: one path for everything */
+	float *tile;             /* dequantised weight tile for the GEMM path */
 	size_t tile_floats;
 };
 
@@ -31,6 +43,9 @@ struct linear_ctx {
  * the dequantisation tile). */
 int linear_init(struct linear_ctx *lc, threadpool_t *pool, uint32_t max_cols, struct itt_err *err);
 void linear_free(struct linear_ctx *lc);
+
+/* The path linear_matmul takes for this weight type and M. */
+enum linear_path linear_choose(const struct linear_ctx *lc, uint32_t type, uint32_t M);
 
 /* Y has leading dimension ldy (>= w->rows); X is [M][w->cols] contiguous. */
 void linear_matmul(struct linear_ctx *lc, const struct model_weight *w, const float *X, uint32_t M,

@@ -9,11 +9,12 @@
  * Invariants of every matmul kernel:
  *   - a dequantised weight d * q is exact in float (11-bit d times a 4- or
  *     8-bit q), so the only rounding is in the float summation;
- *   - each (input row m, weight row r) pair owns one vector accumulator
- *     that sees the K products in one fixed order and is reduced by one
- *     fixed sequence, whatever M, the tile shape, r0, r1 or ldy are; tiles
- *     only decide which pairs run side by side, never how one pair sums.
- *     That is what makes batched runs equal single runs bit for bit. */
+ *   - each (input row m, weight row r) pair owns its accumulators (16
+ *     scalar lanes, or two vectors) that see the K products in one fixed
+ *     order and are reduced by one fixed sequence, whatever M, the input
+ *     grouping, r0, r1 or ldy are; grouping only decides which pairs run
+ *     side by side, never how one pair sums.  That is what makes batched
+ *     runs equal single runs bit for bit. */
 #include "quant.h"
 
 #include <math.h>
@@ -33,6 +34,11 @@
 #endif
 
 #define ALWAYS_INLINE static inline __attribute__((always_inline))
+/* The unrolled SIMD kernel bodies are left out of sanitizer
+ * instrumentation: it multiplied the file's compile time by ten (50 s), and
+ * their loads are whole 32-element steps inside K by construction.  The
+ * padded tail steps and all scalar code stay instrumented. */
+#define NO_SANITIZE __attribute__((no_sanitize("address", "undefined")))
 
 /* ---- scalar conversions ------------------------------------------------ */
 
@@ -271,23 +277,66 @@ int quant_quantize_row(uint32_t type, const float *src, void *dst, size_t n)
  *
  * Weights are walked in 32-element steps (one Q8_0/Q4_0 block, or 32
  * elements of a float-like row).  Float-like rows whose K is not a multiple
- * of 32 end with one zero-padded step.  A kernel computes a tile of R
- * weight rows times MG input rows; rows past the end of the range are
- * served by repeating the last valid row and their results are dropped. */
+ * of 32 end with one zero-padded step.
+ *
+ * The SIMD kernels take one weight row at a time against a group of MG
+ * inputs, with two vector accumulators per (input, row) pair (even and odd
+ * vectors of each step) that are added before the final reduction.  One
+ * row at a time keeps the weight reads a single sequential stream, which
+ * the hardware prefetcher follows at full bandwidth (interleaving four
+ * rows measured at under half of it); two accumulators keep the FMA
+ * latency chains short when MG is small. */
 
 static inline int type_is_float(uint32_t type)
 {
 	return type == GGML_TYPE_F32 || type == GGML_TYPE_F16 || type == GGML_TYPE_BF16;
 }
 
+#if defined(QUANT_HAVE_AVX512) || defined(QUANT_HAVE_AVX2)
 static inline size_t type_elem_bytes(uint32_t type)
 {
 	return type == GGML_TYPE_F32 ? 4 : 2;
 }
 
-/* Input rows per group: larger M is cut into a group of 8 and the rest, and
- * every group reuses the weight tile while it is in L1. */
+/* Bytes of one 32-element step of a row. */
+static inline size_t step_bytes(uint32_t type)
+{
+	switch (type) {
+	case GGML_TYPE_F32: return 128;
+	case GGML_TYPE_Q8_0: return sizeof(struct block_q8_0);
+	case GGML_TYPE_Q4_0: return sizeof(struct block_q4_0);
+	default: return 64;
+	}
+}
+
+/* Software prefetch distance for groups of two or more inputs.  Their
+ * longer loop bodies leave the out-of-order window too few cache misses in
+ * flight, and the hardware prefetcher did not make up for it: prefetching
+ * this far ahead took 10-40% off F16 and Q8_0 at M = 4..16, cold.  A
+ * single input is faster without it. */
+#define PREFETCH 2048
+
+/* Largest input group of any kernel (a per-kernel limit may be lower). */
 #define GROUP_M 8
+
+/* A kernel for one input group size: rows [r0, r1) of W times the group's
+ * inputs X (rows of K floats) into Y[m * ldy + r]. */
+typedef void (*group_fn)(const uint8_t *W, size_t stride, size_t K, const float *X, float *Y,
+                         size_t ldy, size_t r0, size_t r1);
+
+/* Row of the per-type kernel tables. */
+#define N_KERNEL_TYPES 5
+static inline int type_index(uint32_t type)
+{
+	switch (type) {
+	case GGML_TYPE_F32: return 0;
+	case GGML_TYPE_F16: return 1;
+	case GGML_TYPE_BF16: return 2;
+	case GGML_TYPE_Q8_0: return 3;
+	default: return 4; /* Q4_0 */
+	}
+}
+#endif
 
 /* ---- scalar kernel ------------------------------------------------------ */
 
@@ -316,12 +365,13 @@ static void scalar_decode_step(uint32_t type, const uint8_t *row, size_t K, size
 
 /* Lane l of pair (m, r) sums elements l, l+16, l+32, ... in order; the 16
  * lanes are then added pairwise (l, l+8), (l, l+4), ... like the SIMD
- * reductions.  Multiply and add stay separate (ISO C: no contraction). */
+ * reductions.  Whether the compiler fuses a multiply and its add is fixed
+ * per build, so the order stays independent of M. */
 static void scalar_rows(uint32_t type, const uint8_t *W, size_t stride, size_t K, const float *X,
                         size_t M, float *Y, size_t ldy, size_t r0, size_t r1)
 {
 	float acc[QUANT_MAX_M][SCALAR_LANES];
-	float w[32];
+	float w[32], xpad[32];
 	size_t nsteps = (K + 31) / 32;
 
 	for (size_t r = r0; r < r1; r++) {
@@ -332,10 +382,17 @@ static void scalar_rows(uint32_t type, const uint8_t *W, size_t stride, size_t K
 			scalar_decode_step(type, row, K, b, w);
 			for (size_t m = 0; m < M; m++) {
 				const float *x = X + m * K + k0;
-				for (size_t j = 0; j < 32; j++) {
-					float xv = j < n ? x[j] : 0.0f;
-					acc[m][j % SCALAR_LANES] += w[j] * xv;
+				if (n < 32) { /* the padded tail step */
+					memset(xpad, 0, sizeof xpad);
+					memcpy(xpad, x, n * sizeof(float));
+					x = xpad;
 				}
+				/* two plain 16-lane loops: the compiler vectorises them */
+				float *a = acc[m];
+				for (int l = 0; l < SCALAR_LANES; l++)
+					a[l] += w[l] * x[l];
+				for (int l = 0; l < SCALAR_LANES; l++)
+					a[l] += w[l + 16] * x[l + 16];
 			}
 		}
 		for (size_t m = 0; m < M; m++) {
@@ -351,178 +408,217 @@ static void scalar_rows(uint32_t type, const uint8_t *W, size_t stride, size_t K
 /* ---- AVX-512 kernel ----------------------------------------------------- */
 #ifdef QUANT_HAVE_AVX512
 
-ALWAYS_INLINE __m512 avx512_bcast_fp16(const uint8_t *p)
-{
-	return _mm512_cvtph_ps(_mm256_set1_epi16((short)load_u16(p)));
-}
+#define AVX512_GROUP_M 8 /* 16 accumulators + 2 weights + temporaries */
 
-/* Half h (16 floats) of 32-element step b of a row. */
-ALWAYS_INLINE __m512 avx512_load_half(uint32_t type, const uint8_t *row, size_t b, int h)
+/* Step b of a row as two vectors of 16 floats (elements 0-15, 16-31); d is
+ * the block's scale (Q8_0, Q4_0). */
+ALWAYS_INLINE void avx512_load_step(uint32_t type, const uint8_t *row, size_t b, float d,
+                                    __m512 *w0, __m512 *w1)
 {
 	switch (type) {
-	case GGML_TYPE_F32: return _mm512_loadu_ps((const float *)(row + 4 * (b * 32 + 16 * h)));
+	case GGML_TYPE_F32:
+		*w0 = _mm512_loadu_ps((const float *)(row + 128 * b));
+		*w1 = _mm512_loadu_ps((const float *)(row + 128 * b + 64));
+		return;
 	case GGML_TYPE_F16:
-		return _mm512_cvtph_ps(
-		    _mm256_loadu_si256((const __m256i *)(row + 2 * (b * 32 + 16 * h))));
-	case GGML_TYPE_BF16:
-		return _mm512_castsi512_ps(
-		    _mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256(
-		                          (const __m256i *)(row + 2 * (b * 32 + 16 * h)))),
-		                      16));
+		*w0 = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(row + 64 * b)));
+		*w1 = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(row + 64 * b + 32)));
+		return;
+	case GGML_TYPE_BF16: {
+		__m512i h0 =
+		    _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)(row + 64 * b)));
+		__m512i h1 =
+		    _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)(row + 64 * b + 32)));
+		*w0 = _mm512_castsi512_ps(_mm512_slli_epi32(h0, 16));
+		*w1 = _mm512_castsi512_ps(_mm512_slli_epi32(h1, 16));
+		return;
+	}
 	case GGML_TYPE_Q8_0: {
 		const uint8_t *blk = row + b * sizeof(struct block_q8_0);
-		__m512i q =
-		    _mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(blk + 2 + 16 * h)));
-		return _mm512_mul_ps(avx512_bcast_fp16(blk), _mm512_cvtepi32_ps(q));
+		__m512i q0 = _mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(blk + 2)));
+		__m512i q1 = _mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(blk + 18)));
+		*w0 = _mm512_mul_ps(_mm512_set1_ps(d), _mm512_cvtepi32_ps(q0));
+		*w1 = _mm512_mul_ps(_mm512_set1_ps(d), _mm512_cvtepi32_ps(q1));
+		return;
 	}
-	default: { /* Q4_0: codes index a 16-entry table d * (c - 8) */
+	default: { /* Q4_0: the codes index a 16-entry table d * (c - 8) */
 		const uint8_t *blk = row + b * sizeof(struct block_q4_0);
 		const __m512 codes =
 		    _mm512_setr_ps(-8, -7, -6, -5, -4, -3, -2, -1, 0, 1, 2, 3, 4, 5, 6, 7);
-		__m512 tab = _mm512_mul_ps(avx512_bcast_fp16(blk), codes);
+		__m512 tab = _mm512_mul_ps(_mm512_set1_ps(d), codes);
 		__m512i idx = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(blk + 2)));
-		if (h)
-			idx = _mm512_srli_epi32(idx, 4);
-		return _mm512_permutexvar_ps(idx, tab); /* uses the low 4 bits */
-	}
-	}
-}
-
-ALWAYS_INLINE void avx512_tile(uint32_t type, const int R, const int MG, const uint8_t *W0,
-                               size_t stride, size_t nvalid, size_t K, const float *X, float *Y,
-                               size_t ldy)
-{
-	__m512 acc[4][GROUP_M];
-	const uint8_t *row[4];
-	size_t nb = type_is_float(type) ? K / 32 : K / QK8_0;
-
-#pragma GCC unroll 16
-	for (int i = 0; i < R; i++) {
-		row[i] = W0 + ((size_t)i < nvalid ? (size_t)i : nvalid - 1) * stride;
-#pragma GCC unroll 16
-		for (int m = 0; m < MG; m++)
-			acc[i][m] = _mm512_setzero_ps();
-	}
-	for (size_t b = 0; b < nb; b++) {
-#pragma GCC unroll 16
-		for (int h = 0; h < 2; h++) {
-			__m512 w[4];
-#pragma GCC unroll 16
-			for (int i = 0; i < R; i++)
-				w[i] = avx512_load_half(type, row[i], b, h);
-#pragma GCC unroll 16
-			for (int m = 0; m < MG; m++) {
-				__m512 x = _mm512_loadu_ps(X + m * K + b * 32 + 16 * h);
-#pragma GCC unroll 16
-				for (int i = 0; i < R; i++)
-					acc[i][m] = _mm512_fmadd_ps(w[i], x, acc[i][m]);
-			}
-		}
-	}
-	if (type_is_float(type) && K % 32) {
-		size_t rem = K % 32, k0 = K - rem, es = type_elem_bytes(type);
-		uint8_t tail[4][128];
-#pragma GCC unroll 16
-		for (int i = 0; i < R; i++) {
-			memset(tail[i], 0, sizeof tail[i]);
-			memcpy(tail[i], row[i] + k0 * es, rem * es);
-		}
-		for (int h = 0; h < 2 && (size_t)(16 * h) < rem; h++) {
-			size_t n = rem - 16 * h < 16 ? rem - 16 * h : 16;
-			__mmask16 mask = (__mmask16)((1u << n) - 1);
-			__m512 w[4];
-#pragma GCC unroll 16
-			for (int i = 0; i < R; i++)
-				w[i] = avx512_load_half(type, tail[i], 0, h);
-#pragma GCC unroll 16
-			for (int m = 0; m < MG; m++) {
-				__m512 x = _mm512_maskz_loadu_ps(mask, X + m * K + k0 + 16 * h);
-#pragma GCC unroll 16
-				for (int i = 0; i < R; i++)
-					acc[i][m] = _mm512_fmadd_ps(w[i], x, acc[i][m]);
-			}
-		}
-	}
-#pragma GCC unroll 16
-	for (int i = 0; i < R; i++) {
-		if ((size_t)i >= nvalid)
-			break;
-#pragma GCC unroll 16
-		for (int m = 0; m < MG; m++)
-			Y[m * ldy + i] = _mm512_reduce_add_ps(acc[i][m]);
-	}
-}
-
-/* Tile shapes (R weight rows x MG inputs): R * MG accumulators plus R
- * weight registers and one input register fit the 32 zmm registers. */
-#define AVX512_TILES(T)                                                                            \
-	T(1, 4)                                                                                    \
-	T(2, 4) T(3, 4) T(4, 4) T(5, 2) T(6, 2) T(7, 2) T(8, 2) T(1, 2) T(2, 2) T(3, 2) T(4, 2)
-
-#define AVX512_CASE(mg, r)                                                                         \
-	case (mg)*16 + (r):                                                                        \
-		avx512_tile(TYPE, r, mg, W0, stride, nvalid, K, X, Y, ldy);                        \
+		*w0 = _mm512_permutexvar_ps(idx, tab); /* uses the low 4 bits */
+		*w1 = _mm512_permutexvar_ps(_mm512_srli_epi32(idx, 4), tab);
 		return;
+	}
+	}
+}
 
-#define AVX512_TYPE_FN(name, type)                                                                 \
-	static void name(int mg, int R, const uint8_t *W0, size_t stride, size_t nvalid, size_t K, \
-	                 const float *X, float *Y, size_t ldy)                                     \
+/* Scales of blocks [b0, b0 + n) (n <= 16) of a Q8_0 / Q4_0 row as floats,
+ * in memory: the kernel then broadcasts each one straight from L1 as an
+ * operand of the multiply, which took an eighth off the Q4_0 decode time
+ * compared with a vector conversion and a register broadcast per block.
+ * (A gather, or one vector conversion of 16 scales, is slower still: the
+ * 64-byte store does not forward to the 4-byte loads that follow.) */
+ALWAYS_INLINE void avx512_scales(uint32_t type, const uint8_t *row, size_t b0, size_t n, float *ds)
+{
+	const size_t bs = type == GGML_TYPE_Q8_0 ? 34 : 18;
+	for (size_t j = 0; j < n; j++)
+		ds[j] = _cvtsh_ss(load_u16(row + (b0 + j) * bs));
+}
+
+/* The zero-padded last step of a float-like row whose K is not a multiple
+ * of 32, on accumulators in memory: the same operations, in the same order,
+ * as if it were inlined. */
+static void avx512_tail(uint32_t type, const uint8_t *row, int MG, size_t K, const float *X,
+                        __m512 acc[2][GROUP_M])
+{
+	size_t rem = K % 32, k0 = K - rem, es = type_elem_bytes(type);
+	uint8_t tail[128] = {0};
+	memcpy(tail, row + k0 * es, rem * es);
+	__m512 w[2];
+	avx512_load_step(type, tail, 0, 0.0f, &w[0], &w[1]);
+	for (int h = 0; h < 2; h++) {
+		size_t n = rem > 16 * (size_t)h ? rem - 16 * (size_t)h : 0;
+		__mmask16 mask = (__mmask16)((1u << (n < 16 ? n : 16)) - 1);
+		for (int m = 0; m < MG; m++) {
+			__m512 x = _mm512_maskz_loadu_ps(mask, X + m * K + k0 + 16 * h);
+			acc[h][m] = _mm512_fmadd_ps(w[h], x, acc[h][m]);
+		}
+	}
+}
+
+/* Rows [r0, r1) times MG inputs (MG a constant once inlined). */
+ALWAYS_INLINE NO_SANITIZE void avx512_rows(uint32_t type, const int MG, const uint8_t *W,
+                                           size_t stride, size_t K, const float *X, float *Y,
+                                           size_t ldy, size_t r0, size_t r1)
+{
+	size_t nb = K / 32;
+	for (size_t r = r0; r < r1; r++) {
+		const uint8_t *row = W + r * stride;
+		__m512 acc[2][GROUP_M];
+#pragma GCC unroll 16
+		for (int m = 0; m < MG; m++)
+			acc[0][m] = acc[1][m] = _mm512_setzero_ps();
+		for (size_t b0 = 0; b0 < nb; b0 += 16) {
+			size_t nb1 = nb - b0 < 16 ? nb - b0 : 16;
+			float ds[16];
+			if (!type_is_float(type))
+				avx512_scales(type, row, b0, nb1, ds);
+			for (size_t j = 0; j < nb1; j++) {
+				size_t b = b0 + j;
+				__m512 w0, w1;
+				avx512_load_step(type, row, b, ds[j], &w0, &w1);
+				if (MG > 1)
+					_mm_prefetch((const char *)row + b * step_bytes(type) +
+					                 PREFETCH,
+					             _MM_HINT_T0);
+#pragma GCC unroll 16
+				for (int m = 0; m < MG; m++) {
+					const float *x = X + m * K + 32 * b;
+					acc[0][m] =
+					    _mm512_fmadd_ps(w0, _mm512_loadu_ps(x), acc[0][m]);
+					acc[1][m] =
+					    _mm512_fmadd_ps(w1, _mm512_loadu_ps(x + 16), acc[1][m]);
+				}
+			}
+		}
+		if (type_is_float(type) && K % 32) {
+			/* rare; out of line, the accumulators visit memory */
+			__m512 spill[2][GROUP_M];
+#pragma GCC unroll 16
+			for (int m = 0; m < MG; m++)
+				spill[0][m] = acc[0][m], spill[1][m] = acc[1][m];
+			avx512_tail(type, row, MG, K, X, spill);
+#pragma GCC unroll 16
+			for (int m = 0; m < MG; m++)
+				acc[0][m] = spill[0][m], acc[1][m] = spill[1][m];
+		}
+#pragma GCC unroll 16
+		for (int m = 0; m < MG; m++)
+			Y[m * ldy + r] = _mm512_reduce_add_ps(_mm512_add_ps(acc[0][m], acc[1][m]));
+	}
+}
+
+#define AVX512_FN(tn, type, mg)                                                                    \
+	static NO_SANITIZE void avx512_##tn##_##mg(const uint8_t *W, size_t stride, size_t K,      \
+	                                           const float *X, float *Y, size_t ldy,           \
+	                                           size_t r0, size_t r1)                           \
 	{                                                                                          \
-		enum { TYPE = type };                                                              \
-		switch (mg * 16 + R) {                                                             \
-			AVX512_TILES(AVX512_CASE)                                                  \
-		}                                                                                  \
+		avx512_rows(type, mg, W, stride, K, X, Y, ldy, r0, r1);                            \
+	}
+#define AVX512_FNS(tn, type)                                                                       \
+	AVX512_FN(tn, type, 1)                                                                     \
+	AVX512_FN(tn, type, 2)                                                                     \
+	AVX512_FN(tn, type, 3)                                                                     \
+	AVX512_FN(tn, type, 4)                                                                     \
+	AVX512_FN(tn, type, 5)                                                                     \
+	AVX512_FN(tn, type, 6)                                                                     \
+	AVX512_FN(tn, type, 7)                                                                     \
+	AVX512_FN(tn, type, 8)
+#define AVX512_ROW(tn)                                                                             \
+	{                                                                                          \
+		avx512_##tn##_1, avx512_##tn##_2, avx512_##tn##_3, avx512_##tn##_4,                \
+		    avx512_##tn##_5, avx512_##tn##_6, avx512_##tn##_7, avx512_##tn##_8             \
 	}
 
-AVX512_TYPE_FN(avx512_f32, GGML_TYPE_F32)
-AVX512_TYPE_FN(avx512_f16, GGML_TYPE_F16)
-AVX512_TYPE_FN(avx512_bf16, GGML_TYPE_BF16)
-AVX512_TYPE_FN(avx512_q8_0, GGML_TYPE_Q8_0)
-AVX512_TYPE_FN(avx512_q4_0, GGML_TYPE_Q4_0)
+AVX512_FNS(f32, GGML_TYPE_F32)
+AVX512_FNS(f16, GGML_TYPE_F16)
+AVX512_FNS(bf16, GGML_TYPE_BF16)
+AVX512_FNS(q8_0, GGML_TYPE_Q8_0)
+AVX512_FNS(q4_0, GGML_TYPE_Q4_0)
 
-static int avx512_rows_for(int mg)
-{
-	return mg <= 4 ? 4 : 2;
-}
+static const group_fn avx512_fns[N_KERNEL_TYPES][GROUP_M] = {
+    AVX512_ROW(f32), AVX512_ROW(f16), AVX512_ROW(bf16), AVX512_ROW(q8_0), AVX512_ROW(q4_0)};
 
 #endif /* QUANT_HAVE_AVX512 */
 
 /* ---- AVX2 kernel -------------------------------------------------------- */
 #ifdef QUANT_HAVE_AVX2
 
+#define AVX2_GROUP_M 5 /* 10 accumulators + weight, scale and temporaries */
+
 ALWAYS_INLINE __m256 avx2_bcast_fp16(const uint8_t *p)
 {
 	return _mm256_set1_ps(_cvtsh_ss(load_u16(p)));
 }
 
-/* Quarter c (8 floats) of 32-element step b of a row. */
-ALWAYS_INLINE __m256 avx2_load_quarter(uint32_t type, const uint8_t *row, size_t b, int c)
+/* Quarter c (8 floats) of step b of a row; d is the block's scale,
+ * broadcast (unused for the float types). */
+ALWAYS_INLINE __m256 avx2_load_quarter(uint32_t type, const uint8_t *row, size_t b, int c, __m256 d)
 {
 	switch (type) {
-	case GGML_TYPE_F32: return _mm256_loadu_ps((const float *)(row + 4 * (b * 32 + 8 * c)));
+	case GGML_TYPE_F32: return _mm256_loadu_ps((const float *)(row + 128 * b + 32 * c));
 	case GGML_TYPE_F16:
-		return _mm256_cvtph_ps(
-		    _mm_loadu_si128((const __m128i *)(row + 2 * (b * 32 + 8 * c))));
+		return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(row + 64 * b + 16 * c)));
 	case GGML_TYPE_BF16:
 		return _mm256_castsi256_ps(
 		    _mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128(
-		                          (const __m128i *)(row + 2 * (b * 32 + 8 * c)))),
+		                          (const __m128i *)(row + 64 * b + 16 * c))),
 		                      16));
 	case GGML_TYPE_Q8_0: {
-		const uint8_t *blk = row + b * sizeof(struct block_q8_0);
-		__m256i q =
-		    _mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)(blk + 2 + 8 * c)));
-		return _mm256_mul_ps(avx2_bcast_fp16(blk), _mm256_cvtepi32_ps(q));
+		const uint8_t *qs = row + b * sizeof(struct block_q8_0) + 2;
+		__m256i q = _mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)(qs + 8 * c)));
+		return _mm256_mul_ps(d, _mm256_cvtepi32_ps(q));
 	}
 	default: { /* Q4_0: quarters 0, 1 are low nibbles, 2, 3 high nibbles */
-		const uint8_t *blk = row + b * sizeof(struct block_q4_0);
+		const uint8_t *qs = row + b * sizeof(struct block_q4_0) + 2;
 		__m256i q =
-		    _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(blk + 2 + 8 * (c & 1))));
+		    _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(qs + 8 * (c & 1))));
 		q = c < 2 ? _mm256_and_si256(q, _mm256_set1_epi32(15)) : _mm256_srli_epi32(q, 4);
 		q = _mm256_sub_epi32(q, _mm256_set1_epi32(8));
-		return _mm256_mul_ps(avx2_bcast_fp16(blk), _mm256_cvtepi32_ps(q));
+		return _mm256_mul_ps(d, _mm256_cvtepi32_ps(q));
 	}
 	}
+}
+
+ALWAYS_INLINE __m256 avx2_step_scale(uint32_t type, const uint8_t *row, size_t b)
+{
+	if (type == GGML_TYPE_Q8_0)
+		return avx2_bcast_fp16(row + b * sizeof(struct block_q8_0));
+	if (type == GGML_TYPE_Q4_0)
+		return avx2_bcast_fp16(row + b * sizeof(struct block_q4_0));
+	return _mm256_setzero_ps();
 }
 
 ALWAYS_INLINE float avx2_hsum(__m256 v)
@@ -533,129 +629,121 @@ ALWAYS_INLINE float avx2_hsum(__m256 v)
 	return _mm_cvtss_f32(s);
 }
 
-ALWAYS_INLINE void avx2_tile(uint32_t type, const int R, const int MG, const uint8_t *W0,
-                             size_t stride, size_t nvalid, size_t K, const float *X, float *Y,
-                             size_t ldy)
+/* Quarters 0 and 2 of each step go to acc[0], 1 and 3 to acc[1]. */
+static void avx2_tail(uint32_t type, const uint8_t *row, int MG, size_t K, const float *X,
+                      __m256 acc[2][GROUP_M])
 {
-	__m256 acc[4][GROUP_M];
-	const uint8_t *row[4];
+	size_t rem = K % 32, k0 = K - rem, es = type_elem_bytes(type);
+	uint8_t tail[128] = {0};
+	memcpy(tail, row + k0 * es, rem * es);
+	for (int c = 0; c < 4; c++) {
+		size_t n = rem > 8 * (size_t)c ? rem - 8 * (size_t)c : 0;
+		__m256i mask = _mm256_cmpgt_epi32(_mm256_set1_epi32((int)(n < 8 ? n : 8)),
+		                                  _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+		__m256 w = avx2_load_quarter(type, tail, 0, c, _mm256_setzero_ps());
+		for (int m = 0; m < MG; m++) {
+			__m256 x = _mm256_maskload_ps(X + m * K + k0 + 8 * c, mask);
+			acc[c & 1][m] = _mm256_fmadd_ps(w, x, acc[c & 1][m]);
+		}
+	}
+}
+
+ALWAYS_INLINE NO_SANITIZE void avx2_rows(uint32_t type, const int MG, const uint8_t *W,
+                                         size_t stride, size_t K, const float *X, float *Y,
+                                         size_t ldy, size_t r0, size_t r1)
+{
 	size_t nb = K / 32;
-
-#pragma GCC unroll 16
-	for (int i = 0; i < R; i++) {
-		row[i] = W0 + ((size_t)i < nvalid ? (size_t)i : nvalid - 1) * stride;
-#pragma GCC unroll 16
-		for (int m = 0; m < MG; m++)
-			acc[i][m] = _mm256_setzero_ps();
-	}
-	for (size_t b = 0; b < nb; b++) {
-#pragma GCC unroll 16
-		for (int c = 0; c < 4; c++) {
-			__m256 w[4];
-#pragma GCC unroll 16
-			for (int i = 0; i < R; i++)
-				w[i] = avx2_load_quarter(type, row[i], b, c);
-#pragma GCC unroll 16
-			for (int m = 0; m < MG; m++) {
-				__m256 x = _mm256_loadu_ps(X + m * K + b * 32 + 8 * c);
-#pragma GCC unroll 16
-				for (int i = 0; i < R; i++)
-					acc[i][m] = _mm256_fmadd_ps(w[i], x, acc[i][m]);
-			}
-		}
-	}
-	if (type_is_float(type) && K % 32) {
-		size_t rem = K % 32, k0 = K - rem, es = type_elem_bytes(type);
-		uint8_t tail[4][128];
-#pragma GCC unroll 16
-		for (int i = 0; i < R; i++) {
-			memset(tail[i], 0, sizeof tail[i]);
-			memcpy(tail[i], row[i] + k0 * es, rem * es);
-		}
-		for (int c = 0; c < 4 && (size_t)(8 * c) < rem; c++) {
-			size_t n = rem - 8 * c < 8 ? rem - 8 * c : 8;
-			__m256i mask = _mm256_cmpgt_epi32(
-			    _mm256_set1_epi32((int)n), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
-			__m256 w[4];
-#pragma GCC unroll 16
-			for (int i = 0; i < R; i++)
-				w[i] = avx2_load_quarter(type, tail[i], 0, c);
-#pragma GCC unroll 16
-			for (int m = 0; m < MG; m++) {
-				__m256 x = _mm256_maskload_ps(X + m * K + k0 + 8 * c, mask);
-#pragma GCC unroll 16
-				for (int i = 0; i < R; i++)
-					acc[i][m] = _mm256_fmadd_ps(w[i], x, acc[i][m]);
-			}
-		}
-	}
-#pragma GCC unroll 16
-	for (int i = 0; i < R; i++) {
-		if ((size_t)i >= nvalid)
-			break;
+	for (size_t r = r0; r < r1; r++) {
+		const uint8_t *row = W + r * stride;
+		__m256 acc[2][GROUP_M];
 #pragma GCC unroll 16
 		for (int m = 0; m < MG; m++)
-			Y[m * ldy + i] = avx2_hsum(acc[i][m]);
+			acc[0][m] = acc[1][m] = _mm256_setzero_ps();
+		for (size_t b = 0; b < nb; b++) {
+			__m256 d = avx2_step_scale(type, row, b);
+			if (MG > 1)
+				_mm_prefetch((const char *)row + b * step_bytes(type) + PREFETCH,
+				             _MM_HINT_T0);
+#pragma GCC unroll 16
+			for (int c = 0; c < 4; c++) {
+				__m256 w = avx2_load_quarter(type, row, b, c, d);
+#pragma GCC unroll 16
+				for (int m = 0; m < MG; m++)
+					acc[c & 1][m] = _mm256_fmadd_ps(
+					    w, _mm256_loadu_ps(X + m * K + 32 * b + 8 * c),
+					    acc[c & 1][m]);
+			}
+		}
+		if (type_is_float(type) && K % 32) {
+			__m256 spill[2][GROUP_M];
+#pragma GCC unroll 16
+			for (int m = 0; m < MG; m++)
+				spill[0][m] = acc[0][m], spill[1][m] = acc[1][m];
+			avx2_tail(type, row, MG, K, X, spill);
+#pragma GCC unroll 16
+			for (int m = 0; m < MG; m++)
+				acc[0][m] = spill[0][m], acc[1][m] = spill[1][m];
+		}
+#pragma GCC unroll 16
+		for (int m = 0; m < MG; m++)
+			Y[m * ldy + r] = avx2_hsum(_mm256_add_ps(acc[0][m], acc[1][m]));
 	}
 }
 
-/* 16 ymm registers: R * MG accumulators + R weights + 1 input + temps. */
-#define AVX2_TILES(T)                                                                              \
-	T(1, 4)                                                                                    \
-	T(2, 3)                                                                                    \
-	T(3, 2) T(4, 2) T(5, 2) T(6, 1) T(7, 1) T(8, 1) T(1, 1) T(2, 1) T(3, 1) T(4, 1) T(5, 1)
-
-#define AVX2_CASE(mg, r)                                                                           \
-	case (mg)*16 + (r):                                                                        \
-		avx2_tile(TYPE, r, mg, W0, stride, nvalid, K, X, Y, ldy);                          \
-		return;
-
-#define AVX2_TYPE_FN(name, type)                                                                   \
-	static void name(int mg, int R, const uint8_t *W0, size_t stride, size_t nvalid, size_t K, \
-	                 const float *X, float *Y, size_t ldy)                                     \
+#define AVX2_FN(tn, type, mg)                                                                      \
+	static NO_SANITIZE void avx2_##tn##_##mg(const uint8_t *W, size_t stride, size_t K,        \
+	                                         const float *X, float *Y, size_t ldy, size_t r0,  \
+	                                         size_t r1)                                        \
 	{                                                                                          \
-		enum { TYPE = type };                                                              \
-		switch (mg * 16 + R) {                                                             \
-			AVX2_TILES(AVX2_CASE)                                                      \
-		}                                                                                  \
+		avx2_rows(type, mg, W, stride, K, X, Y, ldy, r0, r1);                              \
+	}
+#define AVX2_FNS(tn, type)                                                                         \
+	AVX2_FN(tn, type, 1)                                                                       \
+	AVX2_FN(tn, type, 2)                                                                       \
+	AVX2_FN(tn, type, 3)                                                                       \
+	AVX2_FN(tn, type, 4)                                                                       \
+	AVX2_FN(tn, type, 5)
+#define AVX2_ROW(tn)                                                                               \
+	{                                                                                          \
+		avx2_##tn##_1, avx2_##tn##_2, avx2_##tn##_3, avx2_##tn##_4, avx2_##tn##_5          \
 	}
 
-AVX2_TYPE_FN(avx2_f32, GGML_TYPE_F32)
-AVX2_TYPE_FN(avx2_f16, GGML_TYPE_F16)
-AVX2_TYPE_FN(avx2_bf16, GGML_TYPE_BF16)
-AVX2_TYPE_FN(avx2_q8_0, GGML_TYPE_Q8_0)
-AVX2_TYPE_FN(avx2_q4_0, GGML_TYPE_Q4_0)
+AVX2_FNS(f32, GGML_TYPE_F32)
+AVX2_FNS(f16, GGML_TYPE_F16)
+AVX2_FNS(bf16, GGML_TYPE_BF16)
+AVX2_FNS(q8_0, GGML_TYPE_Q8_0)
+AVX2_FNS(q4_0, GGML_TYPE_Q4_0)
 
-static int avx2_rows_for(int mg)
-{
-	static const int r[GROUP_M + 1] = {0, 4, 3, 2, 2, 2, 1, 1, 1};
-	return r[mg];
-}
+static const group_fn avx2_fns[N_KERNEL_TYPES][GROUP_M] = {
+    AVX2_ROW(f32), AVX2_ROW(f16), AVX2_ROW(bf16), AVX2_ROW(q8_0), AVX2_ROW(q4_0)};
 
 #endif /* QUANT_HAVE_AVX2 */
 
 /* ---- dispatch ----------------------------------------------------------- */
 
-typedef void (*tile_fn)(int mg, int R, const uint8_t *W0, size_t stride, size_t nvalid, size_t K,
-                        const float *X, float *Y, size_t ldy);
+#if defined(QUANT_HAVE_AVX512) || defined(QUANT_HAVE_AVX2)
+/* Splits the inputs into groups of at most gmax.  With more than one group,
+ * rows go in chunks of ROW_CHUNK so that the chunk of W read for the first
+ * group is still in L1/L2 for the others: W streams from memory once. */
+#define ROW_CHUNK 16
 
-/* Walks [r0, r1) in tiles of R rows; within a tile, the inputs go in groups
- * of at most GROUP_M (M > GROUP_M: one group of GROUP_M and the rest, both
- * with the row count of the smaller-register fallback `r_split`). */
-static void simd_rows(tile_fn fn, int (*rows_for)(int), int r_split, const uint8_t *W,
-                      size_t stride, size_t K, const float *X, size_t M, float *Y, size_t ldy,
-                      size_t r0, size_t r1)
+static void simd_rows(const group_fn fns[GROUP_M], size_t gmax, const uint8_t *W, size_t stride,
+                      size_t K, const float *X, size_t M, float *Y, size_t ldy, size_t r0,
+                      size_t r1)
 {
-	int R = M <= GROUP_M ? rows_for((int)M) : r_split;
-	for (size_t r = r0; r < r1; r += (size_t)R) {
-		size_t nvalid = r1 - r < (size_t)R ? r1 - r : (size_t)R;
-		for (size_t m0 = 0; m0 < M; m0 += GROUP_M) {
-			int mg = (int)(M - m0 < GROUP_M ? M - m0 : GROUP_M);
-			fn(mg, R, W + r * stride, stride, nvalid, K, X + m0 * K, Y + m0 * ldy + r,
-			   ldy);
+	if (M <= gmax) {
+		fns[M - 1](W, stride, K, X, Y, ldy, r0, r1);
+		return;
+	}
+	for (size_t c0 = r0; c0 < r1; c0 += ROW_CHUNK) {
+		size_t c1 = r1 - c0 < ROW_CHUNK ? r1 : c0 + ROW_CHUNK;
+		for (size_t m0 = 0; m0 < M; m0 += gmax) {
+			size_t mg = M - m0 < gmax ? M - m0 : gmax;
+			fns[mg - 1](W, stride, K, X + m0 * K, Y + m0 * ldy, ldy, c0, c1);
 		}
 	}
 }
+#endif
 
 const char *quant_kernel_name(enum quant_kernel kernel)
 {
@@ -717,26 +805,16 @@ int quant_matmul_rows_kernel(enum quant_kernel kernel, uint32_t type, const void
 	const uint8_t *w = W;
 	switch (kernel) {
 #ifdef QUANT_HAVE_AVX512
-	case QUANT_KERNEL_AVX512: {
-		tile_fn fn = type == GGML_TYPE_F32    ? avx512_f32
-		             : type == GGML_TYPE_F16  ? avx512_f16
-		             : type == GGML_TYPE_BF16 ? avx512_bf16
-		             : type == GGML_TYPE_Q8_0 ? avx512_q8_0
-		                                      : avx512_q4_0;
-		simd_rows(fn, avx512_rows_for, 2, w, row_stride, K, X, M, Y, ldy, r0, r1);
+	case QUANT_KERNEL_AVX512:
+		simd_rows(avx512_fns[type_index(type)], AVX512_GROUP_M, w, row_stride, K, X, M, Y,
+		          ldy, r0, r1);
 		return 0;
-	}
 #endif
 #ifdef QUANT_HAVE_AVX2
-	case QUANT_KERNEL_AVX2: {
-		tile_fn fn = type == GGML_TYPE_F32    ? avx2_f32
-		             : type == GGML_TYPE_F16  ? avx2_f16
-		             : type == GGML_TYPE_BF16 ? avx2_bf16
-		             : type == GGML_TYPE_Q8_0 ? avx2_q8_0
-		                                      : avx2_q4_0;
-		simd_rows(fn, avx2_rows_for, 1, w, row_stride, K, X, M, Y, ldy, r0, r1);
+	case QUANT_KERNEL_AVX2:
+		simd_rows(avx2_fns[type_index(type)], AVX2_GROUP_M, w, row_stride, K, X, M, Y, ldy,
+		          r0, r1);
 		return 0;
-	}
 #endif
 	default: scalar_rows(type, w, row_stride, K, X, M, Y, ldy, r0, r1); return 0;
 	}

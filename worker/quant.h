@@ -64,15 +64,17 @@ int quant_quantize_row(uint32_t type, const float *src, void *dst, size_t n);
  *     Y[m * ldy + r] = sum_k W[r][k] * X[m * K + k]
  * for m in [0, M) and weight rows r in [r0, r1); other entries of Y are not
  * touched.  Types: F16, BF16, Q8_0, Q4_0 (and F32); K must be a multiple of
- * 32 for Q8_0 / Q4_0, any K for the float types.  1 <= M <= QUANT_MAX_M.
- * Returns 0, ITT_E_UNSUPPORTED (type) or ITT_E_INVALID (arguments).
+ * 32 for Q8_0 / Q4_0, any K for the float types.  1 <= M <= QUANT_MAX_M, and
+ * ldy >= r1 when M > 1.  Returns 0, ITT_E_UNSUPPORTED (type) or
+ * ITT_E_INVALID (arguments); r0 == r1 does nothing.
  *
- * Each weight block is dequantised once per call into registers and used
- * for all M inputs, so W streams from memory once.  The activations are not
- * quantised: the dequantised weights are exact floats and the only
- * rounding is the float summation (16 or 8 lane accumulators, then a fixed
- * reduction), so results agree with a double-precision dot product of the
- * dequantised row to a few ulps of sum |w x|.
+ * Each weight block is dequantised into registers once per group of up to
+ * 8 inputs (5 on AVX2) and used for all of them; with more inputs the rows
+ * go in short chunks, so W streams from memory once per call.  The
+ * activations are not quantised: the dequantised weights are exact floats
+ * and the only rounding is the float summation (16 to 32 partial sums per
+ * output, then a fixed reduction), within (K/8 + 8) 2^-24 sum |w x| of the
+ * exact dot product of the dequantised row, and in practice much closer.
  *
  * Determinism: for one kernel, Y[m][r] depends only on W row r, X row m and
  * K; not on M, m, r0, r1, ldy or the alignment of X.  A batched call equals

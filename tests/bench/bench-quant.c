@@ -4,13 +4,18 @@
  *
  * For each weight shape (rows x K) and type, and M = 1, 2, 4, 8, 16 input
  * rows, it reports the median time per call, the weight bytes streamed per
- * second (the figure that matters for memory-bound decode), that as a share
- * of a plain read-bandwidth test (sum of a large float array), and GFLOP/s.
- * Weights are cold: each call uses the next of enough copies of the matrix
- * to overflow the last-level cache (--hot uses one copy).  Prints a table
- * and, last, one JSON line.  Not a test: it asserts nothing.
+ * second (the figure that matters for memory-bound decode), the bandwidth
+ * of a plain read of as many bytes (a float sum) timed right after each
+ * call, their ratio, and GFLOP/s.  The paired read keeps the ratio honest
+ * on a machine whose other cores are busy; a headline read bandwidth (sum
+ * of a large array) is printed first.  F32 rows compare OpenBLAS: M calls
+ * of sgemv (the later ones may find the matrix in cache when it fits) and
+ * one sgemm.  Weights are cold: each call uses the next of enough copies of
+ * the matrix to overflow the last-level cache (--hot: one copy).  Prints a
+ * table and, last, one JSON line.  Not a test: it asserts nothing.
  *
- * Usage: bench-quant [--quick] [--hot] [--kernel auto|scalar|avx2|avx512] */
+ * Usage: bench-quant [--quick] [--hot] [--kernel auto|scalar|avx2|avx512]
+ *                    [--type q4_0|q8_0|f16|bf16|f32] [--rows N] */
 #include <cblas.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -107,20 +112,39 @@ static float sum_floats(const float *a, size_t n)
 	return s;
 }
 
-static double read_bandwidth(size_t bytes, int reps)
+/* The read probe: a large array summed in slices.  Its full-sweep median
+ * is the headline read bandwidth; a slice as large as the weight matrix,
+ * timed right after each kernel call, is the paired reference that makes
+ * the ratio robust to what else the machine is doing. */
+static float *probe;
+static size_t probe_n, probe_off;
+
+static void probe_init(size_t bytes)
 {
-	size_t n = bytes / sizeof(float);
-	float *a = xmalloc(bytes);
-	for (size_t i = 0; i < n; i++)
-		a[i] = (float)(i & 1023);
+	probe_n = bytes / sizeof(float);
+	probe = xmalloc(bytes);
+	for (size_t i = 0; i < probe_n; i++)
+		probe[i] = (float)(i & 1023);
+}
+
+static double read_bandwidth(int reps)
+{
 	double t[32];
 	for (int r = 0; r < reps; r++) {
 		double t0 = now_s();
-		sink = sum_floats(a, n);
+		sink = sum_floats(probe, probe_n);
 		t[r] = now_s() - t0;
 	}
-	free(a);
-	return (double)bytes / median(t, (size_t)reps) / 1e9;
+	return (double)(probe_n * sizeof(float)) / median(t, (size_t)reps) / 1e9;
+}
+
+/* Sums the next slice of n floats (the same slice each time when hot). */
+static void probe_slice(size_t n, int hot)
+{
+	if (hot || probe_off + n > probe_n)
+		probe_off = 0;
+	sink = sum_floats(probe + probe_off, n);
+	probe_off += (n + 15) / 16 * 16;
 }
 
 /* ---- timing loop ---------------------------------------------------------------- */
@@ -158,21 +182,30 @@ static void run_once(const struct run *r, size_t c)
 	}
 }
 
-/* Median seconds per call over at least min_calls calls and budget_s. */
-static double time_run(const struct run *r, double budget_s)
+struct timing {
+	double call_s;  /* median seconds per call */
+	double probe_s; /* median seconds to read as many bytes, paired */
+};
+
+/* Alternates calls and probe reads until budget_s has passed (at least 7
+ * of each); each call uses the next copy of the weights. */
+static struct timing time_run(const struct run *r, size_t bytes, int hot, double budget_s)
 {
 	enum { MAX_SAMPLES = 20000 };
-	static double t[MAX_SAMPLES];
-	size_t n = 0, c = 0;
+	static double t[MAX_SAMPLES], p[MAX_SAMPLES];
+	size_t n = 0, c = 0, pn = bytes / sizeof(float);
 	for (int w = 0; w < 3; w++)
 		run_once(r, c++ % r->ncopies);
 	double start = now_s();
 	while (n < MAX_SAMPLES && (n < 7 || now_s() - start < budget_s)) {
 		double t0 = now_s();
 		run_once(r, c++ % r->ncopies);
-		t[n++] = now_s() - t0;
+		double t1 = now_s();
+		probe_slice(pn, hot);
+		t[n] = t1 - t0;
+		p[n++] = now_s() - t1;
 	}
-	return median(t, n);
+	return (struct timing){median(t, n), median(p, n)};
 }
 
 /* ---- main ------------------------------------------------------------------------- */
@@ -192,38 +225,48 @@ static const char *type_name(uint32_t type)
 struct result {
 	size_t rows, K, M;
 	const char *type, *impl;
-	double us, gbps, gflops;
+	double us, gbps, probe_gbps, gflops;
 };
 
 static struct result results[512];
 static size_t nresults;
 
-static void record(size_t rows, size_t K, size_t M, const char *type, const char *impl, double sec,
-                   size_t wbytes, double read_gbps)
+static void record(size_t rows, size_t K, size_t M, const char *type, const char *impl,
+                   struct timing tm, size_t wbytes)
 {
+	if (nresults == sizeof results / sizeof results[0])
+		return;
 	struct result *res = &results[nresults++];
-	*res = (struct result){rows,
-	                       K,
-	                       M,
-	                       type,
-	                       impl,
-	                       sec * 1e6,
-	                       (double)wbytes / sec / 1e9,
-	                       2.0 * (double)M * (double)rows * (double)K / sec / 1e9};
-	printf("%6zux%-5zu %-5s %-7s %3zu %11.1f %9.2f %6.0f%% %9.2f\n", rows, K, type, impl, M,
-	       res->us, res->gbps, 100.0 * res->gbps / read_gbps, res->gflops);
+	res->rows = rows;
+	res->K = K;
+	res->M = M;
+	res->type = type;
+	res->impl = impl;
+	res->us = tm.call_s * 1e6;
+	res->gbps = (double)wbytes / tm.call_s / 1e9;
+	res->probe_gbps = (double)wbytes / tm.probe_s / 1e9;
+	res->gflops = 2.0 * (double)M * (double)rows * (double)K / tm.call_s / 1e9;
+	printf("%6zux%-5zu %-5s %-7s %3zu %10.1f %8.2f %8.2f %6.0f%% %8.2f\n", rows, K, type, impl,
+	       M, res->us, res->gbps, res->probe_gbps, 100.0 * res->gbps / res->probe_gbps,
+	       res->gflops);
 	fflush(stdout);
 }
 
 int main(int argc, char **argv)
 {
 	int quick = 0, hot = 0;
+	const char *only_type = NULL;
+	size_t only_rows = 0;
 	enum quant_kernel kernel = QUANT_KERNEL_AUTO;
 	for (int i = 1; i < argc; i++) {
 		if (!strcmp(argv[i], "--quick")) {
 			quick = 1;
 		} else if (!strcmp(argv[i], "--hot")) {
 			hot = 1;
+		} else if (!strcmp(argv[i], "--type") && i + 1 < argc) {
+			only_type = argv[++i];
+		} else if (!strcmp(argv[i], "--rows") && i + 1 < argc) {
+			only_rows = (size_t)strtoul(argv[++i], NULL, 10);
 		} else if (!strcmp(argv[i], "--kernel") && i + 1 < argc) {
 			const char *k = argv[++i];
 			kernel = QUANT_KERNEL_COUNT;
@@ -235,8 +278,9 @@ int main(int argc, char **argv)
 				return 1;
 			}
 		} else {
-			fprintf(stderr, "usage: bench-quant [--quick] [--hot] "
-			                "[--kernel auto|scalar|avx2|avx512]\n");
+			fprintf(stderr,
+			        "usage: bench-quant [--quick] [--hot] "
+			        "[--kernel auto|scalar|avx2|avx512] [--type T] [--rows N]\n");
 			return 2;
 		}
 	}
@@ -248,13 +292,16 @@ int main(int argc, char **argv)
 	openblas_set_num_threads(1);
 	double budget = quick ? 0.05 : 0.25;
 
-	double read_gbps = read_bandwidth(quick ? (128u << 20) : (512u << 20), quick ? 3 : 9);
-	printf("read bandwidth (1 thread, sum of %d MiB floats): %.2f GB/s\n", quick ? 128 : 512,
-	       read_gbps);
+	probe_init(quick ? (128u << 20) : (512u << 20));
+	double read_gbps = read_bandwidth(quick ? 3 : 9);
+	printf("read bandwidth (1 thread, sum of %d MiB floats, median): %.2f GB/s\n",
+	       quick ? 128 : 512, read_gbps);
 	printf("kernel %s, weights %s\n\n", kname,
 	       hot ? "hot (one copy)" : "cold (rotating copies)");
-	printf("%12s %-5s %-7s %3s %11s %9s %7s %9s\n", "rows x K", "type", "impl", "M", "us/call",
-	       "wGB/s", "%read", "GFLOP/s");
+	printf("wGB/s: weight bytes per second; rdGB/s: a plain read of as many bytes, timed\n"
+	       "right after each call; %%read = wGB/s / rdGB/s.  Medians.\n\n");
+	printf("%12s %-5s %-7s %3s %10s %8s %8s %7s %8s\n", "rows x K", "type", "impl", "M",
+	       "us/call", "wGB/s", "rdGB/s", "%read", "GFLOP/s");
 
 	static const size_t shapes[][2] = {{768, 2048}, {2048, 768}, {32000, 768}};
 	static const size_t Ms[] = {1, 2, 4, 8, 16};
@@ -263,6 +310,8 @@ int main(int argc, char **argv)
 
 	for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++) {
 		size_t rows = shapes[s][0], K = shapes[s][1];
+		if (only_rows && rows != only_rows)
+			continue;
 		float *Wf = xmalloc(rows * K * sizeof(float));
 		for (size_t i = 0; i < rows * K; i++)
 			Wf[i] = rnd();
@@ -273,9 +322,11 @@ int main(int argc, char **argv)
 
 		for (size_t t = 0; t < sizeof types / sizeof types[0]; t++) {
 			uint32_t type = types[t];
+			if (only_type && strcmp(only_type, type_name(type)))
+				continue;
 			size_t stride = quant_row_bytes(type, K), bytes = stride * rows;
 			size_t ncopies = hot ? 1 : (size_t)(COLD_BYTES / bytes) + 1;
-			uint8_t **copies = malloc(ncopies * sizeof *copies);
+			uint8_t **copies = xmalloc(ncopies * sizeof *copies);
 			copies[0] = xmalloc(bytes);
 			for (size_t r = 0; r < rows; r++)
 				quant_quantize_row(type, Wf + r * K, copies[0] + r * stride, K);
@@ -288,18 +339,18 @@ int main(int argc, char **argv)
 			for (size_t mi = 0; mi < sizeof Ms / sizeof Ms[0]; mi++) {
 				r.M = Ms[mi];
 				r.impl = IMPL_FUSED;
-				record(rows, K, r.M, type_name(type), kname, time_run(&r, budget),
-				       bytes, read_gbps);
+				record(rows, K, r.M, type_name(type), kname,
+				       time_run(&r, bytes, hot, budget), bytes);
 			}
 			if (type == GGML_TYPE_F32) {
 				for (size_t mi = 0; mi < sizeof Ms / sizeof Ms[0]; mi++) {
 					r.M = Ms[mi];
 					r.impl = IMPL_SGEMV;
-					record(rows, K, r.M, "f32", "sgemv", time_run(&r, budget),
-					       bytes, read_gbps);
+					record(rows, K, r.M, "f32", "sgemv",
+					       time_run(&r, bytes, hot, budget), bytes);
 					r.impl = IMPL_SGEMM;
-					record(rows, K, r.M, "f32", "sgemm", time_run(&r, budget),
-					       bytes, read_gbps);
+					record(rows, K, r.M, "f32", "sgemm",
+					       time_run(&r, bytes, hot, budget), bytes);
 				}
 			}
 			for (size_t c = 0; c < ncopies; c++)
@@ -318,10 +369,11 @@ int main(int argc, char **argv)
 	for (size_t i = 0; i < nresults; i++) {
 		const struct result *res = &results[i];
 		printf("%s{\"rows\":%zu,\"k\":%zu,\"type\":\"%s\",\"impl\":\"%s\",\"m\":%zu,"
-		       "\"us\":%.2f,\"gbps\":%.3f,\"gflops\":%.3f}",
+		       "\"us\":%.2f,\"gbps\":%.3f,\"read_gbps\":%.3f,\"gflops\":%.3f}",
 		       i ? "," : "", res->rows, res->K, res->type, res->impl, res->M, res->us,
-		       res->gbps, res->gflops);
+		       res->gbps, res->probe_gbps, res->gflops);
 	}
 	printf("]}\n");
+	free(probe);
 	return 0;
 }

@@ -10,6 +10,10 @@
 # timeout inputs are kept in BUILD_DIR/fuzz-artifacts/ to reproduce with
 # `BUILD_DIR/bin/fuzz-X ARTIFACT`.  Extra libFuzzer flags: $FUZZ_ARGS.
 #
+# Coverage needs the code under test instrumented too: when the engine
+# library is built without -fsanitize=fuzzer-no-link, "cov" stays at the
+# few edges of the target file and the fuzzer runs blind.
+#
 # Exit status: 0 when every target ran clean, 1 when any found a problem,
 # 2 on a usage error or when no target is built.
 set -u
@@ -62,6 +66,7 @@ pad_to() { # file alignment
 	head -c $((($2 - n % $2) % $2)) /dev/zero >>"$1"
 }
 zeros() { head -c "$2" /dev/zero >>"$1"; }
+emit() { printf '%b' "$1"; } # expands the \xHH escapes built above
 
 # Tiny valid GGUF files that reach the kv, array and tensor paths quickly.
 seed_gguf() {
@@ -73,25 +78,29 @@ seed_gguf() {
 	fi
 
 	f=$dir/empty-v3.gguf
-	printf "$(hdr 3 0 0)" >"$f"
+	emit "$(hdr 3 0 0)" >"$f"
 	pad_to "$f" 32
 
 	# v2: alignment, a string, a string array, a bool and one F32 [4, 2]
 	f=$dir/kv-v2.gguf
-	printf "$(hdr 2 1 4)$(gstr general.alignment)$(le32 4)$(le32 32)" >"$f"
-	printf "$(gstr general.name)$(le32 8)$(gstr tiny)" >>"$f"
-	printf "$(gstr tokenizer.ggml.tokens)$(le32 9)$(le32 8)$(le64 2)$(gstr a)$(gstr bc)" >>"$f"
-	printf "$(gstr flag)$(le32 7)\\x01" >>"$f"
-	printf "$(gstr t)$(le32 2)$(le64 4)$(le64 2)$(le32 0)$(le64 0)" >>"$f"
+	{
+		emit "$(hdr 2 1 4)$(gstr general.alignment)$(le32 4)$(le32 32)"
+		emit "$(gstr general.name)$(le32 8)$(gstr tiny)"
+		emit "$(gstr tokenizer.ggml.tokens)$(le32 9)$(le32 8)$(le64 2)$(gstr a)$(gstr bc)"
+		emit "$(gstr flag)$(le32 7)\\x01"
+		emit "$(gstr t)$(le32 2)$(le64 4)$(le64 2)$(le32 0)$(le64 0)"
+	} >"$f"
 	pad_to "$f" 32
 	zeros "$f" 32
 
 	# v3: a float64 and i32 array, a Q8_0 [32] and a Q4_K [256, 1, 1, 1]
 	f=$dir/quant-v3.gguf
-	printf "$(hdr 3 2 2)$(gstr x)$(le32 12)$(le64 0x3fe0000000000000)" >"$f"
-	printf "$(gstr ids)$(le32 9)$(le32 5)$(le64 3)$(le32 1)$(le32 2)$(le32 3)" >>"$f"
-	printf "$(gstr a)$(le32 1)$(le64 32)$(le32 8)$(le64 0)" >>"$f"
-	printf "$(gstr b)$(le32 4)$(le64 256)$(le64 1)$(le64 1)$(le64 1)$(le32 12)$(le64 64)" >>"$f"
+	{
+		emit "$(hdr 3 2 2)$(gstr x)$(le32 12)$(le64 0x3fe0000000000000)"
+		emit "$(gstr ids)$(le32 9)$(le32 5)$(le64 3)$(le32 1)$(le32 2)$(le32 3)"
+		emit "$(gstr a)$(le32 1)$(le64 32)$(le32 8)$(le64 0)"
+		emit "$(gstr b)$(le32 4)$(le64 256)$(le64 1)$(le64 1)$(le64 1)$(le32 12)$(le64 64)"
+	} >"$f"
 	pad_to "$f" 32
 	zeros "$f" $((64 + 144))
 }

@@ -1,0 +1,136 @@
+/* fuzz-worker-msg: libFuzzer target for the worker's message decoders.
+ *
+ * Contract under test: sched_decode_open / _step / _close (worker/scheduler.h)
+ * on arbitrary body bytes either refuse with a known itt code, a non-empty
+ * reason and no command, or return a command that satisfies everything the
+ * compute thread relies on; for OPEN, after sched_prepare_open (which
+ * tokenizes a text prompt, and may refuse it in the same way): 1..ctx-1
+ * tokens, each in [0, vocab), n_prompt <= n_tokens, sampling parameters that
+ * pass the sampler's own validation, bias entries in range; STEP has step >= 1
+ * and 1..ctx-1 tokens in range; CLOSE carries no tokens.  The first input byte
+ * picks the decoder; the rest is the body.  The model is a stand-in: a
+ * byte-level vocabulary of 259 tokens (<unk>, <s>, </s>, <0x00>..<0xFF>) and a
+ * context of 64, so that every length limit is within the fuzzer's reach. */
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "itt.pb-c.h"
+#include "scheduler.h"
+
+#define FUZZ_CHECK(cond)                                                                           \
+	do {                                                                                       \
+		if (!(cond))                                                                       \
+			__builtin_trap();                                                          \
+	} while (0)
+
+#define FZ_VOCAB 259
+#define FZ_CTX   64
+
+static tokenizer_t *fz_tok;
+static struct sched_info fz_info;
+
+/* <unk>, <s>, </s>, then <0x00>..<0xFF> as byte tokens. */
+static void fuzz_init(void)
+{
+	static char names[FZ_VOCAB][8];
+	static struct gguf_str strs[FZ_VOCAB];
+	static float scores[FZ_VOCAB];
+	static int32_t types[FZ_VOCAB];
+	struct itt_err err = {0};
+
+	snprintf(names[0], sizeof names[0], "<unk>");
+	snprintf(names[1], sizeof names[1], "<s>");
+	snprintf(names[2], sizeof names[2], "</s>");
+	types[0] = TOKENIZER_TYPE_UNKNOWN;
+	types[1] = types[2] = TOKENIZER_TYPE_CONTROL;
+	for (int i = 0; i < 256; i++) {
+		snprintf(names[3 + i], sizeof names[3 + i], "<0x%02X>", i);
+		types[3 + i] = TOKENIZER_TYPE_BYTE;
+	}
+	for (int i = 0; i < FZ_VOCAB; i++)
+		strs[i] = (struct gguf_str){strlen(names[i]), names[i]};
+	struct tokenizer_vocab v = {FZ_VOCAB, strs, scores, types, 1, 2, 0, true};
+	if (tokenizer_new_from_vocab(&v, &fz_tok, &err) < 0)
+		__builtin_trap();
+	fz_info = (struct sched_info){.vocab = FZ_VOCAB,
+	                              .ctx_len = FZ_CTX,
+	                              .dim = 64,
+	                              .n_layers = 5,
+	                              .first = 0,
+	                              .last = 5,
+	                              .eos = 2,
+	                              .bos = 1,
+	                              .tok = fz_tok};
+}
+
+static void fuzz_check_tokens(const struct sched_cmd *c)
+{
+	FUZZ_CHECK(c->n_tokens >= 1 && c->n_tokens < FZ_CTX);
+	FUZZ_CHECK(c->tokens != NULL);
+	for (uint32_t i = 0; i < c->n_tokens; i++)
+		FUZZ_CHECK(c->tokens[i] >= 0 && c->tokens[i] < FZ_VOCAB);
+}
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
+{
+	char reason[SCHED_MAX_REASON];
+	struct sched_cmd *c = (struct sched_cmd *)1;
+	uint64_t sid = 1;
+	int rc;
+
+	if (!fz_tok)
+		fuzz_init();
+	if (size < 1)
+		return 0;
+	reason[0] = 0;
+	const uint8_t *body = data + 1;
+	size_t len = size - 1;
+	switch (data[0] % 3) {
+	case 0: rc = sched_decode_open(body, len, &fz_info, &c, &sid, reason, sizeof reason); break;
+	case 1: rc = sched_decode_step(body, len, &fz_info, &c, &sid, reason, sizeof reason); break;
+	default: rc = sched_decode_close(body, len, &c, &sid, reason, sizeof reason); break;
+	}
+	if (rc != 0) {
+		FUZZ_CHECK(c == NULL);
+		FUZZ_CHECK(rc == ITT__CODE__INVALID_ARGUMENT || rc == ITT__CODE__INTERNAL ||
+		           rc == ITT__CODE__UNIMPLEMENTED);
+		FUZZ_CHECK(reason[0] != 0 && memchr(reason, 0, sizeof reason));
+		return 0;
+	}
+	FUZZ_CHECK(c != NULL && c->session_id == sid);
+	switch (c->kind) {
+	case SCHED_CMD_OPEN: {
+		struct itt_err err = {0};
+		FUZZ_CHECK(!c->prompt == !c->prompt_len || (c->prompt && !c->prompt[0]));
+		rc = sched_prepare_open(&fz_info, c, reason, sizeof reason);
+		if (rc != 0) {
+			FUZZ_CHECK(rc == ITT__CODE__INVALID_ARGUMENT || rc == ITT__CODE__INTERNAL);
+			FUZZ_CHECK(reason[0] != 0);
+			break;
+		}
+		FUZZ_CHECK(c->prompt == NULL);
+		fuzz_check_tokens(c);
+		FUZZ_CHECK(c->n_prompt <= c->n_tokens && c->step == 0);
+		FUZZ_CHECK(c->sp.n_bias <= 1024 && (c->sp.n_bias == 0 || c->sp.bias == c->bias));
+		for (size_t i = 0; i < c->sp.n_bias; i++)
+			FUZZ_CHECK(c->bias[i].token >= 0 && c->bias[i].token < FZ_VOCAB);
+		FUZZ_CHECK(sampler_params_validate(&c->sp, FZ_VOCAB, &err) == 0);
+		if (c->tokenized)
+			FUZZ_CHECK(c->tokens[0] == 1); /* BOS first */
+		break;
+	}
+	case SCHED_CMD_STEP:
+		fuzz_check_tokens(c);
+		FUZZ_CHECK(c->step >= 1);
+		break;
+	case SCHED_CMD_CLOSE: FUZZ_CHECK(c->tokens == NULL && c->n_tokens == 0); break;
+	default: FUZZ_CHECK(0);
+	}
+	sched_cmd_free(&c);
+	FUZZ_CHECK(c == NULL);
+	return 0;
+}

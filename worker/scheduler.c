@@ -1,0 +1,909 @@
+/* scheduler (functions sched_*): sessions and the step scheduler of the
+ * worker's compute thread, and the decoders of OPEN/STEP/CLOSE bodies (see
+ * scheduler.h for the contract).
+ *
+ * Threads: sched_decode_* run on the loop thread and only read the model's
+ * shape and its (immutable) tokenizer.  The inbox and the outbox are the only
+ * state both threads touch, each under its own mutex.  Everything else here
+ * (engine, sessions, round-robin cursor, epoch) belongs to the compute
+ * thread. */
+#include "scheduler.h"
+
+#include <errno.h>
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "engine.h"
+#include "itt.pb-c.h"
+#include "validate.h"
+
+/* ---- logging ------------------------------------------------------------ */
+
+int sched_log_level = SCHED_LOG_INFO;
+
+static void sched_log_stderr(int level, const char *line)
+{
+	static const char *names[] = {"error", "warn", "info", "debug"};
+	struct timespec ts;
+	struct tm tm;
+	clock_gettime(CLOCK_REALTIME, &ts);
+	gmtime_r(&ts.tv_sec, &tm);
+	fprintf(stderr, "%02d:%02d:%02d.%03ld itt-worker %s: %s\n", tm.tm_hour, tm.tm_min,
+	        tm.tm_sec, ts.tv_nsec / 1000000,
+	        names[level < 0   ? 0
+	              : level > 3 ? 3
+	                          : level],
+	        line);
+}
+
+void (*sched_log_sink)(int level, const char *line) = sched_log_stderr;
+
+void sched_log_write(int level, const char *fmt, ...)
+{
+	char line[1024];
+	va_list ap;
+	va_start(ap, fmt);
+	vsnprintf(line, sizeof line, fmt, ap);
+	va_end(ap);
+	sched_log_sink(level, line);
+}
+
+int sched_log_parse(const char *name)
+{
+	static const char *names[] = {"error", "warn", "info", "debug"};
+	for (int i = 0; i < 4; i++)
+		if (!strcmp(name, names[i]))
+			return i;
+	return -1;
+}
+
+/* ---- decoders ----------------------------------------------------------- */
+
+static int sched_bad(char *reason, size_t cap, int code, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+static int sched_bad(char *reason, size_t cap, int code, const char *fmt, ...)
+{
+	va_list ap;
+	va_start(ap, fmt);
+	vsnprintf(reason, cap, fmt, ap);
+	va_end(ap);
+	return code;
+}
+
+struct sched_cmd *sched_cmd_new(enum sched_cmd_kind kind)
+{
+	struct sched_cmd *c = calloc(1, sizeof *c);
+	if (c)
+		c->kind = kind;
+	return c;
+}
+
+void sched_cmd_free(struct sched_cmd **cp)
+{
+	struct sched_cmd *c = cp ? *cp : NULL;
+	if (!c)
+		return;
+	free(c->tokens);
+	free(c->bias);
+	free(c->prompt);
+	free(c);
+	*cp = NULL;
+}
+
+/* Checks ids against the vocabulary and copies them into a new array. */
+static int sched_copy_tokens(const int32_t *ids, size_t n, uint32_t vocab, const char *field,
+                             int32_t **out, char *reason, size_t cap)
+{
+	for (size_t i = 0; i < n; i++)
+		if (ids[i] < 0 || (uint32_t)ids[i] >= vocab)
+			return sched_bad(reason, cap, ITT__CODE__INVALID_ARGUMENT,
+			                 "%s[%zu] = %d is not a token id (vocab %u)", field, i,
+			                 ids[i], vocab);
+	*out = malloc((n ? n : 1) * sizeof **out);
+	if (!*out)
+		return sched_bad(reason, cap, ITT__CODE__INTERNAL, "out of memory for %zu tokens",
+		                 n);
+	memcpy(*out, ids, n * sizeof **out);
+	return 0;
+}
+
+static int sched_check_stage(const struct sched_info *info, char *reason, size_t cap)
+{
+	if (info->first != 0 || info->last != info->n_layers)
+		return sched_bad(reason, cap, ITT__CODE__UNIMPLEMENTED,
+		                 "this worker holds layers [%u, %u) of %u; pipeline stages are "
+		                 "not part of protocol version 1",
+		                 info->first, info->last, info->n_layers);
+	return 0;
+}
+
+int sched_decode_open(const uint8_t *body, size_t len, const struct sched_info *info,
+                      struct sched_cmd **out, uint64_t *session_id, char *reason, size_t cap)
+{
+	struct wire_limits lim;
+	struct sched_cmd *c = NULL;
+	int rc;
+
+	*out = NULL;
+	*session_id = 0;
+	wire_limits_default(&lim);
+	Itt__SessionOpen *m = itt__session_open__unpack(NULL, len, body);
+	if (!m)
+		return sched_bad(reason, cap, ITT__CODE__INVALID_ARGUMENT,
+		                 "malformed SessionOpen body");
+	*session_id = m->session_id;
+	if ((rc = sched_check_stage(info, reason, cap)))
+		goto out;
+	size_t plen = m->prompt ? strlen(m->prompt) : 0;
+	if (plen && m->n_tokens) {
+		rc = sched_bad(reason, cap, ITT__CODE__INVALID_ARGUMENT,
+		               "prompt and tokens are exclusive");
+		goto out;
+	}
+	if (plen > lim.max_prompt_bytes) {
+		rc = sched_bad(reason, cap, ITT__CODE__INVALID_ARGUMENT,
+		               "prompt has %zu bytes; at most %u", plen, lim.max_prompt_bytes);
+		goto out;
+	}
+	if (m->n_tokens > lim.max_prompt_tokens) {
+		rc =
+		    sched_bad(reason, cap, ITT__CODE__INVALID_ARGUMENT,
+		              "tokens has %zu ids; at most %u", m->n_tokens, lim.max_prompt_tokens);
+		goto out;
+	}
+	if (!(c = sched_cmd_new(SCHED_CMD_OPEN))) {
+		rc = sched_bad(reason, cap, ITT__CODE__INTERNAL, "out of memory");
+		goto out;
+	}
+	c->session_id = m->session_id;
+	size_t nb = m->sampling ? m->sampling->n_logit_bias : 0;
+	size_t bias_cap = nb <= lim.max_bias ? nb : 0;
+	if (!(c->bias = malloc((bias_cap ? bias_cap : 1) * sizeof *c->bias))) {
+		rc = sched_bad(reason, cap, ITT__CODE__INTERNAL, "out of memory");
+		goto out;
+	}
+	rc = validate_sampling(m->sampling, info->vocab, &lim, &c->sp, c->bias, bias_cap, reason,
+	                       cap);
+	if (rc)
+		goto out;
+	if (m->n_tokens) {
+		if ((rc = sched_copy_tokens(m->tokens, m->n_tokens, info->vocab, "tokens",
+		                            &c->tokens, reason, cap)))
+			goto out;
+		c->n_tokens = (uint32_t)m->n_tokens;
+		if (m->n_prompt > c->n_tokens) {
+			rc = sched_bad(reason, cap, ITT__CODE__INVALID_ARGUMENT,
+			               "n_prompt %u exceeds the %u tokens", m->n_prompt,
+			               c->n_tokens);
+			goto out;
+		}
+		c->n_prompt = m->n_prompt ? m->n_prompt : c->n_tokens;
+	} else {
+		/* A text prompt (or none: BOS alone), tokenized later on the
+		 * compute thread (sched_prepare_open): a 256 KiB prompt takes tens
+		 * of milliseconds, which the loop thread must not spend. */
+		if (!info->tok) {
+			rc = sched_bad(
+			    reason, cap, ITT__CODE__INVALID_ARGUMENT,
+			    "this model has no tokenizer; send tokens instead of a prompt");
+			goto out;
+		}
+		if (!(c->prompt = malloc(plen + 1))) {
+			rc = sched_bad(reason, cap, ITT__CODE__INTERNAL, "out of memory");
+			goto out;
+		}
+		memcpy(c->prompt, plen ? m->prompt : "", plen + 1);
+		c->prompt_len = plen;
+	}
+	if (!c->prompt && c->n_tokens >= info->ctx_len) {
+		rc = sched_bad(reason, cap, ITT__CODE__INVALID_ARGUMENT,
+		               "tokens: %u ids do not fit the context of %u (at most %u)",
+		               c->n_tokens, info->ctx_len, info->ctx_len ? info->ctx_len - 1 : 0);
+		goto out;
+	}
+	*out = c;
+	c = NULL;
+out:
+	sched_cmd_free(&c);
+	itt__session_open__free_unpacked(m, NULL);
+	return rc;
+}
+
+int sched_prepare_open(const struct sched_info *info, struct sched_cmd *c, char *reason, size_t cap)
+{
+	struct itt_err err = {0};
+	size_t n = 0;
+
+	if (!c->prompt)
+		return 0;
+	if (!info->tok)
+		return sched_bad(reason, cap, ITT__CODE__INVALID_ARGUMENT,
+		                 "this model has no tokenizer; send tokens instead of a prompt");
+	free(c->tokens);
+	if (!(c->tokens = malloc(((size_t)info->ctx_len + 1) * sizeof *c->tokens)))
+		return sched_bad(reason, cap, ITT__CODE__INTERNAL, "out of memory");
+	int trc = tokenizer_encode(info->tok, c->prompt, c->prompt_len, true, c->tokens,
+	                           info->ctx_len, &n, &err);
+	if (trc < 0 && trc != ITT_E_FULL)
+		return sched_bad(reason, cap, ITT__CODE__INVALID_ARGUMENT, "prompt: %s", err.msg);
+	if (n >= info->ctx_len)
+		return sched_bad(reason, cap, ITT__CODE__INVALID_ARGUMENT,
+		                 "prompt of %zu tokens does not fit the context of %u", n,
+		                 info->ctx_len);
+	if (n == 0)
+		return sched_bad(reason, cap, ITT__CODE__INVALID_ARGUMENT,
+		                 "prompt: no tokens (the vocabulary has no BOS)");
+	c->n_tokens = c->n_prompt = (uint32_t)n;
+	c->tokenized = true;
+	free(c->prompt);
+	c->prompt = NULL;
+	c->prompt_len = 0;
+	return 0;
+}
+
+int sched_decode_step(const uint8_t *body, size_t len, const struct sched_info *info,
+                      struct sched_cmd **out, uint64_t *session_id, char *reason, size_t cap)
+{
+	struct sched_cmd *c = NULL;
+	int rc;
+
+	*out = NULL;
+	*session_id = 0;
+	Itt__StepRequest *m = itt__step_request__unpack(NULL, len, body);
+	if (!m)
+		return sched_bad(reason, cap, ITT__CODE__INVALID_ARGUMENT,
+		                 "malformed StepRequest body");
+	*session_id = m->session_id;
+	if ((rc = sched_check_stage(info, reason, cap)))
+		goto out;
+	if (m->step == 0) {
+		rc = sched_bad(reason, cap, ITT__CODE__INVALID_ARGUMENT,
+		               "step must be 1 or more (OPEN is step 0)");
+		goto out;
+	}
+	if (m->n_tokens == 0 || m->n_tokens >= info->ctx_len) {
+		rc = sched_bad(reason, cap, ITT__CODE__INVALID_ARGUMENT,
+		               "tokens has %zu ids; a step takes 1..%u", m->n_tokens,
+		               info->ctx_len ? info->ctx_len - 1 : 0);
+		goto out;
+	}
+	if (!(c = sched_cmd_new(SCHED_CMD_STEP))) {
+		rc = sched_bad(reason, cap, ITT__CODE__INTERNAL, "out of memory");
+		goto out;
+	}
+	c->session_id = m->session_id;
+	c->step = m->step;
+	if ((rc = sched_copy_tokens(m->tokens, m->n_tokens, info->vocab, "tokens", &c->tokens,
+	                            reason, cap)))
+		goto out;
+	c->n_tokens = (uint32_t)m->n_tokens;
+	*out = c;
+	c = NULL;
+out:
+	sched_cmd_free(&c);
+	itt__step_request__free_unpacked(m, NULL);
+	return rc;
+}
+
+int sched_decode_close(const uint8_t *body, size_t len, struct sched_cmd **out,
+                       uint64_t *session_id, char *reason, size_t cap)
+{
+	*out = NULL;
+	*session_id = 0;
+	Itt__SessionClose *m = itt__session_close__unpack(NULL, len, body);
+	if (!m)
+		return sched_bad(reason, cap, ITT__CODE__INVALID_ARGUMENT,
+		                 "malformed SessionClose body");
+	*session_id = m->session_id;
+	itt__session_close__free_unpacked(m, NULL);
+	if (!(*out = sched_cmd_new(SCHED_CMD_CLOSE)))
+		return sched_bad(reason, cap, ITT__CODE__INTERNAL, "out of memory");
+	(*out)->session_id = *session_id;
+	return 0;
+}
+
+void sched_out_free_list(struct sched_out *o)
+{
+	while (o) {
+		struct sched_out *next = o->next;
+		free(o->prompt_tokens);
+		free(o);
+		o = next;
+	}
+}
+
+/* ---- sessions ----------------------------------------------------------- */
+
+/* A queued step: its result is due once hist[0, end) is in the cache. */
+struct sched_mark {
+	uint32_t step;
+	uint32_t end;
+};
+
+struct sched_session {
+	uint64_t id;
+	struct kv_seq seq;
+	sampler_t *smp;
+	int32_t *hist; /* [cap] every token fed, prompt first */
+	uint32_t n_hist, cap;
+	uint32_t n_done;   /* hist[0, n_done) are in the cache (== seq.n_pos) */
+	uint32_t n_prompt; /* prompt part of hist */
+	bool tokenized;    /* the prompt came as text: step 0 reports it */
+	struct sched_mark marks[SCHED_MAX_INFLIGHT]; /* ring, oldest at head */
+	uint32_t mark_head, n_marks;
+};
+
+struct sched {
+	struct sched_config cfg;
+	struct sched_info info;
+	struct engine *e;
+	uint32_t block; /* KV positions per block */
+
+	/* compute thread only */
+	struct sched_session **sess; /* [max_sessions], first n_sess used */
+	uint32_t n_sess;
+	uint32_t rr; /* round-robin start */
+	uint32_t epoch;
+	int32_t *row_tok;                /* [batch_tokens] */
+	uint32_t *row_pos;               /* [batch_tokens] */
+	struct kv_seq **row_seq;         /* [batch_tokens] */
+	uint8_t *row_want;               /* [batch_tokens] */
+	struct sched_session **row_out;  /* [batch_tokens] session of each logits row */
+	struct sched_session **grp_sess; /* [max_sessions] sessions in this batch */
+	uint32_t *grp_rows;              /* [max_sessions] their row counts */
+
+	/* inbox: loop -> compute */
+	pthread_mutex_t in_mu;
+	pthread_cond_t in_cv;
+	struct sched_cmd *in_head, *in_tail;
+	bool stop;
+
+	/* outbox: compute -> loop, and stats */
+	pthread_mutex_t out_mu;
+	struct sched_out *out_head, *out_tail;
+	struct sched_stats stats;
+	bool out_new; /* outputs queued since the last notify */
+
+	pthread_t thread;
+	bool started;
+	void (*notify)(void *arg);
+	void *notify_arg;
+};
+
+static uint32_t sched_blocks(const sched_t *s, uint32_t n_pos)
+{
+	return (uint32_t)(((uint64_t)n_pos + s->block - 1) / s->block);
+}
+
+/* Blocks a session will still take for the tokens it has been given. */
+static uint32_t sched_promised(const sched_t *s, const struct sched_session *ss, uint32_t n_hist)
+{
+	uint32_t need = sched_blocks(s, n_hist);
+	return need > ss->seq.n_blocks ? need - ss->seq.n_blocks : 0;
+}
+
+/* Free blocks not yet promised to any session. */
+static uint32_t sched_kv_available(const sched_t *s)
+{
+	uint64_t promised = 0;
+	for (uint32_t i = 0; i < s->n_sess; i++)
+		promised += sched_promised(s, s->sess[i], s->sess[i]->n_hist);
+	return promised >= s->e->kv.n_free ? 0 : s->e->kv.n_free - (uint32_t)promised;
+}
+
+static struct sched_session *sched_find(sched_t *s, uint64_t id, uint32_t *index)
+{
+	for (uint32_t i = 0; i < s->n_sess; i++)
+		if (s->sess[i]->id == id) {
+			if (index)
+				*index = i;
+			return s->sess[i];
+		}
+	return NULL;
+}
+
+static void sched_session_free(sched_t *s, struct sched_session *ss)
+{
+	kv_seq_free(&s->e->kv, &ss->seq);
+	sampler_destroy(&ss->smp);
+	free(ss->hist);
+	free(ss);
+}
+
+static void sched_drop(sched_t *s, uint64_t id)
+{
+	uint32_t i;
+	struct sched_session *ss = sched_find(s, id, &i);
+	if (!ss)
+		return;
+	sched_session_free(s, ss);
+	s->sess[i] = s->sess[--s->n_sess];
+}
+
+/* Appends tokens to a session's history (its capacity grows up to ctx). */
+static int sched_append(sched_t *s, struct sched_session *ss, const int32_t *t, uint32_t n)
+{
+	if (ss->n_hist + n > ss->cap) {
+		uint32_t cap = ss->cap ? ss->cap : 64;
+		while (cap < ss->n_hist + n)
+			cap *= 2;
+		if (cap > s->info.ctx_len)
+			cap = s->info.ctx_len;
+		int32_t *h = realloc(ss->hist, (size_t)cap * sizeof *h);
+		if (!h)
+			return -1;
+		ss->hist = h;
+		ss->cap = cap;
+	}
+	memcpy(ss->hist + ss->n_hist, t, (size_t)n * sizeof *t);
+	ss->n_hist += n;
+	return 0;
+}
+
+static void sched_push_out(sched_t *s, struct sched_out *o)
+{
+	o->epoch = s->epoch;
+	pthread_mutex_lock(&s->out_mu);
+	if (s->out_tail)
+		s->out_tail->next = o;
+	else
+		s->out_head = o;
+	s->out_tail = o;
+	if (o->kind == SCHED_OUT_RESULT)
+		s->stats.results++;
+	s->out_new = true;
+	pthread_mutex_unlock(&s->out_mu);
+}
+
+static void sched_error(sched_t *s, uint64_t id, int code, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+static void sched_error(sched_t *s, uint64_t id, int code, const char *fmt, ...)
+{
+	struct sched_out *o = calloc(1, sizeof *o);
+	va_list ap;
+	if (!o) {
+		SCHED_LOG(SCHED_LOG_ERROR, "session %llu: out of memory for an ERROR",
+		          (unsigned long long)id);
+		return;
+	}
+	o->kind = SCHED_OUT_ERROR;
+	o->session_id = id;
+	o->code = code;
+	va_start(ap, fmt);
+	vsnprintf(o->reason, sizeof o->reason, fmt, ap);
+	va_end(ap);
+	SCHED_LOG(SCHED_LOG_DEBUG, "session %llu: ERROR %d: %s", (unsigned long long)id, code,
+	          o->reason);
+	sched_push_out(s, o);
+}
+
+static void sched_apply_open(sched_t *s, struct sched_cmd *c)
+{
+	struct itt_err err = {0};
+	char reason[SCHED_MAX_REASON];
+	int code = sched_prepare_open(&s->info, c, reason, sizeof reason);
+	if (code) {
+		sched_error(s, c->session_id, code, "%s", reason);
+		return;
+	}
+	if (sched_find(s, c->session_id, NULL)) {
+		SCHED_LOG(SCHED_LOG_WARN, "OPEN of session %llu, which is open: replacing it",
+		          (unsigned long long)c->session_id);
+		sched_drop(s, c->session_id);
+	}
+	if (s->n_sess >= s->cfg.max_sessions) {
+		sched_error(s, c->session_id, ITT__CODE__OVERLOADED,
+		            "worker full: %u sessions open (--max-sessions)", s->n_sess);
+		return;
+	}
+	uint32_t need = sched_blocks(s, c->n_tokens), avail = sched_kv_available(s);
+	if (need > avail) {
+		sched_error(s, c->session_id, ITT__CODE__OVERLOADED,
+		            "kv cache full: the prompt needs %u blocks, %u available of %u", need,
+		            avail, s->e->kv.n_blocks);
+		return;
+	}
+	struct sched_session *ss = calloc(1, sizeof *ss);
+	if (!ss || sampler_new(&c->sp, s->info.vocab, &ss->smp, &err) < 0 ||
+	    sched_append(s, ss, c->tokens, c->n_tokens) < 0) {
+		sched_error(s, c->session_id, ITT__CODE__INTERNAL, "cannot open the session: %s",
+		            err.code ? err.msg : "out of memory");
+		if (ss)
+			sched_session_free(s, ss);
+		return;
+	}
+	ss->id = c->session_id;
+	kv_seq_init(&ss->seq);
+	ss->n_prompt = c->n_prompt;
+	ss->tokenized = c->tokenized;
+	ss->marks[0] = (struct sched_mark){0, c->n_tokens};
+	ss->n_marks = 1;
+	s->sess[s->n_sess++] = ss;
+	SCHED_LOG(SCHED_LOG_DEBUG, "session %llu open: %u tokens (%u prompt)",
+	          (unsigned long long)ss->id, c->n_tokens, c->n_prompt);
+}
+
+static void sched_apply_step(sched_t *s, struct sched_cmd *c)
+{
+	struct sched_session *ss = sched_find(s, c->session_id, NULL);
+	if (!ss) {
+		sched_error(s, c->session_id, ITT__CODE__NOT_FOUND,
+		            "session %llu is not open on this worker",
+		            (unsigned long long)c->session_id);
+		return;
+	}
+	if (ss->n_marks == SCHED_MAX_INFLIGHT) {
+		sched_error(s, c->session_id, ITT__CODE__INVALID_ARGUMENT,
+		            "session %llu has %u steps in flight already",
+		            (unsigned long long)c->session_id, ss->n_marks);
+		return;
+	}
+	if ((uint64_t)ss->n_hist + c->n_tokens > s->info.ctx_len) {
+		sched_error(s, c->session_id, ITT__CODE__INVALID_ARGUMENT,
+		            "step %u: %u + %u tokens exceed the context of %u", c->step, ss->n_hist,
+		            c->n_tokens, s->info.ctx_len);
+		return;
+	}
+	uint32_t extra =
+	    sched_promised(s, ss, ss->n_hist + c->n_tokens) - sched_promised(s, ss, ss->n_hist);
+	uint32_t avail = sched_kv_available(s);
+	if (extra > avail || sched_append(s, ss, c->tokens, c->n_tokens) < 0) {
+		/* The broker replays the session elsewhere; its memory is freed. */
+		sched_error(s, c->session_id, ITT__CODE__OVERLOADED,
+		            "kv cache full: step %u needs %u blocks, %u available", c->step, extra,
+		            avail);
+		sched_drop(s, c->session_id);
+		return;
+	}
+	ss->marks[(ss->mark_head + ss->n_marks++) % SCHED_MAX_INFLIGHT] =
+	    (struct sched_mark){c->step, ss->n_hist};
+}
+
+static void sched_apply(sched_t *s, struct sched_cmd *c)
+{
+	switch (c->kind) {
+	case SCHED_CMD_OPEN: sched_apply_open(s, c); break;
+	case SCHED_CMD_STEP: sched_apply_step(s, c); break;
+	case SCHED_CMD_CLOSE:
+		SCHED_LOG(SCHED_LOG_DEBUG, "session %llu closed",
+		          (unsigned long long)c->session_id);
+		sched_drop(s, c->session_id);
+		break;
+	case SCHED_CMD_RESET:
+		if (s->n_sess)
+			SCHED_LOG(SCHED_LOG_INFO, "registration %u: dropping %u sessions", c->epoch,
+			          s->n_sess);
+		while (s->n_sess)
+			sched_drop(s, s->sess[0]->id);
+		s->epoch = c->epoch;
+		break;
+	}
+}
+
+static bool sched_has_work(const sched_t *s)
+{
+	for (uint32_t i = 0; i < s->n_sess; i++)
+		if (s->sess[i]->n_done < s->sess[i]->n_hist)
+			return true;
+	return false;
+}
+
+static double sched_now_ms(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (double)ts.tv_sec * 1e3 + (double)ts.tv_nsec / 1e6;
+}
+
+/* Adds up to `room` rows of ss to the batch at row n; returns the count. */
+static uint32_t sched_take_rows(sched_t *s, struct sched_session *ss, uint32_t n, uint32_t room,
+                                uint32_t *n_out)
+{
+	uint32_t k = ss->n_hist - ss->n_done;
+	if (k > room)
+		k = room;
+	uint32_t mi = 0; /* next mark, relative to head */
+	for (uint32_t j = 0; j < k; j++) {
+		uint32_t p = ss->n_done + j;
+		s->row_tok[n + j] = ss->hist[p];
+		s->row_pos[n + j] = p;
+		s->row_seq[n + j] = &ss->seq;
+		s->row_want[n + j] = 0;
+		while (mi < ss->n_marks &&
+		       ss->marks[(ss->mark_head + mi) % SCHED_MAX_INFLIGHT].end < p + 1)
+			mi++;
+		if (mi < ss->n_marks &&
+		    ss->marks[(ss->mark_head + mi) % SCHED_MAX_INFLIGHT].end == p + 1) {
+			s->row_want[n + j] = 1;
+			s->row_out[(*n_out)++] = ss;
+			mi++;
+		}
+	}
+	return k;
+}
+
+/* One step: a batch over every session with pending tokens, then results. */
+static void sched_run_step(sched_t *s)
+{
+	const uint32_t budget = s->cfg.batch_tokens, V = s->info.vocab;
+	uint32_t n = 0, n_out = 0, n_grp = 0;
+	uint32_t start = s->n_sess ? s->rr++ % s->n_sess : 0;
+	struct itt_err err = {0};
+
+	/* Pass 0: decode rows (sessions past their OPEN); pass 1: prefill chunks. */
+	for (int pass = 0; pass < 2 && n < budget; pass++) {
+		for (uint32_t i = 0; i < s->n_sess && n < budget; i++) {
+			struct sched_session *ss = s->sess[(start + i) % s->n_sess];
+			bool prefill = ss->n_marks && ss->marks[ss->mark_head].step == 0;
+			if (ss->n_done >= ss->n_hist || prefill != (pass == 1))
+				continue;
+			uint32_t k = sched_take_rows(s, ss, n, budget - n, &n_out);
+			s->grp_sess[n_grp] = ss;
+			s->grp_rows[n_grp++] = k;
+			n += k;
+		}
+	}
+	if (n == 0)
+		return;
+	double t0 = sched_now_ms();
+	struct forward_batch b = {n, s->row_tok, NULL, s->row_pos, s->row_seq, s->row_want};
+	int rc = forward_run(&s->e->fwd, &b, s->e->logits, &err);
+	if (rc < 0) {
+		SCHED_LOG(SCHED_LOG_ERROR, "forward_run of %u rows failed: %s", n, err.msg);
+		for (uint32_t g = 0; g < n_grp; g++) {
+			sched_error(s, s->grp_sess[g]->id, ITT__CODE__INTERNAL, "forward pass: %s",
+			            err.msg);
+			sched_drop(s, s->grp_sess[g]->id);
+		}
+		return;
+	}
+	for (uint32_t g = 0; g < n_grp; g++)
+		s->grp_sess[g]->n_done += s->grp_rows[g];
+	if (s->cfg.slow_ms) {
+		struct timespec ts = {s->cfg.slow_ms / 1000,
+		                      (long)(s->cfg.slow_ms % 1000) * 1000000L};
+		while (nanosleep(&ts, &ts) < 0 && errno == EINTR)
+			;
+	}
+	/* Sample every session whose step completed, in row order. */
+	struct sched_out *outs = NULL, **tail = &outs;
+	for (uint32_t o = 0; o < n_out; o++) {
+		struct sched_session *ss = s->row_out[o];
+		struct sched_mark mk = ss->marks[ss->mark_head];
+		ss->mark_head = (ss->mark_head + 1) % SCHED_MAX_INFLIGHT;
+		ss->n_marks--;
+		int32_t tok =
+		    sampler_sample(ss->smp, s->e->logits + (size_t)o * V, ss->hist, mk.end, mk.end);
+		struct sched_out *r = calloc(1, sizeof *r);
+		if (!r) {
+			sched_error(s, ss->id, ITT__CODE__INTERNAL, "out of memory for a RESULT");
+			continue;
+		}
+		r->kind = SCHED_OUT_RESULT;
+		r->session_id = ss->id;
+		r->step = mk.step;
+		r->token = tok;
+		r->n_pos = mk.end;
+		if (s->e->tok) {
+			int pl = tokenizer_decode_piece(s->e->tok, ss->hist[mk.end - 1], tok,
+			                                r->piece, sizeof r->piece);
+			r->piece_len = pl > 0 ? (size_t)pl : 0;
+		}
+		if (mk.step == 0 && ss->tokenized &&
+		    (r->prompt_tokens = malloc((size_t)ss->n_prompt * sizeof(int32_t)))) {
+			memcpy(r->prompt_tokens, ss->hist, (size_t)ss->n_prompt * sizeof(int32_t));
+			r->n_prompt_tokens = ss->n_prompt;
+		}
+		*tail = r;
+		tail = &r->next;
+	}
+	float ms = (float)(sched_now_ms() - t0);
+	pthread_mutex_lock(&s->out_mu);
+	s->stats.steps++;
+	s->stats.rows += n;
+	pthread_mutex_unlock(&s->out_mu);
+	while (outs) {
+		struct sched_out *r = outs;
+		outs = r->next;
+		r->next = NULL;
+		r->step_ms = ms;
+		sched_push_out(s, r);
+	}
+	SCHED_LOG(SCHED_LOG_DEBUG, "step: %u rows of %u sessions, %u results, %.2f ms", n, n_grp,
+	          n_out, ms);
+}
+
+static void *sched_main(void *arg)
+{
+	sched_t *s = arg;
+	for (;;) {
+		pthread_mutex_lock(&s->in_mu);
+		while (!s->stop && !s->in_head && !sched_has_work(s))
+			pthread_cond_wait(&s->in_cv, &s->in_mu);
+		if (s->stop) {
+			pthread_mutex_unlock(&s->in_mu);
+			break;
+		}
+		struct sched_cmd *cmds = s->in_head;
+		s->in_head = s->in_tail = NULL;
+		pthread_mutex_unlock(&s->in_mu);
+
+		/* Commands first: CLOSE frees blocks before this step runs. */
+		while (cmds) {
+			struct sched_cmd *c = cmds;
+			cmds = c->next;
+			sched_apply(s, c);
+			sched_cmd_free(&c);
+		}
+		sched_run_step(s);
+
+		pthread_mutex_lock(&s->out_mu);
+		bool fresh = s->out_new;
+		s->out_new = false;
+		s->stats.sessions = s->n_sess;
+		s->stats.kv_free = s->e->kv.n_free;
+		pthread_mutex_unlock(&s->out_mu);
+		if (fresh && s->notify)
+			s->notify(s->notify_arg);
+	}
+	while (s->n_sess)
+		sched_drop(s, s->sess[0]->id);
+	return NULL;
+}
+
+/* ---- life cycle --------------------------------------------------------- */
+
+int sched_new(const struct sched_config *c, sched_t **out, struct itt_err *err)
+{
+	struct engine_config ec;
+	int rc;
+	sched_t *s = calloc(1, sizeof *s);
+
+	*out = NULL;
+	if (!s)
+		return itt_err_set(err, ITT_E_NOMEM, "sched_new: out of memory");
+	s->cfg = *c;
+	if (!s->cfg.max_sessions || !s->cfg.batch_tokens) {
+		free(s);
+		return itt_err_set(err, ITT_E_INVALID,
+		                   "sched_new: max_sessions and batch_tokens "
+		                   "must be at least 1");
+	}
+	pthread_mutex_init(&s->in_mu, NULL);
+	pthread_cond_init(&s->in_cv, NULL);
+	pthread_mutex_init(&s->out_mu, NULL);
+	engine_config_default(&ec);
+	ec.path = c->model_path;
+	ec.first = c->first;
+	ec.last = c->last;
+	ec.n_threads = c->threads > 0 ? c->threads : 1;
+	ec.max_rows = c->batch_tokens;
+	ec.kv_bytes = c->kv_bytes;
+	s->block = ec.kv_block;
+	if ((rc = engine_open(&ec, &s->e, err)) < 0)
+		goto fail;
+	const struct model *m = s->e->model;
+	s->info.vocab = m->hp.vocab;
+	s->info.ctx_len = m->hp.ctx_len;
+	s->info.dim = m->hp.dim;
+	s->info.n_layers = m->hp.n_layers;
+	s->info.first = m->first;
+	s->info.last = m->last;
+	s->info.tok = s->e->tok;
+	s->info.eos = s->e->tok ? tokenizer_eos(s->e->tok) : -1;
+	s->info.bos = s->e->tok ? tokenizer_bos(s->e->tok) : -1;
+	size_t R = c->batch_tokens, S = c->max_sessions;
+	s->sess = calloc(S, sizeof *s->sess);
+	s->row_tok = malloc(R * sizeof *s->row_tok);
+	s->row_pos = malloc(R * sizeof *s->row_pos);
+	s->row_seq = malloc(R * sizeof *s->row_seq);
+	s->row_want = malloc(R);
+	s->row_out = malloc(R * sizeof *s->row_out);
+	s->grp_sess = malloc(S * sizeof *s->grp_sess);
+	s->grp_rows = malloc(S * sizeof *s->grp_rows);
+	if (!s->sess || !s->row_tok || !s->row_pos || !s->row_seq || !s->row_want || !s->row_out ||
+	    !s->grp_sess || !s->grp_rows) {
+		rc = itt_err_set(err, ITT_E_NOMEM, "sched_new: out of memory for %zu sessions", S);
+		goto fail;
+	}
+	s->stats.kv_blocks = s->e->kv.n_blocks;
+	s->stats.kv_free = s->e->kv.n_free;
+	*out = s;
+	return 0;
+fail:
+	sched_destroy(&s);
+	return rc;
+}
+
+const struct sched_info *sched_get_info(const sched_t *s)
+{
+	return &s->info;
+}
+
+int sched_start(sched_t *s, void (*notify)(void *arg), void *arg, struct itt_err *err)
+{
+	s->notify = notify;
+	s->notify_arg = arg;
+	int rc = pthread_create(&s->thread, NULL, sched_main, s);
+	if (rc)
+		return itt_err_set(err, ITT_E_NOMEM, "pthread_create: %s", strerror(rc));
+	pthread_setname_np(s->thread, "itt-compute");
+	s->started = true;
+	return 0;
+}
+
+void sched_push(sched_t *s, struct sched_cmd *c)
+{
+	c->next = NULL;
+	pthread_mutex_lock(&s->in_mu);
+	if (s->in_tail)
+		s->in_tail->next = c;
+	else
+		s->in_head = c;
+	s->in_tail = c;
+	pthread_cond_signal(&s->in_cv);
+	pthread_mutex_unlock(&s->in_mu);
+}
+
+struct sched_out *sched_take(sched_t *s)
+{
+	pthread_mutex_lock(&s->out_mu);
+	struct sched_out *o = s->out_head;
+	s->out_head = s->out_tail = NULL;
+	pthread_mutex_unlock(&s->out_mu);
+	return o;
+}
+
+void sched_get_stats(sched_t *s, struct sched_stats *st)
+{
+	pthread_mutex_lock(&s->out_mu);
+	*st = s->stats;
+	pthread_mutex_unlock(&s->out_mu);
+}
+
+void sched_stop(sched_t *s)
+{
+	if (!s || !s->started)
+		return;
+	pthread_mutex_lock(&s->in_mu);
+	s->stop = true;
+	pthread_cond_signal(&s->in_cv);
+	pthread_mutex_unlock(&s->in_mu);
+	pthread_join(s->thread, NULL);
+	s->started = false;
+}
+
+void sched_destroy(sched_t **sp)
+{
+	sched_t *s = sp ? *sp : NULL;
+	if (!s)
+		return;
+	sched_stop(s);
+	if (s->e)
+		while (s->n_sess)
+			sched_drop(s, s->sess[0]->id);
+	for (struct sched_cmd *c = s->in_head; c;) {
+		struct sched_cmd *next = c->next;
+		sched_cmd_free(&c);
+		c = next;
+	}
+	sched_out_free_list(s->out_head);
+	engine_close(&s->e);
+	free(s->sess);
+	free(s->row_tok);
+	free(s->row_pos);
+	free(s->row_seq);
+	free(s->row_want);
+	free(s->row_out);
+	free(s->grp_sess);
+	free(s->grp_rows);
+	pthread_mutex_destroy(&s->in_mu);
+	pthread_cond_destroy(&s->in_cv);
+	pthread_mutex_destroy(&s->out_mu);
+	free(s);
+	*sp = NULL;
+}

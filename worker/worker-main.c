@@ -1,0 +1,318 @@
+/* itt-worker: serves one model (or layer range) to an itt broker.
+ *
+ * Start-up: parse the flags (one declarative table drives parsing, bounds,
+ * --help and --print-config), open the engine through the scheduler, then
+ * hand over to the event loop (server.c) until SIGINT/SIGTERM.
+ * Exit status: 0 after a clean stop, 1 when the model cannot be loaded or
+ * the broker endpoint is unusable, 2 on a usage error. */
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "scheduler.h"
+#include "server.h"
+#include "wire.h"
+
+struct worker_opts {
+	const char *broker;
+	const char *model;
+	const char *name;
+	const char *layers;
+	const char *id;
+	const char *log_level;
+	long threads;
+	long max_sessions;
+	long batch_tokens;
+	long kv_mb;
+	long heartbeat_ms;
+	long liveness;
+	long slow_ms;
+	bool print_config;
+};
+
+enum worker_opt_type {
+	WORKER_OPT_STR,
+	WORKER_OPT_LONG,
+	WORKER_OPT_FLAG,
+};
+
+struct worker_opt {
+	const char *name;
+	enum worker_opt_type type;
+	size_t offset;
+	const char *def; /* default as text (NULL: none / computed) */
+	long lo, hi;     /* bounds of a LONG */
+	const char *help;
+};
+
+#define WORKER_OFF(f) offsetof(struct worker_opts, f)
+
+static const struct worker_opt worker_opts_table[] = {
+    {"--broker", WORKER_OPT_STR, WORKER_OFF(broker), SERVER_DEFAULT_BROKER, 0, 0,
+     "broker back-end endpoint"},
+    {"--model", WORKER_OPT_STR, WORKER_OFF(model), NULL, 0, 0, "GGUF model file (required)"},
+    {"--name", WORKER_OPT_STR, WORKER_OFF(name), NULL, 0, 0,
+     "service name in HELLO (default: the file name without .gguf)"},
+    {"--layers", WORKER_OPT_STR, WORKER_OFF(layers), NULL, 0, 0,
+     "layer range A:B to hold, [A, B) (default: all)"},
+    {"--threads", WORKER_OPT_LONG, WORKER_OFF(threads), "1", 1, 256, "compute threads"},
+    {"--max-sessions", WORKER_OPT_LONG, WORKER_OFF(max_sessions), "64", 1, 65536,
+     "open sessions at most; further OPENs get OVERLOADED"},
+    {"--batch-tokens", WORKER_OPT_LONG, WORKER_OFF(batch_tokens), "256", 1, 65536,
+     "token budget (rows) of one step; longer prompts are prefilled in chunks"},
+    {"--kv-mb", WORKER_OPT_LONG, WORKER_OFF(kv_mb), "256", 1, 1L << 20, "KV cache budget in MiB"},
+    {"--heartbeat-ms", WORKER_OPT_LONG, WORKER_OFF(heartbeat_ms), "500", SERVER_MIN_HEARTBEAT_MS,
+     SERVER_MAX_HEARTBEAT_MS, "heartbeat interval until the broker's WELCOME sets one"},
+    {"--liveness", WORKER_OPT_LONG, WORKER_OFF(liveness), "3", 1, SERVER_MAX_LIVENESS,
+     "silent heartbeat intervals before the broker counts as gone"},
+    {"--id", WORKER_OPT_STR, WORKER_OFF(id), NULL, 0, 0,
+     "worker id, 1..64 bytes (default: host:pid:random)"},
+    {"--log-level", WORKER_OPT_STR, WORKER_OFF(log_level), "info", 0, 0,
+     "error, warn, info or debug"},
+    {"--slow-ms", WORKER_OPT_LONG, WORKER_OFF(slow_ms), "0", 0, 60000,
+     "DEBUG knob: sleep this long after every step (to test slow workers)"},
+    {"--print-config", WORKER_OPT_FLAG, WORKER_OFF(print_config), NULL, 0, 0,
+     "print the settings in force and exit"},
+};
+
+#define WORKER_N_OPTS (sizeof worker_opts_table / sizeof worker_opts_table[0])
+
+static void worker_usage(FILE *f)
+{
+	fprintf(f,
+	        "usage: itt-worker --model FILE.gguf [options]\n"
+	        "Serves a model to an itt broker: registers with HELLO, runs the sessions the\n"
+	        "broker opens (continuous batching, chunked prefill) and heartbeats; reconnects\n"
+	        "with backoff when the broker goes away. SIGINT/SIGTERM: BYE and exit.\n\n"
+	        "options:\n");
+	for (size_t i = 0; i < WORKER_N_OPTS; i++) {
+		const struct worker_opt *o = &worker_opts_table[i];
+		char arg[64];
+		snprintf(arg, sizeof arg, "%s%s", o->name,
+		         o->type == WORKER_OPT_STR    ? " S"
+		         : o->type == WORKER_OPT_LONG ? " N"
+		                                      : "");
+		char extra[96] = "";
+		if (o->type == WORKER_OPT_LONG)
+			snprintf(extra, sizeof extra, "[%ld..%ld, default %s]", o->lo, o->hi,
+			         o->def);
+		else if (o->def)
+			snprintf(extra, sizeof extra, "[default %s]", o->def);
+		/* 23 columns of name, the help, and the bounds where they fit */
+		if (23 + strlen(o->help) + 1 + strlen(extra) <= 100)
+			fprintf(f, "  %-20s %s%s%s\n", arg, o->help, *extra ? " " : "", extra);
+		else
+			fprintf(f, "  %-20s %s\n  %-20s %s\n", arg, o->help, "", extra);
+	}
+	fprintf(f, "  %-20s %s\n", "--help", "this text");
+}
+
+static bool worker_parse_long(const char *s, long lo, long hi, long *out)
+{
+	char *end;
+	if (!s || !*s)
+		return false;
+	long v = strtol(s, &end, 10);
+	if (*end || v < lo || v > hi)
+		return false;
+	*out = v;
+	return true;
+}
+
+static int worker_parse(int argc, char **argv, struct worker_opts *w)
+{
+	memset(w, 0, sizeof *w);
+	for (size_t i = 0; i < WORKER_N_OPTS; i++) {
+		const struct worker_opt *o = &worker_opts_table[i];
+		char *p = (char *)w + o->offset;
+		if (o->type == WORKER_OPT_STR)
+			*(const char **)p = o->def;
+		else if (o->type == WORKER_OPT_LONG)
+			worker_parse_long(o->def, o->lo, o->hi, (long *)p);
+	}
+	for (int a = 1; a < argc; a++) {
+		const char *arg = argv[a];
+		if (!strcmp(arg, "--help") || !strcmp(arg, "-h")) {
+			worker_usage(stdout);
+			exit(0);
+		}
+		const struct worker_opt *o = NULL;
+		for (size_t i = 0; i < WORKER_N_OPTS && !o; i++)
+			if (!strcmp(arg, worker_opts_table[i].name))
+				o = &worker_opts_table[i];
+		if (!o) {
+			fprintf(stderr, "itt-worker: unknown option %s (see --help)\n", arg);
+			return 2;
+		}
+		char *p = (char *)w + o->offset;
+		if (o->type == WORKER_OPT_FLAG) {
+			*(bool *)p = true;
+			continue;
+		}
+		if (a + 1 >= argc) {
+			fprintf(stderr, "itt-worker: %s needs a value\n", arg);
+			return 2;
+		}
+		const char *v = argv[++a];
+		if (o->type == WORKER_OPT_STR) {
+			*(const char **)p = v;
+		} else if (!worker_parse_long(v, o->lo, o->hi, (long *)p)) {
+			fprintf(stderr, "itt-worker: %s %s: expected an integer in [%ld, %ld]\n",
+			        arg, v, o->lo, o->hi);
+			return 2;
+		}
+	}
+	return 0;
+}
+
+/* "A:B" with A < B, or NULL (all layers: 0, 0). */
+static bool worker_parse_layers(const char *s, uint32_t *first, uint32_t *last)
+{
+	long a, b;
+	char buf[64];
+	*first = *last = 0;
+	if (!s)
+		return true;
+	const char *colon = strchr(s, ':');
+	if (!colon || (size_t)(colon - s) >= sizeof buf)
+		return false;
+	memcpy(buf, s, (size_t)(colon - s));
+	buf[colon - s] = 0;
+	if (!worker_parse_long(buf, 0, 4095, &a) || !worker_parse_long(colon + 1, 1, 4096, &b) ||
+	    a >= b)
+		return false;
+	*first = (uint32_t)a;
+	*last = (uint32_t)b;
+	return true;
+}
+
+/* The file name without its folder and a trailing ".gguf". */
+static void worker_default_name(const char *path, char *out, size_t cap)
+{
+	const char *base = strrchr(path, '/');
+	base = base ? base + 1 : path;
+	snprintf(out, cap, "%s", base);
+	size_t n = strlen(out);
+	if (n > 5 && !strcmp(out + n - 5, ".gguf"))
+		out[n - 5] = 0;
+}
+
+static void worker_default_id(char *out, size_t cap)
+{
+	char host[65] = "unknown";
+	uint32_t r = 0;
+	FILE *f = fopen("/dev/urandom", "rb");
+	if (!f || fread(&r, sizeof r, 1, f) != 1)
+		r = (uint32_t)time(NULL) ^ ((uint32_t)getpid() << 16);
+	if (f)
+		fclose(f);
+	if (gethostname(host, sizeof host - 1) < 0)
+		strcpy(host, "unknown");
+	host[sizeof host - 1] = 0;
+	/* Keep within the 64-byte id limit whatever the host name. */
+	host[40] = 0;
+	snprintf(out, cap, "%s:%ld:%04x", host, (long)getpid(), r & 0xffff);
+}
+
+int main(int argc, char **argv)
+{
+	struct worker_opts w;
+	char name[256], id[128];
+	uint32_t first, last;
+	int rc = worker_parse(argc, argv, &w);
+
+	if (rc)
+		return rc;
+	if (!w.model) {
+		fprintf(stderr, "itt-worker: --model FILE.gguf is required (see --help)\n");
+		return 2;
+	}
+	if (!worker_parse_layers(w.layers, &first, &last)) {
+		fprintf(stderr, "itt-worker: --layers %s: expected A:B with 0 <= A < B\n",
+		        w.layers);
+		return 2;
+	}
+	int level = sched_log_parse(w.log_level);
+	if (level < 0) {
+		fprintf(stderr, "itt-worker: --log-level %s: expected error, warn, info or debug\n",
+		        w.log_level);
+		return 2;
+	}
+	sched_log_level = level;
+	if (!w.name) {
+		worker_default_name(w.model, name, sizeof name);
+		w.name = name;
+	}
+	if (!*w.name || strlen(w.name) > 128) {
+		fprintf(stderr, "itt-worker: --name must have 1..128 bytes\n");
+		return 2;
+	}
+	if (!w.id) {
+		worker_default_id(id, sizeof id);
+		w.id = id;
+	}
+	if (!*w.id || strlen(w.id) > 64) {
+		fprintf(stderr, "itt-worker: --id must have 1..64 bytes\n");
+		return 2;
+	}
+	if (strncmp(w.broker, "tcp://", 6) && strncmp(w.broker, "ipc://", 6)) {
+		fprintf(stderr,
+		        "itt-worker: --broker %s: expected tcp://HOST:PORT (or ipc://PATH)\n",
+		        w.broker);
+		return 2;
+	}
+	if (w.print_config) {
+		printf("broker %s\nmodel %s\nname %s\nlayers %s\nid %s\nthreads %ld\n"
+		       "max_sessions %ld\nbatch_tokens %ld\nkv_mb %ld\nheartbeat_ms %ld\n"
+		       "liveness %ld\nlog_level %s\nslow_ms %ld\n",
+		       w.broker, w.model, w.name, w.layers ? w.layers : "all", w.id, w.threads,
+		       w.max_sessions, w.batch_tokens, w.kv_mb, w.heartbeat_ms, w.liveness,
+		       w.log_level, w.slow_ms);
+		return 0;
+	}
+
+	struct sched_config sc = {
+	    .model_path = w.model,
+	    .first = first,
+	    .last = last,
+	    .threads = (int)w.threads,
+	    .max_sessions = (uint32_t)w.max_sessions,
+	    .batch_tokens = (uint32_t)w.batch_tokens,
+	    .kv_bytes = (size_t)w.kv_mb << 20,
+	    .slow_ms = (uint32_t)w.slow_ms,
+	};
+	struct itt_err err = {0};
+	sched_t *sched = NULL;
+	uint64_t t0 = wire_now_ms();
+	if (sched_new(&sc, &sched, &err) < 0) {
+		SCHED_LOG(SCHED_LOG_ERROR, "cannot load %s: %s: %s", w.model,
+		          itt_strerror(err.code), err.msg);
+		return 1;
+	}
+	const struct sched_info *in = sched_get_info(sched);
+	SCHED_LOG(SCHED_LOG_INFO,
+	          "loaded %s as %s in %llu ms: layers [%u, %u) of %u, vocab %u, ctx %u, "
+	          "%ld threads, batch %ld tokens, kv %ld MiB",
+	          w.model, w.name, (unsigned long long)(wire_now_ms() - t0), in->first, in->last,
+	          in->n_layers, in->vocab, in->ctx_len, w.threads, w.batch_tokens, w.kv_mb);
+
+	struct server_config cfg = {
+	    .broker = w.broker,
+	    .worker_id = w.id,
+	    .model_name = w.name,
+	    .heartbeat_ms = (uint32_t)w.heartbeat_ms,
+	    .liveness = (uint32_t)w.liveness,
+	    .reconnect_min_ms = SERVER_RECONNECT_MIN_MS,
+	    .reconnect_max_ms = SERVER_RECONNECT_MAX_MS,
+	    .max_sessions = (uint32_t)w.max_sessions,
+	    .threads = (uint32_t)w.threads,
+	};
+	rc = server_run(&cfg, sched);
+	sched_destroy(&sched);
+	return rc;
+}
