@@ -501,9 +501,11 @@ static void mm_check(const struct mm_case *c, enum quant_kernel kern, size_t M, 
 	int rc =
 	    quant_matmul_rows_kernel(kern, c->type, c->W, c->stride, c->K, c->X, M, Y, ldy, r0, r1);
 	assert_int_equal(rc, 0);
-	/* float summation in lanes of >= 8 products each: a rigorous bound is
-	 * (K/8 + 8) u sum |w x| with u = 2^-24 */
-	double tol = ((double)c->K / 8.0 + 8.0) * 0x1p-24;
+	/* float summation in 16 or more lanes: a rigorous bound is
+	 * (K/8 + 8) u sum |w x| with u = 2^-24; in practice the error is far
+	 * smaller (2.5e-8 sum |w x| at K = 4096), so cap the bound at 1e-6 to
+	 * keep the NumPy reference's 1e-4 check far away */
+	double tol = fmin(((double)c->K / 8.0 + 8.0) * 0x1p-24, 1e-6);
 	for (size_t m = 0; m < M; m++)
 		for (size_t r = 0; r < ldy; r++) {
 			float y = Y[m * ldy + r];
