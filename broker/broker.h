@@ -1,0 +1,230 @@
+/* broker: shared state of itt-broker, the data-plane hub of PROTOCOL.md.
+ *
+ * One thread runs one zmq_poll loop over two ROUTER sockets: the front end
+ * (clients) and the back end (workers), plus a 10 ms tick for deadlines,
+ * heartbeats and expiry.  The modules:
+ *   config.c   the flag table (defaults, bounds, --help, --print-config);
+ *   front.c    client commands (SUBMIT, CANCEL, HEARTBEAT, STATS), client
+ *              liveness, sends to clients;
+ *   back.c     worker commands (HELLO, HEARTBEAT, RESULT, ERROR, BYE),
+ *              worker registry and expiry, sends to workers;
+ *   request.c  the life of one request: queue, OPEN, each STEP, stop
+ *              conditions, chunks, replay, DONE/ERROR, idempotent resend;
+ *   main.c     sockets, loop, tick, signals.
+ *
+ * Ownership: the broker owns models, workers, clients and requests.  A
+ * request is in `requests` from SUBMIT until it has been ended for
+ * keep_ended_ms; in `sessions` and `deadlines` only while open (queued or
+ * running).  A running request is on exactly one worker's session list; an
+ * open request is on exactly one client's list.
+ *
+ * Failure rule: a send that fails (EHOSTUNREACH: peer gone; EAGAIN: its
+ * queue is full) marks the peer for reaping and never recurses; reaping runs
+ * after the message being handled (broker_reap), so handlers never see a
+ * peer vanish under them. */
+#ifndef ITT_BROKER_H
+#define ITT_BROKER_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+
+#include "heap.h"
+#include "list.h"
+#include "map.h"
+#include "validate.h"
+#include "wire.h"
+
+#define BROKER_TICK_MS       10
+#define BROKER_MAX_PIECE     1024 /* bytes of text one RESULT may carry */
+#define BROKER_MAX_API_KEYS  64
+#define BROKER_FRONT_MAXMSG  (1 << 20)
+#define BROKER_BACK_MAXMSG   (64 << 20)
+#define BROKER_FRONT_HWM     10000
+#define BROKER_BACK_HWM      100000
+#define BROKER_HANDSHAKE_MS  2000
+#define BROKER_ZMTP_HB_MS    1000
+#define BROKER_ZMTP_HB_TO_MS 3000
+
+struct broker_config {
+	char front[256];
+	char back[256];
+	int heartbeat_ms;
+	int liveness;
+	int queue_limit;
+	int client_timeout_ms;
+	int client_heartbeat_ms;
+	int max_sessions_per_worker; /* 0: as the worker says */
+	int max_replays;
+	int keep_ended_ms;
+	int keep_ended;
+	int log_level;
+	const char *api_keys[BROKER_MAX_API_KEYS];
+	int n_api_keys;
+};
+
+/* 0: run; 1: exit 0 (--help, --print-config); 2: usage error (printed). */
+int broker_config_parse(struct broker_config *c, int argc, char **argv);
+
+struct model {
+	char *name;
+	uint32_t vocab, ctx_len;
+	int32_t eos;
+	struct link workers; /* struct worker.model_link */
+	uint32_t n_workers;
+	struct heap queue; /* waiting requests: replays first, then priority, arrival */
+	uint32_t n_running;
+};
+
+struct worker {
+	uint8_t ident[WIRE_MAX_IDENTITY];
+	size_t ident_len;
+	uint64_t serial; /* unique per registration */
+	char *id, *host;
+	uint32_t pid, layer_first, layer_last, n_layers, vocab, ctx_len, dim, threads, cores;
+	int32_t eos;
+	uint64_t mem_bytes;
+	uint32_t max_sessions; /* min(its HELLO, --max-sessions-per-worker) */
+	struct model *model;
+	struct link model_link;
+	struct link seen_link; /* broker.workers_seen, oldest heard first */
+	struct link reap_link; /* broker.reap_workers while lost */
+	struct link sessions;  /* struct request.worker_link */
+	uint32_t n_sessions;
+	uint32_t in_flight; /* OPEN/STEP sent, RESULT not yet back */
+	uint64_t steps;     /* RESULTs received */
+	uint64_t last_recv_ms, last_hb_ms, busy_until_ms;
+	bool lost;
+	/* tokens per 500 ms bucket, over the last 8 buckets */
+	uint32_t tok_bucket[8];
+	uint64_t tok_bucket_no;
+};
+
+struct client {
+	uint8_t ident[WIRE_MAX_IDENTITY];
+	size_t ident_len;
+	struct link requests; /* open requests (struct request.client_link) */
+	uint32_t n_open;
+	uint64_t last_recv_ms, last_send_ms;
+	struct link seen_link; /* broker.clients_seen, oldest heard first */
+	struct link sent_link; /* broker.clients_sent (only while n_open > 0) */
+	struct link reap_link; /* broker.reap_clients while gone */
+	bool gone;
+};
+
+enum req_state {
+	REQ_QUEUED,
+	REQ_RUNNING,
+	REQ_ENDED,
+};
+
+struct request {
+	/* identity: "client_id\0request_id" */
+	char key[2 * 64 + 2];
+	size_t key_len;
+	const char *client_id, *request_id; /* into key */
+	uint64_t session_id;
+	enum req_state state;
+	Itt__GenerateRequest *req;    /* owned while open; NULL once ended */
+	Itt__SamplingParams sampling; /* req->sampling with the seed set (borrows bias) */
+	struct model *model;
+	struct client *client; /* NULL once ended */
+	struct link client_link;
+	struct worker *worker; /* while running */
+	struct link worker_link;
+	uint64_t avoid_worker; /* serial of the worker that failed it last */
+	uint32_t step;         /* step number of the next RESULT expected */
+	bool awaiting;         /* a step is in flight on the worker */
+	/* history for replay: prompt (as tokenized) + generated */
+	int32_t *prompt;
+	uint32_t n_prompt;
+	bool have_prompt;
+	int32_t *gen;
+	uint32_t n_gen, gen_cap;
+	/* generated text; [0, text_sent) went out in chunks, the rest is held */
+	char *text;
+	size_t text_len, text_cap, text_sent;
+	/* chunk i covers gen[tok_end[i-1], tok_end[i]) and text[text_end[i-1], text_end[i]) */
+	uint32_t *chunk_tok_end;
+	size_t *chunk_text_end;
+	uint32_t n_chunks, chunk_cap;
+	int32_t max_tokens;
+	int32_t priority;
+	uint64_t arrival;
+	bool replay_first; /* at the head of the queue */
+	uint32_t replays;
+	uint64_t seed;
+	uint64_t t_recv_us, t_open_us, t_first_us, t_end_us;
+	uint64_t deadline_ms;
+	size_t queue_idx, deadline_idx; /* heap slots */
+	/* outcome, once ended: code 0 is DONE with stop_reason */
+	int end_code;
+	char end_reason[256];
+	struct link ended_link;
+};
+
+struct broker {
+	struct broker_config cfg;
+	struct wire_limits lim;
+	void *zctx, *front, *back;
+	struct map requests; /* key -> struct request (open and recently ended) */
+	struct map sessions; /* session_id -> struct request (open) */
+	struct map workers;  /* routing identity -> struct worker */
+	struct map clients;  /* routing identity -> struct client */
+	struct map models;   /* name -> struct model */
+	struct heap deadlines;
+	struct link workers_seen, clients_seen, clients_sent, ended;
+	struct link reap_workers, reap_clients;
+	uint32_t n_ended;
+	uint64_t now_ms, now_us;
+	uint64_t next_session, next_arrival, next_worker_serial;
+	uint64_t t_start_ms, n_requests, n_completed, n_failed;
+	uint64_t rng;
+};
+
+/* main.c */
+void broker_clock(struct broker *b);
+void broker_reap(struct broker *b);
+const char *broker_peer_name(const uint8_t *ident, size_t len, char *buf, size_t cap);
+
+/* front.c */
+int front_handle(struct broker *b);
+int front_send(struct broker *b, struct client *c, int cmd, const ProtobufCMessage *msg);
+int front_send_to(struct broker *b, const uint8_t *ident, size_t len, int cmd,
+                  const ProtobufCMessage *msg);
+int front_send_error(struct broker *b, const uint8_t *ident, size_t len, const char *request_id,
+                     int code, const char *reason);
+void front_attach(struct broker *b, struct client *c, struct request *r);
+void front_detach(struct broker *b, struct request *r);
+void front_lose_client(struct broker *b, struct client *c, const char *why);
+void front_tick(struct broker *b);
+
+/* back.c */
+int back_handle(struct broker *b);
+int back_send(struct broker *b, struct worker *w, int cmd, const ProtobufCMessage *msg);
+void back_close_session(struct broker *b, struct worker *w, uint64_t session_id, int reason);
+struct worker *back_pick(struct broker *b, struct model *m, uint64_t avoid);
+void back_lose_worker(struct broker *b, struct worker *w, const char *why);
+void back_tick(struct broker *b);
+
+/* request.c */
+bool req_queue_less(const void *a, const void *b);
+bool req_deadline_less(const void *a, const void *b);
+struct request *req_new(struct broker *b, Itt__GenerateRequest *g, struct model *m,
+                        struct client *c);
+void req_dispatch(struct broker *b, struct model *m);
+void req_on_result(struct broker *b, struct worker *w, const Itt__StepResult *res);
+void req_on_worker_error(struct broker *b, struct worker *w, const Itt__Error *e);
+/* Ends an open request: code 0 sends DONE with stop reason `why`, any other
+ * code sends ERROR code with reason `why`.  r may be freed (keep_ended 0):
+ * the caller must not touch it afterwards. */
+void req_end(struct broker *b, struct request *r, int code, const char *why);
+/* Takes r off its worker and back to the head of its model's queue;
+ * `count` makes it a replay (bounded by --max-replays). */
+void req_requeue(struct broker *b, struct request *r, bool count, const char *why);
+void req_resend(struct broker *b, struct request *r, const uint8_t *ident, size_t len);
+void req_tick(struct broker *b);
+void req_free(struct broker *b, struct request *r);
+
+#endif

@@ -1,0 +1,602 @@
+/* request: the life of one generation request inside the broker.
+ *
+ *   SUBMIT -> queued (model queue) -> running on a worker (OPEN, then one
+ *   STEP per RESULT) -> ended (DONE or ERROR) -> kept keep_ended_ms for
+ *   idempotent re-SUBMIT -> freed.
+ *
+ * Contract (PROTOCOL.md, "Client session" and "Broker"): chunks carry seq
+ * 0, 1, ... without gaps, one per RESULT, with that step's token and the
+ * text that can no longer be the start of a stop string; EOS is never sent;
+ * a stop string and what follows it are never sent (the token that completes
+ * it is, in the last chunk, as the reference CLI counts it); held text is
+ * flushed in a last chunk without tokens before DONE.  End conditions, in
+ * the reference's order: eos, length (max_tokens), stop, context (the
+ * sequence fills the model's context).
+ *
+ * Replay: the broker keeps the prompt as tokenized and every generated
+ * token.  When the owning worker dies, leaves or fails the session, the
+ * request goes back to the head of its model's queue and is re-opened with
+ * OPEN {tokens = prompt + generated, n_prompt}; the worker's next token is
+ * the one the lost worker would have sampled (sampling is a function of
+ * seed, position and history), the stream goes on at the next seq.
+ *
+ * Invariants: a request is running iff r->worker != NULL; at most one step
+ * of a session is in flight (r->awaiting); RESULTs are taken only from the
+ * owner and only for the expected step; exactly one DONE or ERROR per
+ * request. */
+#include "broker.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#include "log.h"
+#include "sampler.h"
+
+bool req_queue_less(const void *a, const void *b)
+{
+	const struct request *x = a, *y = b;
+	if (x->replay_first != y->replay_first)
+		return x->replay_first;
+	if (x->priority != y->priority)
+		return x->priority > y->priority;
+	return x->arrival < y->arrival;
+}
+
+bool req_deadline_less(const void *a, const void *b)
+{
+	const struct request *x = a, *y = b;
+	if (x->deadline_ms != y->deadline_ms)
+		return x->deadline_ms < y->deadline_ms;
+	return x->arrival < y->arrival;
+}
+
+/* splitmix64: seeds for requests that bring none. */
+static uint64_t req_random(struct broker *b)
+{
+	uint64_t z = (b->rng += 0x9e3779b97f4a7c15ull);
+	z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+	z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+	return z ^ (z >> 31);
+}
+
+struct request *req_new(struct broker *b, Itt__GenerateRequest *g, struct model *m,
+                        struct client *c)
+{
+	struct request *r = calloc(1, sizeof *r);
+	size_t cl = strlen(g->client_id), rl = strlen(g->request_id);
+	if (!r || cl + rl + 2 > sizeof r->key)
+		goto fail_alloc;
+	memcpy(r->key, g->client_id, cl);
+	memcpy(r->key + cl + 1, g->request_id, rl);
+	r->key_len = cl + 1 + rl;
+	r->client_id = r->key;
+	r->request_id = r->key + cl + 1;
+	r->session_id = ++b->next_session;
+	r->req = g;
+	r->model = m;
+	if (g->sampling)
+		r->sampling = *g->sampling;
+	else
+		itt__sampling_params__init(&r->sampling);
+	if (!r->sampling.has_seed) {
+		r->sampling.has_seed = true;
+		r->sampling.seed = req_random(b);
+	}
+	r->seed = r->sampling.seed;
+	if (g->n_prompt_tokens) {
+		r->prompt = malloc(g->n_prompt_tokens * sizeof *r->prompt);
+		if (!r->prompt)
+			goto fail_alloc;
+		memcpy(r->prompt, g->prompt_tokens, g->n_prompt_tokens * sizeof *r->prompt);
+		r->n_prompt = (uint32_t)g->n_prompt_tokens;
+		r->have_prompt = true;
+	}
+	r->max_tokens = g->has_max_tokens ? g->max_tokens : b->lim.max_tokens_default;
+	r->priority = g->priority;
+	r->arrival = ++b->next_arrival;
+	r->t_recv_us = b->now_us;
+	r->deadline_ms =
+	    b->now_ms +
+	    (g->has_deadline_ms && g->deadline_ms ? g->deadline_ms : b->lim.deadline_default_ms);
+	r->queue_idx = r->deadline_idx = HEAP_NONE;
+	link_init(&r->client_link);
+	link_init(&r->worker_link);
+	link_init(&r->ended_link);
+	r->state = REQ_QUEUED;
+	if (map_put(&b->requests, r->key, r->key_len, r) < 0)
+		goto fail_alloc;
+	if (map_put(&b->sessions, &r->session_id, sizeof r->session_id, r) < 0)
+		goto fail_requests;
+	if (heap_push(&b->deadlines, r) < 0)
+		goto fail_sessions;
+	if (heap_push(&m->queue, r) < 0)
+		goto fail_deadlines;
+	front_attach(b, c, r);
+	b->n_requests++;
+	return r;
+fail_deadlines:
+	heap_remove(&b->deadlines, r);
+fail_sessions:
+	map_del(&b->sessions, &r->session_id, sizeof r->session_id);
+fail_requests:
+	map_del(&b->requests, r->key, r->key_len);
+fail_alloc:
+	if (r)
+		free(r->prompt);
+	free(r);
+	return NULL;
+}
+
+void req_free(struct broker *b, struct request *r)
+{
+	map_del(&b->requests, r->key, r->key_len);
+	if (link_linked(&r->ended_link)) {
+		link_remove(&r->ended_link);
+		b->n_ended--;
+	}
+	if (r->req)
+		itt__generate_request__free_unpacked(r->req, NULL);
+	free(r->prompt);
+	free(r->gen);
+	free(r->text);
+	free(r->chunk_tok_end);
+	free(r->chunk_text_end);
+	free(r);
+}
+
+/* Takes r off its worker (no CLOSE: the caller decides). */
+static void req_detach(struct request *r)
+{
+	struct worker *w = r->worker;
+	if (!w)
+		return;
+	link_remove(&r->worker_link);
+	w->n_sessions--;
+	if (r->awaiting)
+		w->in_flight--;
+	r->awaiting = false;
+	r->worker = NULL;
+	r->model->n_running--;
+}
+
+static void req_open(struct broker *b, struct request *r, struct worker *w)
+{
+	Itt__SessionOpen o = ITT__SESSION_OPEN__INIT;
+	int32_t *toks = NULL;
+	o.has_session_id = true;
+	o.session_id = r->session_id;
+	o.sampling = &r->sampling;
+	o.has_priority = r->req->has_priority;
+	o.priority = r->req->priority;
+	if (r->have_prompt) {
+		size_t n = (size_t)r->n_prompt + r->n_gen;
+		toks = malloc((n ? n : 1) * sizeof *toks);
+		if (!toks) {
+			req_end(b, r, ITT__CODE__INTERNAL, "out of memory opening the session");
+			return;
+		}
+		if (r->n_prompt)
+			memcpy(toks, r->prompt, r->n_prompt * sizeof *toks);
+		if (r->n_gen)
+			memcpy(toks + r->n_prompt, r->gen, r->n_gen * sizeof *toks);
+		o.tokens = toks;
+		o.n_tokens = n;
+		o.has_n_prompt = true;
+		o.n_prompt = r->n_prompt;
+	} else {
+		o.prompt = r->req->prompt ? r->req->prompt : (char *)"";
+	}
+	r->worker = w;
+	link_push_back(&w->sessions, &r->worker_link);
+	w->n_sessions++;
+	r->model->n_running++;
+	r->state = REQ_RUNNING;
+	r->step = 0;
+	r->awaiting = true;
+	w->in_flight++;
+	if (!r->t_open_us)
+		r->t_open_us = b->now_us;
+	LOG_DEBUG("session %llu (request %s of %s) opened on worker %s with %zu tokens%s",
+	          (unsigned long long)r->session_id, r->request_id, r->client_id, w->id, o.n_tokens,
+	          r->replays ? " (replay)" : "");
+	back_send(b, w, WIRE_OPEN, &o.base);
+	free(toks);
+}
+
+void req_dispatch(struct broker *b, struct model *m)
+{
+	while (m->queue.n) {
+		struct request *r = heap_top(&m->queue);
+		struct worker *w = back_pick(b, m, r->avoid_worker);
+		if (!w)
+			return;
+		heap_pop(&m->queue);
+		r->replay_first = false;
+		req_open(b, r, w);
+	}
+}
+
+static void req_fill_chunk(const struct request *r, uint32_t i, Itt__StreamChunk *c)
+{
+	uint32_t t0 = i ? r->chunk_tok_end[i - 1] : 0;
+	size_t x0 = i ? r->chunk_text_end[i - 1] : 0;
+	itt__stream_chunk__init(c);
+	c->request_id = (char *)r->request_id;
+	c->has_seq = true;
+	c->seq = i;
+	c->n_tokens = r->chunk_tok_end[i] - t0;
+	c->tokens = c->n_tokens ? r->gen + t0 : NULL;
+	c->has_text = true;
+	c->text.len = r->chunk_text_end[i] - x0;
+	c->text.data = c->text.len ? (uint8_t *)r->text + x0 : NULL;
+}
+
+/* Records and sends the next chunk: the tokens generated since the last
+ * chunk and text[text_sent, text_to).  -1 when out of memory. */
+static int req_emit(struct broker *b, struct request *r, size_t text_to)
+{
+	if (r->n_chunks == r->chunk_cap) {
+		uint32_t cap = r->chunk_cap ? 2 * r->chunk_cap : 16;
+		uint32_t *te = realloc(r->chunk_tok_end, cap * sizeof *te);
+		if (!te)
+			return -1;
+		r->chunk_tok_end = te;
+		size_t *xe = realloc(r->chunk_text_end, cap * sizeof *xe);
+		if (!xe)
+			return -1;
+		r->chunk_text_end = xe;
+		r->chunk_cap = cap;
+	}
+	r->chunk_tok_end[r->n_chunks] = r->n_gen;
+	r->chunk_text_end[r->n_chunks] = text_to;
+	r->text_sent = text_to;
+	if (!r->t_first_us)
+		r->t_first_us = b->now_us;
+	Itt__StreamChunk c;
+	req_fill_chunk(r, r->n_chunks++, &c);
+	front_send(b, r->client, WIRE_CHUNK, &c.base);
+	return 0;
+}
+
+static void req_fill_done(const struct request *r, Itt__StreamDone *d, Itt__Timings *t)
+{
+	itt__stream_done__init(d);
+	itt__timings__init(t);
+	d->request_id = (char *)r->request_id;
+	d->has_n_chunks = d->has_n_tokens = d->has_seed = d->has_replays = true;
+	d->n_chunks = r->n_chunks;
+	d->stop_reason = (char *)r->end_reason;
+	d->prompt_tokens = r->prompt;
+	d->n_prompt_tokens = r->n_prompt;
+	d->n_tokens = r->n_gen;
+	d->seed = r->seed;
+	d->replays = r->replays;
+	t->has_queue_ms = r->t_open_us != 0;
+	if (r->t_open_us)
+		t->queue_ms = (double)(r->t_open_us - r->t_recv_us) / 1e3;
+	t->has_first_token_ms = r->t_first_us != 0;
+	if (r->t_first_us)
+		t->first_token_ms = (double)(r->t_first_us - r->t_recv_us) / 1e3;
+	t->has_total_ms = true;
+	t->total_ms = (double)(r->t_end_us - r->t_recv_us) / 1e3;
+	d->timings = t;
+}
+
+void req_end(struct broker *b, struct request *r, int code, const char *why)
+{
+	if (r->state == REQ_ENDED)
+		return;
+	struct model *m = r->model;
+	bool was_running = r->state == REQ_RUNNING;
+	if (was_running) {
+		back_close_session(b, r->worker, r->session_id, code ? code : ITT__CODE__OK);
+		req_detach(r);
+	}
+	heap_remove(&m->queue, r);
+	heap_remove(&b->deadlines, r);
+	map_del(&b->sessions, &r->session_id, sizeof r->session_id);
+	r->t_end_us = b->now_us;
+	r->end_code = code;
+	snprintf(r->end_reason, sizeof r->end_reason, "%s", why);
+	if (code == 0) {
+		if (r->text_len > r->text_sent)
+			(void)req_emit(b, r, r->text_len);
+		Itt__StreamDone d;
+		Itt__Timings t;
+		req_fill_done(r, &d, &t);
+		front_send(b, r->client, WIRE_DONE, &d.base);
+		b->n_completed++;
+		LOG_DEBUG("request %s of %s done: %s, %u tokens, %u replays", r->request_id,
+		          r->client_id, why, r->n_gen, r->replays);
+	} else {
+		if (r->client && !r->client->gone)
+			front_send_error(b, r->client->ident, r->client->ident_len, r->request_id,
+			                 code, why);
+		b->n_failed++;
+		LOG_INFO("request %s of %s failed: %s: %s", r->request_id, r->client_id,
+		         wire_code_name(code), why);
+	}
+	front_detach(b, r);
+	itt__generate_request__free_unpacked(r->req, NULL);
+	r->req = NULL;
+	r->sampling.n_logit_bias = 0;
+	r->sampling.logit_bias = NULL;
+	r->state = REQ_ENDED;
+	link_push_back(&b->ended, &r->ended_link);
+	b->n_ended++;
+	while (b->n_ended > (uint32_t)b->cfg.keep_ended)
+		req_free(b, LINK_ENTRY(b->ended.next, struct request, ended_link));
+	if (was_running)
+		req_dispatch(b, m);
+}
+
+void req_requeue(struct broker *b, struct request *r, bool count, const char *why)
+{
+	char reason[320];
+	struct model *m = r->model;
+	if (r->worker)
+		r->avoid_worker = r->worker->serial;
+	req_detach(r);
+	r->state = REQ_QUEUED;
+	if (count) {
+		r->replays++;
+		if (r->replays > (uint32_t)b->cfg.max_replays) {
+			snprintf(reason, sizeof reason, "session failed %u times; last: %s",
+			         r->replays, why);
+			req_end(b, r, ITT__CODE__UNAVAILABLE, reason);
+			return;
+		}
+		if (!r->have_prompt && r->n_gen) {
+			snprintf(reason, sizeof reason,
+			         "cannot replay: the worker did not report the prompt tokens (%s)",
+			         why);
+			req_end(b, r, ITT__CODE__INTERNAL, reason);
+			return;
+		}
+	}
+	r->replay_first = true;
+	if (heap_push(&m->queue, r) < 0) {
+		req_end(b, r, ITT__CODE__INTERNAL, "out of memory requeueing the session");
+		return;
+	}
+	LOG_INFO("session %llu (request %s of %s, %u tokens) back at the head of model %s's queue: "
+	         "%s",
+	         (unsigned long long)r->session_id, r->request_id, r->client_id, r->n_gen, m->name,
+	         why);
+	req_dispatch(b, m);
+}
+
+/* Checks a RESULT against the limits; -1 with a reason when it is bad. */
+static int req_check_result(const struct request *r, const Itt__StepResult *res, char *why,
+                            size_t cap)
+{
+	const struct model *m = r->model;
+	if (!res->has_token) {
+		snprintf(why, cap, "RESULT has no token");
+		return -1;
+	}
+	if (res->token < 0 || (uint32_t)res->token >= m->vocab) {
+		snprintf(why, cap, "RESULT token %d is not in [0, %u)", res->token, m->vocab);
+		return -1;
+	}
+	if (res->piece.len > BROKER_MAX_PIECE) {
+		snprintf(why, cap, "RESULT piece has %zu bytes; at most %d", res->piece.len,
+		         BROKER_MAX_PIECE);
+		return -1;
+	}
+	if (res->n_pos > m->ctx_len) {
+		snprintf(why, cap, "RESULT n_pos %u exceeds the context %u", res->n_pos,
+		         m->ctx_len);
+		return -1;
+	}
+	if (res->n_prompt_tokens >= m->ctx_len) {
+		snprintf(why, cap, "RESULT has %zu prompt tokens for a context of %u",
+		         res->n_prompt_tokens, m->ctx_len);
+		return -1;
+	}
+	for (size_t i = 0; i < res->n_prompt_tokens; i++) {
+		if (res->prompt_tokens[i] < 0 || (uint32_t)res->prompt_tokens[i] >= m->vocab) {
+			snprintf(why, cap, "RESULT prompt_tokens[%zu] = %d is not a token id", i,
+			         res->prompt_tokens[i]);
+			return -1;
+		}
+	}
+	return 0;
+}
+
+static int req_append(struct request *r, int32_t tok, const uint8_t *piece, size_t len)
+{
+	if (r->n_gen == r->gen_cap) {
+		uint32_t cap = r->gen_cap ? 2 * r->gen_cap : 64;
+		int32_t *g = realloc(r->gen, cap * sizeof *g);
+		if (!g)
+			return -1;
+		r->gen = g;
+		r->gen_cap = cap;
+	}
+	if (r->text_len + len + 1 > r->text_cap) {
+		size_t cap = 2 * r->text_cap + len + 256;
+		char *t = realloc(r->text, cap);
+		if (!t)
+			return -1;
+		r->text = t;
+		r->text_cap = cap;
+	}
+	r->gen[r->n_gen++] = tok;
+	if (len)
+		memcpy(r->text + r->text_len, piece, len);
+	r->text_len += len;
+	return 0;
+}
+
+static void req_count_token(struct broker *b, struct worker *w)
+{
+	uint64_t no = b->now_ms / 500;
+	if (no != w->tok_bucket_no) {
+		for (uint64_t k = w->tok_bucket_no + 1; k <= no && k <= w->tok_bucket_no + 8; k++)
+			w->tok_bucket[k % 8] = 0;
+		w->tok_bucket_no = no;
+	}
+	w->tok_bucket[no % 8]++;
+}
+
+void req_on_result(struct broker *b, struct worker *w, const Itt__StepResult *res)
+{
+	struct request *r = map_get(&b->sessions, &res->session_id, sizeof res->session_id);
+	char why[256];
+	if (!r || r->worker != w) {
+		/* a late answer from a previous owner, or a session that ended */
+		LOG_DEBUG("worker %s: RESULT for session %llu it does not own; dropped", w->id,
+		          (unsigned long long)res->session_id);
+		back_close_session(b, w, res->session_id, ITT__CODE__NOT_FOUND);
+		return;
+	}
+	if (!r->awaiting || res->step != r->step) {
+		LOG_WARN("worker %s: RESULT step %u for session %llu, expected step %u; dropped",
+		         w->id, res->step, (unsigned long long)res->session_id, r->step);
+		return;
+	}
+	r->awaiting = false;
+	w->in_flight--;
+	w->steps++;
+	req_count_token(b, w);
+	if (req_check_result(r, res, why, sizeof why) < 0) {
+		LOG_WARN("worker %s: session %llu: %s; replaying it", w->id,
+		         (unsigned long long)r->session_id, why);
+		back_close_session(b, w, r->session_id, ITT__CODE__INVALID_ARGUMENT);
+		req_requeue(b, r, true, why);
+		return;
+	}
+	if (res->step == 0 && !r->have_prompt && res->n_prompt_tokens) {
+		r->prompt = malloc(res->n_prompt_tokens * sizeof *r->prompt);
+		if (!r->prompt) {
+			req_end(b, r, ITT__CODE__INTERNAL, "out of memory");
+			return;
+		}
+		memcpy(r->prompt, res->prompt_tokens, res->n_prompt_tokens * sizeof *r->prompt);
+		r->n_prompt = (uint32_t)res->n_prompt_tokens;
+		r->have_prompt = true;
+	}
+	const struct model *m = r->model;
+	int32_t tok = res->token;
+	if (m->eos >= 0 && tok == m->eos) {
+		req_end(b, r, 0, "eos");
+		return;
+	}
+	if ((int64_t)r->n_gen >= r->max_tokens) {
+		req_end(b, r, 0, "length");
+		return;
+	}
+	if (req_append(r, tok, res->piece.data, res->piece.len) < 0) {
+		req_end(b, r, ITT__CODE__INTERNAL, "out of memory");
+		return;
+	}
+	size_t held = r->text_len - r->text_sent, safe;
+	size_t hit = sampler_find_stop(r->text + r->text_sent, held,
+	                               (const char *const *)r->req->stop, r->req->n_stop, &safe);
+	if (hit < held) {
+		r->text_len = r->text_sent + hit;
+		if (req_emit(b, r, r->text_len) < 0)
+			req_end(b, r, ITT__CODE__INTERNAL, "out of memory");
+		else
+			req_end(b, r, 0, "stop");
+		return;
+	}
+	if (req_emit(b, r, r->text_sent + safe) < 0) {
+		req_end(b, r, ITT__CODE__INTERNAL, "out of memory");
+		return;
+	}
+	uint64_t seq_len =
+	    r->have_prompt ? (uint64_t)r->n_prompt + r->n_gen : (uint64_t)res->n_pos + 1;
+	if ((int64_t)r->n_gen >= r->max_tokens) {
+		req_end(b, r, 0, "length");
+		return;
+	}
+	if (seq_len >= m->ctx_len) {
+		req_end(b, r, 0, "context");
+		return;
+	}
+	Itt__StepRequest s = ITT__STEP_REQUEST__INIT;
+	s.has_session_id = s.has_step = true;
+	s.session_id = r->session_id;
+	s.step = ++r->step;
+	s.n_tokens = 1;
+	s.tokens = &r->gen[r->n_gen - 1];
+	r->awaiting = true;
+	w->in_flight++;
+	back_send(b, w, WIRE_STEP, &s.base);
+}
+
+void req_on_worker_error(struct broker *b, struct worker *w, const Itt__Error *e)
+{
+	char why[384];
+	const char *reason = e->reason ? e->reason : "(no reason)";
+	if (!e->session_id) {
+		LOG_WARN("worker %s: ERROR %s: %s", w->id, wire_code_name(e->code), reason);
+		return;
+	}
+	struct request *r = map_get(&b->sessions, &e->session_id, sizeof e->session_id);
+	if (!r || r->worker != w) {
+		LOG_DEBUG("worker %s: ERROR %s for session %llu it does not own: %s", w->id,
+		          wire_code_name(e->code), (unsigned long long)e->session_id, reason);
+		return;
+	}
+	LOG_WARN("worker %s: ERROR %s for session %llu (request %s of %s): %s", w->id,
+	         wire_code_name(e->code), (unsigned long long)r->session_id, r->request_id,
+	         r->client_id, reason);
+	snprintf(why, sizeof why, "worker %s: %s: %.250s", w->id, wire_code_name(e->code), reason);
+	switch (e->code) {
+	case ITT__CODE__OVERLOADED:
+		/* no room for it now: back to the head of the queue, and give the
+		 * worker a heartbeat interval before it is offered another; to a
+		 * STEP it means the worker dropped the session: that is a replay */
+		w->busy_until_ms = b->now_ms + (uint64_t)b->cfg.heartbeat_ms;
+		req_requeue(b, r, r->step > 0, why);
+		break;
+	case ITT__CODE__INVALID_ARGUMENT:
+		/* the session itself cannot run (e.g. its prompt does not fit the
+		 * context): another worker of the model would say the same */
+		req_end(b, r, ITT__CODE__UNAVAILABLE, why);
+		break;
+	default: req_requeue(b, r, true, why); break;
+	}
+}
+
+void req_resend(struct broker *b, struct request *r, const uint8_t *ident, size_t len)
+{
+	for (uint32_t i = 0; i < r->n_chunks; i++) {
+		Itt__StreamChunk c;
+		req_fill_chunk(r, i, &c);
+		if (front_send_to(b, ident, len, WIRE_CHUNK, &c.base) < 0)
+			return;
+	}
+	if (r->state != REQ_ENDED)
+		return;
+	if (r->end_code == 0) {
+		Itt__StreamDone d;
+		Itt__Timings t;
+		req_fill_done(r, &d, &t);
+		front_send_to(b, ident, len, WIRE_DONE, &d.base);
+	} else {
+		front_send_error(b, ident, len, r->request_id, r->end_code, r->end_reason);
+	}
+}
+
+void req_tick(struct broker *b)
+{
+	char why[96];
+	for (;;) {
+		struct request *r = heap_top(&b->deadlines);
+		if (!r || r->deadline_ms > b->now_ms)
+			break;
+		snprintf(why, sizeof why, "deadline passed after %.0f ms",
+		         (double)(b->now_us - r->t_recv_us) / 1e3);
+		req_end(b, r, ITT__CODE__DEADLINE_EXCEEDED, why);
+	}
+	while (!link_empty(&b->ended)) {
+		struct request *r = LINK_ENTRY(b->ended.next, struct request, ended_link);
+		if (r->t_end_us / 1000 + (uint64_t)b->cfg.keep_ended_ms > b->now_ms)
+			break;
+		req_free(b, r);
+	}
+}
