@@ -46,5 +46,6 @@ int cmd_stats(int argc, char **argv);
 int cmd_up(int argc, char **argv);
 int cmd_perplexity(int argc, char **argv);
 int cmd_bench(int argc, char **argv);
+int cmd_bench_serve(int argc, char **argv);
 
 #endif

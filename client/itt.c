@@ -14,7 +14,8 @@ static const char usage[] =
 	"  stats       a cluster's workers, models and counters (--broker ENDPOINT)\n"
 	"  up          start a broker and N workers on this machine (--model FILE)\n"
 	"  perplexity  mean negative log-likelihood of a text file (--local)\n"
-	"  bench       benchmarks: `itt bench engine --local MODEL.gguf`\n"
+	"  bench       benchmarks: `itt bench engine --local MODEL.gguf` (the engine alone),\n"
+	"              `itt bench serve --broker ENDPOINT --model NAME` (a cluster under load)\n"
 	"\n"
 	"`itt COMMAND --help` describes each command.\n";
 
