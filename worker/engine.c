@@ -11,6 +11,7 @@ void engine_config_default(struct engine_config *c)
 	c->max_rows = ENGINE_DEFAULT_MAX_ROWS;
 	c->kv_bytes = ENGINE_DEFAULT_KV_BYTES;
 	c->kv_block = ENGINE_DEFAULT_KV_BLOCK;
+	c->kv_type = KV_TYPE_F32;
 }
 
 int engine_open(const struct engine_config *c, struct engine **out, struct itt_err *err)
@@ -29,8 +30,8 @@ int engine_open(const struct engine_config *c, struct engine **out, struct itt_e
 	}
 	if ((rc = threadpool_new(c->n_threads, &e->pool, err)) < 0)
 		goto fail;
-	rc = kv_cache_init(&e->kv, e->model->last - e->model->first, hp->n_kv_heads * hp->head_dim,
-			   c->kv_block, c->kv_bytes, err);
+	rc = kv_cache_init(&e->kv, c->kv_type, e->model->last - e->model->first,
+	                   hp->n_kv_heads * hp->head_dim, c->kv_block, c->kv_bytes, err);
 	if (rc < 0)
 		goto fail;
 	if ((rc = forward_init(&e->fwd, e->model, &e->kv, e->pool, c->max_rows, err)) < 0)
@@ -39,7 +40,7 @@ int engine_open(const struct engine_config *c, struct engine **out, struct itt_e
 	e->logits = malloc((size_t)c->max_rows * width * sizeof(float));
 	if (!e->logits) {
 		rc = itt_err_set(err, ITT_E_NOMEM, "engine_open: no memory for %u output rows",
-				 c->max_rows);
+		                 c->max_rows);
 		goto fail;
 	}
 	*out = e;
@@ -66,7 +67,7 @@ void engine_close(struct engine **ep)
 }
 
 int engine_prefill(struct engine *e, struct kv_seq *s, const int32_t *tokens, uint32_t n,
-		   float *all_logits, float *last_logits, struct itt_err *err)
+                   float *all_logits, float *last_logits, struct itt_err *err)
 {
 	const struct model *m = e->model;
 	uint32_t R = e->fwd.max_rows, V = m->hp.vocab;

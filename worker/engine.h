@@ -22,6 +22,7 @@ struct engine_config {
 	uint32_t max_rows;    /* rows per forward step */
 	size_t kv_bytes;      /* KV cache budget */
 	uint32_t kv_block;    /* positions per KV block */
+	enum kv_type kv_type; /* element type of the KV cache (default F32) */
 };
 
 #define ENGINE_DEFAULT_MAX_ROWS 512
@@ -47,6 +48,6 @@ void engine_close(struct engine **e);
  * all_logits ([n][vocab]) when it is not NULL, and those of the final token
  * into last_logits when that is not NULL.  Whole-model engines only. */
 int engine_prefill(struct engine *e, struct kv_seq *s, const int32_t *tokens, uint32_t n,
-		   float *all_logits, float *last_logits, struct itt_err *err);
+                   float *all_logits, float *last_logits, struct itt_err *err);
 
 #endif

@@ -15,16 +15,19 @@
 #include "quant.h"
 
 int forward_init(struct forward_ctx *f, const struct model *m, struct kv_cache *kv,
-		 threadpool_t *pool, uint32_t max_rows, struct itt_err *err)
+                 threadpool_t *pool, uint32_t max_rows, struct itt_err *err)
 {
 	const struct model_hparams *hp = &m->hp;
 	memset(f, 0, sizeof *f);
 	if (max_rows == 0 || max_rows > (1u << 16))
-		return itt_err_set(err, ITT_E_INVALID, "forward_init: max_rows %u out of range", max_rows);
-	if (kv->n_layers != m->last - m->first || kv->kv_dim != hp->n_kv_heads * hp->head_dim)
-		return itt_err_set(err, ITT_E_INVALID,
-				   "forward_init: kv cache shape (%u layers, kv_dim %u) does not fit the model",
-				   kv->n_layers, kv->kv_dim);
+		return itt_err_set(err, ITT_E_INVALID, "forward_init: max_rows %u out of range",
+		                   max_rows);
+	if (kv->n_layers != m->last - m->first || kv->kv_dim != hp->n_kv_heads * hp->head_dim ||
+	    hp->n_kv_heads == 0 || hp->n_heads % hp->n_kv_heads != 0)
+		return itt_err_set(
+		    err, ITT_E_INVALID,
+		    "forward_init: kv cache shape (%u layers, kv_dim %u) does not fit the model",
+		    kv->n_layers, kv->kv_dim);
 	f->m = m;
 	f->kv = kv;
 	f->pool = pool;
@@ -44,15 +47,17 @@ int forward_init(struct forward_ctx *f, const struct model *m, struct kv_cache *
 	f->hb = malloc(R * hp->ffn_dim * sizeof(float));
 	f->hb2 = malloc(R * hp->ffn_dim * sizeof(float));
 	f->rope = malloc(R * hp->head_dim * sizeof(float));
-	f->scores = malloc((size_t)threadpool_size(pool) * hp->ctx_len * sizeof(float));
+	size_t nth = (size_t)threadpool_size(pool), group = hp->n_heads / hp->n_kv_heads;
+	f->scores = malloc(nth * group * hp->ctx_len * sizeof(float));
+	f->kv_rows = malloc(nth * 2 * hp->head_dim * sizeof(float));
 	f->inv_freq = malloc(hp->head_dim / 2 * sizeof(float));
 	f->out_rows = malloc(R * sizeof(uint32_t));
 	f->seq_next = malloc(R * sizeof(uint32_t));
 	if (!f->x || !f->xb || !f->q || !f->k || !f->v || !f->att || !f->hb || !f->hb2 ||
-	    !f->rope || !f->scores || !f->inv_freq || !f->out_rows || !f->seq_next) {
+	    !f->rope || !f->scores || !f->kv_rows || !f->inv_freq || !f->out_rows || !f->seq_next) {
 		forward_free(f);
 		return itt_err_set(err, ITT_E_NOMEM, "forward_init: out of memory for %u rows",
-				   max_rows);
+		                   max_rows);
 	}
 	/* llama2.c: freq = 1 / base^(i / head_dim) for even i. */
 	for (uint32_t i = 0; i < hp->head_dim; i += 2)
@@ -73,6 +78,7 @@ void forward_free(struct forward_ctx *f)
 	free(f->hb2);
 	free(f->rope);
 	free(f->scores);
+	free(f->kv_rows);
 	free(f->inv_freq);
 	free(f->out_rows);
 	free(f->seq_next);
@@ -142,74 +148,113 @@ struct attn_job {
 	uint32_t layer; /* local layer index */
 };
 
-/* One (row, head) at a time, rows*heads split over the threads. */
+/* A head's row of K or V at element offset off, as floats: a pointer into
+ * the cache for F32, else converted into buf. */
+static inline const float *kv_row(const struct kv_cache *kv, const void *base, size_t off,
+                                  uint32_t n, float *buf)
+{
+	if (kv->type == KV_TYPE_F32)
+		return (const float *)base + off;
+	kv_fp16_to_fp32(buf, (const uint16_t *)base + off, n);
+	return buf;
+}
+
+/* One (row, KV head) at a time, rows * kv_heads split over the threads; the
+ * group of query heads sharing that KV head reads each cached row once.
+ * Per query head the arithmetic is the same as one head at a time. */
 static void attn_worker(void *arg, int ith, int nth)
 {
 	struct attn_job *j = arg;
 	struct forward_ctx *f = j->f;
 	const struct model_hparams *hp = &f->m->hp;
 	const struct kv_cache *kv = f->kv;
-	uint32_t hd = hp->head_dim, q_dim = hp->n_heads * hd;
-	uint32_t group = hp->n_heads / hp->n_kv_heads;
+	uint32_t hd = hp->head_dim, q_dim = hp->n_heads * hd, bs = kv->block_size;
+	uint32_t group = hp->n_heads / hp->n_kv_heads, ctx = hp->ctx_len;
+	size_t layer_off = (size_t)j->layer * bs * kv->kv_dim;
+	size_t block_elems = (size_t)kv->n_layers * bs * kv->kv_dim;
 	float scale = 1.0f / sqrtf((float)hd);
-	float *att = f->scores + (size_t)ith * hp->ctx_len;
+	float *att = f->scores + (size_t)ith * group * ctx; /* [group][ctx] */
+	float *kbuf = f->kv_rows + (size_t)ith * 2 * hd, *vbuf = kbuf + hd;
 	size_t lo, hi;
 
-	threadpool_split((size_t)j->b->n_rows * hp->n_heads, 1, ith, nth, &lo, &hi);
+	threadpool_split((size_t)j->b->n_rows * hp->n_kv_heads, 1, ith, nth, &lo, &hi);
 	for (size_t idx = lo; idx < hi; idx++) {
-		uint32_t r = (uint32_t)(idx / hp->n_heads), h = (uint32_t)(idx % hp->n_heads);
+		uint32_t r = (uint32_t)(idx / hp->n_kv_heads),
+		         kvh = (uint32_t)(idx % hp->n_kv_heads);
 		const struct kv_seq *s = j->b->seqs[r];
-		uint32_t pos = j->b->pos[r], kvh = h / group;
-		const float *q = f->q + (size_t)r * q_dim + (size_t)h * hd;
-		float *out = f->att + (size_t)r * q_dim + (size_t)h * hd;
+		uint32_t n_t = j->b->pos[r] + 1;
+		const float *q = f->q + (size_t)r * q_dim + (size_t)kvh * group * hd;
+		float *out = f->att + (size_t)r * q_dim + (size_t)kvh * group * hd;
 
-		float max = -INFINITY;
-		for (uint32_t t = 0; t <= pos; t++) {
-			const float *k = kv->k + kv_offset(kv, s, j->layer, t) + (size_t)kvh * hd;
-			float score = dot(q, k, hd) * scale;
-			att[t] = score;
-			if (score > max)
-				max = score;
+		/* scores: q . k / sqrt(hd) for t in [0, pos], block by block */
+		for (uint32_t t0 = 0; t0 < n_t; t0 += bs) {
+			size_t base =
+			    s->blocks[t0 / bs] * block_elems + layer_off + (size_t)kvh * hd;
+			uint32_t tn = n_t - t0 < bs ? n_t - t0 : bs;
+			for (uint32_t i = 0; i < tn; i++) {
+				const float *k =
+				    kv_row(kv, kv->k, base + (size_t)i * kv->kv_dim, hd, kbuf);
+				for (uint32_t g = 0; g < group; g++)
+					att[(size_t)g * ctx + t0 + i] =
+					    dot(q + (size_t)g * hd, k, hd) * scale;
+			}
 		}
-		float sum = 0.0f;
-		for (uint32_t t = 0; t <= pos; t++) {
-			att[t] = expf(att[t] - max);
-			sum += att[t];
+		/* softmax per head */
+		for (uint32_t g = 0; g < group; g++) {
+			float *a = att + (size_t)g * ctx, sum = 0.0f, max = -INFINITY;
+			for (uint32_t t = 0; t < n_t; t++)
+				if (a[t] > max)
+					max = a[t];
+			for (uint32_t t = 0; t < n_t; t++) {
+				a[t] = expf(a[t] - max);
+				sum += a[t];
+			}
+			for (uint32_t t = 0; t < n_t; t++)
+				a[t] /= sum;
 		}
-		for (uint32_t t = 0; t <= pos; t++)
-			att[t] /= sum;
-		memset(out, 0, hd * sizeof(float));
-		for (uint32_t t = 0; t <= pos; t++) {
-			const float *v = kv->v + kv_offset(kv, s, j->layer, t) + (size_t)kvh * hd;
-			axpy(out, att[t], v, hd);
+		/* out = sum_t att[t] v[t] */
+		memset(out, 0, (size_t)group * hd * sizeof(float));
+		for (uint32_t t0 = 0; t0 < n_t; t0 += bs) {
+			size_t base =
+			    s->blocks[t0 / bs] * block_elems + layer_off + (size_t)kvh * hd;
+			uint32_t tn = n_t - t0 < bs ? n_t - t0 : bs;
+			for (uint32_t i = 0; i < tn; i++) {
+				const float *v =
+				    kv_row(kv, kv->v, base + (size_t)i * kv->kv_dim, hd, vbuf);
+				for (uint32_t g = 0; g < group; g++)
+					axpy(out + (size_t)g * hd, att[(size_t)g * ctx + t0 + i], v,
+					     hd);
+			}
 		}
 	}
 }
 
 /* Checks tokens, positions and per-sequence order; on success reserves KV
  * storage for every sequence (rolled back on failure). */
-static int batch_prepare(struct forward_ctx *f, const struct forward_batch *b,
-			 struct itt_err *err)
+static int batch_prepare(struct forward_ctx *f, const struct forward_batch *b, struct itt_err *err)
 {
 	const struct model *m = f->m;
 	uint32_t n = b->n_rows;
 
 	if (n == 0 || n > f->max_rows)
-		return itt_err_set(err, ITT_E_INVALID, "batch of %u rows; this context takes 1..%u", n,
-				   f->max_rows);
+		return itt_err_set(err, ITT_E_INVALID, "batch of %u rows; this context takes 1..%u",
+		                   n, f->max_rows);
 	if (!b->pos || !b->seqs || (model_is_first(m) ? !b->tokens : !b->hidden))
 		return itt_err_set(err, ITT_E_INVALID, "batch lacks %s",
-				   model_is_first(m) ? "tokens" : "hidden states");
+		                   model_is_first(m) ? "tokens" : "hidden states");
 	for (uint32_t r = 0; r < n; r++) {
 		const struct kv_seq *s = b->seqs[r];
 		if (!s)
 			return itt_err_set(err, ITT_E_INVALID, "row %u has no sequence", r);
-		if (model_is_first(m) && (b->tokens[r] < 0 || (uint32_t)b->tokens[r] >= m->hp.vocab))
-			return itt_err_set(err, ITT_E_INVALID, "row %u: token %d outside the vocabulary of %u",
-					   r, b->tokens[r], m->hp.vocab);
+		if (model_is_first(m) &&
+		    (b->tokens[r] < 0 || (uint32_t)b->tokens[r] >= m->hp.vocab))
+			return itt_err_set(err, ITT_E_INVALID,
+			                   "row %u: token %d outside the vocabulary of %u", r,
+			                   b->tokens[r], m->hp.vocab);
 		if (b->pos[r] >= m->hp.ctx_len)
-			return itt_err_set(err, ITT_E_RANGE, "row %u: position %u beyond the context of %u",
-					   r, b->pos[r], m->hp.ctx_len);
+			return itt_err_set(err, ITT_E_RANGE,
+			                   "row %u: position %u beyond the context of %u", r,
+			                   b->pos[r], m->hp.ctx_len);
 		/* Expected position: one past this sequence's previous row in the
 		 * batch, or its cache length for its first row. */
 		uint32_t expect = s->n_pos;
@@ -221,18 +266,18 @@ static int batch_prepare(struct forward_ctx *f, const struct forward_batch *b,
 		}
 		if (b->pos[r] != expect)
 			return itt_err_set(err, ITT_E_INVALID,
-					   "row %u: position %u, but its sequence continues at %u", r,
-					   b->pos[r], expect);
+			                   "row %u: position %u, but its sequence continues at %u",
+			                   r, b->pos[r], expect);
 		f->seq_next[r] = expect;
 	}
 	/* Reserve storage row by row (reserve only extends); on failure,
 	 * truncate each sequence back, ending with its first row's length. */
 	for (uint32_t r = 0; r < n; r++) {
 		struct kv_seq *s = b->seqs[r];
-		int rc = kv_seq_reserve(f->kv, s, b->pos[r] + 1, err);
-		if (rc == 0 && f->kv->refs[s->blocks[b->pos[r] / f->kv->block_size]] > 1)
-			rc = itt_err_set(err, ITT_E_INVALID,
-					 "row %u: position %u lies in a shared KV block", r, b->pos[r]);
+		/* copy on write: the block this row writes must be its own */
+		int rc = kv_seq_prepare(f->kv, s, b->pos[r], b->pos[r] + 1, err);
+		if (rc == 0)
+			rc = kv_seq_reserve(f->kv, s, b->pos[r] + 1, err);
 		if (rc < 0) {
 			for (uint32_t q = r + 1; q-- > 0;)
 				kv_seq_truncate(f->kv, b->seqs[q], f->seq_next[q]);
@@ -243,7 +288,7 @@ static int batch_prepare(struct forward_ctx *f, const struct forward_batch *b,
 }
 
 int forward_run(struct forward_ctx *f, const struct forward_batch *b, float *out,
-		struct itt_err *err)
+                struct itt_err *err)
 {
 	const struct model *m = f->m;
 	const struct model_hparams *hp = &m->hp;
@@ -258,8 +303,8 @@ int forward_run(struct forward_ctx *f, const struct forward_batch *b, float *out
 		const uint8_t *base = m->tok_embd.data;
 		for (uint32_t r = 0; r < n; r++)
 			quant_dequant_row(m->tok_embd.type,
-					  base + (size_t)b->tokens[r] * m->tok_embd.row_bytes,
-					  f->x + (size_t)r * dim, dim);
+			                  base + (size_t)b->tokens[r] * m->tok_embd.row_bytes,
+			                  f->x + (size_t)r * dim, dim);
 	} else {
 		memcpy(f->x, b->hidden, (size_t)n * dim * sizeof(float));
 	}
@@ -279,7 +324,7 @@ int forward_run(struct forward_ctx *f, const struct forward_batch *b, float *out
 		/* attention: xb = rmsnorm(x); q, k, v = xb W^T */
 		for (uint32_t r = 0; r < n; r++)
 			rmsnorm(f->xb + (size_t)r * dim, f->x + (size_t)r * dim, L->attn_norm, dim,
-				hp->rms_eps);
+			        hp->rms_eps);
 		linear_matmul(&f->lin, &L->wq, f->xb, n, f->q, q_dim);
 		linear_matmul(&f->lin, &L->wk, f->xb, n, f->k, kv_dim);
 		linear_matmul(&f->lin, &L->wv, f->xb, n, f->v, kv_dim);
@@ -290,8 +335,8 @@ int forward_run(struct forward_ctx *f, const struct forward_batch *b, float *out
 			rope_apply(f->q + (size_t)r * q_dim, hp->n_heads, hd, cs);
 			rope_apply(f->k + (size_t)r * kv_dim, hp->n_kv_heads, hd, cs);
 			size_t off = kv_offset(f->kv, b->seqs[r], l, b->pos[r]);
-			memcpy(f->kv->k + off, f->k + (size_t)r * kv_dim, kv_dim * sizeof(float));
-			memcpy(f->kv->v + off, f->v + (size_t)r * kv_dim, kv_dim * sizeof(float));
+			kv_store(f->kv, f->kv->k, off, f->k + (size_t)r * kv_dim, kv_dim);
+			kv_store(f->kv, f->kv->v, off, f->v + (size_t)r * kv_dim, kv_dim);
 		}
 
 		/* softmax(q k^T / sqrt(hd)) v per row and head, over [0, pos] */
@@ -306,7 +351,7 @@ int forward_run(struct forward_ctx *f, const struct forward_batch *b, float *out
 		/* ffn: x += (silu(xb W1^T) * (xb W3^T)) W2^T with xb = rmsnorm(x) */
 		for (uint32_t r = 0; r < n; r++)
 			rmsnorm(f->xb + (size_t)r * dim, f->x + (size_t)r * dim, L->ffn_norm, dim,
-				hp->rms_eps);
+			        hp->rms_eps);
 		linear_matmul(&f->lin, &L->w1, f->xb, n, f->hb, ffn);
 		linear_matmul(&f->lin, &L->w3, f->xb, n, f->hb2, ffn);
 		for (size_t i = 0; i < (size_t)n * ffn; i++) {
@@ -327,8 +372,8 @@ int forward_run(struct forward_ctx *f, const struct forward_batch *b, float *out
 	uint32_t n_out = 0;
 	for (uint32_t r = 0; r < n; r++)
 		if (!b->want_logits || b->want_logits[r])
-			rmsnorm(f->xb + (size_t)n_out++ * dim, f->x + (size_t)r * dim, m->output_norm,
-				dim, hp->rms_eps);
+			rmsnorm(f->xb + (size_t)n_out++ * dim, f->x + (size_t)r * dim,
+			        m->output_norm, dim, hp->rms_eps);
 	if (n_out > 0)
 		linear_matmul(&f->lin, &m->output, f->xb, n_out, out, hp->vocab);
 	return 0;

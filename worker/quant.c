@@ -3,8 +3,9 @@
  *
  * Contract: see quant.h.  Conversions are portable C (bit manipulation);
  * the matmul kernels come in three flavours selected at compile time
- * (scalar, always built; AVX2+FMA+F16C; AVX-512F), and tests may call each
- * one through quant_matmul_rows_kernel.
+ * (scalar, always built; AVX2+FMA+F16C; AVX-512F, which has a single-row
+ * kernel for small M and a register-blocked one for larger M), and tests
+ * may call each one through quant_matmul_rows_kernel.
  *
  * Invariants of every matmul kernel:
  *   - a dequantised weight d * q is exact in float (11-bit d times a 4- or
@@ -279,13 +280,16 @@ int quant_quantize_row(uint32_t type, const float *src, void *dst, size_t n)
  * elements of a float-like row).  Float-like rows whose K is not a multiple
  * of 32 end with one zero-padded step.
  *
- * The SIMD kernels take one weight row at a time against a group of MG
- * inputs, with two vector accumulators per (input, row) pair (even and odd
- * vectors of each step) that are added before the final reduction.  One
- * row at a time keeps the weight reads a single sequential stream, which
- * the hardware prefetcher follows at full bandwidth (interleaving four
- * rows measured at under half of it); two accumulators keep the FMA
- * latency chains short when MG is small. */
+ * The single-row SIMD kernels take one weight row at a time against a
+ * group of MG inputs, with two vector accumulators per (input, row) pair
+ * (even and odd vectors of each step) that are added before the final
+ * reduction.  One row at a time keeps the weight reads a single sequential
+ * stream, which the hardware prefetcher follows at full bandwidth
+ * (interleaving rows without software prefetch measured at under half of
+ * it); two accumulators keep the FMA latency chains short when MG is
+ * small.  That is the kernel for small M, bound by memory.  For larger M
+ * the AVX-512 build adds a register-blocked kernel with the same
+ * arithmetic per pair (see "AVX-512 blocked kernel" below). */
 
 static inline int type_is_float(uint32_t type)
 {
@@ -454,6 +458,42 @@ ALWAYS_INLINE void avx512_load_step(uint32_t type, const uint8_t *row, size_t b,
 	}
 }
 
+/* The sum of the 16 lanes of v by halving: lanes (l, l + 8), then (l, l + 4),
+ * (l, l + 2), (l, l + 1), the lower lane the first operand.  Every kernel's
+ * final reduction of a pair is this tree (avx512_hsum16 does it for 16 at
+ * once), which is what makes the single-row and blocked kernels agree. */
+ALWAYS_INLINE float avx512_hsum(__m512 v)
+{
+	__m256 lo = _mm512_castps512_ps256(v);
+	__m256 hi = _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1));
+	__m256 a = _mm256_add_ps(lo, hi);
+	__m128 b = _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
+	__m128 c = _mm_add_ps(b, _mm_movehl_ps(b, b));
+	return _mm_cvtss_f32(_mm_add_ss(c, _mm_movehdup_ps(c)));
+}
+
+/* avx512_hsum of v[0..15] at once, in a transposed order: lane 4 a + b of
+ * the result is the sum of v[4 b + a].  Each addition has the operands it
+ * has in avx512_hsum, in the same order; the shuffles only move lanes. */
+ALWAYS_INLINE __m512 avx512_hsum16(const __m512 v[16])
+{
+	__m512 a[8], b[4], c[2];
+#pragma GCC unroll 8
+	for (int i = 0; i < 8; i++)
+		a[i] = _mm512_add_ps(_mm512_shuffle_f32x4(v[2 * i], v[2 * i + 1], 0x44),
+		                     _mm512_shuffle_f32x4(v[2 * i], v[2 * i + 1], 0xee));
+#pragma GCC unroll 4
+	for (int i = 0; i < 4; i++)
+		b[i] = _mm512_add_ps(_mm512_shuffle_f32x4(a[2 * i], a[2 * i + 1], 0x88),
+		                     _mm512_shuffle_f32x4(a[2 * i], a[2 * i + 1], 0xdd));
+#pragma GCC unroll 2
+	for (int i = 0; i < 2; i++)
+		c[i] = _mm512_add_ps(_mm512_shuffle_ps(b[2 * i], b[2 * i + 1], 0x44),
+		                     _mm512_shuffle_ps(b[2 * i], b[2 * i + 1], 0xee));
+	return _mm512_add_ps(_mm512_shuffle_ps(c[0], c[1], 0x88),
+	                     _mm512_shuffle_ps(c[0], c[1], 0xdd));
+}
+
 /* Scales of blocks [b0, b0 + n) (n <= 16) of a Q8_0 / Q4_0 row as floats,
  * in memory: the kernel then broadcasts each one straight from L1 as an
  * operand of the multiply, which took an eighth off the Q4_0 decode time
@@ -536,7 +576,7 @@ ALWAYS_INLINE NO_SANITIZE void avx512_rows(uint32_t type, const int MG, const ui
 		}
 #pragma GCC unroll 16
 		for (int m = 0; m < MG; m++)
-			Y[m * ldy + r] = _mm512_reduce_add_ps(_mm512_add_ps(acc[0][m], acc[1][m]));
+			Y[m * ldy + r] = avx512_hsum(_mm512_add_ps(acc[0][m], acc[1][m]));
 	}
 }
 
@@ -570,6 +610,307 @@ AVX512_FNS(q4_0, GGML_TYPE_Q4_0)
 
 static const group_fn avx512_fns[N_KERNEL_TYPES][GROUP_M] = {
     AVX512_ROW(f32), AVX512_ROW(f16), AVX512_ROW(bf16), AVX512_ROW(q8_0), AVX512_ROW(q4_0)};
+
+/* ---- AVX-512 blocked kernel (larger batches) -----------------------------
+ *
+ * From a few inputs up, the single-row kernel is bound by loads, not by
+ * memory: each x vector it loads feeds one FMA, and beyond 8 inputs it
+ * reads every weight block once per group of 8.  The blocked kernel takes
+ * BLK_RB weight rows against groups of up to BLK_MB inputs, so each loaded
+ * x vector feeds BLK_RB FMAs and each weight vector BLK_MB.
+ *
+ * Each pair (input, row) has the same two accumulators as in the
+ * single-row kernel (the even and odd 16-element halves of every 32-element
+ * step), fed the same products in the same order, and is reduced by the
+ * same tree (avx512_hsum); only the two halves run one after the other,
+ * which halves the registers a pair needs and makes room for a 6 x 4 block
+ * (48 accumulators in two passes of 24).  So the two kernels agree bit for
+ * bit and the choice between them is free per call.
+ *
+ * Weights are used as floats: F32 rows in place, other types dequantised
+ * BLK_RB rows and BLK_KC elements at a time into an aligned buffer that
+ * stays in L1 for every input group, so a quantised block is decoded once
+ * per call, not once per group.  Software prefetch, spread over the FMA
+ * steps, brings the rows BLK_PF_AHEAD blocks ahead: the block pattern
+ * (rows side by side, even and odd lines in turn) is not one the hardware
+ * prefetcher follows, and without it memory and compute do not overlap.
+ * F32 rows read in place go to L2 (into L1 they evict the inputs); the
+ * dequantising pass reads its rows at once and wants them in L1. */
+
+#define BLK_RB       6    /* weight rows per block */
+#define BLK_MB       4    /* inputs per group */
+#define BLK_KC       2048 /* elements of K per chunk of the buffer (a multiple of 32) */
+#define BLK_PF_AHEAD 2    /* blocks ahead that are prefetched */
+
+/* GCC folds a vector load into every FMA that uses it, which turns one
+ * load of a weight vector into BLK_MB; an empty asm that claims to change
+ * the register keeps the single load. */
+#define KEEP_IN_REGISTER(v) __asm__("" : "+v"(v))
+
+/* Rows [r, r + rb) of W, elements [k0, k0 + kc), as floats into buf (row j
+ * at buf + j * BLK_KC); a partial last step is zero-padded.  The values are
+ * exactly the ones avx512_load_step gives the single-row kernel. */
+ALWAYS_INLINE void avx512_fill_rows(uint32_t type, const uint8_t *W, size_t stride, size_t r,
+                                    size_t rb, size_t k0, size_t kc, float *buf)
+{
+	size_t nfull = kc / 32, rem = kc % 32, b0 = k0 / 32;
+	for (size_t j = 0; j < rb; j++) {
+		const uint8_t *row = W + (r + j) * stride;
+		float *dst = buf + j * BLK_KC;
+		for (size_t s0 = 0; s0 < nfull; s0 += 16) {
+			size_t n = nfull - s0 < 16 ? nfull - s0 : 16;
+			float ds[16];
+			if (!type_is_float(type))
+				avx512_scales(type, row, b0 + s0, n, ds);
+			for (size_t s = s0; s < s0 + n; s++) {
+				__m512 w0, w1;
+				float d = type_is_float(type) ? 0.0f : ds[s - s0];
+				avx512_load_step(type, row, b0 + s, d, &w0, &w1);
+				_mm512_store_ps(dst + 32 * s, w0);
+				_mm512_store_ps(dst + 32 * s + 16, w1);
+			}
+		}
+		if (rem) { /* float-like types only */
+			float *t = dst + 32 * nfull;
+			const uint8_t *src = row + (k0 + 32 * nfull) * type_elem_bytes(type);
+			for (size_t i = 0; i < 32; i++) {
+				if (i >= rem)
+					t[i] = 0.0f;
+				else if (type == GGML_TYPE_F32)
+					memcpy(&t[i], src + 4 * i, sizeof(float));
+				else if (type == GGML_TYPE_F16)
+					t[i] = quant_fp16_to_fp32(load_u16(src + 2 * i));
+				else
+					t[i] = bf16_to_fp32(load_u16(src + 2 * i));
+			}
+		}
+	}
+}
+
+static NO_SANITIZE void avx512_fill(uint32_t type, const uint8_t *W, size_t stride, size_t r,
+                                    size_t rb, size_t k0, size_t kc, float *buf)
+{
+	switch (type) {
+	case GGML_TYPE_F32: avx512_fill_rows(GGML_TYPE_F32, W, stride, r, rb, k0, kc, buf); return;
+	case GGML_TYPE_F16: avx512_fill_rows(GGML_TYPE_F16, W, stride, r, rb, k0, kc, buf); return;
+	case GGML_TYPE_BF16:
+		avx512_fill_rows(GGML_TYPE_BF16, W, stride, r, rb, k0, kc, buf);
+		return;
+	case GGML_TYPE_Q8_0:
+		avx512_fill_rows(GGML_TYPE_Q8_0, W, stride, r, rb, k0, kc, buf);
+		return;
+	default: avx512_fill_rows(GGML_TYPE_Q4_0, W, stride, r, rb, k0, kc, buf); return;
+	}
+}
+
+/* Prefetch state: the lines [next, end) of rows ahead are due; each step
+ * moves the target position at on by inc bytes and prefetches up to it. */
+struct prefetch {
+	const char *next, *end, *at;
+	size_t inc;
+	int to_l1;
+};
+
+/* a[j][i] += w[j] x[i] on 16 lanes (the ones in mask, others zero), with
+ * the MB x vectors in registers and one weight vector at a time. */
+ALWAYS_INLINE void avx512_block_step(const int RB, const int MB, const float *w, size_t ldw,
+                                     const float *x, size_t K, __mmask16 mask,
+                                     __m512 a[BLK_RB][BLK_MB])
+{
+	__m512 xv[BLK_MB];
+#pragma GCC unroll 8
+	for (int i = 0; i < MB; i++)
+		xv[i] = mask == 0xffff ? _mm512_loadu_ps(x + i * K)
+		                       : _mm512_maskz_loadu_ps(mask, x + i * K);
+#pragma GCC unroll 8
+	for (int j = 0; j < RB; j++) {
+		__m512 wv = mask == 0xffff ? _mm512_loadu_ps(w + j * ldw)
+		                           : _mm512_maskz_loadu_ps(mask, w + j * ldw);
+		KEEP_IN_REGISTER(wv);
+#pragma GCC unroll 8
+		for (int i = 0; i < MB; i++)
+			a[j][i] = _mm512_fmadd_ps(wv, xv[i], a[j][i]);
+	}
+}
+
+/* One half h of every step of a chunk, for RB rows x MB inputs: w is the
+ * first row's chunk plus 16 h (rows ldw floats apart), x the group's first
+ * input plus k0 + 16 h (inputs K floats apart).  nfull whole steps, then,
+ * if tail, the partial step with both operands masked (as the zero-padded
+ * tail of the single-row kernel).  acc[i * BLK_RB + j] carries the pair's
+ * accumulator across chunks; first: start from zero. */
+ALWAYS_INLINE void avx512_block_half(const int RB, const int MB, const float *w, size_t ldw,
+                                     const float *x, size_t K, size_t nfull, int tail,
+                                     __mmask16 mask, __m512 *acc, int first, struct prefetch *pf)
+{
+	__m512 a[BLK_RB][BLK_MB];
+#pragma GCC unroll 8
+	for (int j = 0; j < RB; j++)
+#pragma GCC unroll 8
+		for (int i = 0; i < MB; i++)
+			a[j][i] = first ? _mm512_setzero_ps() : acc[i * BLK_RB + j];
+	const char *next = pf->next, *end = pf->end, *at = pf->at;
+	size_t inc = pf->inc;
+	int to_l1 = pf->to_l1;
+	for (size_t s = 0; s < nfull; s++) {
+		avx512_block_step(RB, MB, w + 32 * s, ldw, x + 32 * s, K, 0xffff, a);
+		for (at += inc; next < at && next < end; next += 64) {
+			if (to_l1)
+				_mm_prefetch(next, _MM_HINT_T0);
+			else
+				_mm_prefetch(next, _MM_HINT_T1);
+		}
+	}
+	if (tail)
+		avx512_block_step(RB, MB, w + 32 * nfull, ldw, x + 32 * nfull, K, mask, a);
+	pf->next = next;
+	pf->at = at;
+#pragma GCC unroll 8
+	for (int j = 0; j < RB; j++)
+#pragma GCC unroll 8
+		for (int i = 0; i < MB; i++)
+			acc[i * BLK_RB + j] = a[j][i];
+}
+
+typedef void (*block_fn)(const float *w, size_t ldw, const float *x, size_t K, size_t nfull,
+                         int tail, __mmask16 mask, __m512 *acc, int first, struct prefetch *pf);
+
+#define BLOCK_FN(rb, mb)                                                                           \
+	static NO_SANITIZE void avx512_block_##rb##_##mb(                                          \
+	    const float *w, size_t ldw, const float *x, size_t K, size_t nfull, int tail,          \
+	    __mmask16 mask, __m512 *acc, int first, struct prefetch *pf)                           \
+	{                                                                                          \
+		avx512_block_half(rb, mb, w, ldw, x, K, nfull, tail, mask, acc, first, pf);        \
+	}
+#define BLOCK_FNS(rb) BLOCK_FN(rb, 1) BLOCK_FN(rb, 2) BLOCK_FN(rb, 3) BLOCK_FN(rb, 4)
+#define BLOCK_ROW(rb)                                                                              \
+	{                                                                                          \
+		avx512_block_##rb##_1, avx512_block_##rb##_2, avx512_block_##rb##_3,               \
+		    avx512_block_##rb##_4                                                          \
+	}
+
+BLOCK_FNS(1)
+BLOCK_FNS(2)
+BLOCK_FNS(3)
+BLOCK_FNS(4)
+BLOCK_FNS(5)
+BLOCK_FNS(6)
+
+_Static_assert(BLK_RB == 6 && BLK_MB == 4, "the table below lists 6 x 4 kernels");
+static const block_fn avx512_block_fns[BLK_RB][BLK_MB] = {BLOCK_ROW(1), BLOCK_ROW(2), BLOCK_ROW(3),
+                                                          BLOCK_ROW(4), BLOCK_ROW(5), BLOCK_ROW(6)};
+
+/* Accumulators of a block: [half][input][row]. */
+typedef __m512 block_acc[2][QUANT_MAX_M][BLK_RB];
+
+/* Y[m * ldy + j] = avx512_hsum(acc[0][m][j] + acc[1][m][j]) for m < M,
+ * j < rb: 16 pairs at a time with avx512_hsum16, laid out so that each
+ * input's sums for 4 (or 2) consecutive rows come out side by side and go
+ * to memory in one store (a wide store read back in pieces would stall). */
+static void avx512_store_block(block_acc acc, size_t M, size_t rb, float *Y, size_t ldy)
+{
+#define PAIR_SUM(m, j) _mm512_add_ps(acc[0][m][j], acc[1][m][j])
+	size_t j0 = 0, m;
+	__m512 v[16];
+	for (; j0 + 4 <= rb; j0 += 4) { /* 4 inputs x 4 rows */
+		for (m = 0; m + 4 <= M; m += 4) {
+			for (size_t a = 0; a < 4; a++)
+				for (size_t b = 0; b < 4; b++)
+					v[4 * b + a] = PAIR_SUM(m + a, j0 + b);
+			__m512 t = avx512_hsum16(v);
+			_mm_storeu_ps(Y + (m + 0) * ldy + j0, _mm512_extractf32x4_ps(t, 0));
+			_mm_storeu_ps(Y + (m + 1) * ldy + j0, _mm512_extractf32x4_ps(t, 1));
+			_mm_storeu_ps(Y + (m + 2) * ldy + j0, _mm512_extractf32x4_ps(t, 2));
+			_mm_storeu_ps(Y + (m + 3) * ldy + j0, _mm512_extractf32x4_ps(t, 3));
+		}
+		for (; m < M; m++)
+			for (size_t j = j0; j < j0 + 4; j++)
+				Y[m * ldy + j] = avx512_hsum(PAIR_SUM(m, j));
+	}
+	if (j0 + 2 <= rb) { /* 8 inputs x 2 rows */
+		for (m = 0; m + 8 <= M; m += 8) {
+			for (size_t a = 0; a < 4; a++)
+				for (size_t b = 0; b < 4; b++)
+					v[4 * b + a] = PAIR_SUM(m + a + 4 * (b / 2), j0 + b % 2);
+			__m512 t = avx512_hsum16(v);
+			__m128 q[4] = {_mm512_extractf32x4_ps(t, 0), _mm512_extractf32x4_ps(t, 1),
+			               _mm512_extractf32x4_ps(t, 2), _mm512_extractf32x4_ps(t, 3)};
+			for (size_t a = 0; a < 4; a++) {
+				_mm_storel_pi((__m64 *)(Y + (m + a) * ldy + j0), q[a]);
+				_mm_storeh_pi((__m64 *)(Y + (m + a + 4) * ldy + j0), q[a]);
+			}
+		}
+		for (; m < M; m++)
+			for (size_t j = j0; j < j0 + 2; j++)
+				Y[m * ldy + j] = avx512_hsum(PAIR_SUM(m, j));
+		j0 += 2;
+	}
+	for (; j0 < rb; j0++)
+		for (m = 0; m < M; m++)
+			Y[m * ldy + j0] = avx512_hsum(PAIR_SUM(m, j0));
+#undef PAIR_SUM
+}
+
+/* Rows [r0, r1) times M inputs, BLK_RB rows at a time. */
+static NO_SANITIZE void avx512_blocked(uint32_t type, const uint8_t *W, size_t stride, size_t K,
+                                       const float *X, size_t M, float *Y, size_t ldy, size_t r0,
+                                       size_t r1)
+{
+	_Alignas(64) float buf[BLK_RB * BLK_KC];
+	block_acc acc;
+	/* the inputs in ng groups of nearly equal size */
+	size_t ng = (M + BLK_MB - 1) / BLK_MB, m0[QUANT_MAX_M + 1];
+	for (size_t g = 0; g <= ng; g++)
+		m0[g] = g * M / ng;
+	int direct = type == GGML_TYPE_F32 && stride % sizeof(float) == 0 &&
+	             (uintptr_t)W % sizeof(float) == 0;
+	size_t steps = ng * 2 * ((K + 31) / 32); /* FMA steps per block */
+	/* rows used in place need no chunks: each one costs a round trip of
+	 * the accumulators through memory */
+	size_t kc_max = direct ? K : BLK_KC;
+	for (size_t r = r0; r < r1; r += BLK_RB) {
+		size_t rb = r1 - r < BLK_RB ? r1 - r : BLK_RB;
+		/* prefetch rows [p0, p1) while this block runs */
+		size_t p0 = r + BLK_PF_AHEAD * BLK_RB < r1 ? r + BLK_PF_AHEAD * BLK_RB : r1;
+		size_t p1 = p0 + BLK_RB < r1 ? p0 + BLK_RB : r1;
+		const char *from = (const char *)(W + p0 * stride);
+		struct prefetch pf = {(const char *)((uintptr_t)from & ~(uintptr_t)63),
+		                      (const char *)(W + p1 * stride), NULL, 0, !direct};
+		pf.at = pf.next;
+		pf.inc = ((p1 - p0) * stride + steps - 1) / steps;
+		for (size_t k0 = 0; k0 < K; k0 += kc_max) {
+			size_t kc = K - k0 < kc_max ? K - k0 : kc_max;
+			const float *w = buf;
+			size_t ldw = BLK_KC;
+			if (direct) {
+				w = (const float *)(W + r * stride) + k0;
+				ldw = stride / sizeof(float);
+			} else {
+				avx512_fill(type, W, stride, r, rb, k0, kc, buf);
+			}
+			size_t nfull = kc / 32, rem = kc % 32;
+			for (size_t g = 0; g < ng; g++) {
+				block_fn fn = avx512_block_fns[rb - 1][m0[g + 1] - m0[g] - 1];
+				for (size_t h = 0; h < 2; h++) {
+					size_t n = rem > 16 * h ? rem - 16 * h : 0;
+					__mmask16 mask = (__mmask16)((1u << (n < 16 ? n : 16)) - 1);
+					fn(w + 16 * h, ldw, X + m0[g] * K + k0 + 16 * h, K, nfull,
+					   rem != 0, mask, acc[h][m0[g]], k0 == 0, &pf);
+				}
+			}
+		}
+		avx512_store_block(acc, M, rb, Y + r, ldy);
+	}
+}
+
+/* Smallest M that takes the blocked kernel, per type (F32, F16, BF16,
+ * Q8_0, Q4_0).  Below it the single-row kernel, which streams one row at a
+ * time and decodes it in registers, was as fast or faster in bench-quant
+ * (cold weights, the 134M model's mix of shapes): up to the point where
+ * F32 stops being bound by memory, and for the other types up to the point
+ * where decoding every block once per group of 8 inputs costs more than the
+ * blocked kernel's trip through its buffer. */
+static const size_t avx512_blocked_min_m[N_KERNEL_TYPES] = {6, 12, 12, 9, 9};
 
 #endif /* QUANT_HAVE_AVX512 */
 
@@ -806,8 +1147,11 @@ int quant_matmul_rows_kernel(enum quant_kernel kernel, uint32_t type, const void
 	switch (kernel) {
 #ifdef QUANT_HAVE_AVX512
 	case QUANT_KERNEL_AVX512:
-		simd_rows(avx512_fns[type_index(type)], AVX512_GROUP_M, w, row_stride, K, X, M, Y,
-		          ldy, r0, r1);
+		if (M >= avx512_blocked_min_m[type_index(type)])
+			avx512_blocked(type, w, row_stride, K, X, M, Y, ldy, r0, r1);
+		else
+			simd_rows(avx512_fns[type_index(type)], AVX512_GROUP_M, w, row_stride, K, X,
+			          M, Y, ldy, r0, r1);
 		return 0;
 #endif
 #ifdef QUANT_HAVE_AVX2

@@ -68,20 +68,24 @@ int quant_quantize_row(uint32_t type, const float *src, void *dst, size_t n);
  * ldy >= r1 when M > 1.  Returns 0, ITT_E_UNSUPPORTED (type) or
  * ITT_E_INVALID (arguments); r0 == r1 does nothing.
  *
- * Each weight block is dequantised into registers once per group of up to
- * 8 inputs (5 on AVX2) and used for all of them; with more inputs the rows
- * go in short chunks, so W streams from memory once per call.  The
- * activations are not quantised: the dequantised weights are exact floats
- * and the only rounding is the float summation (16 to 32 partial sums per
- * output, then a fixed reduction), within (K/8 + 8) 2^-24 sum |w x| of the
- * exact dot product of the dequantised row, and in practice much closer.
+ * W streams from memory once per call.  For small M each weight block is
+ * dequantised into registers once per group of up to 8 inputs (5 on AVX2)
+ * and used for all of them (with more inputs the rows go in short chunks,
+ * still read from memory once).  From a few inputs up the AVX-512 build
+ * switches to a register-blocked kernel: 6 weight rows x 4 inputs per
+ * inner loop, the rows dequantised once per call into a buffer that stays
+ * in cache for every group of inputs.  The activations are not quantised:
+ * the dequantised weights are exact floats and the only rounding is the
+ * float summation (16 to 32 partial sums per output, then a fixed
+ * reduction), within (K/8 + 8) 2^-24 sum |w x| of the exact dot product of
+ * the dequantised row, and in practice much closer.
  *
  * Determinism: for one kernel, Y[m][r] depends only on W row r, X row m and
  * K; not on M, m, r0, r1, ldy or the alignment of X.  A batched call equals
  * M single calls bit for bit, and any split of [r0, r1) across threads gives
  * the same result.  Different kernels (scalar, AVX2, AVX-512) may differ in
  * the last bits.  Single-threaded: callers split [r0, r1) across threads. */
-#define QUANT_MAX_M 16
+#define QUANT_MAX_M 32
 int quant_matmul_rows(uint32_t type, const void *W, size_t row_stride, size_t K, const float *X,
                       size_t M, float *Y, size_t ldy, size_t r0, size_t r1);
 

@@ -160,6 +160,7 @@ int sched_decode_open(const uint8_t *body, size_t len, const struct sched_info *
 		goto out;
 	}
 	c->session_id = m->session_id;
+	c->priority = m->has_priority ? m->priority : 0;
 	size_t nb = m->sampling ? m->sampling->n_logit_bias : 0;
 	size_t bias_cap = nb <= lim.max_bias ? nb : 0;
 	if (!(c->bias = malloc((bias_cap ? bias_cap : 1) * sizeof *c->bias))) {
@@ -326,6 +327,11 @@ struct sched_mark {
 
 struct sched_session {
 	uint64_t id;
+	int32_t priority;   /* SessionOpen.priority: higher is served first, preempted last */
+	uint64_t ticket;    /* arrival order; a preempted session keeps its ticket */
+	uint64_t admitted;  /* admission order (victims: the latest admitted first) */
+	bool running;       /* admitted, holds KV blocks; else in the wait queue */
+	uint32_t preempted; /* times it lost its blocks */
 	struct kv_seq seq;
 	sampler_t *smp;
 	int32_t *hist; /* [cap] every token fed, prompt first */
@@ -333,6 +339,9 @@ struct sched_session {
 	uint32_t n_done;   /* hist[0, n_done) are in the cache (== seq.n_pos) */
 	uint32_t n_prompt; /* prompt part of hist */
 	bool tokenized;    /* the prompt came as text: step 0 reports it */
+	uint64_t *keys;    /* [n_keys] prefix-index chain keys of the full prompt blocks */
+	uint32_t n_keys;
+	uint32_t n_reg; /* prompt blocks entered into the prefix index */
 	struct sched_mark marks[SCHED_MAX_INFLIGHT]; /* ring, oldest at head */
 	uint32_t mark_head, n_marks;
 };
@@ -346,15 +355,21 @@ struct sched {
 	/* compute thread only */
 	struct sched_session **sess; /* [max_sessions], first n_sess used */
 	uint32_t n_sess;
+	struct sched_session **waitq; /* [max_sessions] by (priority desc, ticket asc) */
+	uint32_t n_wait;
+	uint64_t next_ticket, next_admit;
 	uint32_t rr; /* round-robin start */
 	uint32_t epoch;
-	int32_t *row_tok;                /* [batch_tokens] */
-	uint32_t *row_pos;               /* [batch_tokens] */
-	struct kv_seq **row_seq;         /* [batch_tokens] */
-	uint8_t *row_want;               /* [batch_tokens] */
-	struct sched_session **row_out;  /* [batch_tokens] session of each logits row */
-	struct sched_session **grp_sess; /* [max_sessions] sessions in this batch */
-	uint32_t *grp_rows;              /* [max_sessions] their row counts */
+	int32_t *row_tok;                            /* [batch_tokens] */
+	uint32_t *row_pos;                           /* [batch_tokens] */
+	struct kv_seq **row_seq;                     /* [batch_tokens] */
+	uint8_t *row_want;                           /* [batch_tokens] */
+	struct sched_session **row_out;              /* [batch_tokens] session of each logits row */
+	struct sched_session **grp_sess;             /* [max_sessions] sessions in this batch */
+	uint32_t *grp_rows;                          /* [max_sessions] their row counts */
+	uint64_t preemptions;                        /* since start */
+	uint64_t logged_preemptions, logged_lookups; /* at the last summary line */
+	double logged_ms;                            /* its time */
 
 	/* inbox: loop -> compute */
 	pthread_mutex_t in_mu;
@@ -379,20 +394,22 @@ static uint32_t sched_blocks(const sched_t *s, uint32_t n_pos)
 	return (uint32_t)(((uint64_t)n_pos + s->block - 1) / s->block);
 }
 
-/* Blocks a session will still take for the tokens it has been given. */
-static uint32_t sched_promised(const sched_t *s, const struct sched_session *ss, uint32_t n_hist)
+/* Blocks a running session will still take for the tokens it was given. */
+static uint32_t sched_promised(const sched_t *s, const struct sched_session *ss)
 {
-	uint32_t need = sched_blocks(s, n_hist);
-	return need > ss->seq.n_blocks ? need - ss->seq.n_blocks : 0;
+	uint32_t need = sched_blocks(s, ss->n_hist);
+	return ss->running && need > ss->seq.n_blocks ? need - ss->seq.n_blocks : 0;
 }
 
-/* Free blocks not yet promised to any session. */
-static uint32_t sched_kv_available(const sched_t *s)
+/* Blocks available (free or idle in the prefix index) and not yet promised
+ * to a running session; negative when steps have over-committed the cache
+ * (the scheduler then preempts). */
+static int64_t sched_kv_unpromised(const sched_t *s)
 {
-	uint64_t promised = 0;
+	int64_t avail = kv_cache_available(&s->e->kv);
 	for (uint32_t i = 0; i < s->n_sess; i++)
-		promised += sched_promised(s, s->sess[i], s->sess[i]->n_hist);
-	return promised >= s->e->kv.n_free ? 0 : s->e->kv.n_free - (uint32_t)promised;
+		avail -= sched_promised(s, s->sess[i]);
+	return avail;
 }
 
 static struct sched_session *sched_find(sched_t *s, uint64_t id, uint32_t *index)
@@ -411,7 +428,35 @@ static void sched_session_free(sched_t *s, struct sched_session *ss)
 	kv_seq_free(&s->e->kv, &ss->seq);
 	sampler_destroy(&ss->smp);
 	free(ss->hist);
+	free(ss->keys);
 	free(ss);
+}
+
+/* Puts ss into the wait queue at its place: after every session of higher
+ * or equal priority with an earlier ticket. */
+static void sched_wait_insert(sched_t *s, struct sched_session *ss)
+{
+	uint32_t at = s->n_wait;
+	while (at > 0 && (s->waitq[at - 1]->priority < ss->priority ||
+	                  (s->waitq[at - 1]->priority == ss->priority &&
+	                   s->waitq[at - 1]->ticket > ss->ticket))) {
+		s->waitq[at] = s->waitq[at - 1];
+		at--;
+	}
+	s->waitq[at] = ss;
+	s->n_wait++;
+	ss->running = false;
+}
+
+static void sched_wait_remove(sched_t *s, struct sched_session *ss)
+{
+	for (uint32_t i = 0; i < s->n_wait; i++)
+		if (s->waitq[i] == ss) {
+			memmove(s->waitq + i, s->waitq + i + 1,
+			        (size_t)(s->n_wait - i - 1) * sizeof *s->waitq);
+			s->n_wait--;
+			return;
+		}
 }
 
 static void sched_drop(sched_t *s, uint64_t id)
@@ -420,6 +465,8 @@ static void sched_drop(sched_t *s, uint64_t id)
 	struct sched_session *ss = sched_find(s, id, &i);
 	if (!ss)
 		return;
+	if (!ss->running)
+		sched_wait_remove(s, ss);
 	sched_session_free(s, ss);
 	s->sess[i] = s->sess[--s->n_sess];
 }
@@ -481,6 +528,129 @@ static void sched_error(sched_t *s, uint64_t id, int code, const char *fmt, ...)
 	sched_push_out(s, o);
 }
 
+/* Least time between two "busy" summary lines. */
+#define SCHED_SUMMARY_MS 60000.0
+
+/* ---- admission, prefix sharing and preemption ----------------------------
+ *
+ * A session waits in the queue until the cache can hold its whole history
+ * without breaking a promise to a running session; the queue is served
+ * strictly in (priority, ticket) order, so a big session at its head is not
+ * overtaken (no starvation) and a preempted session, which keeps its
+ * ticket, goes before newer ones of its priority.  On admission it forks
+ * the longest indexed prefix of its history and computes the rest.  When a
+ * step needs a block that is not there, the running session with the
+ * lowest priority (ties: the latest admitted) loses its blocks and waits
+ * again; it is recomputed from its history before its owed result, which
+ * is therefore the same token. */
+
+/* Positions a session may take from the prefix index: all but the last
+ * token before its first owed result, whose logits must be computed. */
+static uint32_t sched_share_limit(const struct sched_session *ss)
+{
+	uint32_t end = ss->n_marks ? ss->marks[ss->mark_head].end : ss->n_hist;
+	return end > 0 ? end - 1 : 0;
+}
+
+/* True when another running session is computing the next block ss could
+ * share: ss waits for it to be indexed rather than compute it twice. */
+static bool sched_prefix_in_flight(const sched_t *s, const struct sched_session *ss,
+                                   uint32_t matched)
+{
+	uint32_t m = matched / s->block;
+	if (!s->cfg.prefix_cache || m >= ss->n_keys || (m + 1) * s->block > sched_share_limit(ss))
+		return false;
+	for (uint32_t i = 0; i < s->n_sess; i++) {
+		const struct sched_session *r = s->sess[i];
+		if (r != ss && r->running && r->n_keys > m && r->n_reg <= m &&
+		    r->keys[m] == ss->keys[m])
+			return true;
+	}
+	return false;
+}
+
+/* Whether the head of the wait queue can be admitted now (no side effect).
+ * *matched: the positions it would share. */
+static bool sched_head_fits(const sched_t *s, bool may_defer, uint32_t *matched)
+{
+	const struct sched_session *ss = s->waitq[0];
+	uint32_t idle = 0;
+	*matched = s->cfg.prefix_cache ? s->block * kv_prefix_peek(&s->e->kv, ss->hist,
+	                                                           sched_share_limit(ss), &idle)
+	                               : 0;
+	uint32_t need = sched_blocks(s, ss->n_hist) - *matched / s->block;
+	if ((int64_t)need + idle > sched_kv_unpromised(s))
+		return false;
+	return !(may_defer && sched_prefix_in_flight(s, ss, *matched));
+}
+
+/* Admits waiting sessions in queue order while they fit. */
+static void sched_admit(sched_t *s, bool may_defer)
+{
+	struct kv_cache *kv = &s->e->kv;
+	while (s->n_wait > 0) {
+		struct sched_session *ss = s->waitq[0];
+		uint32_t matched;
+		if (sched_blocks(s, ss->n_hist) > kv->n_blocks) {
+			/* Grown past the whole cache: only another worker can help. */
+			sched_error(s, ss->id, ITT__CODE__OVERLOADED,
+			            "kv cache full: %u positions need %u blocks, the cache has %u",
+			            ss->n_hist, sched_blocks(s, ss->n_hist), kv->n_blocks);
+			sched_drop(s, ss->id);
+			continue;
+		}
+		if (!sched_head_fits(s, may_defer, &matched))
+			return;
+		sched_wait_remove(s, ss);
+		ss->running = true;
+		ss->admitted = ++s->next_admit;
+		if (s->cfg.prefix_cache) {
+			uint32_t got =
+			    kv_prefix_match(kv, ss->hist, sched_share_limit(ss), &ss->seq);
+			ss->n_done = got;
+			ss->n_reg = got / s->block < ss->n_keys ? got / s->block : ss->n_keys;
+		}
+		SCHED_LOG(ss->preempted ? SCHED_LOG_INFO : SCHED_LOG_DEBUG,
+		          "session %llu admitted (priority %d%s): %u positions, %u shared from "
+		          "the prefix index, %u blocks free",
+		          (unsigned long long)ss->id, ss->priority,
+		          ss->preempted ? ", after preemption" : "", ss->n_hist, ss->n_done,
+		          kv->n_free);
+	}
+}
+
+/* The running session to preempt first: lowest priority, then the latest
+ * admitted. */
+static struct sched_session *sched_victim(sched_t *s)
+{
+	struct sched_session *v = NULL;
+	for (uint32_t i = 0; i < s->n_sess; i++) {
+		struct sched_session *ss = s->sess[i];
+		if (ss->running && (!v || ss->priority < v->priority ||
+		                    (ss->priority == v->priority && ss->admitted > v->admitted)))
+			v = ss;
+	}
+	return v;
+}
+
+static void sched_preempt(sched_t *s, struct sched_session *v, const struct sched_session *for_ss)
+{
+	uint32_t freed = v->seq.n_blocks;
+	kv_seq_free(&s->e->kv, &v->seq);
+	v->n_done = 0;
+	v->n_reg = 0;
+	v->preempted++;
+	s->preemptions++;
+	sched_wait_insert(s, v);
+	SCHED_LOG(SCHED_LOG_INFO,
+	          "session %llu preempted (priority %d) for session %llu (priority %d): %u "
+	          "blocks released, %u positions to recompute",
+	          (unsigned long long)v->id, v->priority, (unsigned long long)for_ss->id,
+	          for_ss->priority, freed, v->n_hist);
+}
+
+/* ---- commands ------------------------------------------------------------ */
+
 static void sched_apply_open(sched_t *s, struct sched_cmd *c)
 {
 	struct itt_err err = {0};
@@ -500,16 +670,18 @@ static void sched_apply_open(sched_t *s, struct sched_cmd *c)
 		            "worker full: %u sessions open (--max-sessions)", s->n_sess);
 		return;
 	}
-	uint32_t need = sched_blocks(s, c->n_tokens), avail = sched_kv_available(s);
-	if (need > avail) {
+	uint32_t need = sched_blocks(s, c->n_tokens);
+	if (need > s->e->kv.n_blocks) {
 		sched_error(s, c->session_id, ITT__CODE__OVERLOADED,
-		            "kv cache full: the prompt needs %u blocks, %u available of %u", need,
-		            avail, s->e->kv.n_blocks);
+		            "kv cache full: the prompt needs %u blocks, the cache has %u", need,
+		            s->e->kv.n_blocks);
 		return;
 	}
 	struct sched_session *ss = calloc(1, sizeof *ss);
+	uint32_t n_keys = c->n_prompt / s->block;
 	if (!ss || sampler_new(&c->sp, s->info.vocab, &ss->smp, &err) < 0 ||
-	    sched_append(s, ss, c->tokens, c->n_tokens) < 0) {
+	    sched_append(s, ss, c->tokens, c->n_tokens) < 0 ||
+	    !(ss->keys = malloc((n_keys ? n_keys : 1) * sizeof *ss->keys))) {
 		sched_error(s, c->session_id, ITT__CODE__INTERNAL, "cannot open the session: %s",
 		            err.code ? err.msg : "out of memory");
 		if (ss)
@@ -517,14 +689,30 @@ static void sched_apply_open(sched_t *s, struct sched_cmd *c)
 		return;
 	}
 	ss->id = c->session_id;
+	ss->priority = c->priority;
+	ss->ticket = ++s->next_ticket;
 	kv_seq_init(&ss->seq);
 	ss->n_prompt = c->n_prompt;
 	ss->tokenized = c->tokenized;
+	ss->n_keys = n_keys;
+	kv_prefix_keys(&s->e->kv, ss->hist, n_keys, ss->keys);
 	ss->marks[0] = (struct sched_mark){0, c->n_tokens};
 	ss->n_marks = 1;
 	s->sess[s->n_sess++] = ss;
-	SCHED_LOG(SCHED_LOG_DEBUG, "session %llu open: %u tokens (%u prompt)",
-	          (unsigned long long)ss->id, c->n_tokens, c->n_prompt);
+	sched_wait_insert(s, ss);
+	/* Admit now if it fits (no deferral: the queue bound below must only
+	 * refuse what really lacks memory). */
+	sched_admit(s, s->n_wait <= s->cfg.max_waiting);
+	if (!ss->running && s->n_wait > s->cfg.max_waiting) {
+		sched_error(s, c->session_id, ITT__CODE__OVERLOADED,
+		            "kv cache full: %u sessions wait for memory already (--max-waiting)",
+		            s->n_wait - 1);
+		sched_drop(s, c->session_id);
+		return;
+	}
+	SCHED_LOG(SCHED_LOG_DEBUG, "session %llu open: %u tokens (%u prompt), priority %d, %s",
+	          (unsigned long long)ss->id, c->n_tokens, c->n_prompt, ss->priority,
+	          ss->running ? "running" : "waiting");
 }
 
 static void sched_apply_step(sched_t *s, struct sched_cmd *c)
@@ -548,20 +736,21 @@ static void sched_apply_step(sched_t *s, struct sched_cmd *c)
 		            c->n_tokens, s->info.ctx_len);
 		return;
 	}
-	uint32_t extra =
-	    sched_promised(s, ss, ss->n_hist + c->n_tokens) - sched_promised(s, ss, ss->n_hist);
-	uint32_t avail = sched_kv_available(s);
-	if (extra > avail || sched_append(s, ss, c->tokens, c->n_tokens) < 0) {
-		/* The broker replays the session elsewhere; its memory is freed. */
+	uint32_t need = sched_blocks(s, ss->n_hist + c->n_tokens);
+	if (need > s->e->kv.n_blocks || sched_append(s, ss, c->tokens, c->n_tokens) < 0) {
+		/* Only a worker with more memory can run it: the broker replays
+		 * the session elsewhere; its memory is freed. */
 		sched_error(s, c->session_id, ITT__CODE__OVERLOADED,
-		            "kv cache full: step %u needs %u blocks, %u available", c->step, extra,
-		            avail);
+		            "kv cache full: step %u needs %u blocks, the cache has %u", c->step,
+		            need, s->e->kv.n_blocks);
 		sched_drop(s, c->session_id);
 		return;
 	}
 	ss->marks[(ss->mark_head + ss->n_marks++) % SCHED_MAX_INFLIGHT] =
 	    (struct sched_mark){c->step, ss->n_hist};
 }
+
+static void sched_log_summary(sched_t *s, const char *when);
 
 static void sched_apply(sched_t *s, struct sched_cmd *c)
 {
@@ -572,6 +761,8 @@ static void sched_apply(sched_t *s, struct sched_cmd *c)
 		SCHED_LOG(SCHED_LOG_DEBUG, "session %llu closed",
 		          (unsigned long long)c->session_id);
 		sched_drop(s, c->session_id);
+		if (s->n_sess == 0)
+			sched_log_summary(s, "idle");
 		break;
 	case SCHED_CMD_RESET:
 		if (s->n_sess)
@@ -584,12 +775,36 @@ static void sched_apply(sched_t *s, struct sched_cmd *c)
 	}
 }
 
+static double sched_now_ms(void);
+
+/* One INFO line with the prefix index and preemption counters, when they
+ * changed since the last one (logged when the worker becomes idle, at most
+ * once a minute while busy, and at exit). */
+static void sched_log_summary(sched_t *s, const char *when)
+{
+	const struct kv_cache *kv = &s->e->kv;
+	if (kv->stats.lookups == s->logged_lookups && s->preemptions == s->logged_preemptions)
+		return;
+	s->logged_ms = sched_now_ms();
+	s->logged_lookups = kv->stats.lookups;
+	s->logged_preemptions = s->preemptions;
+	SCHED_LOG(SCHED_LOG_INFO,
+	          "kv (%s): prefix index %llu lookups, %llu hits, %llu blocks shared, %llu "
+	          "inserted, %llu evicted, %u indexed (%u idle); %llu preemptions; %u of %u "
+	          "blocks free",
+	          when, (unsigned long long)kv->stats.lookups, (unsigned long long)kv->stats.hits,
+	          (unsigned long long)kv->stats.hit_blocks, (unsigned long long)kv->stats.inserted,
+	          (unsigned long long)kv->stats.evicted, kv->n_indexed, kv->n_idle,
+	          (unsigned long long)s->preemptions, kv->n_free, kv->n_blocks);
+}
+
 static bool sched_has_work(const sched_t *s)
 {
+	uint32_t matched;
 	for (uint32_t i = 0; i < s->n_sess; i++)
-		if (s->sess[i]->n_done < s->sess[i]->n_hist)
+		if (s->sess[i]->running && s->sess[i]->n_done < s->sess[i]->n_hist)
 			return true;
-	return false;
+	return s->n_wait > 0 && sched_head_fits(s, true, &matched);
 }
 
 static double sched_now_ms(void)
@@ -599,13 +814,10 @@ static double sched_now_ms(void)
 	return (double)ts.tv_sec * 1e3 + (double)ts.tv_nsec / 1e6;
 }
 
-/* Adds up to `room` rows of ss to the batch at row n; returns the count. */
-static uint32_t sched_take_rows(sched_t *s, struct sched_session *ss, uint32_t n, uint32_t room,
-                                uint32_t *n_out)
+/* Adds k rows of ss to the batch at row n. */
+static void sched_take_rows(sched_t *s, struct sched_session *ss, uint32_t n, uint32_t k,
+                            uint32_t *n_out)
 {
-	uint32_t k = ss->n_hist - ss->n_done;
-	if (k > room)
-		k = room;
 	uint32_t mi = 0; /* next mark, relative to head */
 	for (uint32_t j = 0; j < k; j++) {
 		uint32_t p = ss->n_done + j;
@@ -623,29 +835,103 @@ static uint32_t sched_take_rows(sched_t *s, struct sched_session *ss, uint32_t n
 			mi++;
 		}
 	}
-	return k;
 }
 
-/* One step: a batch over every session with pending tokens, then results. */
-static void sched_run_step(sched_t *s)
+/* Whether group a goes before group b when blocks are handed out. */
+static bool sched_before(const struct sched_session *a, const struct sched_session *b)
 {
-	const uint32_t budget = s->cfg.batch_tokens, V = s->info.vocab;
-	uint32_t n = 0, n_out = 0, n_grp = 0;
-	uint32_t start = s->n_sess ? s->rr++ % s->n_sess : 0;
-	struct itt_err err = {0};
+	return a->priority > b->priority ||
+	       (a->priority == b->priority && a->admitted < b->admitted);
+}
 
-	/* Pass 0: decode rows (sessions past their OPEN); pass 1: prefill chunks. */
+/* Picks the rows of this step: decode rows first, then prefill chunks,
+ * round-robin, at most batch_tokens; returns the number of groups. */
+static uint32_t sched_select(sched_t *s)
+{
+	const uint32_t budget = s->cfg.batch_tokens;
+	uint32_t n = 0, n_grp = 0;
+	uint32_t start = s->n_sess ? s->rr++ % s->n_sess : 0;
 	for (int pass = 0; pass < 2 && n < budget; pass++) {
 		for (uint32_t i = 0; i < s->n_sess && n < budget; i++) {
 			struct sched_session *ss = s->sess[(start + i) % s->n_sess];
-			bool prefill = ss->n_marks && ss->marks[ss->mark_head].step == 0;
-			if (ss->n_done >= ss->n_hist || prefill != (pass == 1))
+			uint32_t left = ss->n_hist - ss->n_done;
+			bool prefill =
+			    left > 1 || (ss->n_marks && ss->marks[ss->mark_head].step == 0);
+			if (!ss->running || left == 0 || prefill != (pass == 1))
 				continue;
-			uint32_t k = sched_take_rows(s, ss, n, budget - n, &n_out);
+			uint32_t k = left < budget - n ? left : budget - n;
 			s->grp_sess[n_grp] = ss;
 			s->grp_rows[n_grp++] = k;
 			n += k;
 		}
+	}
+	return n_grp;
+}
+
+/* Gives every group the blocks for its rows, highest priority first,
+ * preempting the lowest-priority running sessions when the cache is short;
+ * groups whose session lost its blocks get 0 rows. */
+static void sched_reserve(sched_t *s, uint32_t n_grp)
+{
+	struct kv_cache *kv = &s->e->kv;
+	/* insertion sort by (priority desc, admission asc); n_grp is small */
+	for (uint32_t g = 1; g < n_grp; g++) {
+		struct sched_session *ss = s->grp_sess[g];
+		uint32_t k = s->grp_rows[g], h = g;
+		for (; h > 0 && sched_before(ss, s->grp_sess[h - 1]); h--) {
+			s->grp_sess[h] = s->grp_sess[h - 1];
+			s->grp_rows[h] = s->grp_rows[h - 1];
+		}
+		s->grp_sess[h] = ss;
+		s->grp_rows[h] = k;
+	}
+	for (uint32_t g = 0; g < n_grp; g++) {
+		struct sched_session *ss = s->grp_sess[g];
+		struct itt_err err = {0};
+		if (!s->grp_rows[g])
+			continue;
+		int rc;
+		while ((rc = kv_seq_prepare(kv, &ss->seq, ss->n_done, ss->n_done + s->grp_rows[g],
+		                            &err)) < 0) {
+			/* Out of blocks: preempt; out of memory: retry ss later. */
+			struct sched_session *v = rc == ITT_E_FULL ? sched_victim(s) : ss;
+			if (rc != ITT_E_FULL)
+				SCHED_LOG(SCHED_LOG_ERROR, "session %llu: %s",
+				          (unsigned long long)ss->id, err.msg);
+			sched_preempt(s, v, ss);
+			for (uint32_t h = g; h < n_grp; h++)
+				if (s->grp_sess[h] == v)
+					s->grp_rows[h] = 0;
+			if (v == ss)
+				break;
+		}
+	}
+}
+
+/* Enters the session's newly computed full prompt blocks into the index. */
+static void sched_register(sched_t *s, struct sched_session *ss)
+{
+	uint32_t upto = ss->n_done < ss->n_prompt ? ss->n_done : ss->n_prompt;
+	if (!s->cfg.prefix_cache || upto / s->block <= ss->n_reg)
+		return;
+	kv_prefix_insert(&s->e->kv, &ss->seq, ss->hist, upto);
+	ss->n_reg = upto / s->block;
+}
+
+/* One step: admission, a batch over the running sessions with pending
+ * tokens, then results. */
+static void sched_run_step(sched_t *s)
+{
+	const uint32_t V = s->info.vocab;
+	uint32_t n = 0, n_out = 0;
+	struct itt_err err = {0};
+
+	sched_admit(s, true);
+	uint32_t n_grp = sched_select(s);
+	sched_reserve(s, n_grp);
+	for (uint32_t g = 0; g < n_grp; g++) {
+		sched_take_rows(s, s->grp_sess[g], n, s->grp_rows[g], &n_out);
+		n += s->grp_rows[g];
 	}
 	if (n == 0)
 		return;
@@ -655,14 +941,19 @@ static void sched_run_step(sched_t *s)
 	if (rc < 0) {
 		SCHED_LOG(SCHED_LOG_ERROR, "forward_run of %u rows failed: %s", n, err.msg);
 		for (uint32_t g = 0; g < n_grp; g++) {
+			if (!s->grp_rows[g])
+				continue;
 			sched_error(s, s->grp_sess[g]->id, ITT__CODE__INTERNAL, "forward pass: %s",
 			            err.msg);
 			sched_drop(s, s->grp_sess[g]->id);
 		}
 		return;
 	}
-	for (uint32_t g = 0; g < n_grp; g++)
+	for (uint32_t g = 0; g < n_grp; g++) {
 		s->grp_sess[g]->n_done += s->grp_rows[g];
+		if (s->grp_rows[g])
+			sched_register(s, s->grp_sess[g]);
+	}
 	if (s->cfg.slow_ms) {
 		struct timespec ts = {s->cfg.slow_ms / 1000,
 		                      (long)(s->cfg.slow_ms % 1000) * 1000000L};
@@ -720,6 +1011,7 @@ static void sched_run_step(sched_t *s)
 static void *sched_main(void *arg)
 {
 	sched_t *s = arg;
+	s->logged_ms = sched_now_ms();
 	for (;;) {
 		pthread_mutex_lock(&s->in_mu);
 		while (!s->stop && !s->in_head && !sched_has_work(s))
@@ -740,16 +1032,26 @@ static void *sched_main(void *arg)
 			sched_cmd_free(&c);
 		}
 		sched_run_step(s);
+		if (sched_now_ms() - s->logged_ms >= SCHED_SUMMARY_MS)
+			sched_log_summary(s, "busy");
 
+		const struct kv_cache *kv = &s->e->kv;
 		pthread_mutex_lock(&s->out_mu);
 		bool fresh = s->out_new;
 		s->out_new = false;
 		s->stats.sessions = s->n_sess;
-		s->stats.kv_free = s->e->kv.n_free;
+		s->stats.waiting = s->n_wait;
+		s->stats.kv_free = kv->n_free;
+		s->stats.kv_idle = kv->n_idle;
+		s->stats.preemptions = s->preemptions;
+		s->stats.prefix_lookups = kv->stats.lookups;
+		s->stats.prefix_hits = kv->stats.hits;
+		s->stats.prefix_blocks = kv->stats.hit_blocks;
 		pthread_mutex_unlock(&s->out_mu);
 		if (fresh && s->notify)
 			s->notify(s->notify_arg);
 	}
+	sched_log_summary(s, "exit");
 	while (s->n_sess)
 		sched_drop(s, s->sess[0]->id);
 	return NULL;
@@ -783,6 +1085,7 @@ int sched_new(const struct sched_config *c, sched_t **out, struct itt_err *err)
 	ec.n_threads = c->threads > 0 ? c->threads : 1;
 	ec.max_rows = c->batch_tokens;
 	ec.kv_bytes = c->kv_bytes;
+	ec.kv_type = c->kv_type;
 	s->block = ec.kv_block;
 	if ((rc = engine_open(&ec, &s->e, err)) < 0)
 		goto fail;
@@ -796,8 +1099,11 @@ int sched_new(const struct sched_config *c, sched_t **out, struct itt_err *err)
 	s->info.tok = s->e->tok;
 	s->info.eos = s->e->tok ? tokenizer_eos(s->e->tok) : -1;
 	s->info.bos = s->e->tok ? tokenizer_bos(s->e->tok) : -1;
+	s->info.kv_blocks = s->e->kv.n_blocks;
+	s->info.kv_block = s->e->kv.block_size;
 	size_t R = c->batch_tokens, S = c->max_sessions;
 	s->sess = calloc(S, sizeof *s->sess);
+	s->waitq = calloc(S, sizeof *s->waitq);
 	s->row_tok = malloc(R * sizeof *s->row_tok);
 	s->row_pos = malloc(R * sizeof *s->row_pos);
 	s->row_seq = malloc(R * sizeof *s->row_seq);
@@ -805,8 +1111,8 @@ int sched_new(const struct sched_config *c, sched_t **out, struct itt_err *err)
 	s->row_out = malloc(R * sizeof *s->row_out);
 	s->grp_sess = malloc(S * sizeof *s->grp_sess);
 	s->grp_rows = malloc(S * sizeof *s->grp_rows);
-	if (!s->sess || !s->row_tok || !s->row_pos || !s->row_seq || !s->row_want || !s->row_out ||
-	    !s->grp_sess || !s->grp_rows) {
+	if (!s->sess || !s->waitq || !s->row_tok || !s->row_pos || !s->row_seq || !s->row_want ||
+	    !s->row_out || !s->grp_sess || !s->grp_rows) {
 		rc = itt_err_set(err, ITT_E_NOMEM, "sched_new: out of memory for %zu sessions", S);
 		goto fail;
 	}
@@ -894,6 +1200,7 @@ void sched_destroy(sched_t **sp)
 	sched_out_free_list(s->out_head);
 	engine_close(&s->e);
 	free(s->sess);
+	free(s->waitq);
 	free(s->row_tok);
 	free(s->row_pos);
 	free(s->row_seq);

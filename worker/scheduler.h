@@ -34,6 +34,7 @@
 #include <stdint.h>
 
 #include "err.h"
+#include "kv-cache.h"
 #include "sampler.h"
 #include "tokenizer.h"
 
@@ -68,12 +69,16 @@ struct sched_config {
 	uint32_t max_sessions; /* open sessions at most; more OPENs get OVERLOADED */
 	uint32_t batch_tokens; /* rows per forward step (token budget) */
 	size_t kv_bytes;       /* KV cache budget */
+	enum kv_type kv_type;  /* element type of the KV cache */
+	uint32_t max_waiting;  /* OPENs waiting for KV memory at most; more get OVERLOADED */
+	bool prefix_cache;     /* share the KV blocks of common prompt prefixes */
 	uint32_t slow_ms;      /* debug: sleep this long after every step */
 };
 
 #define SCHED_DEFAULT_MAX_SESSIONS 64
 #define SCHED_DEFAULT_BATCH_TOKENS 256
 #define SCHED_DEFAULT_KV_MB        256
+#define SCHED_DEFAULT_MAX_WAITING  64
 /* Steps of one session queued before their results, at most. */
 #define SCHED_MAX_INFLIGHT 16
 /* Longest piece sent in a RESULT. */
@@ -85,6 +90,7 @@ struct sched_info {
 	uint32_t vocab, ctx_len, dim;
 	uint32_t n_layers, first, last; /* layers [first, last) of n_layers */
 	int32_t eos, bos;               /* -1: none */
+	uint32_t kv_blocks, kv_block;   /* KV cache: blocks, positions per block */
 	const tokenizer_t *tok;         /* NULL: text prompts are refused */
 };
 
@@ -106,6 +112,7 @@ struct sched_cmd {
 	int32_t *tokens; /* [n_tokens], owned */
 	uint32_t n_tokens;
 	uint32_t n_prompt;         /* OPEN: prompt part of tokens */
+	int32_t priority;          /* OPEN: higher is served first and preempted last */
 	bool tokenized;            /* OPEN: tokens came from a text prompt */
 	struct sampler_params sp;  /* OPEN; sp.bias points at bias */
 	struct sampler_bias *bias; /* [sp.n_bias], owned */
@@ -166,8 +173,14 @@ struct sched_stats {
 	uint64_t steps;    /* forward passes run */
 	uint64_t rows;     /* rows in them */
 	uint64_t results;  /* RESULTs produced */
-	uint32_t sessions; /* open now */
+	uint32_t sessions; /* open now (running and waiting) */
+	uint32_t waiting;  /* of them, waiting for KV memory (new or preempted) */
 	uint32_t kv_free, kv_blocks;
+	uint32_t kv_idle;        /* blocks only the prefix index holds (evictable) */
+	uint64_t preemptions;    /* sessions that lost their blocks to another */
+	uint64_t prefix_lookups; /* admissions that looked up the prefix index */
+	uint64_t prefix_hits;    /* of them, those that shared blocks */
+	uint64_t prefix_blocks;  /* blocks shared in total */
 };
 
 /* Opens the engine (may take a while for a big model). */

@@ -28,7 +28,10 @@ struct worker_opts {
 	long threads;
 	long max_sessions;
 	long batch_tokens;
-	long kv_mb;
+	double kv_mb;
+	const char *kv_type;
+	long max_waiting;
+	long prefix_cache;
 	long heartbeat_ms;
 	long liveness;
 	long slow_ms;
@@ -38,6 +41,7 @@ struct worker_opts {
 enum worker_opt_type {
 	WORKER_OPT_STR,
 	WORKER_OPT_LONG,
+	WORKER_OPT_DOUBLE, /* bounds lo..hi as for LONG */
 	WORKER_OPT_FLAG,
 };
 
@@ -65,7 +69,14 @@ static const struct worker_opt worker_opts_table[] = {
      "open sessions at most; further OPENs get OVERLOADED"},
     {"--batch-tokens", WORKER_OPT_LONG, WORKER_OFF(batch_tokens), "256", 1, 65536,
      "token budget (rows) of one step; longer prompts are prefilled in chunks"},
-    {"--kv-mb", WORKER_OPT_LONG, WORKER_OFF(kv_mb), "256", 1, 1L << 20, "KV cache budget in MiB"},
+    {"--kv-mb", WORKER_OPT_DOUBLE, WORKER_OFF(kv_mb), "256", 0, 1L << 20,
+     "KV cache budget in MiB (fractions allowed; at least one block)"},
+    {"--kv-type", WORKER_OPT_STR, WORKER_OFF(kv_type), "f32", 0, 0,
+     "element type of the KV cache: f32 or f16 (half the memory)"},
+    {"--max-waiting", WORKER_OPT_LONG, WORKER_OFF(max_waiting), "64", 0, 65536,
+     "OPENs waiting for KV memory at most; further ones get OVERLOADED"},
+    {"--prefix-cache", WORKER_OPT_LONG, WORKER_OFF(prefix_cache), "1", 0, 1,
+     "share the KV blocks of common prompt prefixes (0: off)"},
     {"--heartbeat-ms", WORKER_OPT_LONG, WORKER_OFF(heartbeat_ms), "500", SERVER_MIN_HEARTBEAT_MS,
      SERVER_MAX_HEARTBEAT_MS, "heartbeat interval until the broker's WELCOME sets one"},
     {"--liveness", WORKER_OPT_LONG, WORKER_OFF(liveness), "3", 1, SERVER_MAX_LIVENESS,
@@ -94,12 +105,15 @@ static void worker_usage(FILE *f)
 		const struct worker_opt *o = &worker_opts_table[i];
 		char arg[64];
 		snprintf(arg, sizeof arg, "%s%s", o->name,
-		         o->type == WORKER_OPT_STR    ? " S"
-		         : o->type == WORKER_OPT_LONG ? " N"
-		                                      : "");
+		         o->type == WORKER_OPT_STR                                    ? " S"
+		         : o->type == WORKER_OPT_LONG || o->type == WORKER_OPT_DOUBLE ? " N"
+		                                                                      : "");
 		char extra[96] = "";
 		if (o->type == WORKER_OPT_LONG)
 			snprintf(extra, sizeof extra, "[%ld..%ld, default %s]", o->lo, o->hi,
+			         o->def);
+		else if (o->type == WORKER_OPT_DOUBLE)
+			snprintf(extra, sizeof extra, "[%ld < N <= %ld, default %s]", o->lo, o->hi,
 			         o->def);
 		else if (o->def)
 			snprintf(extra, sizeof extra, "[default %s]", o->def);
@@ -124,6 +138,19 @@ static bool worker_parse_long(const char *s, long lo, long hi, long *out)
 	return true;
 }
 
+/* A finite number in (lo, hi]. */
+static bool worker_parse_double(const char *s, long lo, long hi, double *out)
+{
+	char *end;
+	if (!s || !*s)
+		return false;
+	double v = strtod(s, &end);
+	if (*end || !(v > (double)lo) || !(v <= (double)hi))
+		return false;
+	*out = v;
+	return true;
+}
+
 static int worker_parse(int argc, char **argv, struct worker_opts *w)
 {
 	memset(w, 0, sizeof *w);
@@ -134,6 +161,8 @@ static int worker_parse(int argc, char **argv, struct worker_opts *w)
 			*(const char **)p = o->def;
 		else if (o->type == WORKER_OPT_LONG)
 			worker_parse_long(o->def, o->lo, o->hi, (long *)p);
+		else if (o->type == WORKER_OPT_DOUBLE)
+			worker_parse_double(o->def, o->lo, o->hi, (double *)p);
 	}
 	for (int a = 1; a < argc; a++) {
 		const char *arg = argv[a];
@@ -161,6 +190,13 @@ static int worker_parse(int argc, char **argv, struct worker_opts *w)
 		const char *v = argv[++a];
 		if (o->type == WORKER_OPT_STR) {
 			*(const char **)p = v;
+		} else if (o->type == WORKER_OPT_DOUBLE) {
+			if (!worker_parse_double(v, o->lo, o->hi, (double *)p)) {
+				fprintf(stderr,
+				        "itt-worker: %s %s: expected a number in (%ld, %ld]\n", arg,
+				        v, o->lo, o->hi);
+				return 2;
+			}
 		} else if (!worker_parse_long(v, o->lo, o->hi, (long *)p)) {
 			fprintf(stderr, "itt-worker: %s %s: expected an integer in [%ld, %ld]\n",
 			        arg, v, o->lo, o->hi);
@@ -266,13 +302,20 @@ int main(int argc, char **argv)
 		        w.broker);
 		return 2;
 	}
+	int kv_type = kv_type_parse(w.kv_type);
+	if (kv_type < 0) {
+		fprintf(stderr, "itt-worker: --kv-type %s: expected f32 or f16\n", w.kv_type);
+		return 2;
+	}
 	if (w.print_config) {
 		printf("broker %s\nmodel %s\nname %s\nlayers %s\nid %s\nthreads %ld\n"
-		       "max_sessions %ld\nbatch_tokens %ld\nkv_mb %ld\nheartbeat_ms %ld\n"
+		       "max_sessions %ld\nbatch_tokens %ld\nkv_mb %g\nkv_type %s\n"
+		       "max_waiting %ld\nprefix_cache %ld\nheartbeat_ms %ld\n"
 		       "liveness %ld\nlog_level %s\nslow_ms %ld\n",
 		       w.broker, w.model, w.name, w.layers ? w.layers : "all", w.id, w.threads,
-		       w.max_sessions, w.batch_tokens, w.kv_mb, w.heartbeat_ms, w.liveness,
-		       w.log_level, w.slow_ms);
+		       w.max_sessions, w.batch_tokens, w.kv_mb, kv_type_name(kv_type),
+		       w.max_waiting, w.prefix_cache, w.heartbeat_ms, w.liveness, w.log_level,
+		       w.slow_ms);
 		return 0;
 	}
 
@@ -283,7 +326,10 @@ int main(int argc, char **argv)
 	    .threads = (int)w.threads,
 	    .max_sessions = (uint32_t)w.max_sessions,
 	    .batch_tokens = (uint32_t)w.batch_tokens,
-	    .kv_bytes = (size_t)w.kv_mb << 20,
+	    .kv_bytes = (size_t)(w.kv_mb * 1048576.0),
+	    .kv_type = (enum kv_type)kv_type,
+	    .max_waiting = (uint32_t)w.max_waiting,
+	    .prefix_cache = w.prefix_cache != 0,
 	    .slow_ms = (uint32_t)w.slow_ms,
 	};
 	struct itt_err err = {0};
@@ -297,9 +343,11 @@ int main(int argc, char **argv)
 	const struct sched_info *in = sched_get_info(sched);
 	SCHED_LOG(SCHED_LOG_INFO,
 	          "loaded %s as %s in %llu ms: layers [%u, %u) of %u, vocab %u, ctx %u, "
-	          "%ld threads, batch %ld tokens, kv %ld MiB",
+	          "%ld threads, batch %ld tokens, kv %g MiB %s (%u blocks of %u), prefix cache %s",
 	          w.model, w.name, (unsigned long long)(wire_now_ms() - t0), in->first, in->last,
-	          in->n_layers, in->vocab, in->ctx_len, w.threads, w.batch_tokens, w.kv_mb);
+	          in->n_layers, in->vocab, in->ctx_len, w.threads, w.batch_tokens, w.kv_mb,
+	          kv_type_name(kv_type), in->kv_blocks, in->kv_block,
+	          w.prefix_cache ? "on" : "off");
 
 	struct server_config cfg = {
 	    .broker = w.broker,

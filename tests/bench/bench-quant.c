@@ -2,20 +2,19 @@
  * kernels (quant_matmul_rows) against the machine's read bandwidth and
  * OpenBLAS on the F32 version of the same matrix.
  *
- * For each weight shape (rows x K) and type, and M = 1, 2, 4, 8, 16 input
- * rows, it reports the median time per call, the weight bytes streamed per
- * second (the figure that matters for memory-bound decode), the bandwidth
- * of a plain read of as many bytes (a float sum) timed right after each
- * call, their ratio, and GFLOP/s.  The paired read keeps the ratio honest
- * on a machine whose other cores are busy; a headline read bandwidth (sum
- * of a large array) is printed first.  F32 rows compare OpenBLAS: M calls
- * of sgemv (the later ones may find the matrix in cache when it fits) and
- * one sgemm.  Weights are cold: each call uses the next of enough copies of
- * the matrix to overflow the last-level cache (--hot: one copy).  Prints a
- * table and, last, one JSON line.  Not a test: it asserts nothing.
+ * For each weight shape (rows x K) and type, and M = 1, 2, 4, 8, 16 (and 32
+ * when QUANT_MAX_M allows) input rows, it reports the median time per call, the weight bytes
+ * streamed per second (the figure that matters for memory-bound decode), the bandwidth of a plain
+ * read of as many bytes (a float sum) timed right after each call, their ratio, and GFLOP/s.  The
+ * paired read keeps the ratio honest on a machine whose other cores are busy; a headline read
+ * bandwidth (sum of a large array) is printed first.  F32 rows compare OpenBLAS: M calls of sgemv
+ * (the later ones may find the matrix in cache when it fits) and one sgemm.  Weights are cold: each
+ * call uses the next of enough copies of the matrix to overflow the last-level cache (--hot: one
+ * copy).  Prints a table and, last, one JSON line.  Not a test: it asserts nothing.
  *
  * Usage: bench-quant [--quick] [--hot] [--kernel auto|scalar|avx2|avx512]
- *                    [--type q4_0|q8_0|f16|bf16|f32] [--rows N] */
+ *                    [--type q4_0|q8_0|f16|bf16|f32] [--rows N] [--k N]
+ *                    [--m N] [--no-blas] */
 #include <cblas.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -256,7 +255,8 @@ int main(int argc, char **argv)
 {
 	int quick = 0, hot = 0;
 	const char *only_type = NULL;
-	size_t only_rows = 0;
+	size_t only_rows = 0, only_k = 0, only_m = 0;
+	int blas = 1;
 	enum quant_kernel kernel = QUANT_KERNEL_AUTO;
 	for (int i = 1; i < argc; i++) {
 		if (!strcmp(argv[i], "--quick")) {
@@ -267,6 +267,12 @@ int main(int argc, char **argv)
 			only_type = argv[++i];
 		} else if (!strcmp(argv[i], "--rows") && i + 1 < argc) {
 			only_rows = (size_t)strtoul(argv[++i], NULL, 10);
+		} else if (!strcmp(argv[i], "--k") && i + 1 < argc) {
+			only_k = (size_t)strtoul(argv[++i], NULL, 10);
+		} else if (!strcmp(argv[i], "--m") && i + 1 < argc) {
+			only_m = (size_t)strtoul(argv[++i], NULL, 10);
+		} else if (!strcmp(argv[i], "--no-blas")) {
+			blas = 0;
 		} else if (!strcmp(argv[i], "--kernel") && i + 1 < argc) {
 			const char *k = argv[++i];
 			kernel = QUANT_KERNEL_COUNT;
@@ -280,7 +286,8 @@ int main(int argc, char **argv)
 		} else {
 			fprintf(stderr,
 			        "usage: bench-quant [--quick] [--hot] "
-			        "[--kernel auto|scalar|avx2|avx512] [--type T] [--rows N]\n");
+			        "[--kernel auto|scalar|avx2|avx512] [--type T] [--rows N] [--k N] "
+			        "[--m N] [--no-blas]\n");
 			return 2;
 		}
 	}
@@ -303,14 +310,14 @@ int main(int argc, char **argv)
 	printf("%12s %-5s %-7s %3s %10s %8s %8s %7s %8s\n", "rows x K", "type", "impl", "M",
 	       "us/call", "wGB/s", "rdGB/s", "%read", "GFLOP/s");
 
-	static const size_t shapes[][2] = {{768, 2048}, {2048, 768}, {32000, 768}};
-	static const size_t Ms[] = {1, 2, 4, 8, 16};
+	static const size_t shapes[][2] = {{768, 2048}, {2048, 768}, {768, 768}, {32000, 768}};
+	static const size_t Ms[] = {1, 2, 4, 8, 16, 32};
 	static const uint32_t types[] = {GGML_TYPE_Q4_0, GGML_TYPE_Q8_0, GGML_TYPE_F16,
 	                                 GGML_TYPE_BF16, GGML_TYPE_F32};
 
 	for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++) {
 		size_t rows = shapes[s][0], K = shapes[s][1];
-		if (only_rows && rows != only_rows)
+		if ((only_rows && rows != only_rows) || (only_k && K != only_k))
 			continue;
 		float *Wf = xmalloc(rows * K * sizeof(float));
 		for (size_t i = 0; i < rows * K; i++)
@@ -338,13 +345,17 @@ int main(int argc, char **argv)
 			                rows,       K,      0,    X,      Y};
 			for (size_t mi = 0; mi < sizeof Ms / sizeof Ms[0]; mi++) {
 				r.M = Ms[mi];
+				if (r.M > QUANT_MAX_M || (only_m && r.M != only_m))
+					continue;
 				r.impl = IMPL_FUSED;
 				record(rows, K, r.M, type_name(type), kname,
 				       time_run(&r, bytes, hot, budget), bytes);
 			}
-			if (type == GGML_TYPE_F32) {
+			if (type == GGML_TYPE_F32 && blas) {
 				for (size_t mi = 0; mi < sizeof Ms / sizeof Ms[0]; mi++) {
 					r.M = Ms[mi];
+					if (r.M > QUANT_MAX_M || (only_m && r.M != only_m))
+						continue;
 					r.impl = IMPL_SGEMV;
 					record(rows, K, r.M, "f32", "sgemv",
 					       time_run(&r, bytes, hot, budget), bytes);

@@ -19,8 +19,9 @@
 
 static const uint32_t seq_len[N_SEQ] = {3, 17, 1, 33, 8, 5, 12, 20};
 
-static struct engine *open_model(const char *path, uint32_t first, uint32_t last, int threads,
-				 uint32_t max_rows, size_t kv_bytes)
+static struct engine *open_model_kv(const char *path, uint32_t first, uint32_t last, int threads,
+                                    uint32_t max_rows, size_t kv_bytes, enum kv_type kv_type,
+                                    uint32_t kv_block)
 {
 	struct engine_config c;
 	struct itt_err err = {0};
@@ -33,9 +34,18 @@ static struct engine *open_model(const char *path, uint32_t first, uint32_t last
 	c.max_rows = max_rows;
 	if (kv_bytes)
 		c.kv_bytes = kv_bytes;
+	c.kv_type = kv_type;
+	if (kv_block)
+		c.kv_block = kv_block;
 	if (engine_open(&c, &e, &err) < 0)
 		fail_msg("engine_open(%s): %s", path, err.msg);
 	return e;
+}
+
+static struct engine *open_model(const char *path, uint32_t first, uint32_t last, int threads,
+                                 uint32_t max_rows, size_t kv_bytes)
+{
+	return open_model_kv(path, first, last, threads, max_rows, kv_bytes, KV_TYPE_F32, 0);
 }
 
 static int32_t token_of(uint32_t s, uint32_t i, uint32_t vocab)
@@ -74,6 +84,72 @@ static float *run_single(struct engine *e, uint32_t V)
 		kv_seq_free(&e->kv, &seq);
 	}
 	return out;
+}
+
+/* logits[s][i] of every position, all sequences in mixed steps: each step
+ * takes up to 5 next tokens of every unfinished sequence, interleaved
+ * round-robin (prefill chunks and decode rows together). */
+static float *run_batched(struct engine *e, uint32_t V)
+{
+	struct kv_seq seqs[N_SEQ];
+	uint32_t next[N_SEQ] = {0};
+	size_t base[N_SEQ], acc = 0;
+	for (int s = 0; s < N_SEQ; s++) {
+		kv_seq_init(&seqs[s]);
+		base[s] = acc;
+		acc += seq_len[s];
+	}
+	float *batched = malloc(acc * V * sizeof(float));
+	float *out = malloc(128 * (size_t)V * sizeof(float));
+	for (;;) {
+		int32_t tok[128];
+		uint32_t pos[128];
+		struct kv_seq *sp[128];
+		size_t dst[128];
+		uint32_t n = 0;
+		for (uint32_t k = 0; k < 5; k++)
+			for (uint32_t s = 0; s < N_SEQ; s++) {
+				uint32_t i = next[s] + k;
+				if (i >= seq_len[s])
+					continue;
+				tok[n] = token_of(s, i, V);
+				pos[n] = i;
+				sp[n] = &seqs[s];
+				dst[n] = base[s] + i;
+				n++;
+			}
+		if (n == 0)
+			break;
+		struct itt_err err = {0};
+		struct forward_batch b = {n, tok, NULL, pos, sp, NULL};
+		assert_int_equal(forward_run(&e->fwd, &b, out, &err), 0);
+		for (uint32_t r = 0; r < n; r++)
+			memcpy(batched + dst[r] * V, out + (size_t)r * V, V * sizeof(float));
+		for (uint32_t s = 0; s < N_SEQ; s++)
+			next[s] = next[s] + 5 < seq_len[s] ? next[s] + 5 : seq_len[s];
+	}
+	for (int s = 0; s < N_SEQ; s++)
+		kv_seq_free(&e->kv, &seqs[s]);
+	assert_int_equal(e->kv.n_free, e->kv.n_blocks);
+	free(out);
+	return batched;
+}
+
+static size_t total_rows(void)
+{
+	size_t acc = 0;
+	for (int s = 0; s < N_SEQ; s++)
+		acc += seq_len[s];
+	return acc;
+}
+
+/* Worst row_rel_diff over every row of two logits sets. */
+static double worst_rel_diff(const float *a, const float *b, size_t rows, uint32_t V)
+{
+	double worst = 0;
+	for (size_t r = 0; r < rows; r++)
+		worst = fmax(worst, row_rel_diff(a + r * V, b + r * V, V));
+	return worst;
 }
 
 static void check_batched_equals_single(const char *path, int threads)
@@ -128,7 +204,7 @@ static void check_batched_equals_single(const char *path, int threads)
 	for (size_t r = 0; r < acc; r++)
 		worst = fmax(worst, row_rel_diff(batched + r * V, single + r * V, V));
 	print_message("batched vs single (%d threads): max relative difference %.3g\n", threads,
-		      worst);
+	              worst);
 	assert_true(worst < 1e-5);
 	for (int s = 0; s < N_SEQ; s++)
 		kv_seq_free(&e->kv, &seqs[s]);
@@ -155,7 +231,8 @@ static void layer_split_equals_whole(void **state)
 	if (!path)
 		skip();
 	struct engine *whole = open_model(path, 0, 0, 1, 64, 0);
-	uint32_t V = whole->model->hp.vocab, D = whole->model->hp.dim, L = whole->model->hp.n_layers;
+	uint32_t V = whole->model->hp.vocab, D = whole->model->hp.dim,
+	         L = whole->model->hp.n_layers;
 	enum { N = 23 };
 	int32_t tok[N];
 	uint32_t pos[N];
@@ -192,7 +269,7 @@ static void layer_split_equals_whole(void **state)
 		assert_int_equal(forward_run(&c->fwd, &b2, logits, &err), 0);
 		for (int i = 0; i < N; i++)
 			assert_memory_equal(logits + (size_t)i * V, ref + (size_t)i * V,
-					    V * sizeof(float));
+			                    V * sizeof(float));
 		/* The first stage in two steps (stages need not step in
 		 * lockstep): equal within rounding of the other batch shape. */
 		kv_seq_truncate(&a->kv, &s1, 0);
@@ -204,7 +281,7 @@ static void layer_split_equals_whole(void **state)
 		assert_int_equal(forward_run(&c->fwd, &b2, logits, &err), 0);
 		for (int i = 0; i < N; i++)
 			assert_true(row_rel_diff(logits + (size_t)i * V, ref + (size_t)i * V, V) <
-				    1e-5);
+			            1e-5);
 		kv_seq_free(&a->kv, &s1);
 		kv_seq_free(&c->kv, &s2);
 		free(hidden);
@@ -268,7 +345,8 @@ static void full_kv_cache_is_refused_and_rolled_back(void **state)
 		skip();
 	/* Room for exactly 2 blocks of 16 positions. */
 	struct engine *probe = open_model(path, 0, 0, 1, 64, 1);
-	size_t bb = kv_cache_block_bytes(probe->kv.n_layers, probe->kv.kv_dim, probe->kv.block_size);
+	size_t bb =
+	    kv_cache_block_bytes(probe->kv.n_layers, probe->kv.kv_dim, probe->kv.block_size);
 	engine_close(&probe);
 	struct engine *e = open_model(path, 0, 0, 1, 64, 2 * bb);
 	assert_int_equal(e->kv.n_blocks, 2);
@@ -301,6 +379,175 @@ static void full_kv_cache_is_refused_and_rolled_back(void **state)
 	engine_close(&e);
 }
 
+/* Paged attention over blocks of 16 positions equals attention over one
+ * block as large as the context (contiguous storage), and F16 KV stays
+ * close to F32 KV, with the same batched schedule. */
+static void paged_equals_contiguous_and_f16_close(void **state)
+{
+	const char *path = tu_model_path("stories260K.gguf");
+	if (!path)
+		skip();
+	struct engine *paged = open_model_kv(path, 0, 0, 2, 128, 0, KV_TYPE_F32, 16);
+	uint32_t V = paged->model->hp.vocab, ctx = paged->model->hp.ctx_len;
+	struct engine *flat = open_model_kv(path, 0, 0, 2, 128, 0, KV_TYPE_F32, ctx);
+	assert_int_equal(flat->kv.block_size, ctx);
+	struct engine *half = open_model_kv(path, 0, 0, 2, 128, 0, KV_TYPE_F16, 16);
+	assert_int_equal(half->kv.type, KV_TYPE_F16);
+	float *a = run_batched(paged, V), *b = run_batched(flat, V), *h = run_batched(half, V);
+	double d_flat = worst_rel_diff(a, b, total_rows(), V);
+	double d_half = worst_rel_diff(h, a, total_rows(), V);
+	print_message("paged (16) vs contiguous (%u): %.3g; F16 vs F32 KV: %.3g\n", ctx, d_flat,
+	              d_half);
+	assert_true(d_flat < 1e-5);
+	assert_true(d_half < 1e-2);
+	free(a);
+	free(b);
+	free(h);
+	engine_close(&paged);
+	engine_close(&flat);
+	engine_close(&half);
+}
+
+static int32_t argmax(const float *x, uint32_t n)
+{
+	uint32_t best = 0;
+	for (uint32_t i = 1; i < n; i++)
+		if (x[i] > x[best])
+			best = i;
+	return (int32_t)best;
+}
+
+/* Greedy tokens after "Once upon a time" (BOS first), n at most. */
+static uint32_t greedy(struct engine *e, int32_t *toks, uint32_t n)
+{
+	struct itt_err err = {0};
+	uint32_t V = e->model->hp.vocab;
+	int32_t ids[64];
+	size_t np = 0;
+	const char *prompt = "Once upon a time";
+	assert_int_equal(tokenizer_encode(e->tok, prompt, strlen(prompt), true, ids, 64, &np, &err),
+	                 0);
+	assert_true(np > 1);
+	float *logits = malloc((size_t)V * sizeof(float));
+	struct kv_seq seq;
+	kv_seq_init(&seq);
+	assert_int_equal(engine_prefill(e, &seq, ids, (uint32_t)np, NULL, logits, &err), 0);
+	uint32_t k = 0;
+	for (; k < n; k++) {
+		toks[k] = argmax(logits, V);
+		assert_int_equal(engine_prefill(e, &seq, &toks[k], 1, NULL, logits, &err), 0);
+	}
+	kv_seq_free(&e->kv, &seq);
+	free(logits);
+	return k;
+}
+
+static void f16_kv_greedy_text_matches(void **state)
+{
+	const char *path = tu_model_path("stories260K.gguf");
+	if (!path)
+		skip();
+	enum { N = 200 };
+	struct engine *f = open_model_kv(path, 0, 0, 1, 64, 0, KV_TYPE_F32, 0);
+	struct engine *h = open_model_kv(path, 0, 0, 1, 64, 0, KV_TYPE_F16, 0);
+	int32_t a[N], b[N];
+	greedy(f, a, N);
+	greedy(h, b, N);
+	uint32_t same = 0;
+	while (same < N && a[same] == b[same])
+		same++;
+	print_message("greedy, F16 KV vs F32 KV: first %u of %d tokens identical\n", same, N);
+	assert_true(same >= 100);
+	engine_close(&f);
+	engine_close(&h);
+}
+
+/* Runs tokens [from, n) of t on s (its cache holds [0, from)); logits of
+ * every row into out[(i - from) * V]. */
+static void run_rest(struct engine *e, struct kv_seq *s, const int32_t *t, uint32_t from,
+                     uint32_t n, float *out)
+{
+	struct itt_err err = {0};
+	assert_int_equal(s->n_pos, from);
+	assert_int_equal(engine_prefill(e, s, t + from, n - from, out, NULL, &err), 0);
+}
+
+/* A session that forks an indexed prefix (whole blocks) or another
+ * sequence's partial block (copy on write) computes the same logits as one
+ * that computes everything itself, and leaves the sharer's cache intact. */
+static void shared_prefix_gives_unshared_logits(void **state)
+{
+	const char *path = tu_model_path("stories260K.gguf");
+	if (!path)
+		skip();
+	struct engine *e = open_model(path, 0, 0, 1, 64, 0);
+	uint32_t V = e->model->hp.vocab;
+	enum { NA = 45, NB = 52, COMMON = 37 };
+	int32_t ta[NA], tb[NB];
+	for (uint32_t i = 0; i < NA; i++)
+		ta[i] = token_of(1, i, V);
+	for (uint32_t i = 0; i < NB; i++)
+		tb[i] = i < COMMON ? ta[i] : token_of(2, i, V);
+	float *ref = malloc((size_t)NB * V * sizeof(float));
+	float *got = malloc((size_t)NB * V * sizeof(float));
+	float *ta_next = malloc((size_t)2 * V * sizeof(float));
+	struct itt_err err = {0};
+
+	/* reference: b alone */
+	struct kv_seq b, a;
+	kv_seq_init(&b);
+	run_rest(e, &b, tb, 0, NB, ref);
+	kv_seq_free(&e->kv, &b);
+
+	/* a computes its prompt and enters its 2 full blocks into the index */
+	kv_seq_init(&a);
+	run_rest(e, &a, ta, 0, NA, got);
+	assert_int_equal(kv_prefix_insert(&e->kv, &a, ta, NA), 2);
+
+	/* b shares the indexed blocks covering its first 32 tokens */
+	kv_seq_init(&b);
+	assert_int_equal(kv_prefix_match(&e->kv, tb, NB - 1, &b), 32);
+	run_rest(e, &b, tb, 32, NB, got);
+	double d = worst_rel_diff(got, ref + (size_t)32 * V, NB - 32, V);
+	print_message("prefix-shared vs unshared logits: %.3g\n", d);
+	assert_true(d < 1e-5);
+	kv_seq_free(&e->kv, &b);
+
+	/* b forks a's partial third block too (37 positions): its first write
+	 * copies that block; a's continuation is unaffected */
+	kv_seq_init(&b);
+	assert_int_equal(kv_seq_fork(&e->kv, &a, &b, COMMON, &err), 0);
+	uint32_t copied = (uint32_t)e->kv.stats.copied;
+	run_rest(e, &b, tb, COMMON, NB, got);
+	assert_int_equal(e->kv.stats.copied, copied + 1);
+	assert_int_not_equal(b.blocks[2], a.blocks[2]);
+	assert_int_equal(b.blocks[1], a.blocks[1]);
+	d = worst_rel_diff(got, ref + (size_t)COMMON * V, NB - COMMON, V);
+	print_message("forked partial block (copy on write) vs unshared: %.3g\n", d);
+	assert_true(d < 1e-5);
+	int32_t more[2] = {7, 9};
+	assert_int_equal(engine_prefill(e, &a, more, 2, ta_next, NULL, &err), 0);
+	struct kv_seq a2;
+	kv_seq_init(&a2);
+	int32_t ta2[NA + 2];
+	memcpy(ta2, ta, sizeof ta);
+	ta2[NA] = 7;
+	ta2[NA + 1] = 9;
+	float *ref_a = malloc((size_t)(NA + 2) * V * sizeof(float));
+	run_rest(e, &a2, ta2, 0, NA + 2, ref_a);
+	assert_true(worst_rel_diff(ta_next, ref_a + (size_t)NA * V, 2, V) < 1e-5);
+	kv_seq_free(&e->kv, &a2);
+	kv_seq_free(&e->kv, &a);
+	kv_seq_free(&e->kv, &b);
+	kv_prefix_clear(&e->kv);
+	assert_int_equal(e->kv.n_free, e->kv.n_blocks);
+	free(ref_a);
+	free(ref);
+	free(got);
+	free(ta_next);
+	engine_close(&e);
+}
+
 static void layer_range_is_validated(void **state)
 {
 	const char *path = tu_model_path("stories260K.gguf");
@@ -328,11 +575,14 @@ static void layer_range_is_validated(void **state)
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
-		cmocka_unit_test(batched_equals_single_stories260k),
-		cmocka_unit_test(layer_split_equals_whole),
-		cmocka_unit_test(bad_batches_are_refused),
-		cmocka_unit_test(full_kv_cache_is_refused_and_rolled_back),
-		cmocka_unit_test(layer_range_is_validated),
+	    cmocka_unit_test(batched_equals_single_stories260k),
+	    cmocka_unit_test(layer_split_equals_whole),
+	    cmocka_unit_test(bad_batches_are_refused),
+	    cmocka_unit_test(full_kv_cache_is_refused_and_rolled_back),
+	    cmocka_unit_test(layer_range_is_validated),
+	    cmocka_unit_test(paged_equals_contiguous_and_f16_close),
+	    cmocka_unit_test(f16_kv_greedy_text_matches),
+	    cmocka_unit_test(shared_prefix_gives_unshared_logits),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

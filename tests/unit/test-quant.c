@@ -12,6 +12,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
 
 #include "err.h"
 #include "gguf.h"
@@ -443,12 +445,14 @@ struct mm_case {
 	double *mag; /* [QUANT_MAX_M][rows] sum |w x| */
 };
 
-static void mm_case_init(struct mm_case *c, uint32_t type, size_t rows, size_t K)
+/* Rows are pad bytes apart beyond their size: 6 leaves F32 rows misaligned
+ * (the AVX-512 kernel then copies them), 8 lets it read them in place. */
+static void mm_case_init_pad(struct mm_case *c, uint32_t type, size_t rows, size_t K, size_t pad)
 {
 	c->type = type;
 	c->rows = rows;
 	c->K = K;
-	c->stride = quant_row_bytes(type, K) + 6; /* padded, and misaligned for F32 */
+	c->stride = quant_row_bytes(type, K) + pad;
 	c->W = calloc(rows, c->stride);
 	c->Wf = malloc(rows * K * sizeof(float));
 	c->X = malloc((QUANT_MAX_M * K + 1) * sizeof(float));
@@ -476,6 +480,11 @@ static void mm_case_init(struct mm_case *c, uint32_t type, size_t rows, size_t K
 			c->mag[m * rows + r] = a;
 		}
 	free(tmp);
+}
+
+static void mm_case_init(struct mm_case *c, uint32_t type, size_t rows, size_t K)
+{
+	mm_case_init_pad(c, type, rows, K, 6);
 }
 
 static void mm_case_free(struct mm_case *c)
@@ -527,18 +536,20 @@ static void mm_check_against_reference(size_t K)
 {
 	const size_t rows = 37;
 	const size_t ranges[][2] = {{0, 37}, {3, 30}, {36, 37}, {5, 6}, {1, 12}};
-	for (size_t t = 0; t < N_MM_TYPES; t++) {
-		struct mm_case c;
-		mm_case_init(&c, mm_types[t], rows, K);
-		for (int kern = QUANT_KERNEL_AUTO; kern < QUANT_KERNEL_COUNT; kern++) {
-			if (!quant_kernel_available(kern))
-				continue;
-			for (size_t M = 1; M <= QUANT_MAX_M; M++)
-				for (size_t i = 0; i < sizeof ranges / sizeof ranges[0]; i++)
-					mm_check(&c, kern, M, ranges[i][0], ranges[i][1]);
+	for (size_t t = 0; t < N_MM_TYPES; t++)
+		for (size_t pad = 6; pad <= 8; pad += 2) {
+			struct mm_case c;
+			mm_case_init_pad(&c, mm_types[t], rows, K, pad);
+			for (int kern = QUANT_KERNEL_AUTO; kern < QUANT_KERNEL_COUNT; kern++) {
+				if (!quant_kernel_available(kern))
+					continue;
+				for (size_t M = 1; M <= QUANT_MAX_M; M++)
+					for (size_t i = 0; i < sizeof ranges / sizeof ranges[0];
+					     i++)
+						mm_check(&c, kern, M, ranges[i][0], ranges[i][1]);
+			}
+			mm_case_free(&c);
 		}
-		mm_case_free(&c);
-	}
 }
 
 static void test_matmul_matches_reference_k32(void **state)
@@ -559,41 +570,46 @@ static void test_matmul_matches_reference_k4096(void **state)
 	mm_check_against_reference(4096);
 }
 
-/* Float-like types take any K; the tail step is padded. */
+/* Float-like types take any K; the tail step is padded (1100: a partial
+ * step after a whole chunk of the AVX-512 blocked kernel). */
 static void test_matmul_float_types_any_k(void **state)
 {
 	(void)state;
-	const size_t Ks[] = {1, 7, 16, 17, 33, 47, 100};
+	const size_t Ks[] = {1, 7, 16, 17, 33, 47, 100, 1100};
 	const uint32_t types[] = {GGML_TYPE_F32, GGML_TYPE_F16, GGML_TYPE_BF16};
 	for (size_t ki = 0; ki < sizeof Ks / sizeof Ks[0]; ki++)
-		for (size_t t = 0; t < 3; t++) {
-			struct mm_case c;
-			mm_case_init(&c, types[t], 11, Ks[ki]);
-			for (int kern = QUANT_KERNEL_AUTO; kern < QUANT_KERNEL_COUNT; kern++) {
-				if (!quant_kernel_available(kern))
-					continue;
-				for (size_t M = 1; M <= QUANT_MAX_M; M += 3)
-					mm_check(&c, kern, M, 2, 11);
+		for (size_t t = 0; t < 3; t++)
+			for (size_t pad = 6; pad <= 8; pad += 2) {
+				struct mm_case c;
+				mm_case_init_pad(&c, types[t], 11, Ks[ki], pad);
+				for (int kern = QUANT_KERNEL_AUTO; kern < QUANT_KERNEL_COUNT;
+				     kern++) {
+					if (!quant_kernel_available(kern))
+						continue;
+					for (size_t M = 1; M <= QUANT_MAX_M; M += 3)
+						mm_check(&c, kern, M, 2, 11);
+				}
+				mm_case_free(&c);
 			}
-			mm_case_free(&c);
-		}
 }
 
 /* Y[m][r] of a batched call equals a single call on X row m, bit for bit,
- * whatever the row range, the batch size or the alignment of X. */
+ * whatever the row range, the batch size or the alignment of X (and the
+ * AVX-512 kernel takes a different code path for single and batched calls,
+ * and for F32 rows that are or are not float-aligned). */
 static void test_matmul_batched_equals_single_bit_exact(void **state)
 {
 	(void)state;
-	const size_t Ks[] = {4096, 96, 45};
-	for (size_t ki = 0; ki < 3; ki++)
+	const size_t Ks[] = {4096, 96, 45, 1100};
+	for (size_t ki = 0; ki < 2 * sizeof Ks / sizeof Ks[0]; ki++)
 		for (size_t t = 0; t < N_MM_TYPES; t++) {
-			size_t K = Ks[ki];
+			size_t K = Ks[ki / 2], pad = ki % 2 ? 8 : 6;
 			if (K % 32 &&
 			    !(mm_types[t] == GGML_TYPE_F32 || mm_types[t] == GGML_TYPE_F16 ||
 			      mm_types[t] == GGML_TYPE_BF16))
 				continue;
 			struct mm_case c;
-			mm_case_init(&c, mm_types[t], 29, K);
+			mm_case_init_pad(&c, mm_types[t], 29, K, pad);
 			size_t ldy = c.rows;
 			float *Yb = malloc(QUANT_MAX_M * ldy * sizeof(float));
 			float *Ys = malloc(ldy * sizeof(float));
@@ -630,6 +646,65 @@ static void test_matmul_batched_equals_single_bit_exact(void **state)
 			free(Yb);
 			free(Ys);
 			free(Xs);
+			mm_case_free(&c);
+		}
+}
+
+/* n bytes that end where an inaccessible page begins. */
+struct fenced {
+	uint8_t *map;
+	size_t map_len;
+	void *p;
+};
+
+static void *fenced_alloc(struct fenced *f, size_t n)
+{
+	size_t page = (size_t)sysconf(_SC_PAGESIZE);
+	size_t span = (n + page - 1) / page * page;
+	f->map_len = span + page;
+	f->map = mmap(NULL, f->map_len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	assert_true(f->map != MAP_FAILED);
+	assert_int_equal(mprotect(f->map + span, page, PROT_NONE), 0);
+	f->p = f->map + span - n;
+	return f->p;
+}
+
+static void fenced_free(struct fenced *f)
+{
+	munmap(f->map, f->map_len);
+}
+
+/* No kernel reads a byte past the last weight row or the last input, even
+ * with a partial last step and rows packed without padding. */
+static void test_matmul_reads_nothing_past_the_ends(void **state)
+{
+	(void)state;
+	const size_t Ks[] = {45, 100, 1100, 64};
+	for (size_t ki = 0; ki < sizeof Ks / sizeof Ks[0]; ki++)
+		for (size_t t = 0; t < N_MM_TYPES; t++) {
+			size_t K = Ks[ki];
+			if (quant_row_bytes(mm_types[t], K) == 0)
+				continue;
+			struct mm_case c;
+			mm_case_init_pad(&c, mm_types[t], 13, K, 0);
+			struct fenced fw, fx;
+			uint8_t *W = fenced_alloc(&fw, c.rows * c.stride);
+			memcpy(W, c.W, c.rows * c.stride);
+			for (size_t M = 1; M <= QUANT_MAX_M; M++) {
+				float *X = fenced_alloc(&fx, M * K * sizeof(float));
+				memcpy(X, c.X, M * K * sizeof(float));
+				float *Y = malloc(M * c.rows * sizeof(float));
+				for (int kern = QUANT_KERNEL_SCALAR; kern < QUANT_KERNEL_COUNT;
+				     kern++)
+					if (quant_kernel_available(kern))
+						assert_int_equal(quant_matmul_rows_kernel(
+						                     kern, c.type, W, c.stride, K,
+						                     X, M, Y, c.rows, 0, c.rows),
+						                 0);
+				free(Y);
+				fenced_free(&fx);
+			}
+			fenced_free(&fw);
 			mm_case_free(&c);
 		}
 }
@@ -708,6 +783,7 @@ int main(void)
 	    cmocka_unit_test(test_matmul_matches_reference_k4096),
 	    cmocka_unit_test(test_matmul_float_types_any_k),
 	    cmocka_unit_test(test_matmul_batched_equals_single_bit_exact),
+	    cmocka_unit_test(test_matmul_reads_nothing_past_the_ends),
 	    cmocka_unit_test(test_matmul_auto_is_best_kernel),
 	    cmocka_unit_test(test_matmul_rejects_bad_arguments),
 	};
