@@ -10,6 +10,7 @@
 #include "scheduler.h"
 
 #include <errno.h>
+#include <math.h>
 #include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -332,6 +333,7 @@ struct sched_session {
 	uint64_t admitted;  /* admission order (victims: the latest admitted first) */
 	bool running;       /* admitted, holds KV blocks; else in the wait queue */
 	uint32_t preempted; /* times it lost its blocks */
+	double last_out_ms; /* when its last result was queued (gather window) */
 	struct kv_seq seq;
 	sampler_t *smp;
 	int32_t *hist; /* [cap] every token fed, prompt first */
@@ -989,6 +991,7 @@ static void sched_run_step(sched_t *s)
 			memcpy(r->prompt_tokens, ss->hist, (size_t)ss->n_prompt * sizeof(int32_t));
 			r->n_prompt_tokens = ss->n_prompt;
 		}
+		ss->last_out_ms = sched_now_ms();
 		*tail = r;
 		tail = &r->next;
 	}
@@ -1008,6 +1011,70 @@ static void sched_run_step(sched_t *s)
 	          n_out, ms);
 }
 
+/* A session whose result went out this recently will most likely send its
+ * next STEP within microseconds (the broker answers at once). */
+#define SCHED_EXPECT_MS 50.0
+
+/* Running sessions with nothing to feed whose next STEP is expected soon. */
+static uint32_t sched_expected(const sched_t *s, double now)
+{
+	uint32_t n = 0;
+	for (uint32_t i = 0; i < s->n_sess; i++) {
+		const struct sched_session *ss = s->sess[i];
+		n += ss->running && ss->n_done == ss->n_hist && ss->last_out_ms > 0 &&
+		     now - ss->last_out_ms < SCHED_EXPECT_MS;
+	}
+	return n;
+}
+
+static void sched_apply_all(sched_t *s, struct sched_cmd *cmds)
+{
+	while (cmds) {
+		struct sched_cmd *c = cmds;
+		cmds = c->next;
+		sched_apply(s, c);
+		sched_cmd_free(&c);
+	}
+}
+
+/* The gather window.  Results of one step go out together and the broker
+ * answers each with the next STEP within tens of microseconds; running the
+ * next step as soon as the first STEP arrives would split the sessions into
+ * a 1-row step and an (n-1)-row step that stream the weights twice, and keep
+ * them split.  So when some sessions are ready and others are expected,
+ * wait up to batch_wait_us for the expected ones. */
+static void sched_gather(sched_t *s)
+{
+	if (!s->cfg.batch_wait_us)
+		return;
+	double deadline = sched_now_ms() + s->cfg.batch_wait_us / 1e3;
+	for (;;) {
+		double now = sched_now_ms();
+		if (now >= deadline || !sched_expected(s, now))
+			return;
+		struct timespec ts;
+		clock_gettime(CLOCK_REALTIME, &ts);
+		double left_ns = (deadline - now) * 1e6;
+		ts.tv_sec += (time_t)(left_ns / 1e9);
+		ts.tv_nsec += (long)fmod(left_ns, 1e9);
+		if (ts.tv_nsec >= 1000000000L) {
+			ts.tv_sec++;
+			ts.tv_nsec -= 1000000000L;
+		}
+		pthread_mutex_lock(&s->in_mu);
+		while (!s->stop && !s->in_head &&
+		       pthread_cond_timedwait(&s->in_cv, &s->in_mu, &ts) == 0)
+			;
+		struct sched_cmd *cmds = s->in_head;
+		s->in_head = s->in_tail = NULL;
+		bool stop = s->stop;
+		pthread_mutex_unlock(&s->in_mu);
+		sched_apply_all(s, cmds);
+		if (stop)
+			return;
+	}
+}
+
 static void *sched_main(void *arg)
 {
 	sched_t *s = arg;
@@ -1025,12 +1092,8 @@ static void *sched_main(void *arg)
 		pthread_mutex_unlock(&s->in_mu);
 
 		/* Commands first: CLOSE frees blocks before this step runs. */
-		while (cmds) {
-			struct sched_cmd *c = cmds;
-			cmds = c->next;
-			sched_apply(s, c);
-			sched_cmd_free(&c);
-		}
+		sched_apply_all(s, cmds);
+		sched_gather(s);
 		sched_run_step(s);
 		if (sched_now_ms() - s->logged_ms >= SCHED_SUMMARY_MS)
 			sched_log_summary(s, "busy");

@@ -9,22 +9,32 @@
  * hands the command to the compute thread with sched_push.  A text prompt is
  * tokenized (and checked against the context) by the compute thread, with
  * sched_prepare_open, because that is real work and the loop thread must
- * never compute.  The compute
- * thread owns the engine and the session table; every step it applies the
- * queued commands, then runs ONE forward pass over rows of every session
- * with tokens to feed (decode rows first, then prefill chunks, at most
- * batch_tokens rows, round-robin so nobody starves), samples each session
- * whose step's tokens are all in the cache, and queues a RESULT (or an
- * ERROR) in the outbox, calling notify() so the loop sends it.
+ * never compute.  The compute thread owns the engine and the session table;
+ * every step it applies the queued commands, admits waiting sessions, then
+ * runs ONE forward pass over rows of every running session with tokens to
+ * feed (decode rows first, then prefill chunks, at most batch_tokens rows,
+ * round-robin so nobody starves), samples each session whose step's tokens
+ * are all in the cache, and queues a RESULT (or an ERROR) in the outbox,
+ * calling notify() so the loop sends it.
+ *
+ * Memory.  A session is running (it holds KV blocks) or waiting.  An OPEN
+ * is admitted when the cache can hold its whole history on top of what the
+ * running sessions were promised; otherwise it waits, in (priority, arrival)
+ * order, at most max_waiting of them (beyond: OVERLOADED at once).  On
+ * admission it forks the longest run of whole blocks of its history found
+ * in the prefix index (kv-cache.h) and computes the rest; its full prompt
+ * blocks enter the index once computed.  When a step needs a block and none
+ * is free (idle index blocks are evicted first), the running session of
+ * lowest priority (ties: the latest admitted) is preempted: its blocks are
+ * freed and it waits again, keeping its place before newer sessions, and
+ * recomputes its history when re-admitted.
  *
  * Invariants.  A session's history holds every token fed to it (prompt and
- * steps), hist[0, n_done) are in its KV cache (n_done == seq.n_pos), and a
- * step's result samples the token at position `end` from hist[0, end), so a
- * replayed history samples the same tokens.  KV blocks for every pending
- * token are promised when the OPEN or STEP is accepted, so forward_run never
- * runs out of blocks; a command that cannot get its blocks is refused with
- * OVERLOADED.  Outputs carry the epoch of the registration they belong to
- * (set by SCHED_CMD_RESET), so the loop drops results of sessions that a
+ * steps), hist[0, n_done) are in its KV cache (n_done == seq.n_pos; 0 while
+ * it waits), and a step's result samples the token at position `end` from
+ * hist[0, end), so a replayed or preempted history samples the same tokens.
+ * Outputs carry the epoch of the registration they belong to (set by
+ * SCHED_CMD_RESET), so the loop drops results of sessions that a
  * reconnect has forgotten. */
 #ifndef ITT_SCHED_H
 #define ITT_SCHED_H
@@ -64,15 +74,16 @@ int sched_log_parse(const char *name);
 
 struct sched_config {
 	const char *model_path;
-	uint32_t first, last;  /* layer range; last 0 = all */
-	int threads;           /* compute threads */
-	uint32_t max_sessions; /* open sessions at most; more OPENs get OVERLOADED */
-	uint32_t batch_tokens; /* rows per forward step (token budget) */
-	size_t kv_bytes;       /* KV cache budget */
-	enum kv_type kv_type;  /* element type of the KV cache */
-	uint32_t max_waiting;  /* OPENs waiting for KV memory at most; more get OVERLOADED */
-	bool prefix_cache;     /* share the KV blocks of common prompt prefixes */
-	uint32_t slow_ms;      /* debug: sleep this long after every step */
+	uint32_t first, last;   /* layer range; last 0 = all */
+	int threads;            /* compute threads */
+	uint32_t max_sessions;  /* open sessions at most; more OPENs get OVERLOADED */
+	uint32_t batch_tokens;  /* rows per forward step (token budget) */
+	size_t kv_bytes;        /* KV cache budget */
+	enum kv_type kv_type;   /* element type of the KV cache */
+	uint32_t max_waiting;   /* OPENs waiting for KV memory at most; more get OVERLOADED */
+	bool prefix_cache;      /* share the KV blocks of common prompt prefixes */
+	uint32_t slow_ms;       /* debug: sleep this long after every step */
+	uint32_t batch_wait_us; /* gather window: see sched_gather in scheduler.c */
 };
 
 #define SCHED_DEFAULT_MAX_SESSIONS 64

@@ -28,6 +28,7 @@ struct worker_opts {
 	long threads;
 	long max_sessions;
 	long batch_tokens;
+	long batch_wait_us;
 	double kv_mb;
 	const char *kv_type;
 	long max_waiting;
@@ -69,6 +70,9 @@ static const struct worker_opt worker_opts_table[] = {
      "open sessions at most; further OPENs get OVERLOADED"},
     {"--batch-tokens", WORKER_OPT_LONG, WORKER_OFF(batch_tokens), "256", 1, 65536,
      "token budget (rows) of one step; longer prompts are prefilled in chunks"},
+    {"--batch-wait-us", WORKER_OPT_LONG, WORKER_OFF(batch_wait_us), "2000", 0, 100000,
+     "gather window: with some sessions ready and others' next STEP due, wait this long for "
+     "them so one step serves all"},
     {"--kv-mb", WORKER_OPT_DOUBLE, WORKER_OFF(kv_mb), "256", 0, 1L << 20,
      "KV cache budget in MiB (fractions allowed; at least one block)"},
     {"--kv-type", WORKER_OPT_STR, WORKER_OFF(kv_type), "f32", 0, 0,
@@ -308,14 +312,15 @@ int main(int argc, char **argv)
 		return 2;
 	}
 	if (w.print_config) {
-		printf("broker %s\nmodel %s\nname %s\nlayers %s\nid %s\nthreads %ld\n"
-		       "max_sessions %ld\nbatch_tokens %ld\nkv_mb %g\nkv_type %s\n"
-		       "max_waiting %ld\nprefix_cache %ld\nheartbeat_ms %ld\n"
-		       "liveness %ld\nlog_level %s\nslow_ms %ld\n",
-		       w.broker, w.model, w.name, w.layers ? w.layers : "all", w.id, w.threads,
-		       w.max_sessions, w.batch_tokens, w.kv_mb, kv_type_name(kv_type),
-		       w.max_waiting, w.prefix_cache, w.heartbeat_ms, w.liveness, w.log_level,
-		       w.slow_ms);
+		printf(
+		    "broker %s\nmodel %s\nname %s\nlayers %s\nid %s\nthreads %ld\n"
+		    "max_sessions %ld\nbatch_tokens %ld\nbatch_wait_us %ld\nkv_mb %g\nkv_type %s\n"
+		    "max_waiting %ld\nprefix_cache %ld\nheartbeat_ms %ld\n"
+		    "liveness %ld\nlog_level %s\nslow_ms %ld\n",
+		    w.broker, w.model, w.name, w.layers ? w.layers : "all", w.id, w.threads,
+		    w.max_sessions, w.batch_tokens, w.batch_wait_us, w.kv_mb, kv_type_name(kv_type),
+		    w.max_waiting, w.prefix_cache, w.heartbeat_ms, w.liveness, w.log_level,
+		    w.slow_ms);
 		return 0;
 	}
 
@@ -331,6 +336,7 @@ int main(int argc, char **argv)
 	    .max_waiting = (uint32_t)w.max_waiting,
 	    .prefix_cache = w.prefix_cache != 0,
 	    .slow_ms = (uint32_t)w.slow_ms,
+	    .batch_wait_us = (uint32_t)w.batch_wait_us,
 	};
 	struct itt_err err = {0};
 	sched_t *sched = NULL;

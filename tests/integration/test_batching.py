@@ -81,6 +81,28 @@ def read_log(path):
         return f.read().decode(errors="replace")
 
 
+SUMMARY = re.compile(r"prefix index (\d+) lookups, (\d+) hits, (\d+) blocks shared, (\d+) "
+                     r"inserted, (\d+) evicted")
+
+
+def wait_summary(path, ok, timeout=5.0):
+    """The counters (lookups, hits, shared, inserted, evicted) of the last
+    prefix-index summary line of the worker's log, once ok(counters) holds
+    (the line is written when the worker goes idle, after the last CLOSE);
+    the last one seen (or None) after timeout."""
+    end = time.monotonic() + timeout
+    last = None
+    while True:
+        found = SUMMARY.findall(read_log(path))
+        if found:
+            last = tuple(map(int, found[-1]))
+            if ok(last):
+                return last
+        if time.monotonic() > end:
+            return last
+        time.sleep(0.05)
+
+
 def reference(prompt, n):
     args = [tool("itt"), "generate", "--local", MODEL, "--prompt", prompt, "-n", str(n),
             "--temperature", "0", "--json"]
@@ -270,11 +292,9 @@ def check_prefix_sharing():
         out, _ = drive(fb, specs, n, reopen=False)
         for sid in specs:
             assert out[sid] == refs[sid], f"session {sid}: shared {out[sid]} != {refs[sid]}"
-        time.sleep(0.3)
-        log = read_log(log_path)
-        m = re.findall(r"prefix index (\d+) lookups, (\d+) hits, (\d+) blocks shared", log)
-        assert m, "no prefix index summary in the worker's log"
-        lookups, hits, blocks = map(int, m[-1])
+        st = wait_summary(log_path, lambda c: c[1] >= 7 and c[2] >= 28)
+        assert st, "no prefix index summary in the worker's log"
+        lookups, hits, blocks = st[:3]
         assert hits >= 7 and blocks >= 28, f"{hits} hits, {blocks} blocks shared"
         print(f"     8 sessions, 64-token system prompt: same tokens as without sharing; "
               f"{lookups} lookups, {hits} hits, {blocks} blocks shared")
@@ -325,12 +345,10 @@ def check_mixed():
         assert fb.recv({fbm.RESULT, fbm.ERROR}, timeout=0.3) is None, "answer for 598"
         o, _ = drive(fb, {597: dict(tokens=ids[:150])}, 3, reopen=False)
         assert len(o[597]) == 3
-        log = read_log(log_path)
-        pre = re.findall(r"session (\d+) preempted", log)
-        stats = re.findall(r"(\d+) hits, (\d+) blocks shared, (\d+) inserted, (\d+) evicted",
-                           log)
-        assert stats, "no prefix index summary"
-        hits, shared, inserted, evicted = map(int, stats[-1])
+        st = wait_summary(log_path, lambda c: c[1] > 0)
+        assert st, "no prefix index summary"
+        hits, evicted = st[1], st[4]
+        pre = re.findall(r"session (\d+) preempted", read_log(log_path))
         assert pre and hits > 0, f"{len(pre)} preemptions, {hits} hits"
         print(f"     12 sessions (6 sharing a prefix, priorities -1..1) in 12 blocks: "
               f"{len(refused)} refused, {len(pre)} preemptions, {hits} prefix hits, "

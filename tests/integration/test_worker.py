@@ -10,7 +10,9 @@ session id and the worker keeps serving; OVERLOADED when sessions or KV
 memory run out; garbage frames are dropped; heartbeats keep their interval
 during a long chunked prefill, which does not stall a short session; the
 broker going away and coming back on the same port gets a new HELLO within
-5 s (both through ERROR NOT_FOUND and through the liveness timeout).
+5 s (both through ERROR NOT_FOUND and through the liveness timeout); the KV
+flags (--kv-type f16 gives the CLI's greedy tokens; bad values exit 2).
+Many sessions at once, waiting, preemption and prefix sharing: test_batching.py.
 """
 import json
 import os
@@ -261,6 +263,34 @@ def check_overloaded():
         fb.close()
 
 
+def check_kv_flags():
+    # F16 KV without prefix sharing still gives the CLI's greedy tokens
+    fb = FakeBroker()
+    p = start_worker(fb, "--kv-type", "f16", "--prefix-cache", "0", "--kv-mb", "0.5",
+                     "--max-waiting", "2", name="kv-flags")
+    try:
+        registered(fb)
+        for i, pr in enumerate(PROMPTS[:2]):
+            _, toks = reference(pr)
+            out, _ = run_sessions(fb, {90 + i: dict(prompt=pr, temperature=0)})
+            assert out[90 + i] == toks, f"F16 KV, {pr!r}: {out[90 + i]} != {toks}"
+    finally:
+        stop(p)
+        fb.close()
+    cfg = run([tool("itt-worker"), "--model", MODEL, "--kv-type", "f16", "--kv-mb", "0.25",
+               "--max-waiting", "7", "--prefix-cache", "0", "--print-config"]).stdout.decode()
+    for line in ("kv_type f16", "kv_mb 0.25", "max_waiting 7", "prefix_cache 0"):
+        assert line in cfg.splitlines(), f"--print-config lacks {line!r}: {cfg}"
+    bad = [("--kv-type", "q8"), ("--kv-mb", "0"), ("--kv-mb", "-1"), ("--kv-mb", "nan"),
+           ("--max-waiting", "-1"), ("--prefix-cache", "2")]
+    for flag, val in bad:
+        r = run([tool("itt-worker"), "--model", MODEL, flag, val, "--print-config"],
+                check=False)
+        assert r.returncode == 2, f"{flag} {val}: exit {r.returncode}, want 2"
+    print("     --kv-type f16 (0.5 MiB, no prefix cache) equals the CLI; flags shown by "
+          f"--print-config; {len(bad)} bad values refused with status 2")
+
+
 def check_garbage():
     fb = FakeBroker()
     p = start_worker(fb, name="garbage")
@@ -398,6 +428,8 @@ def main():
         c.check("CLOSE frees; invalid OPEN/STEP answered, worker keeps serving",
                 check_close_and_errors)
         c.check("OVERLOADED: sessions and KV memory", check_overloaded)
+        c.check("KV flags: --kv-type f16, --kv-mb, --max-waiting, --prefix-cache",
+                check_kv_flags)
         c.check("garbage frames are dropped", check_garbage)
         c.check("heartbeats during a long chunked prefill", check_prefill_heartbeats)
         c.check("broker restart: HELLO again within 5 s", check_reconnect)
