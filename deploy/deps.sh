@@ -8,7 +8,7 @@ ITT_PACKAGES=(
     libzmq3-dev libuv1-dev libprotobuf-c-dev protobuf-c-compiler protobuf-compiler
     libopenblas-dev libcmocka-dev
     python3 python3-numpy python3-zmq python3-protobuf python3-sentencepiece
-    iproute2
+    iproute2 curl ca-certificates
 )
 
 itt_install_deps() {
