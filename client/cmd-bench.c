@@ -208,7 +208,7 @@ static int bench_engine(int argc, char **argv)
 	c.path = model;
 	c.n_threads = (int)threads;
 	c.max_rows = (uint32_t)n_prompt;
-	c.kv_bytes = (size_t)1 << 30;
+	c.kv_bytes = 0; /* one sequence of the full context */
 	if (engine_open(&c, &e, &err) < 0) {
 		fprintf(stderr, "itt bench engine: %s: %s\n", itt_strerror(err.code), err.msg);
 		return 1;

@@ -16,22 +16,10 @@ static int open_engine(const char *path, int threads, struct engine **e)
 	engine_config_default(&c);
 	c.path = path;
 	c.n_threads = threads;
-	/* Enough KV for one full context. */
-	c.kv_bytes = (size_t)1 << 30;
+	c.kv_bytes = 0; /* exactly one sequence of the full context */
 	if (engine_open(&c, e, &err) < 0) {
 		fprintf(stderr, "itt: cannot load %s: %s: %s\n", path, itt_strerror(err.code), err.msg);
 		return 1;
-	}
-	size_t need = kv_cache_block_bytes((*e)->kv.n_layers, (*e)->kv.kv_dim, c.kv_block) *
-		      (((*e)->model->hp.ctx_len + c.kv_block - 1) / c.kv_block);
-	if (need < c.kv_bytes) {
-		/* Shrink to what one sequence of the full context needs. */
-		engine_close(e);
-		c.kv_bytes = need;
-		if (engine_open(&c, e, &err) < 0) {
-			fprintf(stderr, "itt: cannot load %s: %s\n", path, err.msg);
-			return 1;
-		}
 	}
 	if (!(*e)->tok) {
 		fprintf(stderr, "itt: %s has no tokenizer in its metadata\n", path);

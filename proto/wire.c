@@ -49,13 +49,6 @@ uint64_t wire_now_ms(void)
 	return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
 }
 
-static bool more(void *sock)
-{
-	int m = 0;
-	size_t len = sizeof m;
-	return zmq_getsockopt(sock, ZMQ_RCVMORE, &m, &len) == 0 && m;
-}
-
 int wire_recv(void *sock, bool router, const int *accepts, struct wire_msg *m, int *code,
 	      char *reason, size_t cap, int flags)
 {
@@ -113,7 +106,6 @@ int wire_recv(void *sock, bool router, const int *accepts, struct wire_msg *m, i
 		if (!has_more)
 			break;
 	}
-	(void)more;
 	if (total < 3 || total > 4) {
 		*code = ITT__CODE__INVALID_ARGUMENT;
 		snprintf(reason, cap, "expected 3 or 4 frames, got %d", total);

@@ -30,8 +30,12 @@ int engine_open(const struct engine_config *c, struct engine **out, struct itt_e
 	}
 	if ((rc = threadpool_new(c->n_threads, &e->pool, err)) < 0)
 		goto fail;
-	rc = kv_cache_init(&e->kv, c->kv_type, e->model->last - e->model->first,
-	                   hp->n_kv_heads * hp->head_dim, c->kv_block, c->kv_bytes, err);
+	uint32_t n_local = e->model->last - e->model->first, kv_dim = hp->n_kv_heads * hp->head_dim;
+	size_t kv_bytes = c->kv_bytes;
+	if (kv_bytes == 0) /* one sequence of the full context */
+		kv_bytes = kv_block_bytes(c->kv_type, n_local, kv_dim, c->kv_block) *
+		           ((hp->ctx_len + c->kv_block - 1) / c->kv_block);
+	rc = kv_cache_init(&e->kv, c->kv_type, n_local, kv_dim, c->kv_block, kv_bytes, err);
 	if (rc < 0)
 		goto fail;
 	if ((rc = forward_init(&e->fwd, e->model, &e->kv, e->pool, c->max_rows, err)) < 0)

@@ -20,7 +20,7 @@ struct engine_config {
 	uint32_t first, last; /* layer range; last 0 = all */
 	int n_threads;        /* compute threads (our pool and OpenBLAS) */
 	uint32_t max_rows;    /* rows per forward step */
-	size_t kv_bytes;      /* KV cache budget */
+	size_t kv_bytes;      /* KV cache budget; 0: one sequence of the full context */
 	uint32_t kv_block;    /* positions per KV block */
 	enum kv_type kv_type; /* element type of the KV cache (default F32) */
 };

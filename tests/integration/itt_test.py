@@ -46,6 +46,19 @@ def tool(name):
     return os.path.join(BIN, name)
 
 
+def require(model_name, binaries):
+    """The path of a shared model; exits with SKIP (saying why) when the
+    model or one of the built binaries is missing."""
+    path = model(model_name)
+    if path is None:
+        sys.exit(SKIP)
+    for b in binaries:
+        if not os.access(tool(b), os.X_OK):
+            print(f"SKIP: {tool(b)} is not built")
+            sys.exit(SKIP)
+    return path
+
+
 def run(args, check=True, timeout=300, **kw):
     r = subprocess.run(args, capture_output=True, timeout=timeout, **kw)
     if check and r.returncode != 0:

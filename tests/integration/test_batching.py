@@ -25,10 +25,11 @@ import time
 from itt_test import Checks, SKIP, TMP, model, run, tool
 import fakebroker as fbm
 from fakebroker import FakeBroker, pb
+from workerproc import Workers
 
 MODEL = None
 EOS = 2
-procs = []
+WORKERS = Workers("test_batching")
 
 STORY = ("Once upon a time, in a big forest, there lived a little rabbit named Bob. Bob "
          "loved to hop and play with his friends. One day, Bob found a shiny red ball "
@@ -42,38 +43,14 @@ BLOCK_BYTES = 2 * 5 * 16 * 32 * 4
 
 
 def start_worker(fb, name, *extra):
-    log_path = os.path.join(TMP, f"test_batching-{name}.log")
-    log = open(log_path, "wb")
-    args = [tool("itt-worker"), "--model", MODEL, "--broker", fb.endpoint,
-            "--log-level", "info", *map(str, extra)]
-    p = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=log, stderr=log)
-    log.close()
-    procs.append(p)
+    p, log_path = WORKERS.start(MODEL, fb.endpoint, name, *extra)
     m = fb.wait_hello(10)
     assert m is not None, f"worker {name}: no HELLO within 10 s"
     return p, log_path
 
 
-exit_codes = []
-
-
-def stop(p):
-    """SIGTERM, then SIGKILL after 5 s; records the exit status."""
-    if p.poll() is None:
-        p.terminate()
-        try:
-            p.wait(5)
-        except subprocess.TimeoutExpired:
-            p.kill()
-            p.wait()
-        exit_codes.append(p.returncode)
-    return p.returncode
-
-
-def check_exits():
-    assert exit_codes, "no worker was stopped"
-    assert all(c == 0 for c in exit_codes), f"exit statuses after SIGTERM: {exit_codes}"
-    print(f"     {len(exit_codes)} workers stopped by SIGTERM, all with status 0")
+stop = WORKERS.stop
+check_exits = WORKERS.check_exits
 
 
 def read_log(path):
@@ -378,8 +355,7 @@ def main():
         c.check("all at once: sharing, priorities, preemption, eviction", check_mixed)
         c.check("clean exit (status 0; no leaks under ASan) on SIGTERM", check_exits)
     finally:
-        for p in procs:
-            stop(p)
+        WORKERS.stop_all()
     c.finish()
 
 

@@ -18,13 +18,7 @@ import sys
 import itt_test
 from itt_test import Checks, SKIP, tool
 
-MODEL = itt_test.model("stories260K.gguf")
-if MODEL is None:
-    sys.exit(SKIP)
-for b in ("itt", "itt-broker", "itt-worker"):
-    if not os.access(tool(b), os.X_OK):
-        print(f"SKIP: {tool(b)} is not built")
-        sys.exit(SKIP)
+MODEL = itt_test.require("stories260K.gguf", ("itt", "itt-broker", "itt-worker"))
 
 from cluster import Cluster  # noqa: E402
 

@@ -24,45 +24,21 @@ import time
 from itt_test import Checks, SKIP, TMP, model, run, tool
 import fakebroker as fbm
 from fakebroker import FakeBroker, pb
+from workerproc import Workers
 
 MODEL = None
 EOS = 2
 N_GEN = 40
 PROMPTS = ["Once upon a time", "Lily went to the park", "The cat sat", ""]
-procs = []
+WORKERS = Workers("test_worker")
 
 
 def start_worker(fb, *extra, name="worker"):
-    log = open(os.path.join(TMP, f"test_worker-{name}.log"), "wb")
-    args = [tool("itt-worker"), "--model", MODEL, "--broker", fb.endpoint,
-            "--log-level", "info", *map(str, extra)]
-    p = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=log, stderr=log)
-    log.close()
-    procs.append(p)
-    return p
+    return WORKERS.start(MODEL, fb.endpoint, name, *extra)[0]
 
 
-exit_codes = []
-
-
-def stop(p):
-    """SIGTERM (the clean way out), then SIGKILL after 5 s; records the status."""
-    if p.poll() is None:
-        p.terminate()
-        try:
-            p.wait(5)
-        except subprocess.TimeoutExpired:
-            p.kill()
-            p.wait()
-        exit_codes.append(p.returncode)
-    return p.returncode
-
-
-def check_exits():
-    assert exit_codes, "no worker was stopped"
-    bad = [c for c in exit_codes if c != 0]
-    assert not bad, f"exit statuses after SIGTERM: {exit_codes}"
-    print(f"     {len(exit_codes)} workers stopped by SIGTERM, all with status 0")
+stop = WORKERS.stop
+check_exits = WORKERS.check_exits
 
 
 def registered(fb, timeout=10):
@@ -435,8 +411,7 @@ def main():
         c.check("broker restart: HELLO again within 5 s", check_reconnect)
         c.check("clean exit (status 0; no leaks under ASan) on SIGTERM", check_exits)
     finally:
-        for p in procs:
-            stop(p)
+        WORKERS.stop_all()
     c.finish()
 
 
