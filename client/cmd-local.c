@@ -1,6 +1,7 @@
 /* cmd-local: `itt generate --local` and `itt perplexity --local`, the
  * in-process path through the engine (no broker, no worker process). */
 #include <math.h>
+#include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -105,7 +106,8 @@ int cmd_generate_local(struct gen_opts *o)
 		}
 		size_t safe, hit = sampler_find_stop(text, text_len, o->stops, (size_t)o->n_stops,
 						     &safe);
-		if (hit < text_len) {
+		bool stopped = hit < text_len;
+		if (stopped) {
 			text_len = hit;
 			safe = hit;
 			stop_reason = "stop";
@@ -115,7 +117,7 @@ int cmd_generate_local(struct gen_opts *o)
 			fflush(stdout);
 			emitted = safe;
 		}
-		if (hit < text_len + (hit == text_len && !strcmp(stop_reason, "stop")))
+		if (stopped)
 			break;
 		if (n - n_prompt >= (size_t)o->n_predict)
 			break;
