@@ -20,8 +20,9 @@ static const char bench_help[] =
 	"usage: itt bench engine --local MODEL.gguf [--threads T] [--prompt-tokens N]\n"
 	"                        [--gen-tokens N] [--reps R] [--json]\n"
 	"Measures prefill and decode tokens/s and, in the same run, the rooflines they are\n"
-	"compared with: streaming read bandwidth (decode: weight bytes per token / bandwidth)\n"
-	"and OpenBLAS sgemm GFLOP/s at the prefill shape. Figures are medians of R runs.\n"
+	"compared with: for decode, streaming read bandwidth (weight and KV bytes per token /\n"
+	"bandwidth); for prefill, OpenBLAS sgemm (its own threads, F32) alone on the same\n"
+	"layer matrix products. Figures are medians of R runs.\n"
 	"`itt bench serve --broker ENDPOINT --model NAME ...` loads a cluster with concurrent\n"
 	"clients instead (`itt bench serve --help`).\n";
 
