@@ -1,7 +1,7 @@
 /* bench-linear: which kernel wins for each weight type and batch size M,
  * measured through linear_matmul with each path forced in turn.
  *
- * Paths: the fused kernel of quant.h (weights stream once per 16 rows),
+ * Paths: the fused kernel of quant.h (weights stream once per QUANT_MAX_M rows),
  * sgemm (quantised weights dequantised a tile at a time first), and, for
  * F32, one OpenBLAS sgemv per input row.
  * Shapes are the 134M synthetic model's (dim 768, ffn 2048, vocab 32000).
