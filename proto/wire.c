@@ -26,6 +26,16 @@ const char *wire_cmd_name(int cmd)
 	case WIRE_RESULT: return "RESULT";
 	case WIRE_CLOSE: return "CLOSE";
 	case WIRE_BYE: return "BYE";
+	case WIRE_TELEMETRY: return "TELEMETRY";
+	case WIRE_SETTINGS: return "SETTINGS";
+	case WIRE_ASSIGN: return "ASSIGN";
+	case WIRE_CONTROL_HELLO: return "CONTROL_HELLO";
+	case WIRE_WORKER_UP: return "WORKER_UP";
+	case WIRE_WORKER_DOWN: return "WORKER_DOWN";
+	case WIRE_PLACE: return "PLACE";
+	case WIRE_ROUTES: return "ROUTES";
+	case WIRE_SET: return "SET";
+	case WIRE_SET_REPLY: return "SET_REPLY";
 	}
 	return NULL;
 }
@@ -38,8 +48,48 @@ const char *wire_code_name(int code)
 
 bool wire_cmd_has_tensor(int cmd)
 {
-	(void)cmd;
-	return false; /* version 1: no command carries a tensor yet */
+	return cmd == WIRE_OPEN || cmd == WIRE_STEP || cmd == WIRE_RESULT;
+}
+
+size_t wire_dtype_size(int dtype)
+{
+	switch (dtype) {
+	case ITT__DTYPE__F32: return 4;
+	case ITT__DTYPE__F16: return 2;
+	}
+	return 0;
+}
+
+int wire_check_tensor(const Itt__TensorInfo *ti, const void *data, size_t len, uint32_t want_rows,
+		      uint32_t max_rows, uint32_t cols, const char *what, char *reason, size_t cap)
+{
+	if (!ti) {
+		snprintf(reason, cap, "%s: no tensor description", what);
+		return ITT__CODE__INVALID_ARGUMENT;
+	}
+	size_t es = wire_dtype_size(ti->dtype);
+	if (!es) {
+		snprintf(reason, cap, "%s: unknown dtype %d", what, (int)ti->dtype);
+		return ITT__CODE__INVALID_ARGUMENT;
+	}
+	if (ti->cols != cols) {
+		snprintf(reason, cap, "%s: %u columns, expected %u", what, ti->cols, cols);
+		return ITT__CODE__INVALID_ARGUMENT;
+	}
+	if (want_rows ? ti->rows != want_rows : ti->rows == 0 || ti->rows > max_rows) {
+		if (want_rows)
+			snprintf(reason, cap, "%s: %u rows, expected %u", what, ti->rows, want_rows);
+		else
+			snprintf(reason, cap, "%s: %u rows, expected 1..%u", what, ti->rows, max_rows);
+		return ITT__CODE__INVALID_ARGUMENT;
+	}
+	if (!data || len != (size_t)ti->rows * cols * es) {
+		snprintf(reason, cap, "%s: tensor frame has %zu bytes, %u x %u %s need %zu", what,
+			 data ? len : 0, ti->rows, cols, es == 4 ? "F32" : "F16",
+			 (size_t)ti->rows * cols * es);
+		return ITT__CODE__INVALID_ARGUMENT;
+	}
+	return 0;
 }
 
 uint64_t wire_now_ms(void)

@@ -38,7 +38,25 @@ enum wire_cmd {
 	WIRE_RESULT = 0x14,
 	WIRE_CLOSE = 0x15,
 	WIRE_BYE = 0x16,
+	WIRE_TELEMETRY = 0x17,
+	WIRE_SETTINGS = 0x18,
+	WIRE_ASSIGN = 0x19,
+	WIRE_CONTROL_HELLO = 0x20,
+	WIRE_WORKER_UP = 0x21,
+	WIRE_WORKER_DOWN = 0x22,
+	WIRE_PLACE = 0x23,
+	WIRE_ROUTES = 0x24,
+	WIRE_SET = 0x25,
+	WIRE_SET_REPLY = 0x26,
 };
+
+/* Bytes of one element of a tensor frame of this dtype (0: unknown). */
+size_t wire_dtype_size(int dtype);
+/* Checks a tensor frame against its description: dtype known, rows and
+ * cols as expected (want_rows 0: any 1..max_rows), byte length exact.
+ * 0, or ITT__CODE__INVALID_ARGUMENT with a reason naming `what`. */
+int wire_check_tensor(const Itt__TensorInfo *ti, const void *data, size_t len, uint32_t want_rows,
+		      uint32_t max_rows, uint32_t cols, const char *what, char *reason, size_t cap);
 
 /* Name of a command ("SUBMIT"), or NULL if unknown. */
 const char *wire_cmd_name(int cmd);
