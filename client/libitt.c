@@ -76,10 +76,16 @@ struct itt_client {
 	bool stats_waiting;
 	Itt__ClusterStats *stats_reply;
 	struct itt_error stats_err;
+	/* itt_client_settings in progress */
+	bool set_waiting;
+	char set_id[32];
+	uint64_t n_sets;
+	Itt__SettingsReply *set_reply;
+	struct itt_error set_err;
 };
 
-static const int client_accepts[] = {WIRE_CHUNK,     WIRE_DONE,        WIRE_ERROR,
-				     WIRE_HEARTBEAT, WIRE_STATS_REPLY, 0};
+static const int client_accepts[] = {WIRE_CHUNK,       WIRE_DONE,      WIRE_ERROR, WIRE_HEARTBEAT,
+				     WIRE_STATS_REPLY, WIRE_SET_REPLY, 0};
 
 static int set_error(struct itt_error *err, int code, const char *fmt, ...)
 	__attribute__((format(printf, 3, 4)));
@@ -266,6 +272,7 @@ void itt_client_destroy(itt_client_t **cp)
 		itt_stream_destroy(&s);
 	}
 	itt_stats_free(&c->stats_reply);
+	itt_settings_reply_free(&c->set_reply);
 	zmq_close(c->sock);
 	zmq_ctx_term(c->ctx);
 	free(c->api_key);
@@ -424,6 +431,15 @@ static void on_done(itt_client_t *c, Itt__StreamDone *m)
 
 static void on_error(itt_client_t *c, Itt__Error *m)
 {
+	if (c->set_waiting && !c->set_reply && !c->set_err.code &&
+	    (!m->request_id || !*m->request_id || !strcmp(m->request_id, c->set_id))) {
+		/* The answer to SET (one about no request counts too: a broker
+		 * may refuse the message before reading its request_id). */
+		set_error(&c->set_err, m->code ? (int)m->code : ITT__CODE__INTERNAL, "%s",
+			  m->reason ? m->reason : "");
+		protobuf_c_message_free_unpacked(&m->base, NULL);
+		return;
+	}
 	if (!m->request_id || !*m->request_id) {
 		/* Not about a request: the answer to STATS (e.g. UNAUTHENTICATED),
 		 * or a complaint about framing that no stream can act on. */
@@ -478,6 +494,15 @@ static void on_message(itt_client_t *c, struct wire_msg *w)
 			c->stats_reply = m;
 		else if (m)
 			itt__cluster_stats__free_unpacked(m, NULL);
+		break;
+	}
+	case WIRE_SET_REPLY: {
+		Itt__SettingsReply *m = itt__settings_reply__unpack(NULL, n, b);
+		if (m && c->set_waiting && !c->set_reply && !c->set_err.code &&
+		    (!m->request_id || !strcmp(m->request_id, c->set_id)))
+			c->set_reply = m;
+		else if (m)
+			itt__settings_reply__free_unpacked(m, NULL);
 		break;
 	}
 	default: /* HEARTBEAT: its arrival is all that counts */ break;
@@ -566,7 +591,8 @@ static int client_pump(itt_client_t *c, int timeout_ms, itt_stream_t *want)
 		uint64_t now = wire_now_ms();
 		int wait = duties(c, now);
 		if ((want && want->head) ||
-		    (c->stats_waiting && (c->stats_reply || c->stats_err.code)))
+		    (c->stats_waiting && (c->stats_reply || c->stats_err.code)) ||
+		    (c->set_waiting && (c->set_reply || c->set_err.code)))
 			return 0;
 		if (timeout_ms >= 0) {
 			uint64_t spent = now - start;
@@ -902,5 +928,159 @@ void itt_stats_free(Itt__ClusterStats **sp)
 	if (sp && *sp) {
 		itt__cluster_stats__free_unpacked(*sp, NULL);
 		*sp = NULL;
+	}
+}
+
+/* --- settings -------------------------------------------------------------- */
+
+static const struct {
+	unsigned bit;
+	const char *name;
+	long lo, hi;
+} knobs[] = {
+	{ITT_KNOB_THREADS, "threads", 1, 64},
+	{ITT_KNOB_BATCH_TOKENS, "batch_tokens", 1, UINT32_MAX},
+	{ITT_KNOB_SLOW_MS, "slow_ms", 0, 10000},
+};
+#define N_KNOBS (sizeof knobs / sizeof knobs[0])
+
+const char *itt_knob_name(unsigned knob)
+{
+	for (size_t i = 0; i < N_KNOBS; i++)
+		if (knobs[i].bit == knob)
+			return knobs[i].name;
+	return NULL;
+}
+
+unsigned itt_knob_parse(const char *name)
+{
+	for (size_t i = 0; name && i < N_KNOBS; i++)
+		if (!strcmp(knobs[i].name, name))
+			return knobs[i].bit;
+	return 0;
+}
+
+int itt_knob_check(unsigned knob, long value, struct itt_error *err)
+{
+	for (size_t i = 0; i < N_KNOBS; i++) {
+		if (knobs[i].bit != knob)
+			continue;
+		if (value < knobs[i].lo || value > knobs[i].hi) {
+			if (knob == ITT_KNOB_BATCH_TOKENS)
+				return set_error(err, ITT__CODE__INVALID_ARGUMENT,
+						 "batch_tokens must be >= 1 (at most the worker's "
+						 "max_batch_tokens), got %ld",
+						 value);
+			return set_error(err, ITT__CODE__INVALID_ARGUMENT,
+					 "%s must be in %ld..%ld, got %ld", knobs[i].name,
+					 knobs[i].lo, knobs[i].hi, value);
+		}
+		return 0;
+	}
+	return set_error(err, ITT__CODE__INVALID_ARGUMENT, "unknown knob (bit 0x%x)", knob);
+}
+
+/* Appends the names of the knobs in mask to v (room for N_KNOBS). */
+static size_t knob_names(unsigned mask, char **v)
+{
+	size_t n = 0;
+	for (size_t i = 0; i < N_KNOBS; i++)
+		if (mask & knobs[i].bit)
+			v[n++] = (char *)knobs[i].name;
+	return n;
+}
+
+int itt_client_settings(itt_client_t *c, const struct itt_settings_change *ch,
+			Itt__SettingsReply **out, int timeout_ms, struct itt_error *err)
+{
+	*out = NULL;
+	if (!ch->worker_id || !*ch->worker_id || strlen(ch->worker_id) > 128)
+		return set_error(err, ITT__CODE__INVALID_ARGUMENT,
+				 "worker_id must have 1..128 bytes");
+	if ((ch->set | ch->pin_knobs | ch->unpin_knobs) & ~(unsigned)ITT_KNOBS_ALL)
+		return set_error(err, ITT__CODE__INVALID_ARGUMENT,
+				 "unknown knob bits 0x%x (knobs: threads, batch_tokens, slow_ms)",
+				 (ch->set | ch->pin_knobs | ch->unpin_knobs) & ~(unsigned)ITT_KNOBS_ALL);
+	if (!ch->set && !ch->pin_knobs && !ch->unpin_knobs)
+		return set_error(err, ITT__CODE__INVALID_ARGUMENT,
+				 "nothing to change: no knob to set, pin or unpin");
+	if (ch->pin && !ch->set)
+		return set_error(err, ITT__CODE__INVALID_ARGUMENT,
+				 "pin applies to the knobs set, and none is");
+	if ((ch->pin_knobs | (ch->pin ? ch->set : 0)) & ch->unpin_knobs)
+		return set_error(err, ITT__CODE__INVALID_ARGUMENT,
+				 "a knob cannot be pinned and unpinned at once");
+	if (ch->reason && strlen(ch->reason) > 256)
+		return set_error(err, ITT__CODE__INVALID_ARGUMENT, "reason has %zu bytes; at most 256",
+				 strlen(ch->reason));
+	const uint32_t vals[] = {ch->threads, ch->batch_tokens, ch->slow_ms};
+	for (size_t i = 0; i < N_KNOBS; i++)
+		if ((ch->set & knobs[i].bit) && itt_knob_check(knobs[i].bit, (long)vals[i], err))
+			return ITT__CODE__INVALID_ARGUMENT;
+
+	Itt__Settings st = ITT__SETTINGS__INIT;
+	st.has_threads = !!(ch->set & ITT_KNOB_THREADS);
+	st.threads = ch->threads;
+	st.has_batch_tokens = !!(ch->set & ITT_KNOB_BATCH_TOKENS);
+	st.batch_tokens = ch->batch_tokens;
+	st.has_slow_ms = !!(ch->set & ITT_KNOB_SLOW_MS);
+	st.slow_ms = ch->slow_ms;
+	char *pins[N_KNOBS], *unpins[N_KNOBS];
+	Itt__SettingsChange m = ITT__SETTINGS_CHANGE__INIT;
+	m.worker_id = (char *)ch->worker_id;
+	if (ch->set)
+		m.settings = &st;
+	if (ch->pin) {
+		m.has_pin = 1;
+		m.pin = 1;
+	}
+	m.n_pin_knobs = knob_names(ch->pin_knobs, pins);
+	m.pin_knobs = pins;
+	m.n_unpin_knobs = knob_names(ch->unpin_knobs, unpins);
+	m.unpin_knobs = unpins;
+	m.reason = (char *)ch->reason;
+	m.api_key = c->api_key;
+	snprintf(c->set_id, sizeof c->set_id, "set-%llu", (unsigned long long)++c->n_sets);
+	m.request_id = c->set_id;
+
+	itt_settings_reply_free(&c->set_reply);
+	memset(&c->set_err, 0, sizeof c->set_err);
+	if (send_msg(c, WIRE_SET, &m.base) < 0)
+		return set_error(err, ITT__CODE__UNAVAILABLE, "cannot send SET: %s",
+				 zmq_strerror(errno));
+	c->set_waiting = true;
+	uint64_t start = wire_now_ms();
+	for (;;) {
+		uint64_t spent = wire_now_ms() - start;
+		if (c->set_reply || c->set_err.code ||
+		    (timeout_ms >= 0 && spent >= (uint64_t)timeout_ms))
+			break;
+		if (client_pump(c, timeout_ms < 0 ? -1 : (int)((uint64_t)timeout_ms - spent),
+				NULL) < 0) {
+			set_error(&c->set_err, ITT__CODE__INTERNAL, "client socket: %s",
+				  zmq_strerror(errno));
+			break;
+		}
+	}
+	c->set_waiting = false;
+	if (c->set_reply) {
+		*out = c->set_reply;
+		c->set_reply = NULL;
+		return 0;
+	}
+	if (c->set_err.code) {
+		if (err)
+			*err = c->set_err;
+		return c->set_err.code;
+	}
+	return set_error(err, ITT__CODE__UNAVAILABLE, "no SET_REPLY from the broker within %d ms",
+			 timeout_ms);
+}
+
+void itt_settings_reply_free(Itt__SettingsReply **rp)
+{
+	if (rp && *rp) {
+		itt__settings_reply__free_unpacked(*rp, NULL);
+		*rp = NULL;
 	}
 }

@@ -27,7 +27,9 @@
  * Ownership: every pointer passed in is borrowed for the duration of the call
  * (strings and arrays are copied).  Pointers in an event stay valid until the
  * next itt_stream_next or itt_stream_destroy on that stream.  itt_stats hands
- * the caller a ClusterStats that only itt_stats_free releases. */
+ * the caller a ClusterStats that only itt_stats_free releases, and
+ * itt_client_settings a SettingsReply that only itt_settings_reply_free
+ * releases. */
 #ifndef ITT_LIBITT_H
 #define ITT_LIBITT_H
 
@@ -200,5 +202,50 @@ int itt_client_poll(itt_client_t *client, int timeout_ms);
 int itt_stats(itt_client_t *client, Itt__ClusterStats **out, int timeout_ms, struct itt_error *err);
 
 void itt_stats_free(Itt__ClusterStats **stats_p);
+
+/* Live-adjustable worker settings ("knobs", PROTOCOL.md "Telemetry,
+ * settings, placement"), as bits of a mask. */
+enum itt_knob {
+	ITT_KNOB_THREADS = 1u << 0,      /* compute threads, 1..64 */
+	ITT_KNOB_BATCH_TOKENS = 1u << 1, /* rows per forward step, 1..the worker's max_batch_tokens */
+	ITT_KNOB_SLOW_MS = 1u << 2,      /* debug: sleep after each step, 0..10000 ms */
+};
+#define ITT_KNOBS_ALL (ITT_KNOB_THREADS | ITT_KNOB_BATCH_TOKENS | ITT_KNOB_SLOW_MS)
+
+/* Name of one knob bit ("threads", "batch_tokens", "slow_ms"), or NULL. */
+const char *itt_knob_name(unsigned knob);
+/* The bit of a knob name, or 0 when the name is unknown. */
+unsigned itt_knob_parse(const char *name);
+/* Checks a knob's value against the protocol's range (batch_tokens: only
+ * >= 1 here; its upper bound is the worker's).  0, or INVALID_ARGUMENT with
+ * *err naming the knob and its range. */
+int itt_knob_check(unsigned knob, long value, struct itt_error *err);
+
+/* Mirrors SettingsChange (client -> broker, SET): set the knobs in `set`
+ * (values in the fields of the same name); with `pin` also pin them;
+ * pin the knobs in pin_knobs at their current values; unpin those in
+ * unpin_knobs.  At least one of set, pin_knobs, unpin_knobs is non-empty. */
+struct itt_settings_change {
+	const char *worker_id; /* required, 1..128 bytes */
+	unsigned set;          /* enum itt_knob bits */
+	uint32_t threads;
+	uint32_t batch_tokens;
+	uint32_t slow_ms;
+	bool pin;
+	unsigned pin_knobs;   /* enum itt_knob bits */
+	unsigned unpin_knobs; /* enum itt_knob bits */
+	const char *reason;   /* NULL: none; at most 256 bytes */
+};
+
+/* Validates the change, sends SET and waits up to timeout_ms (< 0: no limit)
+ * for SET_REPLY.  Returns 0 with *out set (free with
+ * itt_settings_reply_free), or an Itt__Code with *err set: INVALID_ARGUMENT
+ * for a change refused here, the broker's ERROR (e.g. NOT_FOUND for an
+ * unknown worker, INVALID_ARGUMENT for a bad value or a pinned knob), or
+ * UNAVAILABLE when no reply came in time. */
+int itt_client_settings(itt_client_t *client, const struct itt_settings_change *change,
+			Itt__SettingsReply **out, int timeout_ms, struct itt_error *err);
+
+void itt_settings_reply_free(Itt__SettingsReply **reply_p);
 
 #endif
