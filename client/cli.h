@@ -3,6 +3,7 @@
 #ifndef ITT_CLI_H
 #define ITT_CLI_H
 
+#include <signal.h>
 #include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -39,10 +40,38 @@ void json_ids(FILE *f, const int32_t *ids, size_t n);
 
 double cli_now_ms(void);
 
+/* cmd-cluster.c: helpers of the commands that talk to a broker. */
+#define DEFAULT_BROKER "tcp://127.0.0.1:5555"
+
+struct itt_client;
+struct cluster_opts {
+	const char *api_key;
+	const char *client_id;
+	const char *tenant;
+	long deadline_ms;
+	long priority;
+	long timeout_ms;
+};
+
+/* SIGINT/SIGTERM set g_stop (the signal) and interrupt blocking calls. */
+extern volatile sig_atomic_t g_stop;
+void install_signals(void);
+/* $name when set and not empty, else def. */
+const char *env_or(const char *name, const char *def);
+/* Removes --api-key, --client-id, --tenant, --deadline-ms, --priority and
+ * --timeout-ms from argv (in place) into co; the new argc, or -1 after a
+ * usage error. */
+int take_cluster_opts(int argc, char **argv, struct cluster_opts *co, const char *cmd);
+/* A client of endpoint with co's key (default $ITT_API_KEY), id and
+ * timeout; NULL after printing "itt CMD: CODE: reason". */
+struct itt_client *open_client(const char *endpoint, const struct cluster_opts *co,
+			       const char *cmd);
+
 int cmd_generate_local(struct gen_opts *o);
 /* cmd-cluster.c: argv holds the options after the subcommand's name. */
 int cmd_generate_broker(int argc, char **argv);
-int cmd_stats(int argc, char **argv);
+int cmd_stats(int argc, char **argv);    /* cmd-stats.c */
+int cmd_settings(int argc, char **argv); /* cmd-stats.c */
 int cmd_up(int argc, char **argv);
 int cmd_perplexity(int argc, char **argv);
 int cmd_bench(int argc, char **argv);

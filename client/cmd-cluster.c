@@ -1,6 +1,6 @@
-/* cmd-cluster: the itt subcommands that talk to a cluster through libitt:
+/* cmd-cluster: the itt subcommands that talk to a cluster through libitt
+ * (itt stats and itt settings are in cmd-stats.c):
  *   itt generate --broker ENDPOINT --model NAME ...   stream a generation
- *   itt stats [--broker ENDPOINT] [--json]             the broker's ClusterStats
  *   itt up [--workers N] [--model FILE] ...            a broker and N workers as children
  *
  * Contract: exit 0 on success; 1 when the cluster answered ERROR (printed as
@@ -25,11 +25,10 @@
 #include "cli.h"
 #include "libitt.h"
 
-#define DEFAULT_BROKER "tcp://127.0.0.1:5555"
 #define UP_MAX_WORKERS 256
 #define UP_MAX_EXTRA   32
 
-static volatile sig_atomic_t g_stop;
+volatile sig_atomic_t g_stop;
 
 static void on_signal(int sig)
 {
@@ -37,7 +36,7 @@ static void on_signal(int sig)
 }
 
 /* SIGINT/SIGTERM set g_stop and interrupt blocking calls (no SA_RESTART). */
-static void install_signals(void)
+void install_signals(void)
 {
 	struct sigaction sa;
 	memset(&sa, 0, sizeof sa);
@@ -47,22 +46,13 @@ static void install_signals(void)
 	sigaction(SIGTERM, &sa, NULL);
 }
 
-static const char *env_or(const char *name, const char *def)
+const char *env_or(const char *name, const char *def)
 {
 	const char *v = getenv(name);
 	return v && *v ? v : def;
 }
 
 /* --- generate --broker ------------------------------------------------------ */
-
-struct cluster_opts {
-	const char *api_key;
-	const char *client_id;
-	const char *tenant;
-	long deadline_ms;
-	long priority;
-	long timeout_ms;
-};
 
 /* Sets the sampling fields that differ from the defaults, so that absent
  * fields keep the broker's (and later a tenant's) defaults. */
@@ -119,7 +109,7 @@ static int buf_add(struct buf *b, const void *data, size_t n)
 
 /* Removes the options only the broker path knows from argv (in place) and
  * stores them in co; returns the new argc, or -1 after a usage error. */
-static int take_cluster_opts(int argc, char **argv, struct cluster_opts *co, const char *cmd)
+int take_cluster_opts(int argc, char **argv, struct cluster_opts *co, const char *cmd)
 {
 	int n = 0;
 	for (int i = 0; i < argc; i++) {
@@ -158,7 +148,7 @@ static int take_cluster_opts(int argc, char **argv, struct cluster_opts *co, con
 	return n;
 }
 
-static itt_client_t *open_client(const char *endpoint, const struct cluster_opts *co,
+itt_client_t *open_client(const char *endpoint, const struct cluster_opts *co,
 				 const char *cmd)
 {
 	struct itt_client_options opt;
@@ -299,127 +289,6 @@ int cmd_generate_broker(int argc, char **argv)
 	free(text.p);
 	free(ids.p);
 	itt_stream_destroy(&s);
-	itt_client_destroy(&c);
-	return rc;
-}
-
-/* --- stats ------------------------------------------------------------------ */
-
-static const char stats_help[] =
-	"usage: itt stats [--broker ENDPOINT] [--json] [--api-key KEY] [--timeout-ms MS]\n"
-	"Asks the broker (default $ITT_BROKER or " DEFAULT_BROKER ") for its statistics and\n"
-	"prints a table per worker (id, host, model, layers, state, sessions, queue,\n"
-	"tokens/s, ms since its last heartbeat), one per model and the totals.\n"
-	"--json prints the ClusterStats message as one JSON object (workers, models, uptime_ms,\n"
-	"requests, completed, failed). --timeout-ms: how long to wait for the reply (5000).\n"
-	"The API key defaults to $ITT_API_KEY.\n";
-
-static void print_stats_json(const Itt__ClusterStats *st)
-{
-	printf("{\"uptime_ms\":%llu,\"requests\":%llu,\"completed\":%llu,\"failed\":%llu,"
-	       "\"workers\":[",
-	       (unsigned long long)st->uptime_ms, (unsigned long long)st->requests,
-	       (unsigned long long)st->completed, (unsigned long long)st->failed);
-	for (size_t i = 0; i < st->n_workers; i++) {
-		const Itt__WorkerStats *w = st->workers[i];
-		printf("%s{\"id\":", i ? "," : "");
-		json_str(stdout, w->id ? w->id : "", w->id ? strlen(w->id) : 0);
-		printf(",\"host\":");
-		json_str(stdout, w->host ? w->host : "", w->host ? strlen(w->host) : 0);
-		printf(",\"model\":");
-		json_str(stdout, w->model ? w->model : "", w->model ? strlen(w->model) : 0);
-		printf(",\"layer_first\":%u,\"layer_last\":%u,\"n_layers\":%u,\"state\":",
-		       w->layer_first, w->layer_last, w->n_layers);
-		json_str(stdout, w->state ? w->state : "", w->state ? strlen(w->state) : 0);
-		printf(",\"sessions\":%u,\"max_sessions\":%u,\"queue\":%u,\"tokens_per_s\":%.3f,"
-		       "\"last_heartbeat_ms\":%.1f,\"threads\":%u,\"steps\":%llu}",
-		       w->sessions, w->max_sessions, w->queue, w->tokens_per_s,
-		       w->last_heartbeat_ms, w->threads, (unsigned long long)w->steps);
-	}
-	printf("],\"models\":[");
-	for (size_t i = 0; i < st->n_models; i++) {
-		const Itt__ModelStats *m = st->models[i];
-		printf("%s{\"name\":", i ? "," : "");
-		json_str(stdout, m->name ? m->name : "", m->name ? strlen(m->name) : 0);
-		printf(",\"queued\":%u,\"queue_limit\":%u,\"running\":%u,\"workers\":%u}",
-		       m->queued, m->queue_limit, m->running, m->workers);
-	}
-	printf("]}\n");
-}
-
-static const char *or_dash(const char *s)
-{
-	return s && *s ? s : "-";
-}
-
-static void print_stats_table(const Itt__ClusterStats *st)
-{
-	printf("%-28s %-14s %-14s %-9s %-6s %-9s %5s %9s %8s\n", "WORKER", "HOST", "MODEL",
-	       "LAYERS", "STATE", "SESSIONS", "QUEUE", "TOK/S", "HEARD");
-	for (size_t i = 0; i < st->n_workers; i++) {
-		const Itt__WorkerStats *w = st->workers[i];
-		char layers[40], sessions[40], heard[40];
-		snprintf(layers, sizeof layers, "%u:%u/%u", w->layer_first, w->layer_last,
-			 w->n_layers);
-		snprintf(sessions, sizeof sessions, "%u/%u", w->sessions, w->max_sessions);
-		snprintf(heard, sizeof heard, "%.0fms", w->last_heartbeat_ms);
-		printf("%-28s %-14s %-14s %-9s %-6s %-9s %5u %9.1f %8s\n", or_dash(w->id),
-		       or_dash(w->host), or_dash(w->model), layers, or_dash(w->state), sessions,
-		       w->queue, w->tokens_per_s, heard);
-	}
-	if (!st->n_workers)
-		printf("(no workers)\n");
-	printf("\n%-28s %7s %8s %8s %8s\n", "MODEL", "WORKERS", "RUNNING", "QUEUED", "LIMIT");
-	for (size_t i = 0; i < st->n_models; i++) {
-		const Itt__ModelStats *m = st->models[i];
-		printf("%-28s %7u %8u %8u %8u\n", or_dash(m->name), m->workers, m->running,
-		       m->queued, m->queue_limit);
-	}
-	if (!st->n_models)
-		printf("(no models)\n");
-	printf("\nuptime %.1f s, requests %llu, completed %llu, failed %llu\n",
-	       (double)st->uptime_ms / 1e3, (unsigned long long)st->requests,
-	       (unsigned long long)st->completed, (unsigned long long)st->failed);
-}
-
-int cmd_stats(int argc, char **argv)
-{
-	struct cluster_opts co = {.timeout_ms = 5000};
-	const char *broker = env_or("ITT_BROKER", DEFAULT_BROKER);
-	bool json = false;
-	argc = take_cluster_opts(argc, argv, &co, "stats");
-	if (argc < 0)
-		return 2;
-	for (int i = 0; i < argc; i++) {
-		if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) {
-			fputs(stats_help, stdout);
-			return 0;
-		} else if (!strcmp(argv[i], "--broker") && i + 1 < argc) {
-			broker = argv[++i];
-		} else if (!strcmp(argv[i], "--json")) {
-			json = true;
-		} else {
-			fprintf(stderr, "itt stats: unknown option %s\n%s", argv[i], stats_help);
-			return 2;
-		}
-	}
-	co.client_id = co.client_id ? co.client_id : NULL;
-	itt_client_t *c = open_client(broker, &co, "stats");
-	if (!c)
-		return 2;
-	Itt__ClusterStats *st = NULL;
-	struct itt_error err = {0};
-	int rc = 0;
-	if (itt_stats(c, &st, (int)co.timeout_ms, &err)) {
-		fprintf(stderr, "itt stats: %s: %s (broker %s)\n", itt_code_name(err.code),
-			err.reason, broker);
-		rc = 1;
-	} else if (json) {
-		print_stats_json(st);
-	} else {
-		print_stats_table(st);
-	}
-	itt_stats_free(&st);
 	itt_client_destroy(&c);
 	return rc;
 }

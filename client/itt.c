@@ -11,8 +11,11 @@ static const char usage[] =
 	"commands:\n"
 	"  generate    generate text: --local MODEL.gguf runs the engine in this process,\n"
 	"              --broker ENDPOINT --model NAME asks a cluster and streams the answer\n"
-	"  stats       a cluster's workers, models and counters (--broker ENDPOINT)\n"
-	"  up          start a broker and N workers on this machine (--model FILE)\n"
+	"  stats       a cluster's workers, routes, models, counters and decisions\n"
+	"              (--broker ENDPOINT; --watch for a live view)\n"
+	"  settings    show or change workers' live settings: get, set, pin, unpin\n"
+	"  up          start a broker, N workers and a coordinator on this machine\n"
+	"              (--model FILE)\n"
 	"  perplexity  mean negative log-likelihood of a text file (--local)\n"
 	"  bench       benchmarks: `itt bench engine --local MODEL.gguf` (the engine alone),\n"
 	"              `itt bench serve --broker ENDPOINT --model NAME` (a cluster under load)\n"
@@ -75,6 +78,8 @@ int main(int argc, char **argv)
 		return cmd_bench(argc - 2, argv + 2);
 	if (!strcmp(cmd, "stats"))
 		return cmd_stats(argc - 2, argv + 2);
+	if (!strcmp(cmd, "settings"))
+		return cmd_settings(argc - 2, argv + 2);
 	if (!strcmp(cmd, "up"))
 		return cmd_up(argc - 2, argv + 2);
 	fprintf(stderr, "itt: unknown command \"%s\"\n%s", cmd, usage);
