@@ -20,8 +20,11 @@ Contract:
   dropped here); after timeout_s of silence a stream raises IttError
   UNAVAILABLE.  A request without a seed gets a random one here, so a
   re-sent SUBMIT reproduces the same stream.
-- I/O happens only while the caller iterates or calls stats(); a Client is
-  for one thread at a time.
+- stats() returns the broker's ClusterStats; settings() changes, pins or
+  unpins a worker's knobs (threads, batch_tokens, slow_ms) with SET and
+  returns the SettingsReply.  Both raise IttError for the broker's ERROR.
+- I/O happens only while the caller iterates or calls stats() or
+  settings(); a Client is for one thread at a time.
 - Nothing the broker sends can raise anything but IttError: malformed
   messages are dropped.
 
@@ -94,8 +97,12 @@ pb = _load_pb2()
 
 SIGNATURE = b"ITT\x01"
 SUBMIT, CHUNK, DONE, ERROR, CANCEL, HEARTBEAT, STATS, STATS_REPLY = range(1, 9)
+SET, SET_REPLY = 0x25, 0x26
 _BODIES = {CHUNK: "StreamChunk", DONE: "StreamDone", ERROR: "Error", HEARTBEAT: "Heartbeat",
-           STATS_REPLY: "ClusterStats"}
+           STATS_REPLY: "ClusterStats", SET_REPLY: "SettingsReply"}
+# Live-adjustable worker knobs and their ranges (PROTOCOL.md, "Telemetry,
+# settings, placement"); batch_tokens' upper bound is the worker's own.
+KNOBS = {"threads": (1, 64), "batch_tokens": (1, 2**32 - 1), "slow_ms": (0, 10000)}
 _SAMPLING = ("temperature", "top_k", "top_p", "min_p", "typical_p", "repeat_penalty",
              "repeat_last_n", "presence_penalty", "frequency_penalty", "seed")
 MAX_MESSAGE = 1 << 20  # the front end's limit (PROTOCOL.md, "Limits")
@@ -258,6 +265,9 @@ class Client:
         self._last_send = 0.0
         self._stats = None
         self._stats_waiting = False
+        self._set_reply = None
+        self._set_id = None
+        self._n_sets = 0
 
     def __enter__(self):
         return self
@@ -354,6 +364,67 @@ class Client:
             raise got
         return got
 
+    def settings(self, worker_id, *, pin=False, pin_knobs=(), unpin_knobs=(), reason=None,
+                 timeout_s=5.0, **knobs):
+        """Changes one worker's knobs: settings("w1", threads=2, pin=True) sets
+        and pins threads; pin_knobs / unpin_knobs pin knobs at their current
+        values or release them.  Knobs: threads (1..64), batch_tokens (>= 1,
+        at most the worker's max), slow_ms (0..10000).  Returns the broker's
+        SettingsReply (itt_pb2: worker_id, settings requested, pinned).
+        Raises TypeError for an unknown knob keyword, ValueError for a value
+        or knob name refused here (nothing is sent), IttError for the
+        broker's ERROR (NOT_FOUND: unknown worker; INVALID_ARGUMENT: bad
+        value or a pinned knob) or UNAVAILABLE when no reply came."""
+        unknown = set(knobs) - set(KNOBS)
+        if unknown:
+            raise TypeError(f"unknown knob(s): {', '.join(sorted(unknown))} "
+                            f"(knobs: {', '.join(KNOBS)})")
+        if not worker_id or len(worker_id.encode()) > 128:
+            raise ValueError("worker_id must have 1..128 bytes")
+        st = pb.Settings()
+        for k, v in knobs.items():
+            lo, hi = KNOBS[k]
+            if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
+                raise ValueError(f"{k} must be an integer in {lo}..{hi}, got {v!r}")
+            setattr(st, k, v)
+        pin_knobs, unpin_knobs = list(pin_knobs), list(unpin_knobs)
+        for k in pin_knobs + unpin_knobs:
+            if k not in KNOBS:
+                raise ValueError(f"unknown knob {k!r} (knobs: {', '.join(KNOBS)})")
+        if not knobs and not pin_knobs and not unpin_knobs:
+            raise ValueError("nothing to change: no knob to set, pin or unpin")
+        if pin and not knobs:
+            raise ValueError("pin applies to the knobs set, and none is")
+        if set(unpin_knobs) & (set(pin_knobs) | (set(knobs) if pin else set())):
+            raise ValueError("a knob cannot be pinned and unpinned at once")
+        self._n_sets += 1
+        self._set_id = f"set-{self._n_sets}"
+        ch = pb.SettingsChange(worker_id=worker_id, request_id=self._set_id,
+                               pin_knobs=pin_knobs, unpin_knobs=unpin_knobs)
+        if knobs:
+            ch.settings.CopyFrom(st)
+        if pin:
+            ch.pin = True
+        if reason:
+            ch.reason = reason
+        if self.api_key:
+            ch.api_key = self.api_key
+        self._set_reply = None
+        try:
+            self._send(SET, ch)
+            end = time.monotonic() + timeout_s
+            while self._set_reply is None:
+                left = end - time.monotonic()
+                if left <= 0:
+                    raise IttError(pb.UNAVAILABLE, f"no SET_REPLY within {timeout_s} s")
+                self._pump(None, left)
+        finally:
+            self._set_id = None
+        got, self._set_reply = self._set_reply, None
+        if isinstance(got, IttError):
+            raise got
+        return got
+
     # -- internals --
     def _send_raw(self, cmd, body):
         try:
@@ -408,7 +479,8 @@ class Client:
                     s._heard = s._quiet_since = now
                 self._dispatch(frames)
             wait = self._duties()
-            if (want is not None and want._queue) or (want is None and self._stats is not None):
+            if (want is not None and want._queue) or (want is None and (
+                    self._stats is not None or self._set_reply is not None)):
                 return
             if end is not None:
                 left = end - time.monotonic()
@@ -429,6 +501,13 @@ class Client:
         except Exception:  # DecodeError and friends: a malformed body is dropped
             return
         if cmd == HEARTBEAT:
+            return
+        if cmd == SET_REPLY or (cmd == ERROR and self._set_id is not None
+                                and m.request_id in ("", self._set_id)):
+            if self._set_id is not None and self._set_reply is None and (
+                    cmd == ERROR or m.request_id in ("", self._set_id)):
+                self._set_reply = m if cmd == SET_REPLY else IttError(m.code or pb.INTERNAL,
+                                                                      m.reason)
             return
         if cmd == STATS_REPLY or (cmd == ERROR and not m.request_id):
             # an ERROR about no request answers STATS (e.g. UNAUTHENTICATED)
