@@ -1,7 +1,8 @@
 /* cmd-cluster: the itt subcommands that talk to a cluster through libitt
  * (itt stats and itt settings are in cmd-stats.c):
  *   itt generate --broker ENDPOINT --model NAME ...   stream a generation
- *   itt up [--workers N] [--model FILE] ...            a broker and N workers as children
+ *   itt up [--workers N] [--model FILE] ...            a broker, N workers and a
+ *                                                      coordinator as children
  *
  * Contract: exit 0 on success; 1 when the cluster answered ERROR (printed as
  * "itt CMD: CODE: reason") or a child of `itt up` died; 2 on a usage error
@@ -298,11 +299,14 @@ int cmd_generate_broker(int argc, char **argv)
 static const char up_help[] =
 	"usage: itt up --model FILE [--workers N] [--name NAME] [--front ENDPOINT]\n"
 	"              [--back ENDPOINT] [--threads T] [--ready-timeout-ms MS]\n"
-	"              [--worker-arg ARG]... [--broker-arg ARG]...\n"
-	"Starts itt-broker and N itt-worker processes (found beside this itt executable) as\n"
-	"children, prints the endpoints, and a line \"itt up: ready: ...\" once all N workers\n"
-	"have registered with the broker. Ctrl-C or SIGTERM stops them all (exit 0). When a\n"
-	"child dies unexpectedly it is reported, the others are stopped, and itt up exits 1.\n"
+	"              [--stages N | --no-coordinator] [--log-level LEVEL]\n"
+	"              [--worker-arg ARG]... [--broker-arg ARG]... [--coordinator-arg ARG]...\n"
+	"Starts itt-broker, N itt-worker processes and itt-coordinator (all found beside this\n"
+	"itt executable; the coordinator only when it is there) as children, prints the\n"
+	"endpoints, and a line \"itt up: ready: ...\" once all N workers have registered with\n"
+	"the broker (and the coordinator has connected, or 5 s more have passed; the line\n"
+	"says which). Ctrl-C or SIGTERM stops them all (exit 0). When a child dies\n"
+	"unexpectedly it is reported, the others are stopped, and itt up exits 1.\n"
 	"  --model FILE          GGUF model every worker loads (required)\n"
 	"  --workers N           worker processes, 1..256 (default 1)\n"
 	"  --name NAME           model name the workers serve (default: the worker's own)\n"
@@ -311,7 +315,12 @@ static const char up_help[] =
 	"  --threads T           compute threads per worker (default 1)\n"
 	"  --ready-timeout-ms MS give up when the workers have not registered (default 60000)\n"
 	"  --worker-arg ARG      pass ARG to every worker (repeatable)\n"
-	"  --broker-arg ARG      pass ARG to the broker (repeatable)\n";
+	"  --broker-arg ARG      pass ARG to the broker (repeatable)\n"
+	"  --no-coordinator      start no itt-coordinator (the broker forms routes itself)\n"
+	"  --stages N            pass --stages N to the coordinator: split the model into\n"
+	"                        N pipeline stages (1..256; default: the coordinator's)\n"
+	"  --coordinator-arg ARG pass ARG to the coordinator (repeatable)\n"
+	"  --log-level LEVEL     error, warn, info or debug, for every child (default: theirs)\n";
 
 struct child {
 	pid_t pid;
@@ -418,12 +427,14 @@ static void stop_children(struct child *ch, int n)
 }
 
 /* Workers registered at the broker (state other than "lost", model name
- * matching when given), or -1 when the broker did not answer. */
-static int count_ready(itt_client_t *c, const char *name)
+ * matching when given), or -1 when the broker did not answer; *coord: the
+ * broker reports a coordinator connected. */
+static int count_ready(itt_client_t *c, const char *name, bool *coord)
 {
 	Itt__ClusterStats *st = NULL;
 	if (itt_stats(c, &st, 500, NULL))
 		return -1;
+	*coord = st->coordinator;
 	int n = 0;
 	for (size_t i = 0; i < st->n_workers; i++) {
 		const Itt__WorkerStats *w = st->workers[i];
@@ -440,9 +451,11 @@ static int count_ready(itt_client_t *c, const char *name)
 int cmd_up(int argc, char **argv)
 {
 	const char *model = NULL, *name = NULL, *front = "tcp://*:5555", *back = "tcp://*:5556";
-	long n_workers = 1, threads = 1, ready_ms = 60000;
-	const char *wargs[UP_MAX_EXTRA], *bargs[UP_MAX_EXTRA];
-	int n_wargs = 0, n_bargs = 0;
+	long n_workers = 1, threads = 1, ready_ms = 60000, stages = 0;
+	const char *wargs[UP_MAX_EXTRA], *bargs[UP_MAX_EXTRA], *cargs[UP_MAX_EXTRA];
+	const char *log_level = NULL;
+	int n_wargs = 0, n_bargs = 0, n_cargs = 0;
+	bool coordinator = true;
 
 	for (int i = 0; i < argc; i++) {
 		const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
@@ -450,6 +463,10 @@ int cmd_up(int argc, char **argv)
 		if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
 			fputs(up_help, stdout);
 			return 0;
+		}
+		if (!strcmp(a, "--no-coordinator")) {
+			coordinator = false;
+			continue;
 		}
 		if (!v) {
 			fprintf(stderr, "itt up: unknown option or missing value: %s\n%s", a,
@@ -475,7 +492,15 @@ int cmd_up(int argc, char **argv)
 			wargs[n_wargs++] = v;
 		else if (!strcmp(a, "--broker-arg") && n_bargs < UP_MAX_EXTRA)
 			bargs[n_bargs++] = v;
-		else {
+		else if (!strcmp(a, "--coordinator-arg") && n_cargs < UP_MAX_EXTRA)
+			cargs[n_cargs++] = v;
+		else if (!strcmp(a, "--stages"))
+			ok = cli_parse_long(v, 1, UP_MAX_WORKERS, &stages);
+		else if (!strcmp(a, "--log-level")) {
+			log_level = v;
+			ok = !strcmp(v, "error") || !strcmp(v, "warn") || !strcmp(v, "info") ||
+			     !strcmp(v, "debug");
+		} else {
 			fprintf(stderr,
 				"itt up: unknown option %s (or more than %d extra args)\n%s", a,
 				UP_MAX_EXTRA, up_help);
@@ -490,13 +515,19 @@ int cmd_up(int argc, char **argv)
 		fprintf(stderr, "itt up: --model FILE is required\n%s", up_help);
 		return 2;
 	}
+	if (!coordinator && (stages || n_cargs)) {
+		fprintf(stderr, "itt up: --stages and --coordinator-arg need the coordinator; "
+				"drop --no-coordinator\n");
+		return 2;
+	}
 	if (access(model, R_OK) != 0) {
 		fprintf(stderr, "itt up: cannot read %s: %s\n", model, strerror(errno));
 		return 1;
 	}
 
 	/* The broker and worker binaries live beside this executable. */
-	char self[PATH_MAX], dir[PATH_MAX], broker_bin[PATH_MAX + 16], worker_bin[PATH_MAX + 16];
+	char self[PATH_MAX], dir[PATH_MAX], broker_bin[PATH_MAX + 16], worker_bin[PATH_MAX + 16],
+	    coord_bin[PATH_MAX + 16];
 	ssize_t sl = readlink("/proc/self/exe", self, sizeof self - 1);
 	if (sl <= 0) {
 		fprintf(stderr, "itt up: cannot find my own executable: %s\n", strerror(errno));
@@ -507,20 +538,31 @@ int cmd_up(int argc, char **argv)
 	char *d = dirname(dir);
 	snprintf(broker_bin, sizeof broker_bin, "%s/itt-broker", d);
 	snprintf(worker_bin, sizeof worker_bin, "%s/itt-worker", d);
+	snprintf(coord_bin, sizeof coord_bin, "%s/itt-coordinator", d);
 	if (access(broker_bin, X_OK) || access(worker_bin, X_OK)) {
 		fprintf(stderr, "itt up: %s and %s must be built beside itt\n", broker_bin,
 			worker_bin);
 		return 1;
 	}
-	char back_conn[512], front_conn[512], threads_s[16];
+	if (coordinator && access(coord_bin, X_OK)) {
+		if (stages || n_cargs) {
+			fprintf(stderr, "itt up: --stages and --coordinator-arg need %s, which is "
+					"not built\n", coord_bin);
+			return 1;
+		}
+		printf("itt up: no %s; running without a coordinator\n", coord_bin);
+		coordinator = false;
+	}
+	char back_conn[512], front_conn[512], threads_s[16], stages_s[16];
 	connect_form(back, back_conn, sizeof back_conn);
 	connect_form(front, front_conn, sizeof front_conn);
 	snprintf(threads_s, sizeof threads_s, "%ld", threads);
+	snprintf(stages_s, sizeof stages_s, "%ld", stages);
 
 	/* Signals are caught before the first child exists, so that a stop
 	 * request can never leave one behind. */
 	install_signals();
-	struct child ch[1 + UP_MAX_WORKERS];
+	struct child ch[2 + UP_MAX_WORKERS];
 	int n_ch = 0, rc = 0;
 	char *args[16 + 2 * UP_MAX_EXTRA];
 	int k = 0;
@@ -529,6 +571,10 @@ int cmd_up(int argc, char **argv)
 	args[k++] = (char *)front;
 	args[k++] = "--back";
 	args[k++] = (char *)back;
+	if (log_level) {
+		args[k++] = "--log-level";
+		args[k++] = (char *)log_level;
+	}
 	for (int i = 0; i < n_bargs; i++)
 		args[k++] = (char *)bargs[i];
 	args[k] = NULL;
@@ -555,6 +601,10 @@ int cmd_up(int argc, char **argv)
 			args[k++] = "--name";
 			args[k++] = (char *)name;
 		}
+		if (log_level) {
+			args[k++] = "--log-level";
+			args[k++] = (char *)log_level;
+		}
 		for (int i = 0; i < n_wargs; i++)
 			args[k++] = (char *)wargs[i];
 		args[k] = NULL;
@@ -570,6 +620,37 @@ int cmd_up(int argc, char **argv)
 		n_ch++;
 		printf("itt up: worker %ld pid %d, model %s\n", w + 1, (int)c->pid, model);
 	}
+	/* The coordinator last: it is stopped first (stop_children goes
+	 * backwards), so it does not react to the workers leaving. */
+	if (coordinator) {
+		k = 0;
+		args[k++] = coord_bin;
+		args[k++] = "--broker";
+		args[k++] = back_conn;
+		if (stages) {
+			args[k++] = "--stages";
+			args[k++] = stages_s;
+		}
+		if (log_level) {
+			args[k++] = "--log-level";
+			args[k++] = (char *)log_level;
+		}
+		for (int i = 0; i < n_cargs; i++)
+			args[k++] = (char *)cargs[i];
+		args[k] = NULL;
+		struct child *c = &ch[n_ch];
+		c->pid = spawn(args);
+		if (c->pid < 0) {
+			fprintf(stderr, "itt up: fork: %s\n", strerror(errno));
+			rc = 1;
+			goto out;
+		}
+		c->alive = true;
+		snprintf(c->name, sizeof c->name, "itt-coordinator");
+		n_ch++;
+		printf("itt up: coordinator pid %d, broker %s%s%s\n", (int)c->pid, back_conn,
+		       stages ? ", stages " : "", stages ? stages_s : "");
+	}
 	fflush(stdout);
 
 	/* Poll STATS until all workers have registered. */
@@ -579,16 +660,24 @@ int cmd_up(int argc, char **argv)
 		rc = 1;
 		goto out;
 	}
-	double t0 = cli_now_ms();
+	double t0 = cli_now_ms(), t_workers = 0;
 	int ready = 0;
+	bool coord_up = false;
 	while (!g_stop) {
 		if (reap(ch, n_ch, false)) {
 			rc = 1;
 			break;
 		}
-		ready = count_ready(cl, name);
-		if (ready >= n_workers)
-			break;
+		ready = count_ready(cl, name, &coord_up);
+		if (ready >= n_workers) {
+			/* then up to 5 s more for the coordinator to connect */
+			if (!t_workers)
+				t_workers = cli_now_ms();
+			if (!coordinator || coord_up || cli_now_ms() - t_workers > 5000)
+				break;
+			sleep_ms(100);
+			continue;
+		}
 		if (cli_now_ms() - t0 > (double)ready_ms) {
 			fprintf(stderr, "itt up: only %d of %ld workers registered within %ld ms\n",
 				ready < 0 ? 0 : ready, n_workers, ready_ms);
@@ -600,8 +689,12 @@ int cmd_up(int argc, char **argv)
 	itt_client_destroy(&cl);
 	if (rc || g_stop)
 		goto out;
-	printf("itt up: ready: %ld worker%s registered; clients connect to %s\n", n_workers,
-	       n_workers == 1 ? "" : "s", front_conn);
+	printf("itt up: ready: %ld worker%s registered%s; clients connect to %s\n", n_workers,
+	       n_workers == 1 ? "" : "s",
+	       !coordinator ? ""
+	       : coord_up   ? "; coordinator connected"
+			    : "; coordinator not connected (yet)",
+	       front_conn);
 	fflush(stdout);
 
 	while (!g_stop) {
