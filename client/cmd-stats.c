@@ -236,41 +236,16 @@ static void worker_cells(const Itt__WorkerStats *w, char cell[N_COLS][64])
 /* Chooses the columns and widths for the workers at `width` characters. */
 static void plan_layout(const Itt__ClusterStats *st, int width, struct layout *L)
 {
+	const int flex[] = {C_ID, C_MODEL, C_HOST};
+	const size_t n_flex = sizeof flex / sizeof flex[0];
+	int want[N_COLS] = {0};
 	bool slow = false;
 	for (int c = 0; c < N_COLS; c++) {
 		L->on[c] = true;
 		L->w[c] = cols[c].width;
 	}
-	/* The slow_ms column only when some worker runs with it or pins it. */
-	for (size_t i = 0; i < st->n_workers; i++) {
-		const Itt__Settings *s = settings_of(st->workers[i]);
-		slow |= (s && s->has_slow_ms && s->slow_ms) || is_pinned(st->workers[i], "slow_ms");
-	}
-	L->on[C_SLOW] = slow;
-	for (;;) {
-		int total = -1;
-		for (int c = 0; c < N_COLS; c++)
-			if (L->on[c])
-				total += L->w[c] + 1;
-		if (total <= width)
-			break;
-		int drop = -1;
-		for (int c = 0; c < N_COLS; c++)
-			if (L->on[c] && c != C_ID &&
-			    (drop < 0 || cols[c].priority < cols[drop].priority))
-				drop = c;
-		if (drop < 0)
-			break;
-		L->on[drop] = false;
-	}
-	/* Grow the flexible columns towards their content, one character
-	 * at a time each in turn, so that no one takes all the room. */
-	int used = -1, want[N_COLS] = {0};
-	for (int c = 0; c < N_COLS; c++)
-		if (L->on[c])
-			used += L->w[c] + 1;
-	const int flex[] = {C_ID, C_MODEL, C_HOST};
-	const size_t n_flex = sizeof flex / sizeof flex[0];
+	/* Flexible columns want their widest content (within their bounds)
+	 * and take no more than that even at their smallest. */
 	for (size_t k = 0; k < n_flex; k++) {
 		int c = flex[k];
 		want[c] = (int)strlen(cols[c].title);
@@ -283,7 +258,34 @@ static void plan_layout(const Itt__ClusterStats *st, int width, struct layout *L
 		}
 		if (want[c] > cols[c].max)
 			want[c] = cols[c].max;
+		if (L->w[c] > want[c])
+			L->w[c] = want[c];
 	}
+	/* The slow_ms column only when some worker runs with it or pins it. */
+	for (size_t i = 0; i < st->n_workers; i++) {
+		const Itt__Settings *s = settings_of(st->workers[i]);
+		slow |= (s && s->has_slow_ms && s->slow_ms) || is_pinned(st->workers[i], "slow_ms");
+	}
+	L->on[C_SLOW] = slow;
+	int used;
+	for (;;) {
+		used = -1;
+		for (int c = 0; c < N_COLS; c++)
+			if (L->on[c])
+				used += L->w[c] + 1;
+		if (used <= width)
+			break;
+		int drop = -1;
+		for (int c = 0; c < N_COLS; c++)
+			if (L->on[c] && c != C_ID &&
+			    (drop < 0 || cols[c].priority < cols[drop].priority))
+				drop = c;
+		if (drop < 0)
+			break;
+		L->on[drop] = false;
+	}
+	/* Grow the flexible columns towards their content, one character
+	 * at a time each in turn, so that no one takes all the room. */
 	for (bool grew = true; grew && used < width;) {
 		grew = false;
 		for (size_t k = 0; k < n_flex && used < width; k++) {
