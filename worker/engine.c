@@ -54,6 +54,24 @@ fail:
 	return rc;
 }
 
+int engine_set_threads(struct engine *e, int n_threads, struct itt_err *err)
+{
+	threadpool_t *pool = NULL;
+	struct forward_ctx fwd;
+	int rc = threadpool_new(n_threads, &pool, err);
+	if (rc < 0)
+		return rc;
+	if ((rc = forward_init(&fwd, e->model, &e->kv, pool, e->fwd.max_rows, err)) < 0) {
+		threadpool_destroy(&pool);
+		return rc;
+	}
+	forward_free(&e->fwd);
+	threadpool_destroy(&e->pool);
+	e->fwd = fwd;
+	e->pool = pool;
+	return 0;
+}
+
 void engine_close(struct engine **ep)
 {
 	struct engine *e = ep ? *ep : NULL;

@@ -43,6 +43,12 @@ struct engine {
 int engine_open(const struct engine_config *c, struct engine **out, struct itt_err *err);
 void engine_close(struct engine **e);
 
+/* Replaces the thread pool with one of n_threads and the forward context
+ * (whose scratch is sized by the thread count) with one built on it; the
+ * model and the KV cache stay.  Not while a forward pass runs.  On error
+ * the engine is unchanged. */
+int engine_set_threads(struct engine *e, int n_threads, struct itt_err *err);
+
 /* Runs n tokens of one sequence (continuing at s->n_pos) in chunks of
  * max_rows.  On the last stage, writes the logits of every token into
  * all_logits ([n][vocab]) when it is not NULL, and those of the final token
