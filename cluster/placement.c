@@ -9,11 +9,18 @@
 
 /* Smallest speed any worker gets, so that costs stay finite. */
 #define PLACE_MIN_SPEED 1e-9
+/* Rounding bonus, in layers, for the count a stage holds now (rule 4). */
+#define PLACE_STICKY 0.3
 
 static uint32_t place_cap(const struct place_worker *w, uint32_t n_layers)
 {
 	uint32_t c = w->capacity ? w->capacity : 1;
 	return c < n_layers ? c : n_layers;
+}
+
+static uint32_t place_held(const struct place_worker *w)
+{
+	return w->layer_last > w->layer_first ? w->layer_last - w->layer_first : 0;
 }
 
 static int place_cmp_double(const void *a, const void *b)
@@ -139,19 +146,27 @@ static bool place_split(const struct place_worker *w, const uint32_t *idx, uint3
 		out[k] = b > hi[k] ? hi[k] : b;
 		sum += out[k];
 	}
+	/* The remainder of a stage, plus PLACE_STICKY when the layer would
+	 * bring it to the count it holds now (minus when taking one would):
+	 * near ties keep current ranges. */
+	double key[PLACE_MAX_STAGES];
 	while (sum < n_layers) {
 		int best = -1;
-		for (uint32_t k = 0; k < m; k++)
-			if (out[k] < hi[k] && (best < 0 || q[k] - out[k] > q[best] - out[best] + 1e-12))
+		for (uint32_t k = 0; k < m; k++) {
+			key[k] = q[k] - out[k] + (place_held(&w[idx[k]]) == out[k] + 1 ? PLACE_STICKY : 0);
+			if (out[k] < hi[k] && (best < 0 || key[k] > key[best] + 1e-12))
 				best = (int)k;
+		}
 		out[best]++;
 		sum++;
 	}
 	while (sum > n_layers) {
 		int best = -1;
-		for (uint32_t k = 0; k < m; k++)
-			if (out[k] > 1 && (best < 0 || q[k] - out[k] < q[best] - out[best] - 1e-12))
+		for (uint32_t k = 0; k < m; k++) {
+			key[k] = q[k] - out[k] + (place_held(&w[idx[k]]) == out[k] ? PLACE_STICKY : 0);
+			if (out[k] > 1 && (best < 0 || key[k] < key[best] - 1e-12))
 				best = (int)k;
+		}
 		out[best]--;
 		sum--;
 	}

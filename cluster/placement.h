@@ -29,7 +29,9 @@
  *  4. Within a route stages are ordered by worker id (stable: no needless
  *     moves), and the n_layers are split in proportion to speed: quotas
  *     bounded to [1, capacity] by water-filling, rounded by largest
- *     remainder (ties to the earlier stage).  No power-of-two or head-count
+ *     remainder (ties to the earlier stage); a remainder counts 0.3 layer more
+ *     when the layer gives a stage the count it holds now, so noise in the
+ *     speeds does not flip near-even splits.  No power-of-two or head-count
  *     constraint.  When the route's capacities cannot hold the model, the
  *     capacities are ignored (over_memory is set) rather than leave a gap.
  *  5. Cost: a route's cost is the max over its stages of layers *
