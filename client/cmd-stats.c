@@ -18,6 +18,7 @@
  * the terminal on Ctrl-C or SIGTERM; elsewhere it prints one frame per
  * interval, frames separated by a blank line. */
 #include <errno.h>
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/ioctl.h>
@@ -34,6 +35,15 @@
 static void jstr(const char *s)
 {
 	json_str(stdout, s ? s : "", s ? strlen(s) : 0);
+}
+
+/* A double from the wire as JSON: null when it is not finite. */
+static void jnum(const char *key, double v, int prec)
+{
+	if (isfinite(v))
+		printf("\"%s\":%.*f", key, prec, v);
+	else
+		printf("\"%s\":null", key);
 }
 
 static const char *or_dash(const char *s)
@@ -180,7 +190,7 @@ static const struct {
 	bool right;   /* right-aligned (numbers) */
 	int priority; /* columns are left out lowest first when too wide */
 } cols[N_COLS] = {
-	[C_ID] = {"WORKER", 12, 28, false, 100},   [C_HOST] = {"HOST", 6, 16, false, 1},
+	[C_ID] = {"WORKER", 12, 28, false, 100},  [C_HOST] = {"HOST", 6, 16, false, 1},
 	[C_MODEL] = {"MODEL", 6, 16, false, 2},   [C_LAYERS] = {"LAYERS", 7, 0, false, 90},
 	[C_STATE] = {"STATE", 5, 0, false, 4},    [C_SESS] = {"SESS", 6, 0, true, 80},
 	[C_ROWS] = {"ROW/ST", 6, 0, true, 60},    [C_STEP] = {"STEPms", 6, 0, true, 70},
@@ -195,6 +205,15 @@ struct layout {
 	int w[N_COLS];
 };
 
+/* A number cell; "-" when absent or not finite. */
+static void num_cell(char *out, bool has, double v, int prec)
+{
+	if (has && isfinite(v))
+		snprintf(out, 64, "%.*f", prec, v);
+	else
+		snprintf(out, 64, "-");
+}
+
 static void worker_cells(const Itt__WorkerStats *w, char cell[N_COLS][64])
 {
 	const Itt__Telemetry *t = w->telemetry;
@@ -206,24 +225,15 @@ static void worker_cells(const Itt__WorkerStats *w, char cell[N_COLS][64])
 		 t && t->state && strcmp(t->state, "ready") && w->state &&
 			 !strcmp(w->state, "ready") ? t->state : or_dash(w->state));
 	snprintf(cell[C_SESS], 64, "%u/%u", w->sessions, w->max_sessions);
-	if (t && t->has_rows_per_step)
-		snprintf(cell[C_ROWS], 64, "%.1f", t->rows_per_step);
-	else
-		snprintf(cell[C_ROWS], 64, "-");
-	if (t && t->has_step_ms)
-		snprintf(cell[C_STEP], 64, "%.1f", t->step_ms);
-	else
-		snprintf(cell[C_STEP], 64, "-");
-	snprintf(cell[C_TOKS], 64, "%.1f", w->tokens_per_s);
+	num_cell(cell[C_ROWS], t && t->has_rows_per_step, t ? t->rows_per_step : 0, 1);
+	num_cell(cell[C_STEP], t && t->has_step_ms, t ? t->step_ms : 0, 1);
+	num_cell(cell[C_TOKS], true, w->tokens_per_s, 1);
 	snprintf(cell[C_QUEUE], 64, "%u", w->queue);
 	if (t && (t->has_kv_used || t->has_kv_blocks))
 		snprintf(cell[C_KV], 64, "%u/%u", t->kv_used, t->kv_blocks);
 	else
 		snprintf(cell[C_KV], 64, "-");
-	if (t && t->has_cpu)
-		snprintf(cell[C_CPU], 64, "%.2f", t->cpu);
-	else
-		snprintf(cell[C_CPU], 64, "-");
+	num_cell(cell[C_CPU], t && t->has_cpu, t ? t->cpu : 0, 2);
 	if (t && t->has_rss_bytes)
 		snprintf(cell[C_RSS], 64, "%.0f", (double)t->rss_bytes / MIB);
 	else
@@ -363,7 +373,7 @@ static void render_frame(FILE *f, const Itt__ClusterStats *st, const struct fram
 		worker_cells(w, cell);
 		print_row(f, &L, cell, false);
 		any_pin |= w->n_pinned > 0;
-		tok_s += w->tokens_per_s;
+		tok_s += isfinite(w->tokens_per_s) ? w->tokens_per_s : 0;
 		sessions += w->sessions;
 		ready += w->state && strcmp(w->state, "lost");
 	}
@@ -480,17 +490,25 @@ static void json_telemetry(const Itt__Telemetry *t)
 		return;
 	}
 	printf("{\"time_ms\":%llu,\"layer_first\":%u,\"layer_last\":%u,\"steps\":%llu,"
-	       "\"rows\":%llu,\"step_ms\":%.3f,\"rows_per_step\":%.3f,\"tokens_per_s\":%.3f,"
-	       "\"busy\":%.4f,\"sessions\":%u,\"waiting\":%u,\"kv_used\":%u,\"kv_blocks\":%u,"
-	       "\"cpu\":%.3f,\"rss_bytes\":%llu,\"cores\":%u,",
+	       "\"rows\":%llu,",
 	       (unsigned long long)t->time_ms, t->layer_first, t->layer_last,
-	       (unsigned long long)t->steps, (unsigned long long)t->rows, t->step_ms,
-	       t->rows_per_step, t->tokens_per_s, t->busy, t->sessions, t->waiting, t->kv_used,
-	       t->kv_blocks, t->cpu, (unsigned long long)t->rss_bytes, t->cores);
+	       (unsigned long long)t->steps, (unsigned long long)t->rows);
+	jnum("step_ms", t->step_ms, 3);
+	putchar(',');
+	jnum("rows_per_step", t->rows_per_step, 3);
+	putchar(',');
+	jnum("tokens_per_s", t->tokens_per_s, 3);
+	putchar(',');
+	jnum("busy", t->busy, 4);
+	printf(",\"sessions\":%u,\"waiting\":%u,\"kv_used\":%u,\"kv_blocks\":%u,", t->sessions,
+	       t->waiting, t->kv_used, t->kv_blocks);
+	jnum("cpu", t->cpu, 3);
+	printf(",\"rss_bytes\":%llu,\"cores\":%u,", (unsigned long long)t->rss_bytes, t->cores);
 	if (t->has_ms_per_row_layer)
-		printf("\"ms_per_row_layer\":%.6f,", t->ms_per_row_layer);
+		jnum("ms_per_row_layer", t->ms_per_row_layer, 6);
 	else
-		printf("\"ms_per_row_layer\":null,");
+		printf("\"ms_per_row_layer\":null");
+	putchar(',');
 	printf("\"state\":");
 	if (t->state)
 		jstr(t->state);
@@ -519,10 +537,13 @@ static void print_stats_json(const Itt__ClusterStats *st)
 		printf(",\"layer_first\":%u,\"layer_last\":%u,\"n_layers\":%u,\"state\":",
 		       w->layer_first, w->layer_last, w->n_layers);
 		jstr(w->state);
-		printf(",\"sessions\":%u,\"max_sessions\":%u,\"queue\":%u,\"tokens_per_s\":%.3f,"
-		       "\"last_heartbeat_ms\":%.1f,\"threads\":%u,\"steps\":%llu,\"pinned\":",
-		       w->sessions, w->max_sessions, w->queue, w->tokens_per_s,
-		       w->last_heartbeat_ms, w->threads, (unsigned long long)w->steps);
+		printf(",\"sessions\":%u,\"max_sessions\":%u,\"queue\":%u,", w->sessions,
+		       w->max_sessions, w->queue);
+		jnum("tokens_per_s", w->tokens_per_s, 3);
+		putchar(',');
+		jnum("last_heartbeat_ms", w->last_heartbeat_ms, 1);
+		printf(",\"threads\":%u,\"steps\":%llu,\"pinned\":", w->threads,
+		       (unsigned long long)w->steps);
 		json_strings(w->pinned, w->n_pinned);
 		printf(",\"telemetry\":");
 		json_telemetry(w->telemetry);
@@ -593,8 +614,8 @@ static const char stats_help[] =
 	"screen and restores the terminal on exit; otherwise (or with --json, one object a\n"
 	"line) each frame is printed in turn, frames separated by a blank line. A frame\n"
 	"the broker did not answer says so, and the watch goes on.\n"
-	"--timeout-ms: how long to wait for a reply (default 5000; with --watch at most the\n"
-	"interval). The API key defaults to $ITT_API_KEY. Exit 1 when the broker answered\n"
+	"--timeout-ms: how long to wait for a reply (default 5000; with --watch, the interval\n"
+	"when shorter). The API key defaults to $ITT_API_KEY. Exit 1 when the broker answered\n"
 	"ERROR or nothing (with --watch: when the last frame had no answer).\n";
 
 static int term_width(void)
@@ -747,7 +768,7 @@ int cmd_stats(int argc, char **argv)
 		} else if (!strcmp(a, "--json")) {
 			json = true;
 			continue;
-		} else if (!strcmp(a, "--watch") || !strcmp(a, "-w")) {
+		} else if (!strcmp(a, "--watch")) {
 			watch = true;
 			continue;
 		} else if (!strcmp(a, "--broker")) {
@@ -831,8 +852,9 @@ static const char settings_help[] =
 	"and its pinned knobs) is printed, or its ERROR as \"itt settings CMD: CODE:\n"
 	"reason\" (exit 1): NOT_FOUND for an unknown worker, INVALID_ARGUMENT for a value\n"
 	"out of range or a pinned knob. Unknown knobs and values out of range are refused\n"
-	"here (exit 2). --reason is logged with the broker's decision. The broker defaults\n"
-	"to $ITT_BROKER or " DEFAULT_BROKER ", the key to $ITT_API_KEY, --timeout-ms to 5000.\n";
+	"here (exit 2). --reason TEXT is sent as the change's reason (for the broker's log\n"
+	"of decisions). The broker defaults to $ITT_BROKER or " DEFAULT_BROKER ", the key\n"
+	"to $ITT_API_KEY, --timeout-ms to 5000.\n";
 
 static const char knob_list[] = "threads, batch_tokens, slow_ms";
 

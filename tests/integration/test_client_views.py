@@ -137,8 +137,10 @@ def cluster_stats():
         if i == 0:
             w.pinned.append("threads")
             t.pinned.append("threads")
+    st.workers[2].telemetry.cpu = float("nan")  # JSON null, "-" in the table
     st.workers.add(id=LONG_ID, host="h", model="stories260K", layer_first=0, layer_last=5,
-                   n_layers=5, state="ready", sessions=0, max_sessions=64)  # no telemetry
+                   n_layers=5, state="ready", sessions=0, max_sessions=64,
+                   tokens_per_s=float("inf"))  # and no telemetry
     st.models.add(name="stories260K", queued=1, queue_limit=64, running=9, workers=4)
     st.routes.add(model="stories260K", worker_ids=["w1", "w2", "w3"], source="coordinator",
                   sessions=9)
@@ -205,6 +207,8 @@ def main():
         assert t["rss_bytes"] == 300 * 1024 * 1024 and t["state"] == "ready", t
         assert abs(t["ms_per_row_layer"] - 0.9) < 1e-9, t
         assert st["workers"][3]["telemetry"] is None, st["workers"][3]
+        assert st["workers"][3]["tokens_per_s"] is None, st["workers"][3]
+        assert st["workers"][2]["telemetry"]["cpu"] is None, st["workers"][2]
         assert st["routes"][0] == {"model": "stories260K", "worker_ids": ["w1", "w2", "w3"],
                                    "source": "coordinator", "sessions": 9}, st["routes"]
         d = st["decisions"][0]
