@@ -133,6 +133,14 @@ static uint32_t coord_host_workers(const struct coord *c, const char *host)
 	return n;
 }
 
+static uint32_t coord_group_size(const struct coord *c, int g)
+{
+	uint32_t n = 0;
+	for (int i = 0; i < COORD_MAX_WORKERS; i++)
+		n += c->w[i].used && c->w[i].group == g;
+	return n;
+}
+
 static bool coord_group_placing(const struct coord *c, int g)
 {
 	for (int i = 0; i < COORD_MAX_WORKERS; i++)
@@ -482,8 +490,17 @@ static void coord_publish(struct coord *c, const char *model, const char *why)
 	rt.n_routes = n;
 	rt.routes = rp;
 	rt.reason = (char *)why;
-	if (coord_send(c, WIRE_ROUTES, &rt) == 0)
-		coord_decide(c, model, "routes", "", text[0] ? text : "(auto)", why);
+	if (coord_send(c, WIRE_ROUTES, &rt) < 0)
+		return;
+	char old[COORD_REASON] = "(unknown)";
+	for (int gi = 0; gi < COORD_MAX_GROUPS; gi++)
+		if (c->g[gi].used && !strcmp(c->g[gi].model, model) && c->g[gi].published[0])
+			snprintf(old, sizeof old, "%s", c->g[gi].published);
+	for (int gi = 0; gi < COORD_MAX_GROUPS; gi++)
+		if (c->g[gi].used && !strcmp(c->g[gi].model, model))
+			snprintf(c->g[gi].published, sizeof c->g[gi].published, "%s",
+			         text[0] ? text : "(auto)");
+	coord_decide(c, model, "routes", old, text[0] ? text : "(auto)", why);
 }
 
 static void coord_maybe_publish(struct coord *c, int g)
@@ -607,12 +624,23 @@ static void coord_replan(struct coord *c, int g, const char *why)
 	}
 	char reason[COORD_REASON], sum[128];
 	coord_summary(&plan, v.n, sum, sizeof sum);
-	snprintf(reason, sizeof reason, "%s: %s", why, sum);
-	/* A first sight of complete routes of the right shape: keep them. */
-	if (!grp->have_plan && placement_adopt(v.pw, v.n, grp->n_layers, &cur) == 0 &&
-	    (c->cfg.stages == 0 || placement_same_shape(&cur, &plan))) {
-		coord_adopt(c, g, &v, &cur);
-		return;
+	if (grp->have_plan) {
+		snprintf(reason, sizeof reason, "%s: %s", why, sum);
+	} else {
+		/* First sight: complete routes of the right shape are kept. */
+		bool complete = placement_adopt(v.pw, v.n, grp->n_layers, &cur) == 0;
+		if (complete && (c->cfg.stages == 0 || placement_same_shape(&cur, &plan))) {
+			coord_adopt(c, g, &v, &cur);
+			return;
+		}
+		char now[96];
+		if (complete)
+			snprintf(now, sizeof now, "its %u route%s of %u stage%s are not the %d stages "
+			         "asked for", cur.n_routes, cur.n_routes == 1 ? "" : "s", cur.stages,
+			         cur.stages == 1 ? "" : "s", c->cfg.stages);
+		else
+			snprintf(now, sizeof now, "its ranges do not form complete routes");
+		snprintf(reason, sizeof reason, "%s; %s: %s", why, now, sum);
 	}
 	coord_apply(c, g, &v, &plan, reason);
 }
@@ -754,10 +782,8 @@ void coord_tick(struct coord *c)
 		if (!grp->have_plan || grp->dirty) {
 			char why[COORD_REASON];
 			if (!grp->have_plan && c->fresh)
-				snprintf(why, sizeof why,
-				         "coordinator connected: the ranges of %s do not form "
-				         "complete routes of the planned shape",
-				         grp->model);
+				snprintf(why, sizeof why, "coordinator connected to %u workers of %s",
+				         coord_group_size(c, g), grp->model);
 			else
 				snprintf(why, sizeof why, "%s", grp->dirty ? grp->why : "first sight");
 			grp->dirty = false;

@@ -90,6 +90,7 @@ struct coord_group {
 	char why[COORD_REASON];     /* what made it dirty */
 	bool routes_due;            /* publish ROUTES once no worker is placing */
 	char routes_why[COORD_REASON];
+	char published[COORD_REASON]; /* the model's routes we last sent, as text */
 	uint32_t n_routes;
 	uint32_t route_len[PLACE_MAX_ROUTES];
 	uint16_t route[PLACE_MAX_ROUTES][PLACE_MAX_STAGES]; /* worker slots */
