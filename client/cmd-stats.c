@@ -852,9 +852,9 @@ static const char settings_help[] =
 	"and its pinned knobs) is printed, or its ERROR as \"itt settings CMD: CODE:\n"
 	"reason\" (exit 1): NOT_FOUND for an unknown worker, INVALID_ARGUMENT for a value\n"
 	"out of range or a pinned knob. Unknown knobs and values out of range are refused\n"
-	"here (exit 2). --reason TEXT is sent as the change's reason (for the broker's log\n"
-	"of decisions). The broker defaults to $ITT_BROKER or " DEFAULT_BROKER ", the key\n"
-	"to $ITT_API_KEY, --timeout-ms to 5000.\n";
+	"here (exit 2). --reason TEXT is sent with the change (SettingsChange.reason).\n"
+	"The broker defaults to $ITT_BROKER or " DEFAULT_BROKER ", the key to $ITT_API_KEY,\n"
+	"--timeout-ms to 5000.\n";
 
 static const char knob_list[] = "threads, batch_tokens, slow_ms";
 
@@ -997,6 +997,19 @@ int cmd_settings(int argc, char **argv)
 				a);
 			return 2;
 		} else if (!worker) {
+			const char *eq = strchr(a, '=');
+			char name[64];
+			if (eq && (size_t)(eq - a) < sizeof name) {
+				memcpy(name, a, (size_t)(eq - a));
+				name[eq - a] = 0;
+				if (itt_knob_parse(name)) {
+					fprintf(stderr,
+						"itt %s: WORKER comes first, then the knobs (got "
+						"\"%s\")\n",
+						cmd, a);
+					return 2;
+				}
+			}
 			worker = a;
 		} else if (is_get) {
 			fprintf(stderr, "itt %s: one WORKER at most (got \"%s\" too)\n", cmd, a);

@@ -366,6 +366,7 @@ def main():
             (["set", "w1", "threads=2", "threads=3"], b"given twice"),
             (["set", "w1"], b"no knob given"),
             (["set"], b"WORKER is required"),
+            (["set", "threads=2", "--pin"], b"WORKER comes first"),
             (["pin", "w1", "budget"], b"unknown knob \"budget\""),
             (["pin", "w1", "threads=2"], b"--pin"),
             (["unpin", "w1", "--pin", "threads"], b"unknown option --pin"),
