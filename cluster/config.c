@@ -78,8 +78,8 @@ static int opt_set(struct coord_config *c, const struct opt *o, const char *v)
 	}
 	case OPT_TEXT:
 		if (strlen(v) < (size_t)o->lo || strlen(v) > (size_t)o->hi) {
-			fprintf(stderr, "itt-coordinator: --%s: %.10g..%.10g bytes expected\n", o->name,
-			        o->lo, o->hi);
+			fprintf(stderr, "itt-coordinator: --%s: %.10g..%.10g bytes expected\n",
+			        o->name, o->lo, o->hi);
 			return -1;
 		}
 		snprintf(p, (size_t)o->hi + 1, "%s", v);
@@ -143,7 +143,9 @@ static void opt_print(const struct coord_config *c)
 		const char *p = (const char *)c + o->off;
 		switch (o->kind) {
 		case OPT_INT: printf("%s = %d\n", o->name, *(const int *)(const void *)p); break;
-		case OPT_REAL: printf("%s = %g\n", o->name, *(const double *)(const void *)p); break;
+		case OPT_REAL:
+			printf("%s = %g\n", o->name, *(const double *)(const void *)p);
+			break;
 		case OPT_TEXT: printf("%s = %s\n", o->name, p); break;
 		case OPT_LEVEL:
 			printf("%s = %s\n", o->name, log_level_name(*(const int *)(const void *)p));
@@ -170,7 +172,8 @@ int coord_config_parse(struct coord_config *c, int argc, char **argv)
 			continue;
 		}
 		if (strncmp(a, "--", 2) != 0) {
-			fprintf(stderr, "itt-coordinator: unexpected argument %s (see --help)\n", a);
+			fprintf(stderr, "itt-coordinator: unexpected argument %s (see --help)\n",
+			        a);
 			return 2;
 		}
 		const char *name = a + 2, *eq = strchr(name, '=');

@@ -33,8 +33,8 @@ unsigned controller_knob_bit(const char *name)
 }
 
 /* True while a value asked for has not shown up yet (and is not too old). */
-static bool ctl_pending(const struct ctl_config *cfg, uint32_t *sent, uint64_t at, uint32_t now_value,
-                        uint64_t now_ms)
+static bool ctl_pending(const struct ctl_config *cfg, uint32_t *sent, uint64_t at,
+                        uint32_t now_value, uint64_t now_ms)
 {
 	if (!*sent)
 		return false;
@@ -94,9 +94,10 @@ static size_t ctl_batch(const struct ctl_config *cfg, struct ctl_state *st,
 		double v = prop < cut ? prop : cut;
 		nb = v < cfg->min_batch ? cfg->min_batch : (uint32_t)v;
 		since = st->over_since;
-		snprintf(out->reason, sizeof out->reason,
-		         "mean step %.1f ms > tpot target %.0f ms for %.0f s: batch_tokens %u -> %u",
-		         in->step_ms, cfg->tpot_ms, (double)(in->now_ms - since) / 1000.0, b, nb);
+		snprintf(
+		    out->reason, sizeof out->reason,
+		    "mean step %.1f ms > tpot target %.0f ms for %.0f s: batch_tokens %u -> %u",
+		    in->step_ms, cfg->tpot_ms, (double)(in->now_ms - since) / 1000.0, b, nb);
 	} else if (under && in->max_batch_tokens > b &&
 	           in->now_ms - st->under_since >= cfg->hold_ms) {
 		double v = ceil(b * 1.5);

@@ -56,10 +56,10 @@ struct ctl_input {
 	uint32_t threads;      /* in force (0: unknown) */
 	uint32_t batch_tokens; /* in force (0: unknown) */
 	uint32_t max_batch_tokens;
-	bool fresh;            /* a recent telemetry report with steps in it */
-	double step_ms;        /* its mean step time */
+	bool fresh;     /* a recent telemetry report with steps in it */
+	double step_ms; /* its mean step time */
 	double rows_per_step;
-	unsigned pinned;       /* enum ctl_knob bits */
+	unsigned pinned; /* enum ctl_knob bits */
 };
 
 struct ctl_change {

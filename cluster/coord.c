@@ -102,7 +102,7 @@ static void coord_range(char *buf, size_t cap, uint32_t first, uint32_t last)
 
 /* Appends to a reason, truncating quietly. */
 static void coord_cat(char *buf, size_t cap, const char *fmt, ...)
-	__attribute__((format(printf, 3, 4)));
+    __attribute__((format(printf, 3, 4)));
 static void coord_cat(char *buf, size_t cap, const char *fmt, ...)
 {
 	size_t len = strlen(buf);
@@ -175,12 +175,13 @@ static int coord_group(struct coord *c, const char *model, const char *sha, uint
 		if (i != free_slot && c->g[i].used && !strcmp(c->g[i].model, model))
 			LOG_WARN("model %s: file sha256 %.12s differs from %.12s of other workers; "
 			         "their workers are planned apart",
-			         model, *sha ? sha : "(none)", *c->g[i].sha ? c->g[i].sha : "(none)");
+			         model, *sha ? sha : "(none)",
+			         *c->g[i].sha ? c->g[i].sha : "(none)");
 	return free_slot;
 }
 
 static void coord_dirty(struct coord *c, int g, const char *fmt, ...)
-	__attribute__((format(printf, 3, 4)));
+    __attribute__((format(printf, 3, 4)));
 static void coord_dirty(struct coord *c, int g, const char *fmt, ...)
 {
 	struct coord_group *grp = &c->g[g];
@@ -200,7 +201,9 @@ static void coord_dirty(struct coord *c, int g, const char *fmt, ...)
 
 static bool coord_name_ok(const char *s, bool may_be_empty)
 {
-	return s && (may_be_empty || *s) && strlen(s) < COORD_NAME;
+	if (!s || !*s)
+		return may_be_empty;
+	return strlen(s) < COORD_NAME;
 }
 
 static void coord_worker_up(struct coord *c, const struct wire_msg *m)
@@ -269,7 +272,8 @@ static void coord_worker_up(struct coord *c, const struct wire_msg *m)
 	w->threads = h->threads;
 	if (h->settings && h->settings->has_threads)
 		w->threads = h->settings->threads;
-	w->batch_tokens = h->settings && h->settings->has_batch_tokens ? h->settings->batch_tokens : 0;
+	w->batch_tokens =
+	    h->settings && h->settings->has_batch_tokens ? h->settings->batch_tokens : 0;
 	w->max_batch_tokens = h->max_batch_tokens;
 	w->mem_available = h->mem_available;
 	w->weight_bytes = h->weight_bytes;
@@ -286,7 +290,8 @@ static void coord_worker_up(struct coord *c, const struct wire_msg *m)
 			LOG_INFO("worker %s now holds layers %s of %s", w->id, have, w->model);
 		w->placing = false;
 	} else if (!w->placing) {
-		coord_dirty(c, g, "worker %s registered layers %s instead of %s", w->id, have, want);
+		coord_dirty(c, g, "worker %s registered layers %s instead of %s", w->id, have,
+		            want);
 	}
 	itt__worker_hello__free_unpacked(h, NULL);
 }
@@ -329,7 +334,8 @@ static void coord_telemetry(struct coord *c, const struct wire_msg *m)
 	w->have_tel = true;
 	w->tel_ms = c->now_ms;
 	w->step_ms = t->has_step_ms && isfinite(t->step_ms) ? t->step_ms : 0;
-	w->rows_per_step = t->has_rows_per_step && isfinite(t->rows_per_step) ? t->rows_per_step : 0;
+	w->rows_per_step =
+	    t->has_rows_per_step && isfinite(t->rows_per_step) ? t->rows_per_step : 0;
 	if (t->has_steps) {
 		w->steps_delta = t->steps >= w->steps ? t->steps - w->steps : t->steps;
 		w->steps = t->steps;
@@ -524,7 +530,8 @@ static void coord_apply(struct coord *c, int g, const struct coord_view *v,
 		const struct place_stage *st = placement_find(p, i);
 		w->planned = true;
 		if (!st) {
-			LOG_WARN("model %s: worker %s left unplaced (routes are full)", w->model, w->id);
+			LOG_WARN("model %s: worker %s left unplaced (routes are full)", w->model,
+			         w->id);
 			w->tgt_first = w->first;
 			w->tgt_last = w->last;
 			w->placing = false;
@@ -635,8 +642,10 @@ static void coord_replan(struct coord *c, int g, const char *why)
 		}
 		char now[96];
 		if (complete)
-			snprintf(now, sizeof now, "its %u route%s of %u stage%s are not the %d stages "
-			         "asked for", cur.n_routes, cur.n_routes == 1 ? "" : "s", cur.stages,
+			snprintf(now, sizeof now,
+			         "its %u route%s of %u stage%s are not the %d stages "
+			         "asked for",
+			         cur.n_routes, cur.n_routes == 1 ? "" : "s", cur.stages,
 			         cur.stages == 1 ? "" : "s", c->cfg.stages);
 		else
 			snprintf(now, sizeof now, "its ranges do not form complete routes");
@@ -688,7 +697,8 @@ static void coord_check_speed(struct coord *c, int g)
 	uint64_t held = c->now_ms - grp->gain_since;
 	if (held < (uint64_t)c->cfg.hold_s * 1000u)
 		return;
-	if (grp->last_move_ms && c->now_ms - grp->last_move_ms < (uint64_t)c->cfg.cooldown_s * 1000u)
+	if (grp->last_move_ms &&
+	    c->now_ms - grp->last_move_ms < (uint64_t)c->cfg.cooldown_s * 1000u)
 		return;
 
 	/* Name the slowest worker against the median. */
@@ -771,8 +781,8 @@ void coord_tick(struct coord *c)
 		struct coord_worker *w = &c->w[i];
 		if (w->used && w->placing && c->now_ms - w->place_ms > COORD_PLACE_WAIT_MS) {
 			w->placing = false;
-			coord_dirty(c, w->group, "worker %s did not show layers [%u,%u) in %d s", w->id,
-			            w->tgt_first, w->tgt_last, COORD_PLACE_WAIT_MS / 1000);
+			coord_dirty(c, w->group, "worker %s did not show layers [%u,%u) in %d s",
+			            w->id, w->tgt_first, w->tgt_last, COORD_PLACE_WAIT_MS / 1000);
 		}
 	}
 	for (int g = 0; g < COORD_MAX_GROUPS; g++) {
@@ -782,10 +792,12 @@ void coord_tick(struct coord *c)
 		if (!grp->have_plan || grp->dirty) {
 			char why[COORD_REASON];
 			if (!grp->have_plan && c->fresh)
-				snprintf(why, sizeof why, "coordinator connected to %u workers of %s",
+				snprintf(why, sizeof why,
+				         "coordinator connected to %u workers of %s",
 				         coord_group_size(c, g), grp->model);
 			else
-				snprintf(why, sizeof why, "%s", grp->dirty ? grp->why : "first sight");
+				snprintf(why, sizeof why, "%s",
+				         grp->dirty ? grp->why : "first sight");
 			grp->dirty = false;
 			grp->why[0] = 0;
 			coord_replan(c, g, why);

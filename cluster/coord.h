@@ -30,17 +30,17 @@
 #include "controller.h"
 #include "placement.h"
 
-#define COORD_MAX_WORKERS  1024
-#define COORD_MAX_GROUPS   64
-#define COORD_NAME         129 /* ids, hosts, model names: 128 bytes + NUL */
-#define COORD_SHA          65
-#define COORD_REASON       512
-#define COORD_PLACE_WAIT_MS 60000 /* a PLACE not shown by then is given up */
-#define COORD_EWMA_ALPHA   0.5    /* weight of a new ms_per_row_layer */
-#define COORD_MIN_BATCH    16
+#define COORD_MAX_WORKERS    1024
+#define COORD_MAX_GROUPS     64
+#define COORD_NAME           129 /* ids, hosts, model names: 128 bytes + NUL */
+#define COORD_SHA            65
+#define COORD_REASON         512
+#define COORD_PLACE_WAIT_MS  60000 /* a PLACE not shown by then is given up */
+#define COORD_EWMA_ALPHA     0.5   /* weight of a new ms_per_row_layer */
+#define COORD_MIN_BATCH      16
 #define COORD_BACKOFF_MIN_MS 250
 #define COORD_BACKOFF_MAX_MS 4000
-#define COORD_MAXMSG       (64 << 20)
+#define COORD_MAXMSG         (64 << 20)
 
 struct coord_config {
 	char broker[256];
@@ -67,12 +67,12 @@ struct coord_worker {
 	uint64_t mem_available, weight_bytes;
 	/* from TELEMETRY */
 	bool have_tel;
-	uint64_t tel_ms;         /* when the latest arrived (monotonic) */
+	uint64_t tel_ms; /* when the latest arrived (monotonic) */
 	double step_ms, rows_per_step;
-	uint64_t steps_delta;    /* steps in the latest report */
+	uint64_t steps_delta; /* steps in the latest report */
 	uint64_t steps;
-	unsigned pinned;         /* enum ctl_knob bits */
-	double ms_prl;           /* EWMA of ms_per_row_layer; 0: never measured */
+	unsigned pinned; /* enum ctl_knob bits */
+	double ms_prl;   /* EWMA of ms_per_row_layer; 0: never measured */
 	/* plan */
 	bool planned;
 	uint32_t tgt_first, tgt_last;
@@ -85,16 +85,16 @@ struct coord_group {
 	bool used;
 	char model[COORD_NAME], sha[COORD_SHA];
 	uint32_t n_layers;
-	bool have_plan;             /* adopted or planned: its routes are below */
-	bool dirty;                 /* a join or leave to act on at the next tick */
-	char why[COORD_REASON];     /* what made it dirty */
-	bool routes_due;            /* publish ROUTES once no worker is placing */
+	bool have_plan;         /* adopted or planned: its routes are below */
+	bool dirty;             /* a join or leave to act on at the next tick */
+	char why[COORD_REASON]; /* what made it dirty */
+	bool routes_due;        /* publish ROUTES once no worker is placing */
 	char routes_why[COORD_REASON];
 	char published[COORD_REASON]; /* the model's routes we last sent, as text */
 	uint32_t n_routes;
 	uint32_t route_len[PLACE_MAX_ROUTES];
 	uint16_t route[PLACE_MAX_ROUTES][PLACE_MAX_STAGES]; /* worker slots */
-	uint64_t gain_since;        /* a re-plan has paid off since (0: not now) */
+	uint64_t gain_since; /* a re-plan has paid off since (0: not now) */
 	uint64_t last_move_ms;
 };
 

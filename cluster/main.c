@@ -21,7 +21,7 @@
 #include "log.h"
 #include "wire.h"
 
-#define MAIN_HB_DEFAULT_MS 500
+#define MAIN_HB_DEFAULT_MS    500
 #define MAIN_LIVENESS_DEFAULT 3
 
 static volatile sig_atomic_t main_stop;
@@ -31,7 +31,7 @@ static void main_on_signal(int sig)
 	main_stop = sig;
 }
 
-static const int main_accepts[] = {WIRE_WELCOME,   WIRE_HEARTBEAT,   WIRE_ERROR, WIRE_WORKER_UP,
+static const int main_accepts[] = {WIRE_WELCOME,     WIRE_HEARTBEAT, WIRE_ERROR, WIRE_WORKER_UP,
                                    WIRE_WORKER_DOWN, WIRE_TELEMETRY, 0};
 
 static int main_setopt(void *s, int opt, int v, const char *name, const char *ep)
@@ -47,8 +47,8 @@ static void main_schedule_reconnect(struct coord *c)
 	/* jitter: 75%..125% of the backoff */
 	uint64_t d = c->backoff_ms * (75u + (uint64_t)(rand() % 51)) / 100u;
 	c->reconnect_at_ms = c->now_ms + d;
-	c->backoff_ms = c->backoff_ms * 2 > COORD_BACKOFF_MAX_MS ? COORD_BACKOFF_MAX_MS
-	                                                         : c->backoff_ms * 2;
+	c->backoff_ms =
+	    c->backoff_ms * 2 > COORD_BACKOFF_MAX_MS ? COORD_BACKOFF_MAX_MS : c->backoff_ms * 2;
 }
 
 static void main_disconnect(struct coord *c, const char *why)

@@ -153,7 +153,8 @@ static bool place_split(const struct place_worker *w, const uint32_t *idx, uint3
 	while (sum < n_layers) {
 		int best = -1;
 		for (uint32_t k = 0; k < m; k++) {
-			key[k] = q[k] - out[k] + (place_held(&w[idx[k]]) == out[k] + 1 ? PLACE_STICKY : 0);
+			key[k] = q[k] - out[k] +
+			         (place_held(&w[idx[k]]) == out[k] + 1 ? PLACE_STICKY : 0);
 			if (out[k] < hi[k] && (best < 0 || key[k] > key[best] + 1e-12))
 				best = (int)k;
 		}
@@ -163,7 +164,8 @@ static bool place_split(const struct place_worker *w, const uint32_t *idx, uint3
 	while (sum > n_layers) {
 		int best = -1;
 		for (uint32_t k = 0; k < m; k++) {
-			key[k] = q[k] - out[k] + (place_held(&w[idx[k]]) == out[k] ? PLACE_STICKY : 0);
+			key[k] =
+			    q[k] - out[k] + (place_held(&w[idx[k]]) == out[k] ? PLACE_STICKY : 0);
 			if (out[k] > 1 && (best < 0 || key[k] < key[best] - 1e-12))
 				best = (int)k;
 		}

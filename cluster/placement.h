@@ -53,13 +53,13 @@
 #define PLACE_MAX_STAGES  16  /* stages per route (the broker's limit) */
 
 struct place_worker {
-	const char *id;            /* unique; orders stages and breaks ties */
-	double ms_per_row_layer;   /* measured (smoothed); <= 0: not measured */
-	uint32_t threads;          /* compute threads (0 counts as 1) */
-	uint32_t capacity;         /* layers its memory holds (0 counts as 1) */
-	uint32_t layer_first;      /* current range [layer_first, layer_last) */
+	const char *id;          /* unique; orders stages and breaks ties */
+	double ms_per_row_layer; /* measured (smoothed); <= 0: not measured */
+	uint32_t threads;        /* compute threads (0 counts as 1) */
+	uint32_t capacity;       /* layers its memory holds (0 counts as 1) */
+	uint32_t layer_first;    /* current range [layer_first, layer_last) */
 	uint32_t layer_last;
-	double speed;              /* set by placement_speeds: row-layers per ms */
+	double speed; /* set by placement_speeds: row-layers per ms */
 };
 
 struct place_stage {
@@ -80,8 +80,8 @@ struct place_plan {
 	uint32_t n_stages; /* stages in all routes = workers placed */
 	struct place_route route[PLACE_MAX_ROUTES];
 	struct place_stage stage[PLACE_MAX_WORKERS];
-	double cost;       /* ms per row of the group (rule 5) */
-	bool over_memory;  /* some route's workers cannot hold the model */
+	double cost;      /* ms per row of the group (rule 5) */
+	bool over_memory; /* some route's workers cannot hold the model */
 	uint32_t n_unplaced;
 };
 

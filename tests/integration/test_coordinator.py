@@ -19,7 +19,8 @@ joining (PLACE within 2 s, reason "joined") and leaving (back to 3
 stages); the batch budget lowered on w2 whose steps take 250 ms > 100 ms;
 a worker whose ms_per_row_layer becomes 10x the others losing layers after
 --hold-s, with a reason naming the slowdown; a restarted coordinator
-sending no PLACE against ranges that already form the planned route; a
+sending no PLACE against ranges that already form the planned route;
+malformed messages and ERRORs from the broker logged, nothing moved; a
 broker gone silent -> a new CONTROL_HELLO.
 """
 import os
@@ -348,7 +349,36 @@ def main():
             "threads set again"
         assert "kept the current placement" in C2.text(), "adoption not logged"
         return C2
-    ck.check("a restarted coordinator moves nothing", lambda: restart() and None)
+    box = {}
+    ck.check("a restarted coordinator moves nothing", lambda: box.update(c=restart()) and None)
+
+    def garbage():
+        c2 = box.get("c")
+        assert c2, "no second coordinator"
+        coord = B.coord
+        raw = [[coord, b"XYZ\x01", bytes([WORKER_UP]), b""],           # wrong version
+               [coord, SIG, bytes([0x7f]), b""],                         # unknown command
+               [coord, SIG, bytes([WORKER_UP]), b"\xff\xff\xff"],        # malformed body
+               [coord, SIG, bytes([TELEMETRY]), b"\x0a"],                # truncated
+               [coord, SIG, bytes([WORKER_UP])],                         # 2 frames
+               [coord, SIG, bytes([WORKER_UP]),                          # empty range
+                P.WorkerHello(worker_id="bad", model=MODEL, n_layers=5, layer_first=3,
+                              layer_last=3).SerializeToString()],
+               [coord, SIG, bytes([WORKER_DOWN]),
+                P.WorkerDown(worker_id="nobody").SerializeToString()],
+               [coord, SIG, bytes([ERROR]),
+                P.Error(code=P.INVALID_ARGUMENT,
+                        reason="knob threads of worker w3 is pinned").SerializeToString()]]
+        t = time.monotonic()
+        for f in raw:
+            B.sock.send_multipart(f)
+        B.pump(1.5)
+        assert c2.proc.poll() is None, "the coordinator died"
+        assert not B.since(t, PLACE), "garbage moved layers"
+        text = c2.text()
+        assert "knob threads of worker w3 is pinned" in text, "broker ERROR not logged"
+        assert "bad layer range" in text, "bad WORKER_UP not reported"
+    ck.check("garbage from the broker is logged and dropped; ERRORs are logged", garbage)
 
     def reconnect():
         t = time.monotonic()

@@ -238,10 +238,11 @@ static void test_plan_is_stable(void **state)
 		assert_non_null(sb);
 		assert_int_equal(sa->first, sb->first);
 		assert_int_equal(sa->last, sb->last);
-		assert_int_equal(sa->last - sa->first, pa.stage[pa.route[0].stage0].worker == i ||
-		                                               pa.stage[pa.route[1].stage0].worker == i
-		                                           ? 4
-		                                           : 3);
+		assert_int_equal(sa->last - sa->first,
+		                 pa.stage[pa.route[0].stage0].worker == i ||
+		                         pa.stage[pa.route[1].stage0].worker == i
+		                     ? 4
+		                     : 3);
 	}
 	/* the plan is in force; speeds drift */
 	workers(b, 4, (const double[]){1.04, 0.97, 1.0, 1.02}, 7, 7);
