@@ -124,9 +124,12 @@ static int coord_find(const struct coord *c, const char *id)
 	return -1;
 }
 
+/* Live workers on a host (a worker that named no host is alone on its). */
 static uint32_t coord_host_workers(const struct coord *c, const char *host)
 {
 	uint32_t n = 0;
+	if (!*host)
+		return 1;
 	for (int i = 0; i < COORD_MAX_WORKERS; i++)
 		if (c->w[i].used && !strcmp(c->w[i].host, host))
 			n++;
