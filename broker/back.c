@@ -1,7 +1,9 @@
 /* back: the worker side of the broker (ROUTER back end).
  *
  * Contract (PROTOCOL.md, "Worker session"): accepts HELLO, HEARTBEAT,
- * RESULT, ERROR and BYE.  HELLO registers (or re-registers) a worker after
+ * RESULT (with a tensor frame from a non-last stage), ERROR, BYE and
+ * TELEMETRY from workers, and the coordinator's commands (control.c).
+ * HELLO registers (or re-registers) a worker after
  * checking every field, and is answered WELCOME {heartbeat_ms, liveness};
  * any other command from an identity the broker does not know is answered
  * ERROR NOT_FOUND "unknown worker; send HELLO" (an ERROR from an unknown
@@ -25,8 +27,9 @@
 
 #include "log.h"
 
-static const int back_accepts[] = {WIRE_HELLO, WIRE_HEARTBEAT, WIRE_RESULT,
-                                   WIRE_ERROR, WIRE_BYE,       0};
+static const int back_accepts[] = {WIRE_HELLO,     WIRE_HEARTBEAT,     WIRE_RESULT, WIRE_ERROR,
+                                   WIRE_BYE,       WIRE_TELEMETRY,     WIRE_PLACE,  WIRE_ROUTES,
+                                   WIRE_SET,       WIRE_CONTROL_HELLO, 0};
 
 #define BACK_MAX_VOCAB (1u << 24)
 #define BACK_MAX_CTX   (1u << 24)
@@ -41,9 +44,15 @@ static void back_mark_lost(struct broker *b, struct worker *w)
 
 int back_send(struct broker *b, struct worker *w, int cmd, const ProtobufCMessage *msg)
 {
+	return back_send_tensor(b, w, cmd, msg, NULL, 0);
+}
+
+int back_send_tensor(struct broker *b, struct worker *w, int cmd, const ProtobufCMessage *msg,
+                     const void *tensor, size_t len)
+{
 	if (w->lost)
 		return -1;
-	if (wire_send(b->back, w->ident, w->ident_len, cmd, msg, NULL, 0, ZMQ_DONTWAIT) < 0) {
+	if (wire_send(b->back, w->ident, w->ident_len, cmd, msg, tensor, len, ZMQ_DONTWAIT) < 0) {
 		LOG_WARN("back end: %s to worker %s failed: %s; dropping the worker",
 		         wire_cmd_name(cmd), w->id, zmq_strerror(errno));
 		back_mark_lost(b, w);
@@ -74,21 +83,14 @@ void back_close_session(struct broker *b, struct worker *w, uint64_t session_id,
 	back_send(b, w, WIRE_CLOSE, &c.base);
 }
 
-struct worker *back_pick(struct broker *b, struct model *m, uint64_t avoid)
+struct worker *back_find_id(struct broker *b, const char *id)
 {
-	struct worker *best = NULL, *avoided = NULL;
-	for (struct link *l = m->workers.next; l != &m->workers; l = l->next) {
-		struct worker *w = LINK_ENTRY(l, struct worker, model_link);
-		if (w->lost || w->n_sessions >= w->max_sessions || w->busy_until_ms > b->now_ms)
-			continue;
-		if (w->serial == avoid) {
-			avoided = w;
-			continue;
-		}
-		if (!best || w->n_sessions < best->n_sessions)
-			best = w;
+	for (struct link *l = b->workers_seen.next; l != &b->workers_seen; l = l->next) {
+		struct worker *w = LINK_ENTRY(l, struct worker, seen_link);
+		if (!strcmp(w->id, id))
+			return w;
 	}
-	return best ? best : avoided;
+	return NULL;
 }
 
 void back_lose_worker(struct broker *b, struct worker *w, const char *why)
@@ -104,8 +106,13 @@ void back_lose_worker(struct broker *b, struct worker *w, const char *why)
 	w->model->n_workers--;
 	w->lost = true;
 	while (!link_empty(&w->sessions))
-		req_requeue(b, LINK_ENTRY(w->sessions.next, struct request, worker_link), true,
-		            why);
+		req_requeue(b, LINK_ENTRY(w->sessions.next, struct stage, link)->r, w, true, why);
+	if (!w->reregister)
+		control_worker_down(b, w, why);
+	if (w->hello)
+		itt__worker_hello__free_unpacked(w->hello, NULL);
+	if (w->telemetry)
+		itt__telemetry__free_unpacked(w->telemetry, NULL);
 	free(w->id);
 	free(w->host);
 	free(w);
@@ -147,11 +154,13 @@ static int back_check_hello(const struct broker *b, Itt__WorkerHello *h, char *w
 		snprintf(why, cap, "max_sessions must be at least 1");
 		return -1;
 	}
-	/* version 1 routes whole models: a worker holds layers [0, n_layers) */
-	if (h->layer_first != 0 || h->layer_last != h->n_layers) {
-		snprintf(why, cap,
-		         "layers [%u, %u) of %u: this broker (version 1) routes whole models only",
+	if (h->n_layers < 1 || h->layer_first >= h->layer_last || h->layer_last > h->n_layers) {
+		snprintf(why, cap, "layers [%u, %u) of %u: not a non-empty range of the model",
 		         h->layer_first, h->layer_last, h->n_layers);
+		return -1;
+	}
+	if (h->dim < 1 || h->dim > BROKER_MAX_DIM) {
+		snprintf(why, cap, "dim %u out of range [1, %u]", h->dim, BROKER_MAX_DIM);
 		return -1;
 	}
 	return 0;
@@ -196,13 +205,17 @@ static void back_hello(struct broker *b, const struct wire_msg *msg, struct work
 	}
 	/* A HELLO from a known identity or a known worker_id is a worker that
 	 * started over: what it held is gone. */
-	if (old)
+	if (old) {
+		old->reregister = true;
 		back_lose_worker(b, old, "it sent HELLO again");
+	}
 	for (struct link *l = b->workers_seen.next; l != &b->workers_seen;) {
 		struct worker *w = LINK_ENTRY(l, struct worker, seen_link);
 		l = l->next;
-		if (!strcmp(w->id, h->worker_id))
+		if (!strcmp(w->id, h->worker_id)) {
+			w->reregister = true;
 			back_lose_worker(b, w, "it registered again from a new connection");
+		}
 	}
 	struct model *m = back_model(b, h->model);
 	if (!m) {
@@ -210,12 +223,14 @@ static void back_hello(struct broker *b, const struct wire_msg *msg, struct work
 		                "out of memory");
 		goto out;
 	}
-	if (m->n_workers &&
-	    (m->vocab != h->vocab || m->ctx_len != h->ctx_len || m->eos != h->eos_token)) {
+	if (m->n_workers && (m->vocab != h->vocab || m->ctx_len != h->ctx_len ||
+	                     m->eos != h->eos_token || m->n_layers != h->n_layers ||
+	                     m->dim != h->dim)) {
 		snprintf(why, sizeof why,
-		         "model %s is served with vocab %u, ctx_len %u, eos %d; this worker has "
-		         "vocab %u, ctx_len %u, eos %d",
-		         m->name, m->vocab, m->ctx_len, m->eos, h->vocab, h->ctx_len, h->eos_token);
+		         "model %s is served with vocab %u, ctx_len %u, eos %d, %u layers, dim %u; "
+		         "this worker has vocab %u, ctx_len %u, eos %d, %u layers, dim %u",
+		         m->name, m->vocab, m->ctx_len, m->eos, m->n_layers, m->dim, h->vocab,
+		         h->ctx_len, h->eos_token, h->n_layers, h->dim);
 		LOG_WARN("back end: worker %s (%s): HELLO refused: %s", h->worker_id, peer, why);
 		back_send_error(b, msg->identity, msg->identity_len, 0, ITT__CODE__INVALID_ARGUMENT,
 		                why);
@@ -253,6 +268,16 @@ static void back_hello(struct broker *b, const struct wire_msg *msg, struct work
 	w->cores = h->cores;
 	w->mem_bytes = h->mem_bytes;
 	w->max_sessions = h->max_sessions;
+	w->max_batch_tokens = h->has_max_batch_tokens ? h->max_batch_tokens : 0;
+	itt__settings__init(&w->settings);
+	if (h->settings) {
+		w->settings.has_threads = h->settings->has_threads;
+		w->settings.threads = h->settings->threads;
+		w->settings.has_batch_tokens = h->settings->has_batch_tokens;
+		w->settings.batch_tokens = h->settings->batch_tokens;
+		w->settings.has_slow_ms = h->settings->has_slow_ms;
+		w->settings.slow_ms = h->settings->slow_ms;
+	}
 	if (b->cfg.max_sessions_per_worker > 0 &&
 	    w->max_sessions > (uint32_t)b->cfg.max_sessions_per_worker)
 		w->max_sessions = (uint32_t)b->cfg.max_sessions_per_worker;
@@ -268,18 +293,24 @@ static void back_hello(struct broker *b, const struct wire_msg *msg, struct work
 	m->vocab = h->vocab;
 	m->ctx_len = h->ctx_len;
 	m->eos = h->eos_token;
+	m->n_layers = h->n_layers;
+	m->dim = h->dim;
+	w->hello = h;
+	h = NULL;
 	Itt__Welcome wel = ITT__WELCOME__INIT;
 	wel.has_heartbeat_ms = wel.has_liveness = true;
 	wel.heartbeat_ms = (uint32_t)b->cfg.heartbeat_ms;
 	wel.liveness = (uint32_t)b->cfg.liveness;
 	back_send(b, w, WIRE_WELCOME, &wel.base);
-	LOG_INFO("worker %s registered (%s, host %s, pid %u): model %s, vocab %u, ctx %u, eos %d, "
-	         "%u sessions, %u threads",
-	         w->id, peer, w->host, w->pid, m->name, m->vocab, m->ctx_len, m->eos,
-	         w->max_sessions, w->threads);
+	LOG_INFO("worker %s registered (%s, host %s, pid %u): model %s, layers [%u, %u) of %u, "
+	         "vocab %u, ctx %u, eos %d, %u sessions, %u threads",
+	         w->id, peer, w->host, w->pid, m->name, w->layer_first, w->layer_last,
+	         w->n_layers, m->vocab, m->ctx_len, m->eos, w->max_sessions, w->threads);
+	control_worker_up(b, w);
 	req_dispatch(b, m);
 out:
-	itt__worker_hello__free_unpacked(h, NULL);
+	if (h)
+		itt__worker_hello__free_unpacked(h, NULL);
 }
 
 static void back_unknown(struct broker *b, const struct wire_msg *m)
@@ -303,6 +334,11 @@ int back_handle(struct broker *b)
 	if (rc <= 0)
 		return 0;
 	broker_clock(b);
+	if (!code && (m.cmd == WIRE_CONTROL_HELLO ||
+	              control_is_coord(b, m.identity, m.identity_len))) {
+		control_handle(b, &m);
+		goto out;
+	}
 	struct worker *w = map_get(&b->workers, m.identity, m.identity_len);
 	if (code) {
 		LOG_WARN("back end: %s %s: %s: %s", w ? "worker" : "peer",
@@ -345,10 +381,23 @@ int back_handle(struct broker *b)
 			                ITT__CODE__INVALID_ARGUMENT, "malformed StepResult body");
 			break;
 		}
-		req_on_result(b, w, res);
+		req_on_result_msg(b, w, res, m.tensor, m.tensor_len);
 		itt__step_result__free_unpacked(res, NULL);
 		break;
 	}
+	case WIRE_TELEMETRY:
+		if (!w)
+			back_unknown(b, &m);
+		else
+			control_telemetry(b, w, &m);
+		break;
+	case WIRE_PLACE:
+	case WIRE_ROUTES:
+	case WIRE_SET:
+		back_send_error(b, m.identity, m.identity_len, 0, ITT__CODE__INVALID_ARGUMENT,
+		                "only the coordinator sends PLACE, ROUTES and SET here; send "
+		                "CONTROL_HELLO first");
+		break;
 	case WIRE_ERROR: {
 		if (!w)
 			break; /* never answer an ERROR with an ERROR */
@@ -356,6 +405,16 @@ int back_handle(struct broker *b)
 		if (!e) {
 			LOG_WARN("back end: worker %s: malformed Error body", w->id);
 			break;
+		}
+		if (!e->session_id && w->loading) {
+			/* the worker refused an ASSIGN: it keeps its range */
+			w->loading = false;
+			LOG_WARN("worker %s refused ASSIGN: %s: %s; it keeps layers [%u, %u)",
+			         w->id, wire_code_name(e->code), e->reason ? e->reason : "",
+			         w->layer_first, w->layer_last);
+			control_decide(b, w->id, "layers", "(assign)", "refused",
+			               e->reason ? e->reason : "", "worker");
+			req_dispatch(b, w->model);
 		}
 		req_on_worker_error(b, w, e);
 		itt__error__free_unpacked(e, NULL);

@@ -8,15 +8,20 @@
  *              liveness, sends to clients;
  *   back.c     worker commands (HELLO, HEARTBEAT, RESULT, ERROR, BYE),
  *              worker registry and expiry, sends to workers;
- *   request.c  the life of one request: queue, OPEN, each STEP, stop
- *              conditions, chunks, replay, DONE/ERROR, idempotent resend;
+ *   request.c  the life of one request: queue, OPEN, each STEP driven
+ *              through its route's stages, stop conditions, chunks,
+ *              replay, DONE/ERROR, idempotent resend;
+ *   route.c    routes: published by the coordinator, or formed from the
+ *              workers' layer ranges; the least loaded is picked;
+ *   control.c  telemetry, settings and pins, decisions, the coordinator;
  *   main.c     sockets, loop, tick, signals.
  *
  * Ownership: the broker owns models, workers, clients and requests.  A
  * request is in `requests` from SUBMIT until it has been ended for
  * keep_ended_ms; in `sessions` and `deadlines` only while open (queued or
- * running).  A running request is on exactly one worker's session list; an
- * open request is on exactly one client's list.
+ * running).  A running request is on the session list of each worker of
+ * its route (one struct stage each); an open request is on exactly one
+ * client's list.
  *
  * Failure rule: a send that fails (EHOSTUNREACH: peer gone; EAGAIN: its
  * queue is full) marks the peer for reaping and never recurses; reaping runs
@@ -46,6 +51,18 @@
 #define BROKER_HANDSHAKE_MS  2000
 #define BROKER_ZMTP_HB_MS    1000
 #define BROKER_ZMTP_HB_TO_MS 3000
+#define BROKER_MAX_STAGES    16  /* stages of one route */
+#define BROKER_MAX_ROUTES    64  /* published routes per model */
+#define BROKER_DECISIONS     256 /* decisions kept */
+#define BROKER_STATS_DECISIONS 32 /* decisions in STATS_REPLY */
+#define BROKER_MAX_DIM       (1u << 20)
+
+/* Knobs (PROTOCOL.md "Telemetry, settings, placement"), as bits for pins. */
+enum knob {
+	KNOB_THREADS = 1,
+	KNOB_BATCH_TOKENS = 2,
+	KNOB_SLOW_MS = 4,
+};
 
 struct broker_config {
 	char front[256];
@@ -60,6 +77,7 @@ struct broker_config {
 	int keep_ended_ms;
 	int keep_ended;
 	int log_level;
+	int act_f16; /* non-last stages reply with F16 activations */
 	const char *api_keys[BROKER_MAX_API_KEYS];
 	int n_api_keys;
 };
@@ -75,6 +93,11 @@ struct model {
 	uint32_t n_workers;
 	struct heap queue; /* waiting requests: replays first, then priority, arrival */
 	uint32_t n_running;
+	uint32_t n_layers, dim;
+	/* routes published by the coordinator (worker ids per stage) */
+	char **pub[BROKER_MAX_ROUTES];
+	uint32_t pub_len[BROKER_MAX_ROUTES];
+	uint32_t n_pub;
 };
 
 struct worker {
@@ -90,12 +113,19 @@ struct worker {
 	struct link model_link;
 	struct link seen_link; /* broker.workers_seen, oldest heard first */
 	struct link reap_link; /* broker.reap_workers while lost */
-	struct link sessions;  /* struct request.worker_link */
+	struct link sessions;  /* struct stage.link of every route stage it runs */
 	uint32_t n_sessions;
 	uint32_t in_flight; /* OPEN/STEP sent, RESULT not yet back */
 	uint64_t steps;     /* RESULTs received */
 	uint64_t last_recv_ms, last_hb_ms, busy_until_ms;
 	bool lost;
+	bool loading;     /* ASSIGN sent, HELLO with the new range not yet back */
+	bool reregister;  /* lost because it registered again (no WORKER_DOWN) */
+	bool mark;        /* scratch of route_list */
+	Itt__WorkerHello *hello;   /* as registered (owned) */
+	Itt__Telemetry *telemetry; /* the latest (owned), or NULL */
+	uint32_t max_batch_tokens;
+	Itt__Settings settings;    /* last known: HELLO, then TELEMETRY, then SET */
 	/* tokens per 500 ms bucket, over the last 8 buckets */
 	uint32_t tok_bucket[8];
 	uint64_t tok_bucket_no;
@@ -111,6 +141,14 @@ struct client {
 	struct link sent_link; /* broker.clients_sent (only while n_open > 0) */
 	struct link reap_link; /* broker.reap_clients while gone */
 	bool gone;
+};
+
+/* One stage of a running request's route: on its worker's session list. */
+struct stage {
+	struct worker *w;
+	struct request *r;
+	struct link link; /* struct worker.sessions */
+	bool opened;      /* OPEN sent to it (CLOSE owed at the end) */
 };
 
 enum req_state {
@@ -131,8 +169,9 @@ struct request {
 	struct model *model;
 	struct client *client; /* NULL once ended */
 	struct link client_link;
-	struct worker *worker; /* while running */
-	struct link worker_link;
+	struct stage stages[BROKER_MAX_STAGES]; /* the route, while running */
+	uint32_t n_stages;                      /* 0: not running */
+	uint32_t at;                            /* stage of the step in flight */
 	uint64_t avoid_worker; /* serial of the worker that failed it last */
 	uint32_t step;         /* step number of the next RESULT expected */
 	bool awaiting;         /* a step is in flight on the worker */
@@ -181,6 +220,33 @@ struct broker {
 	uint64_t next_session, next_arrival, next_worker_serial;
 	uint64_t t_start_ms, n_requests, n_completed, n_failed;
 	uint64_t rng;
+	uint64_t n_replays;
+	/* the coordinator (a peer of the back end), if one is connected */
+	uint8_t coord_ident[WIRE_MAX_IDENTITY];
+	size_t coord_ident_len; /* 0: none */
+	char coord_id[129];
+	uint64_t coord_last_recv_ms, coord_last_hb_ms;
+	/* decisions: a ring, oldest at dec_head */
+	struct decision *decisions;
+	uint32_t dec_head, n_dec;
+	/* pins by worker id */
+	struct pin *pins;
+	uint32_t n_pins, pins_cap;
+};
+
+struct decision {
+	uint64_t time_ms;
+	char target[129];
+	char knob[16];
+	char old_value[96];
+	char new_value[96];
+	char reason[320];
+	char source[16];
+};
+
+struct pin {
+	char id[129];
+	unsigned mask; /* enum knob bits */
 };
 
 /* main.c */
@@ -189,6 +255,7 @@ void broker_reap(struct broker *b);
 const char *broker_peer_name(const uint8_t *ident, size_t len, char *buf, size_t cap);
 
 /* front.c */
+bool front_authorized(const struct broker *b, const char *key);
 int front_handle(struct broker *b);
 int front_send(struct broker *b, struct client *c, int cmd, const ProtobufCMessage *msg);
 int front_send_to(struct broker *b, const uint8_t *ident, size_t len, int cmd,
@@ -204,9 +271,40 @@ void front_tick(struct broker *b);
 int back_handle(struct broker *b);
 int back_send(struct broker *b, struct worker *w, int cmd, const ProtobufCMessage *msg);
 void back_close_session(struct broker *b, struct worker *w, uint64_t session_id, int reason);
-struct worker *back_pick(struct broker *b, struct model *m, uint64_t avoid);
+int back_send_tensor(struct broker *b, struct worker *w, int cmd, const ProtobufCMessage *msg,
+                     const void *tensor, size_t len);
+struct worker *back_find_id(struct broker *b, const char *id);
 void back_lose_worker(struct broker *b, struct worker *w, const char *why);
 void back_tick(struct broker *b);
+
+/* route.c: which workers run a session.  Fills stages[0..n) with a usable
+ * route of m (published routes first, else formed from the registered
+ * ranges), the least loaded, avoiding routes through the worker with serial
+ * `avoid` when another exists; returns n, or 0 when no route is usable now. */
+uint32_t route_pick(struct broker *b, struct model *m, uint64_t avoid,
+                    struct worker **stages);
+/* Whether the ids form a route of m now (live, not loading, tiling). */
+bool route_valid(struct broker *b, struct model *m, char *const *ids, uint32_t n,
+                 struct worker **out);
+/* Routes to show in STATS: the valid published ones, else disjoint auto
+ * routes.  Fills up to cap routes into out (n_stages in lens); returns how many. */
+uint32_t route_list(struct broker *b, struct model *m, struct worker *(*out)[BROKER_MAX_STAGES],
+                    uint32_t *lens, uint32_t cap, bool *published);
+void route_clear(struct model *m);
+
+/* control.c: telemetry, settings, pins, decisions and the coordinator. */
+bool control_is_coord(const struct broker *b, const uint8_t *ident, size_t len);
+void control_handle(struct broker *b, const struct wire_msg *m);
+void control_telemetry(struct broker *b, struct worker *w, const struct wire_msg *m);
+void control_worker_up(struct broker *b, struct worker *w);
+void control_worker_down(struct broker *b, struct worker *w, const char *why);
+void control_front_set(struct broker *b, const struct wire_msg *m);
+void control_decide(struct broker *b, const char *target, const char *knob, const char *old_value,
+                    const char *new_value, const char *reason, const char *source);
+unsigned control_pins(const struct broker *b, const char *worker_id);
+/* Knob names of mask into out (NULL-terminated array of up to 3). */
+size_t control_pin_names(unsigned mask, const char **out);
+void control_tick(struct broker *b);
 
 /* request.c */
 bool req_queue_less(const void *a, const void *b);
@@ -214,15 +312,18 @@ bool req_deadline_less(const void *a, const void *b);
 struct request *req_new(struct broker *b, Itt__GenerateRequest *g, struct model *m,
                         struct client *c);
 void req_dispatch(struct broker *b, struct model *m);
-void req_on_result(struct broker *b, struct worker *w, const Itt__StepResult *res);
 void req_on_worker_error(struct broker *b, struct worker *w, const Itt__Error *e);
 /* Ends an open request: code 0 sends DONE with stop reason `why`, any other
  * code sends ERROR code with reason `why`.  r may be freed (keep_ended 0):
  * the caller must not touch it afterwards. */
 void req_end(struct broker *b, struct request *r, int code, const char *why);
-/* Takes r off its worker and back to the head of its model's queue;
- * `count` makes it a replay (bounded by --max-replays). */
-void req_requeue(struct broker *b, struct request *r, bool count, const char *why);
+/* Takes r off its route (CLOSE to its opened stages) and back to the head
+ * of its model's queue; `count` makes it a replay (bounded by
+ * --max-replays); `culprit` (or NULL) is avoided by the next route. */
+void req_requeue(struct broker *b, struct request *r, struct worker *culprit, bool count,
+                 const char *why);
+void req_on_result_msg(struct broker *b, struct worker *w, const Itt__StepResult *res,
+                       const void *tensor, size_t tensor_len);
 void req_resend(struct broker *b, struct request *r, const uint8_t *ident, size_t len);
 void req_tick(struct broker *b);
 void req_free(struct broker *b, struct request *r);

@@ -1,7 +1,7 @@
 /* front: the client side of the broker (ROUTER front end).
  *
  * Contract (PROTOCOL.md, "Client session"): accepts SUBMIT, CANCEL,
- * HEARTBEAT and STATS; every other command, bad framing or a body that does
+ * HEARTBEAT, STATS and SET (control.c); every other command, bad framing or a body that does
  * not decode is answered with ERROR (code and reason) to the sender and
  * changes nothing else.  SUBMIT is checked in this order: body decodes, API
  * key, fields (validate_generate, token ids against the model's vocabulary
@@ -25,7 +25,8 @@
 
 #include "log.h"
 
-static const int front_accepts[] = {WIRE_SUBMIT, WIRE_CANCEL, WIRE_HEARTBEAT, WIRE_STATS, 0};
+static const int front_accepts[] = {WIRE_SUBMIT, WIRE_CANCEL, WIRE_HEARTBEAT,
+                                    WIRE_STATS,  WIRE_SET,    0};
 
 static void front_mark_gone(struct broker *b, struct client *c)
 {
@@ -156,7 +157,7 @@ void front_lose_client(struct broker *b, struct client *c, const char *why)
 	front_free_client(b, c);
 }
 
-static bool front_authorized(const struct broker *b, const char *key)
+bool front_authorized(const struct broker *b, const char *key)
 {
 	if (!b->cfg.n_api_keys)
 		return true;
@@ -234,7 +235,8 @@ static void front_submit(struct broker *b, const struct wire_msg *m)
 		front_refuse(b, m, g->request_id, ITT__CODE__UNAVAILABLE, reason);
 		goto out;
 	}
-	if (mo->queue.n >= (size_t)b->cfg.queue_limit && !back_pick(b, mo, 0)) {
+	struct worker *route[BROKER_MAX_STAGES];
+	if (mo->queue.n >= (size_t)b->cfg.queue_limit && !route_pick(b, mo, 0, route)) {
 		snprintf(reason, sizeof reason, "model %s: queue full (%zu waiting)", mo->name,
 		         mo->queue.n);
 		front_refuse(b, m, g->request_id, ITT__CODE__OVERLOADED, reason);
@@ -297,6 +299,8 @@ static const char *front_worker_state(const struct broker *b, const struct worke
 {
 	if (w->lost)
 		return "lost";
+	if (w->loading)
+		return "loading";
 	if (w->n_sessions >= w->max_sessions || w->busy_until_ms > b->now_ms)
 		return "full";
 	return w->n_sessions ? "busy" : "ready";
@@ -311,6 +315,49 @@ static double front_tokens_per_s(const struct broker *b, const struct worker *w)
 	/* 7 whole buckets and the current partial one */
 	double secs = 3.5 + (double)(b->now_ms % 500) / 1e3;
 	return (double)sum / secs;
+}
+
+/* Counts the running sessions whose route is exactly st[0..n). */
+static uint32_t front_route_sessions(struct worker *const *st, uint32_t n)
+{
+	uint32_t count = 0;
+	for (struct link *l = st[0]->sessions.next; l != &st[0]->sessions; l = l->next) {
+		const struct stage *s0 = LINK_ENTRY(l, struct stage, link);
+		const struct request *r = s0->r;
+		bool same = s0 == &r->stages[0] && r->n_stages == n;
+		for (uint32_t k = 0; same && k < n; k++)
+			same = r->stages[k].w == st[k];
+		count += same;
+	}
+	return count;
+}
+
+/* STATS_REPLY: every worker (with telemetry and pins), model, route, and the
+ * latest decisions.  Everything points into broker state or the scratch
+ * below, which lives until the reply is packed. */
+struct front_scratch {
+	Itt__WorkerStats *ws, **wp;
+	Itt__ModelStats *ms, **mp;
+	const char *(*pins)[4];
+	Itt__RouteStats *rs, **rp;
+	char ***rids; /* per route: worker ids */
+	Itt__Decision *ds, **dp;
+};
+
+static void front_scratch_free(struct front_scratch *x, size_t nr)
+{
+	free(x->ws);
+	free(x->wp);
+	free(x->ms);
+	free(x->mp);
+	free(x->pins);
+	free(x->rs);
+	free(x->rp);
+	for (size_t i = 0; x->rids && i < nr; i++)
+		free(x->rids[i]);
+	free(x->rids);
+	free(x->ds);
+	free(x->dp);
 }
 
 static void front_stats(struct broker *b, const struct wire_msg *m)
@@ -328,21 +375,30 @@ static void front_stats(struct broker *b, const struct wire_msg *m)
 		             "api_key is missing or unknown");
 		return;
 	}
-	size_t nw = b->workers.n, nm = b->models.n;
-	Itt__WorkerStats *ws = calloc(nw ? nw : 1, sizeof *ws);
-	Itt__WorkerStats **wp = calloc(nw ? nw : 1, sizeof *wp);
-	Itt__ModelStats *ms = calloc(nm ? nm : 1, sizeof *ms);
-	Itt__ModelStats **mp = calloc(nm ? nm : 1, sizeof *mp);
-	if (!ws || !wp || !ms || !mp) {
+	size_t nw = b->workers.n, nm = b->models.n, nr_cap = nm * BROKER_MAX_ROUTES;
+	size_t nd = b->n_dec < BROKER_STATS_DECISIONS ? b->n_dec : BROKER_STATS_DECISIONS;
+	struct front_scratch x = {0};
+	x.ws = calloc(nw ? nw : 1, sizeof *x.ws);
+	x.wp = calloc(nw ? nw : 1, sizeof *x.wp);
+	x.ms = calloc(nm ? nm : 1, sizeof *x.ms);
+	x.mp = calloc(nm ? nm : 1, sizeof *x.mp);
+	x.pins = calloc(nw ? nw : 1, sizeof *x.pins);
+	x.rs = calloc(nr_cap ? nr_cap : 1, sizeof *x.rs);
+	x.rp = calloc(nr_cap ? nr_cap : 1, sizeof *x.rp);
+	x.rids = calloc(nr_cap ? nr_cap : 1, sizeof *x.rids);
+	x.ds = calloc(nd ? nd : 1, sizeof *x.ds);
+	x.dp = calloc(nd ? nd : 1, sizeof *x.dp);
+	Itt__ClusterStats cs = ITT__CLUSTER_STATS__INIT;
+	if (!x.ws || !x.wp || !x.ms || !x.mp || !x.pins || !x.rs || !x.rp || !x.rids || !x.ds ||
+	    !x.dp) {
 		front_refuse(b, m, NULL, ITT__CODE__INTERNAL, "out of memory");
 		goto out;
 	}
-	Itt__ClusterStats cs = ITT__CLUSTER_STATS__INIT;
 	size_t it = 0;
 	void *v;
 	while (map_next(&b->models, &it, &v) && cs.n_models < nm) {
 		struct model *mo = v;
-		Itt__ModelStats *s = &ms[cs.n_models];
+		Itt__ModelStats *s = &x.ms[cs.n_models];
 		itt__model_stats__init(s);
 		s->has_queued = s->has_queue_limit = s->has_running = s->has_workers = true;
 		s->name = mo->name;
@@ -350,46 +406,90 @@ static void front_stats(struct broker *b, const struct wire_msg *m)
 		s->queue_limit = (uint32_t)b->cfg.queue_limit;
 		s->running = mo->n_running;
 		s->workers = mo->n_workers;
-		mp[cs.n_models++] = s;
+		x.mp[cs.n_models++] = s;
 		for (struct link *l = mo->workers.next; l != &mo->workers && cs.n_workers < nw;
 		     l = l->next) {
 			struct worker *w = LINK_ENTRY(l, struct worker, model_link);
-			Itt__WorkerStats *x = &ws[cs.n_workers];
-			itt__worker_stats__init(x);
-			x->has_layer_first = x->has_layer_last = x->has_n_layers = true;
-			x->has_sessions = x->has_max_sessions = x->has_queue = true;
-			x->has_tokens_per_s = x->has_last_heartbeat_ms = true;
-			x->has_threads = x->has_steps = true;
-			x->id = w->id;
-			x->host = w->host;
-			x->model = mo->name;
-			x->layer_first = w->layer_first;
-			x->layer_last = w->layer_last;
-			x->n_layers = w->n_layers;
-			x->state = (char *)front_worker_state(b, w);
-			x->sessions = w->n_sessions;
-			x->max_sessions = w->max_sessions;
-			x->queue = w->in_flight;
-			x->tokens_per_s = front_tokens_per_s(b, w);
-			x->last_heartbeat_ms = (double)(b->now_ms - w->last_recv_ms);
-			x->threads = w->threads;
-			x->steps = w->steps;
-			wp[cs.n_workers++] = x;
+			Itt__WorkerStats *y = &x.ws[cs.n_workers];
+			itt__worker_stats__init(y);
+			y->has_layer_first = y->has_layer_last = y->has_n_layers = true;
+			y->has_sessions = y->has_max_sessions = y->has_queue = true;
+			y->has_tokens_per_s = y->has_last_heartbeat_ms = true;
+			y->has_threads = y->has_steps = true;
+			y->id = w->id;
+			y->host = w->host;
+			y->model = mo->name;
+			y->layer_first = w->layer_first;
+			y->layer_last = w->layer_last;
+			y->n_layers = w->n_layers;
+			y->state = (char *)front_worker_state(b, w);
+			y->sessions = w->n_sessions;
+			y->max_sessions = w->max_sessions;
+			y->queue = w->in_flight;
+			y->tokens_per_s = front_tokens_per_s(b, w);
+			y->last_heartbeat_ms = (double)(b->now_ms - w->last_recv_ms);
+			y->threads = w->threads;
+			y->steps = w->steps;
+			y->telemetry = w->telemetry;
+			y->n_pinned =
+			    control_pin_names(control_pins(b, w->id), x.pins[cs.n_workers]);
+			y->pinned = (char **)x.pins[cs.n_workers];
+			x.wp[cs.n_workers++] = y;
+		}
+		struct worker *routes[BROKER_MAX_ROUTES][BROKER_MAX_STAGES];
+		uint32_t lens[BROKER_MAX_ROUTES];
+		bool published;
+		uint32_t n = route_list(b, mo, routes, lens, BROKER_MAX_ROUTES, &published);
+		for (uint32_t r = 0; r < n; r++) {
+			size_t i = cs.n_routes;
+			Itt__RouteStats *rs = &x.rs[i];
+			itt__route_stats__init(rs);
+			if (!(x.rids[i] = calloc(lens[r], sizeof *x.rids[i]))) {
+				front_refuse(b, m, NULL, ITT__CODE__INTERNAL, "out of memory");
+				goto out;
+			}
+			for (uint32_t k = 0; k < lens[r]; k++)
+				x.rids[i][k] = routes[r][k]->id;
+			rs->model = mo->name;
+			rs->worker_ids = x.rids[i];
+			rs->n_worker_ids = lens[r];
+			rs->source = (char *)(published ? "coordinator" : "auto");
+			rs->has_sessions = true;
+			rs->sessions = front_route_sessions(routes[r], lens[r]);
+			x.rp[cs.n_routes++] = rs;
 		}
 	}
-	cs.workers = wp;
-	cs.models = mp;
+	for (size_t i = 0; i < nd; i++) {
+		const struct decision *d =
+		    &b->decisions[(b->dec_head + b->n_dec - nd + i) % BROKER_DECISIONS];
+		Itt__Decision *y = &x.ds[i];
+		itt__decision__init(y);
+		y->has_time_ms = true;
+		y->time_ms = d->time_ms;
+		y->target = (char *)d->target;
+		y->knob = (char *)d->knob;
+		y->old_value = (char *)d->old_value;
+		y->new_value = (char *)d->new_value;
+		y->reason = (char *)d->reason;
+		y->source = (char *)d->source;
+		x.dp[i] = y;
+	}
+	cs.workers = x.wp;
+	cs.models = x.mp;
+	cs.routes = x.rp;
+	cs.decisions = x.dp;
+	cs.n_decisions = nd;
 	cs.has_uptime_ms = cs.has_requests = cs.has_completed = cs.has_failed = true;
+	cs.has_coordinator = cs.has_replays = true;
 	cs.uptime_ms = b->now_ms - b->t_start_ms;
 	cs.requests = b->n_requests;
 	cs.completed = b->n_completed;
 	cs.failed = b->n_failed;
+	cs.coordinator = b->coord_ident_len != 0;
+	cs.replays = b->n_replays;
 	front_send_to(b, m->identity, m->identity_len, WIRE_STATS_REPLY, &cs.base);
 out:
-	free(ws);
-	free(wp);
-	free(ms);
-	free(mp);
+	front_scratch_free(&x, cs.n_routes);
 }
 
 int front_handle(struct broker *b)
@@ -420,6 +520,7 @@ int front_handle(struct broker *b)
 	case WIRE_SUBMIT: front_submit(b, &m); break;
 	case WIRE_CANCEL: front_cancel(b, &m); break;
 	case WIRE_STATS: front_stats(b, &m); break;
+	case WIRE_SET: control_front_set(b, &m); break;
 	case WIRE_HEARTBEAT: {
 		Itt__Heartbeat *h = itt__heartbeat__unpack(NULL, m.body_len, m.body);
 		if (!h)

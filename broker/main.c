@@ -147,6 +147,10 @@ static void broker_free(struct broker *b)
 	}
 	for (it = 0; map_next(&b->workers, &it, &v);) {
 		struct worker *w = v;
+		if (w->hello)
+			itt__worker_hello__free_unpacked(w->hello, NULL);
+		if (w->telemetry)
+			itt__telemetry__free_unpacked(w->telemetry, NULL);
 		free(w->id);
 		free(w->host);
 		free(w);
@@ -156,10 +160,13 @@ static void broker_free(struct broker *b)
 	for (it = 0; map_next(&b->models, &it, &v);) {
 		struct model *m = v;
 		heap_free(&m->queue);
+		route_clear(m);
 		free(m->name);
 		free(m);
 	}
 	heap_free(&b->deadlines);
+	free(b->decisions);
+	free(b->pins);
 	map_free(&b->requests);
 	map_free(&b->sessions);
 	map_free(&b->workers);
@@ -170,6 +177,7 @@ static void broker_free(struct broker *b)
 static void broker_tick(struct broker *b)
 {
 	back_tick(b);
+	control_tick(b);
 	req_tick(b);
 	front_tick(b);
 	broker_reap(b);

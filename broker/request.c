@@ -1,8 +1,13 @@
 /* request: the life of one generation request inside the broker.
  *
- *   SUBMIT -> queued (model queue) -> running on a worker (OPEN, then one
- *   STEP per RESULT) -> ended (DONE or ERROR) -> kept keep_ended_ms for
- *   idempotent re-SUBMIT -> freed.
+ *   SUBMIT -> queued (model queue) -> running on a route (OPEN, then one
+ *   STEP per RESULT, each driven through the route's stages) -> ended (DONE
+ *   or ERROR) -> kept keep_ended_ms for idempotent re-SUBMIT -> freed.
+ *
+ * Stages (PROTOCOL.md, "Pipeline stages"): a step goes to stage 0 with its
+ * tokens; a non-last stage's RESULT carries the activations, which go on
+ * to the next stage (OPEN the first time, then STEP with the same number),
+ * with the same tokens; the last stage's RESULT carries the token.
  *
  * Contract (PROTOCOL.md, "Client session" and "Broker"): chunks carry seq
  * 0, 1, ... without gaps, one per RESULT, with that step's token and the
@@ -14,16 +19,17 @@
  * sequence fills the model's context).
  *
  * Replay: the broker keeps the prompt as tokenized and every generated
- * token.  When the owning worker dies, leaves or fails the session, the
+ * token.  When a worker of its route dies, leaves, moves or fails the
+ * session, the other stages get CLOSE and the
  * request goes back to the head of its model's queue and is re-opened with
  * OPEN {tokens = prompt + generated, n_prompt}; the worker's next token is
  * the one the lost worker would have sampled (sampling is a function of
  * seed, position and history), the stream goes on at the next seq.
  *
- * Invariants: a request is running iff r->worker != NULL; at most one step
- * of a session is in flight (r->awaiting); RESULTs are taken only from the
- * owner and only for the expected step; exactly one DONE or ERROR per
- * request. */
+ * Invariants: a request is running iff r->n_stages > 0; at most one step
+ * of a session is in flight, on stage r->at (r->awaiting); RESULTs are
+ * taken only from that stage's worker and only for the expected step;
+ * exactly one DONE or ERROR per request. */
 #include "broker.h"
 
 #include <stdlib.h>
@@ -100,7 +106,6 @@ struct request *req_new(struct broker *b, Itt__GenerateRequest *g, struct model 
 	    (g->has_deadline_ms && g->deadline_ms ? g->deadline_ms : b->lim.deadline_default_ms);
 	r->queue_idx = r->deadline_idx = HEAP_NONE;
 	link_init(&r->client_link);
-	link_init(&r->worker_link);
 	link_init(&r->ended_link);
 	r->state = REQ_QUEUED;
 	if (map_put(&b->requests, r->key, r->key_len, r) < 0)
@@ -144,22 +149,49 @@ void req_free(struct broker *b, struct request *r)
 	free(r);
 }
 
-/* Takes r off its worker (no CLOSE: the caller decides). */
+/* Takes r off its route (no CLOSE: see req_close_stages). */
 static void req_detach(struct request *r)
 {
-	struct worker *w = r->worker;
-	if (!w)
+	if (!r->n_stages)
 		return;
-	link_remove(&r->worker_link);
-	w->n_sessions--;
 	if (r->awaiting)
-		w->in_flight--;
+		r->stages[r->at].w->in_flight--;
+	for (uint32_t k = 0; k < r->n_stages; k++) {
+		link_remove(&r->stages[k].link);
+		r->stages[k].w->n_sessions--;
+	}
 	r->awaiting = false;
-	r->worker = NULL;
+	r->n_stages = 0;
 	r->model->n_running--;
 }
 
-static void req_open(struct broker *b, struct request *r, struct worker *w)
+/* CLOSE to every stage that was opened (a lost worker gets nothing). */
+static void req_close_stages(struct broker *b, struct request *r, int code)
+{
+	for (uint32_t k = 0; k < r->n_stages; k++)
+		if (r->stages[k].opened)
+			back_close_session(b, r->stages[k].w, r->session_id, code);
+}
+
+/* The tokens of the session so far (prompt + generated), malloc'ed; NULL
+ * when out of memory. */
+static int32_t *req_history(const struct request *r, size_t *n)
+{
+	*n = (size_t)r->n_prompt + r->n_gen;
+	int32_t *t = malloc((*n ? *n : 1) * sizeof *t);
+	if (!t)
+		return NULL;
+	if (r->n_prompt)
+		memcpy(t, r->prompt, r->n_prompt * sizeof *t);
+	if (r->n_gen)
+		memcpy(t + r->n_prompt, r->gen, r->n_gen * sizeof *t);
+	return t;
+}
+
+/* Sends OPEN to stage k: stage 0 with the history (or the text prompt),
+ * a later stage with the history and the previous stage's activations. */
+static int req_send_open(struct broker *b, struct request *r, uint32_t k,
+                         const Itt__TensorInfo *hidden, const void *tensor, size_t tensor_len)
 {
 	Itt__SessionOpen o = ITT__SESSION_OPEN__INIT;
 	int32_t *toks = NULL;
@@ -168,17 +200,14 @@ static void req_open(struct broker *b, struct request *r, struct worker *w)
 	o.sampling = &r->sampling;
 	o.has_priority = r->req->has_priority;
 	o.priority = r->req->priority;
+	if (r->n_stages > 1) {
+		o.has_reply_dtype = true;
+		o.reply_dtype = b->cfg.act_f16 ? ITT__DTYPE__F16 : ITT__DTYPE__F32;
+	}
 	if (r->have_prompt) {
-		size_t n = (size_t)r->n_prompt + r->n_gen;
-		toks = malloc((n ? n : 1) * sizeof *toks);
-		if (!toks) {
-			req_end(b, r, ITT__CODE__INTERNAL, "out of memory opening the session");
-			return;
-		}
-		if (r->n_prompt)
-			memcpy(toks, r->prompt, r->n_prompt * sizeof *toks);
-		if (r->n_gen)
-			memcpy(toks + r->n_prompt, r->gen, r->n_gen * sizeof *toks);
+		size_t n;
+		if (!(toks = req_history(r, &n)))
+			return -1;
 		o.tokens = toks;
 		o.n_tokens = n;
 		o.has_n_prompt = true;
@@ -186,33 +215,53 @@ static void req_open(struct broker *b, struct request *r, struct worker *w)
 	} else {
 		o.prompt = r->req->prompt ? r->req->prompt : (char *)"";
 	}
-	r->worker = w;
-	link_push_back(&w->sessions, &r->worker_link);
-	w->n_sessions++;
+	o.hidden = (Itt__TensorInfo *)hidden;
+	struct worker *w = r->stages[k].w;
+	r->stages[k].opened = true;
+	r->at = k;
+	r->awaiting = true;
+	w->in_flight++;
+	LOG_DEBUG("session %llu (request %s of %s) opened on worker %s (stage %u of %u) with %zu "
+	          "tokens%s",
+	          (unsigned long long)r->session_id, r->request_id, r->client_id, w->id, k,
+	          r->n_stages, o.n_tokens, r->replays ? " (replay)" : "");
+	back_send_tensor(b, w, WIRE_OPEN, &o.base, tensor, tensor_len);
+	free(toks);
+	return 0;
+}
+
+static void req_open(struct broker *b, struct request *r, struct worker *const *route, uint32_t n)
+{
+	r->n_stages = n;
+	for (uint32_t k = 0; k < n; k++) {
+		struct stage *st = &r->stages[k];
+		st->w = route[k];
+		st->r = r;
+		st->opened = false;
+		link_init(&st->link);
+		link_push_back(&route[k]->sessions, &st->link);
+		route[k]->n_sessions++;
+	}
 	r->model->n_running++;
 	r->state = REQ_RUNNING;
 	r->step = 0;
-	r->awaiting = true;
-	w->in_flight++;
 	if (!r->t_open_us)
 		r->t_open_us = b->now_us;
-	LOG_DEBUG("session %llu (request %s of %s) opened on worker %s with %zu tokens%s",
-	          (unsigned long long)r->session_id, r->request_id, r->client_id, w->id, o.n_tokens,
-	          r->replays ? " (replay)" : "");
-	back_send(b, w, WIRE_OPEN, &o.base);
-	free(toks);
+	if (req_send_open(b, r, 0, NULL, NULL, 0) < 0)
+		req_end(b, r, ITT__CODE__INTERNAL, "out of memory opening the session");
 }
 
 void req_dispatch(struct broker *b, struct model *m)
 {
+	struct worker *route[BROKER_MAX_STAGES];
 	while (m->queue.n) {
 		struct request *r = heap_top(&m->queue);
-		struct worker *w = back_pick(b, m, r->avoid_worker);
-		if (!w)
+		uint32_t n = route_pick(b, m, r->avoid_worker, route);
+		if (!n)
 			return;
 		heap_pop(&m->queue);
 		r->replay_first = false;
-		req_open(b, r, w);
+		req_open(b, r, route, n);
 	}
 }
 
@@ -289,7 +338,7 @@ void req_end(struct broker *b, struct request *r, int code, const char *why)
 	struct model *m = r->model;
 	bool was_running = r->state == REQ_RUNNING;
 	if (was_running) {
-		back_close_session(b, r->worker, r->session_id, code ? code : ITT__CODE__OK);
+		req_close_stages(b, r, code ? code : ITT__CODE__OK);
 		req_detach(r);
 	}
 	heap_remove(&m->queue, r);
@@ -330,15 +379,18 @@ void req_end(struct broker *b, struct request *r, int code, const char *why)
 		req_dispatch(b, m);
 }
 
-void req_requeue(struct broker *b, struct request *r, bool count, const char *why)
+void req_requeue(struct broker *b, struct request *r, struct worker *culprit, bool count,
+                 const char *why)
 {
 	char reason[320];
 	struct model *m = r->model;
-	if (r->worker)
-		r->avoid_worker = r->worker->serial;
+	if (culprit)
+		r->avoid_worker = culprit->serial;
+	req_close_stages(b, r, ITT__CODE__UNAVAILABLE);
 	req_detach(r);
 	r->state = REQ_QUEUED;
 	if (count) {
+		b->n_replays++;
 		r->replays++;
 		if (r->replays > (uint32_t)b->cfg.max_replays) {
 			snprintf(reason, sizeof reason, "session failed %u times; last: %s",
@@ -366,11 +418,14 @@ void req_requeue(struct broker *b, struct request *r, bool count, const char *wh
 	req_dispatch(b, m);
 }
 
-/* Checks a RESULT against the limits; -1 with a reason when it is bad. */
-static int req_check_result(const struct request *r, const Itt__StepResult *res, char *why,
-                            size_t cap)
+/* Checks a RESULT against the limits; -1 with a reason when it is bad.
+ * A non-last stage's RESULT carries activations, not a token. */
+static int req_check_result(const struct request *r, const Itt__StepResult *res, bool last,
+                            char *why, size_t cap)
 {
 	const struct model *m = r->model;
+	if (!last)
+		goto common;
 	if (!res->has_token) {
 		snprintf(why, cap, "RESULT has no token");
 		return -1;
@@ -384,6 +439,7 @@ static int req_check_result(const struct request *r, const Itt__StepResult *res,
 		         BROKER_MAX_PIECE);
 		return -1;
 	}
+common:
 	if (res->n_pos > m->ctx_len) {
 		snprintf(why, cap, "RESULT n_pos %u exceeds the context %u", res->n_pos,
 		         m->ctx_len);
@@ -440,11 +496,34 @@ static void req_count_token(struct broker *b, struct worker *w)
 	w->tok_bucket[no % 8]++;
 }
 
-void req_on_result(struct broker *b, struct worker *w, const Itt__StepResult *res)
+/* Sends the step's rows on to stage k (OPEN the first time, else STEP). */
+static void req_forward(struct broker *b, struct request *r, uint32_t k,
+                        const Itt__TensorInfo *hidden, const void *tensor, size_t len)
+{
+	if (!r->stages[k].opened) {
+		if (req_send_open(b, r, k, hidden, tensor, len) < 0)
+			req_end(b, r, ITT__CODE__INTERNAL, "out of memory");
+		return;
+	}
+	Itt__StepRequest s = ITT__STEP_REQUEST__INIT;
+	s.has_session_id = s.has_step = true;
+	s.session_id = r->session_id;
+	s.step = r->step;
+	s.n_tokens = 1;
+	s.tokens = &r->gen[r->n_gen - 1];
+	s.hidden = (Itt__TensorInfo *)hidden;
+	r->at = k;
+	r->awaiting = true;
+	r->stages[k].w->in_flight++;
+	back_send_tensor(b, r->stages[k].w, WIRE_STEP, &s.base, tensor, len);
+}
+
+void req_on_result_msg(struct broker *b, struct worker *w, const Itt__StepResult *res,
+                       const void *tensor, size_t tensor_len)
 {
 	struct request *r = map_get(&b->sessions, &res->session_id, sizeof res->session_id);
 	char why[256];
-	if (!r || r->worker != w) {
+	if (!r || !r->n_stages || r->stages[r->at].w != w) {
 		/* a late answer from a previous owner, or a session that ended */
 		LOG_DEBUG("worker %s: RESULT for session %llu it does not own; dropped", w->id,
 		          (unsigned long long)res->session_id);
@@ -460,11 +539,11 @@ void req_on_result(struct broker *b, struct worker *w, const Itt__StepResult *re
 	w->in_flight--;
 	w->steps++;
 	req_count_token(b, w);
-	if (req_check_result(r, res, why, sizeof why) < 0) {
+	bool last = r->at + 1 == r->n_stages;
+	if (req_check_result(r, res, last, why, sizeof why) < 0) {
 		LOG_WARN("worker %s: session %llu: %s; replaying it", w->id,
 		         (unsigned long long)r->session_id, why);
-		back_close_session(b, w, r->session_id, ITT__CODE__INVALID_ARGUMENT);
-		req_requeue(b, r, true, why);
+		req_requeue(b, r, w, true, why);
 		return;
 	}
 	if (res->step == 0 && !r->have_prompt && res->n_prompt_tokens) {
@@ -476,6 +555,26 @@ void req_on_result(struct broker *b, struct worker *w, const Itt__StepResult *re
 		memcpy(r->prompt, res->prompt_tokens, res->n_prompt_tokens * sizeof *r->prompt);
 		r->n_prompt = (uint32_t)res->n_prompt_tokens;
 		r->have_prompt = true;
+	}
+	if (!last) {
+		uint32_t rows = res->step == 0 ? r->n_prompt + r->n_gen : 1;
+		int code = 0;
+		if (!r->have_prompt) {
+			snprintf(why, sizeof why, "stage %u RESULT of step 0 lacks prompt_tokens",
+			         r->at);
+			code = ITT__CODE__INVALID_ARGUMENT;
+		} else {
+			code = wire_check_tensor(res->hidden, tensor, tensor_len, rows, rows,
+			                         r->model->dim, "RESULT hidden", why, sizeof why);
+		}
+		if (code) {
+			LOG_WARN("worker %s: session %llu: %s; replaying it", w->id,
+			         (unsigned long long)r->session_id, why);
+			req_requeue(b, r, w, true, why);
+			return;
+		}
+		req_forward(b, r, r->at + 1, res->hidden, tensor, tensor_len);
+		return;
 	}
 	const struct model *m = r->model;
 	int32_t tok = res->token;
@@ -522,9 +621,10 @@ void req_on_result(struct broker *b, struct worker *w, const Itt__StepResult *re
 	s.step = ++r->step;
 	s.n_tokens = 1;
 	s.tokens = &r->gen[r->n_gen - 1];
+	r->at = 0;
 	r->awaiting = true;
-	w->in_flight++;
-	back_send(b, w, WIRE_STEP, &s.base);
+	r->stages[0].w->in_flight++;
+	back_send(b, r->stages[0].w, WIRE_STEP, &s.base);
 }
 
 void req_on_worker_error(struct broker *b, struct worker *w, const Itt__Error *e)
@@ -536,7 +636,10 @@ void req_on_worker_error(struct broker *b, struct worker *w, const Itt__Error *e
 		return;
 	}
 	struct request *r = map_get(&b->sessions, &e->session_id, sizeof e->session_id);
-	if (!r || r->worker != w) {
+	bool on_route = false;
+	for (uint32_t k = 0; r && k < r->n_stages; k++)
+		on_route = on_route || r->stages[k].w == w;
+	if (!r || !on_route) {
 		LOG_DEBUG("worker %s: ERROR %s for session %llu it does not own: %s", w->id,
 		          wire_code_name(e->code), (unsigned long long)e->session_id, reason);
 		return;
@@ -551,14 +654,14 @@ void req_on_worker_error(struct broker *b, struct worker *w, const Itt__Error *e
 		 * worker a heartbeat interval before it is offered another; to a
 		 * STEP it means the worker dropped the session: that is a replay */
 		w->busy_until_ms = b->now_ms + (uint64_t)b->cfg.heartbeat_ms;
-		req_requeue(b, r, r->step > 0, why);
+		req_requeue(b, r, w, r->step > 0, why);
 		break;
 	case ITT__CODE__INVALID_ARGUMENT:
 		/* the session itself cannot run (e.g. its prompt does not fit the
 		 * context): another worker of the model would say the same */
 		req_end(b, r, ITT__CODE__UNAVAILABLE, why);
 		break;
-	default: req_requeue(b, r, true, why); break;
+	default: req_requeue(b, r, w, true, why); break;
 	}
 }
 

@@ -465,14 +465,20 @@ def main():
         err([F.SIG, bytes([F.HEARTBEAT]), b""], P.NOT_FOUND, "unknown worker")
         err([F.SIG, bytes([F.HELLO]), b"\xff\xff"], P.INVALID_ARGUMENT, "malformed WorkerHello")
         hello = dict(worker_id="garbage-1", host="h", model="garbage", layer_first=0,
-                     layer_last=5, n_layers=5, vocab=512, ctx_len=64, eos_token=-1,
+                     layer_last=5, n_layers=5, vocab=512, ctx_len=64, dim=64, eos_token=-1,
                      max_sessions=4)
         bad = dict(hello, vocab=0)
         err([F.SIG, bytes([F.HELLO]), P.WorkerHello(**bad).SerializeToString()],
             P.INVALID_ARGUMENT, "vocab")
-        bad = dict(hello, layer_first=2)
+        bad = dict(hello, layer_first=5)
         err([F.SIG, bytes([F.HELLO]), P.WorkerHello(**bad).SerializeToString()],
             P.INVALID_ARGUMENT, "layers")
+        bad = dict(hello, layer_last=6)
+        err([F.SIG, bytes([F.HELLO]), P.WorkerHello(**bad).SerializeToString()],
+            P.INVALID_ARGUMENT, "layers")
+        bad = dict(hello, dim=0)
+        err([F.SIG, bytes([F.HELLO]), P.WorkerHello(**bad).SerializeToString()],
+            P.INVALID_ARGUMENT, "dim")
         bad = dict(hello, model="slow", vocab=100)
         err([F.SIG, bytes([F.HELLO]), P.WorkerHello(**bad).SerializeToString()],
             P.INVALID_ARGUMENT, "vocab 512")
