@@ -19,6 +19,8 @@ Contract:
 - stop() (also on leaving the `with` block, and at interpreter exit) sends
   SIGTERM to every child still running, SIGKILL after 5 s, and reaps them:
   no process outlives the test.
+- start_coordinator() runs itt-coordinator against the broker; it is
+  stopped with the rest.
 - api_key starts the broker with --api-key KEY (and the probe uses it).
 - Readiness is asked of the broker with STATS through the Python client
   (client/python/itt_client.py); the message classes come from ITT_PY_DIR.
@@ -59,6 +61,7 @@ class Cluster:
         self.tag = tag or f"cluster-{os.getpid()}-{int(time.time() * 1000) % 100000}"
         self.ready_timeout = ready_timeout
         self.broker = None
+        self.coordinator = None
         self.workers = []  # Popen per worker index (None once removed)
         self.front = self.back = None
         self._logs = {}
@@ -141,6 +144,19 @@ class Cluster:
         if wait:
             self.wait_workers(self.live_workers(), self.ready_timeout)
 
+    def start_coordinator(self, args=()):
+        """Starts itt-coordinator against the broker (log "coordinator-<n>")."""
+        n = sum(1 for k in self._logs if k.startswith("coordinator"))
+        self.coordinator = self._spawn(f"coordinator-{n}", [
+            itt_test.tool("itt-coordinator"), "--broker", self.back] + list(args))
+        return self.coordinator
+
+    def kill_coordinator(self, sig=signal.SIGKILL):
+        p = self.coordinator
+        if p is not None and p.poll() is None:
+            p.send_signal(sig)
+            p.wait(timeout=10)
+
     def live_workers(self):
         return sum(1 for p in self.workers if p is not None and p.poll() is None)
 
@@ -199,7 +215,7 @@ class Cluster:
         if self._client is not None:
             self._client.close()
             self._client = None
-        procs = [p for p in self.workers + [self.broker] if p is not None]
+        procs = [p for p in self.workers + [self.coordinator, self.broker] if p is not None]
         if self.broker is not None and self.broker.poll() is None:
             self.broker.send_signal(signal.SIGCONT)  # in case a test stopped it
         for p in procs:
