@@ -1,7 +1,9 @@
 """The cluster across hosts: network namespaces made by deploy/netns.sh as
 four machines on a private test link (10.213.0.0/24, inside the namespaces
 only).  Host 0 runs the broker, hosts 1-3 a worker each, and clients on other
-hosts than the broker's stream through it.
+hosts than the broker's stream through it.  Then hosts 1-3 get one more
+worker each, the coordinator on host 0 makes them a 3-stage pipeline, and a
+client streams through it.
 
 Needs root, iproute2 and stories260K; otherwise it says why and skips.
 """
@@ -96,6 +98,39 @@ def main():
 
         c.check("a worker host dies during a stream: it completes identically",
                 survive_worker_host_loss)
+
+        def pipeline_across_hosts():
+            # three more workers, one per host, under another service name; the
+            # coordinator on the broker host makes them one 3-stage route
+            for i in (1, 2, 3):
+                procs.append(subprocess.Popen(on_host(i, [
+                    tool("itt-worker"), "--broker", BACK, "--model", m, "--name", "pipe",
+                    "--id", f"pipe{i}"]), stdout=logs[i], stderr=subprocess.STDOUT))
+            procs.append(subprocess.Popen(on_host(0, [tool("itt-coordinator"), "--broker", BACK,
+                                                      "--stages", "3"]),
+                                          stdout=logs[0], stderr=subprocess.STDOUT))
+            deadline = time.time() + 30
+            routes = None
+            while time.time() < deadline:
+                r = run(on_host(2, [tool("itt"), "stats", "--broker", FRONT, "--json"]),
+                        check=False, timeout=20)
+                if r.returncode == 0:
+                    st = json.loads(r.stdout)
+                    routes = [x for x in st.get("routes", []) if x["model"] == "pipe"]
+                    loading = [w for w in st["workers"] if w["state"] == "loading"]
+                    if (len(routes) == 1 and len(routes[0]["worker_ids"]) == 3
+                            and routes[0]["source"] == "coordinator" and not loading):
+                        break
+                time.sleep(0.3)
+            else:
+                raise AssertionError(f"no 3-stage route of the coordinator: {routes}")
+            r = run(on_host(1, [tool("itt"), "generate", "--broker", FRONT, "--model", "pipe",
+                                "--prompt", "Once upon a time", "--temperature", "0", "-n",
+                                "64", "--json"]))
+            assert json.loads(r.stdout)["tokens"] == local["tokens"], "tokens differ"
+
+        c.check("a 3-stage pipeline over three worker hosts (placed by the coordinator) "
+                "streams tokens equal to --local", pipeline_across_hosts)
     finally:
         for p in procs:
             if p.poll() is None:
