@@ -198,6 +198,7 @@ static void coord_dirty(struct coord *c, int g, const char *fmt, ...)
 	else
 		snprintf(grp->why, sizeof grp->why, "%s", what);
 	grp->dirty = true;
+	c->kick = true;
 }
 
 /* ---- events ------------------------------------------------------------ */
@@ -289,8 +290,10 @@ static void coord_worker_up(struct coord *c, const struct wire_msg *m)
 	if (fresh || !w->planned) {
 		coord_dirty(c, g, "worker %s joined", w->id);
 	} else if (w->first == w->tgt_first && w->last == w->tgt_last) {
-		if (w->placing)
+		if (w->placing) {
 			LOG_INFO("worker %s now holds layers %s of %s", w->id, have, w->model);
+			c->kick = true; /* its ROUTES may be due */
+		}
 		w->placing = false;
 	} else if (!w->placing) {
 		coord_dirty(c, g, "worker %s registered layers %s instead of %s", w->id, have,

@@ -113,6 +113,7 @@ struct coord {
 	/* connection */
 	bool welcomed;
 	bool fresh; /* no tick yet since WELCOME: groups seen now are "connected" */
+	bool kick;   /* an event wants a decision before the next interval (main.c) */
 	uint32_t hb_ms, liveness;
 	uint64_t last_recv_ms, next_hb_ms, next_tick_ms, reconnect_at_ms, backoff_ms;
 	/* the cluster as the broker tells it */

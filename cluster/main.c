@@ -23,6 +23,7 @@
 
 #define MAIN_HB_DEFAULT_MS    500
 #define MAIN_LIVENESS_DEFAULT 3
+#define MAIN_KICK_MS          50
 
 static volatile sig_atomic_t main_stop;
 
@@ -212,6 +213,13 @@ static int main_loop(struct coord *c)
 			main_drain(c);
 		if (!c->sock)
 			continue;
+		/* A join, a leave or a finished move is decided within
+		 * MAIN_KICK_MS (events that come together are decided together),
+		 * not at the next interval; the first tick after WELCOME still
+		 * waits a whole interval, to see the cluster first. */
+		if (c->kick && !c->fresh)
+			c->next_tick_ms = main_min(c->next_tick_ms, c->now_ms + MAIN_KICK_MS);
+		c->kick = false;
 		uint64_t silent = c->now_ms - c->last_recv_ms;
 		if (silent > (uint64_t)c->hb_ms * c->liveness) {
 			char why[96];

@@ -213,7 +213,7 @@ def rebalance(path, label, rounds=3):
             leaves.append(wait_routes(c, 2, 2) - t0)
     finally:
         c.stop()
-    print(f"\n(3) rebalance with itt-coordinator (--stages 2, tick 1 s), {label}, {rounds} rounds")
+    print(f"\n(3) rebalance with itt-coordinator (--stages 2), {label}, {rounds} rounds")
     print(f"{'event':>6} {'median s':>9} {'max s':>7}   (from the worker's start / kill to "
           f"usable coordinator routes)")
     for name, xs in (("join", joins), ("leave", leaves)):
