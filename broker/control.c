@@ -553,6 +553,12 @@ void control_front_set(struct broker *b, const struct wire_msg *m)
 		front_send_error(b, m->identity, m->identity_len, rid, ITT__CODE__NOT_FOUND, why);
 		goto out;
 	}
+	const char *why_set = c->reason && *c->reason ? c->reason : "set by an operator";
+	if (strlen(why_set) > 256) {
+		front_send_error(b, m->identity, m->identity_len, rid, ITT__CODE__INVALID_ARGUMENT,
+		                 "reason has more than 256 bytes");
+		goto out;
+	}
 	unsigned pin = 0, unpin = 0;
 	for (size_t i = 0; i < c->n_pin_knobs + c->n_unpin_knobs; i++) {
 		const char *k = i < c->n_pin_knobs ? c->pin_knobs[i] : c->unpin_knobs[i - c->n_pin_knobs];
@@ -584,13 +590,12 @@ void control_front_set(struct broker *b, const struct wire_msg *m)
 		goto out;
 	}
 	if (set)
-		control_apply(b, w, c->settings, "set by an operator", "operator");
+		control_apply(b, w, c->settings, why_set, "operator");
 	for (size_t i = 0; i < CONTROL_N_KNOBS; i++) {
 		unsigned bit = control_knobs[i].bit;
 		if ((before ^ after) & bit)
 			control_decide(b, w->id, control_knobs[i].name, (before & bit) ? "pinned" : "free",
-			               (after & bit) ? "pinned" : "free", "pinned by an operator",
-			               "operator");
+			               (after & bit) ? "pinned" : "free", why_set, "operator");
 	}
 	Itt__SettingsReply r = ITT__SETTINGS_REPLY__INIT;
 	r.request_id = (char *)(rid ? rid : "");
