@@ -245,7 +245,7 @@ static int bench_engine(int argc, char **argv)
 					best = (int32_t)j;
 			uint32_t pos = (uint32_t)(n_prompt + g);
 			struct kv_seq *sp = &seq;
-			struct forward_batch b = {1, &best, NULL, &pos, &sp, NULL};
+			struct forward_batch b = {.n_rows = 1, .tokens = &best, .hidden = NULL, .pos = &pos, .seqs = &sp, .want_logits = NULL};
 			if (forward_run(&e->fwd, &b, logits, &err) < 0) {
 				fprintf(stderr, "itt bench engine: %s\n", err.msg);
 				return 1;

@@ -128,7 +128,7 @@ int cmd_generate_local(struct gen_opts *o)
 		int32_t cur = tok;
 		uint32_t pos = (uint32_t)n - 1;
 		struct kv_seq *sp = &seq;
-		struct forward_batch b = {1, &cur, NULL, &pos, &sp, NULL};
+		struct forward_batch b = {.n_rows = 1, .tokens = &cur, .hidden = NULL, .pos = &pos, .seqs = &sp, .want_logits = NULL};
 		if (forward_run(&e->fwd, &b, logits, &err) < 0) {
 			fprintf(stderr, "itt generate: %s\n", err.msg);
 			goto out;

@@ -109,7 +109,7 @@ int engine_prefill(struct engine *e, struct kv_seq *s, const int32_t *tokens, ui
 			seqs[i] = s;
 			want[i] = all_logits || (done + i == n - 1 && last_logits);
 		}
-		struct forward_batch b = {k, tokens + done, NULL, pos, seqs, want};
+		struct forward_batch b = {.n_rows = k, .tokens = tokens + done, .hidden = NULL, .pos = pos, .seqs = seqs, .want_logits = want};
 		float *dst = all_logits ? all_logits + (size_t)done * V : e->logits;
 		rc = forward_run(&e->fwd, &b, dst, err);
 		if (rc == 0 && last_logits && done + k == n)

@@ -29,6 +29,31 @@
 #include "model.h"
 #include "threadpool.h"
 
+/* Attention-head perturbation of a row (the perturbed branch of guidance):
+ * at every (layer, head) whose mask byte is set, that query head's output
+ * becomes (1 - blend) * softmax(q k^T / sqrt(d)) v + blend * v[pos], i.e. the
+ * attention matrix mixed with the identity; blend 1 attends only to its own
+ * position.  Layers are global indices; heads are query heads. */
+struct forward_perturb {
+	const uint8_t *mask; /* [n_layers][n_heads] of the whole model */
+	float blend;         /* u in [0, 1] */
+};
+
+/* Early exit (per batch): after each layer listed (global index, ascending,
+ * inside the range, the model holding the output head), every row that
+ * wants logits and has not stopped applies the output norm and head to its
+ * residual stream; when top-1 minus top-2 probability >= threshold it stops
+ * there: its logits are those, and each later layer only computes its K and
+ * V from the exit hidden state (so later positions can attend to it).
+ * exited_at[r] reports the layer after which row r stopped (the range's last
+ * layer when it ran through). */
+struct forward_exit {
+	const uint32_t *layers;
+	uint32_t n_layers;
+	float threshold;     /* in [0, 1] */
+	uint32_t *exited_at; /* out, [n_rows] */
+};
+
 struct forward_batch {
 	uint32_t n_rows;
 	const int32_t *tokens;      /* [n_rows], first stage */
@@ -36,6 +61,12 @@ struct forward_batch {
 	const uint32_t *pos;        /* [n_rows] */
 	struct kv_seq *const *seqs; /* [n_rows] */
 	const uint8_t *want_logits; /* [n_rows] or NULL (all) */
+	/* inference-time techniques; all zero / NULL: the plain pass */
+	const struct forward_perturb *const *perturb; /* [n_rows] or NULL; a NULL entry: none */
+	uint32_t stop_layer; /* 0: the whole range; else run layers [first, stop_layer)
+	                      * and apply the output head (a shallow draft pass; needs
+	                      * the head; later layers' K/V are not written) */
+	const struct forward_exit *exit; /* or NULL */
 };
 
 struct forward_ctx {

@@ -103,8 +103,7 @@ int main(int argc, char **argv)
 	}
 	for (size_t done = 0; done < n;) {
 		uint32_t k = (uint32_t)(n - done < c.max_rows ? n - done : c.max_rows);
-		struct forward_batch b = {k, tokens + done, hidden ? hidden + done * m->hp.dim : NULL,
-					  pos + done, seqs + done, NULL};
+		struct forward_batch b = {.n_rows = k, .tokens = tokens + done, .hidden = hidden ? hidden + done * m->hp.dim : NULL, .pos = pos + done, .seqs = seqs + done, .want_logits = NULL};
 		if (forward_run(&e->fwd, &b, out + done * width, &err) < 0) {
 			fprintf(stderr, "itt-dump-logits: %s: %s\n", itt_strerror(err.code), err.msg);
 			return 1;

@@ -78,7 +78,7 @@ static float *run_single(struct engine *e, uint32_t V)
 		kv_seq_init(&seq);
 		for (uint32_t i = 0; i < seq_len[s]; i++, row++) {
 			int32_t t = token_of(s, i, V);
-			struct forward_batch b = {1, &t, NULL, &i, &sp, NULL};
+			struct forward_batch b = {.n_rows = 1, .tokens = &t, .hidden = NULL, .pos = &i, .seqs = &sp, .want_logits = NULL};
 			assert_int_equal(forward_run(&e->fwd, &b, out + row * V, &err), 0);
 		}
 		kv_seq_free(&e->kv, &seq);
@@ -121,7 +121,7 @@ static float *run_batched(struct engine *e, uint32_t V)
 		if (n == 0)
 			break;
 		struct itt_err err = {0};
-		struct forward_batch b = {n, tok, NULL, pos, sp, NULL};
+		struct forward_batch b = {.n_rows = n, .tokens = tok, .hidden = NULL, .pos = pos, .seqs = sp, .want_logits = NULL};
 		assert_int_equal(forward_run(&e->fwd, &b, out, &err), 0);
 		for (uint32_t r = 0; r < n; r++)
 			memcpy(batched + dst[r] * V, out + (size_t)r * V, V * sizeof(float));
@@ -193,7 +193,7 @@ static void check_batched_equals_single(const char *path, int threads)
 		if (n == 0)
 			break;
 		struct itt_err err = {0};
-		struct forward_batch b = {n, tok, NULL, pos, sp, NULL};
+		struct forward_batch b = {.n_rows = n, .tokens = tok, .hidden = NULL, .pos = pos, .seqs = sp, .want_logits = NULL};
 		assert_int_equal(forward_run(&e->fwd, &b, out, &err), 0);
 		for (uint32_t r = 0; r < n; r++)
 			memcpy(batched + dst[r] * V, out + (size_t)r * V, V * sizeof(float));
@@ -245,7 +245,7 @@ static void layer_split_equals_whole(void **state)
 	}
 	float *ref = malloc((size_t)N * V * sizeof(float));
 	struct itt_err err = {0};
-	struct forward_batch b = {N, tok, NULL, pos, swp, NULL};
+	struct forward_batch b = {.n_rows = N, .tokens = tok, .hidden = NULL, .pos = pos, .seqs = swp, .want_logits = NULL};
 	assert_int_equal(forward_run(&whole->fwd, &b, ref, &err), 0);
 
 	for (uint32_t k = 1; k < L; k++) {
@@ -263,9 +263,9 @@ static void layer_split_equals_whole(void **state)
 			p2[i] = &s2;
 		}
 		/* Same batch shape as the whole run: bit-identical. */
-		struct forward_batch b1 = {N, tok, NULL, pos, p1, NULL};
+		struct forward_batch b1 = {.n_rows = N, .tokens = tok, .hidden = NULL, .pos = pos, .seqs = p1, .want_logits = NULL};
 		assert_int_equal(forward_run(&a->fwd, &b1, hidden, &err), 0);
-		struct forward_batch b2 = {N, NULL, hidden, pos, p2, NULL};
+		struct forward_batch b2 = {.n_rows = N, .tokens = NULL, .hidden = hidden, .pos = pos, .seqs = p2, .want_logits = NULL};
 		assert_int_equal(forward_run(&c->fwd, &b2, logits, &err), 0);
 		for (int i = 0; i < N; i++)
 			assert_memory_equal(logits + (size_t)i * V, ref + (size_t)i * V,
@@ -274,9 +274,9 @@ static void layer_split_equals_whole(void **state)
 		 * lockstep): equal within rounding of the other batch shape. */
 		kv_seq_truncate(&a->kv, &s1, 0);
 		kv_seq_truncate(&c->kv, &s2, 0);
-		struct forward_batch c1 = {10, tok, NULL, pos, p1, NULL};
+		struct forward_batch c1 = {.n_rows = 10, .tokens = tok, .hidden = NULL, .pos = pos, .seqs = p1, .want_logits = NULL};
 		assert_int_equal(forward_run(&a->fwd, &c1, hidden, &err), 0);
-		struct forward_batch c1b = {N - 10, tok + 10, NULL, pos + 10, p1, NULL};
+		struct forward_batch c1b = {.n_rows = N - 10, .tokens = tok + 10, .hidden = NULL, .pos = pos + 10, .seqs = p1, .want_logits = NULL};
 		assert_int_equal(forward_run(&a->fwd, &c1b, hidden + 10 * D, &err), 0);
 		assert_int_equal(forward_run(&c->fwd, &b2, logits, &err), 0);
 		for (int i = 0; i < N; i++)
@@ -310,27 +310,27 @@ static void bad_batches_are_refused(void **state)
 	int32_t tok[8] = {1, 2, 3, 4, 5, 6, 7, 8};
 	uint32_t pos[8] = {0, 1, 2, 3, 4, 5, 6, 7};
 
-	struct forward_batch b = {9, tok, NULL, pos, sp, NULL};
+	struct forward_batch b = {.n_rows = 9, .tokens = tok, .hidden = NULL, .pos = pos, .seqs = sp, .want_logits = NULL};
 	assert_int_equal(forward_run(&e->fwd, &b, out, &err), ITT_E_INVALID); /* > max_rows */
 	b.n_rows = 0;
 	assert_int_equal(forward_run(&e->fwd, &b, out, &err), ITT_E_INVALID);
 	int32_t bad_tok[2] = {1, (int32_t)V};
-	struct forward_batch bt = {2, bad_tok, NULL, pos, sp, NULL};
+	struct forward_batch bt = {.n_rows = 2, .tokens = bad_tok, .hidden = NULL, .pos = pos, .seqs = sp, .want_logits = NULL};
 	assert_int_equal(forward_run(&e->fwd, &bt, out, &err), ITT_E_INVALID);
 	assert_non_null(strstr(err.msg, "token"));
 	bad_tok[1] = -1;
 	assert_int_equal(forward_run(&e->fwd, &bt, out, &err), ITT_E_INVALID);
 	uint32_t gap[2] = {0, 2};
-	struct forward_batch bg = {2, tok, NULL, gap, sp, NULL};
+	struct forward_batch bg = {.n_rows = 2, .tokens = tok, .hidden = NULL, .pos = gap, .seqs = sp, .want_logits = NULL};
 	assert_int_equal(forward_run(&e->fwd, &bg, out, &err), ITT_E_INVALID);
 	assert_non_null(strstr(err.msg, "continues at 1"));
 	uint32_t far[1] = {e->model->hp.ctx_len};
-	struct forward_batch bf = {1, tok, NULL, far, sp, NULL};
+	struct forward_batch bf = {.n_rows = 1, .tokens = tok, .hidden = NULL, .pos = far, .seqs = sp, .want_logits = NULL};
 	assert_int_equal(forward_run(&e->fwd, &bf, out, &err), ITT_E_RANGE);
 	assert_int_equal(s.n_pos, 0);
 	assert_int_equal(e->kv.n_free, e->kv.n_blocks);
 	/* a good batch still works afterwards */
-	struct forward_batch ok = {8, tok, NULL, pos, sp, NULL};
+	struct forward_batch ok = {.n_rows = 8, .tokens = tok, .hidden = NULL, .pos = pos, .seqs = sp, .want_logits = NULL};
 	assert_int_equal(forward_run(&e->fwd, &ok, out, &err), 0);
 	assert_int_equal(s.n_pos, 8);
 	kv_seq_free(&e->kv, &s);
@@ -364,12 +364,12 @@ static void full_kv_cache_is_refused_and_rolled_back(void **state)
 		pos[i] = (uint32_t)i;
 	}
 	struct itt_err err = {0};
-	struct forward_batch ba = {20, tok, NULL, pos, pa, NULL};
+	struct forward_batch ba = {.n_rows = 20, .tokens = tok, .hidden = NULL, .pos = pos, .seqs = pa, .want_logits = NULL};
 	assert_int_equal(forward_run(&e->fwd, &ba, out, &err), 0); /* 2 blocks */
-	struct forward_batch bb2 = {1, tok, NULL, pos, pb, NULL};
+	struct forward_batch bb2 = {.n_rows = 1, .tokens = tok, .hidden = NULL, .pos = pos, .seqs = pb, .want_logits = NULL};
 	assert_int_equal(forward_run(&e->fwd, &bb2, out, &err), ITT_E_FULL);
 	assert_int_equal(b.n_pos, 0);
-	struct forward_batch ba2 = {13, tok + 20, NULL, pos + 20, pa, NULL};
+	struct forward_batch ba2 = {.n_rows = 13, .tokens = tok + 20, .hidden = NULL, .pos = pos + 20, .seqs = pa, .want_logits = NULL};
 	assert_int_equal(forward_run(&e->fwd, &ba2, out, &err), ITT_E_FULL);
 	assert_int_equal(a.n_pos, 20);
 	kv_seq_free(&e->kv, &a);
