@@ -21,6 +21,7 @@
 #include "engine.h"
 #include "itt.pb-c.h"
 #include "validate.h"
+#include "wire.h"
 
 /* ---- logging ------------------------------------------------------------ */
 
@@ -91,6 +92,7 @@ void sched_cmd_free(struct sched_cmd **cp)
 	free(c->tokens);
 	free(c->bias);
 	free(c->prompt);
+	free(c->hidden);
 	free(c);
 	*cp = NULL;
 }
@@ -112,18 +114,65 @@ static int sched_copy_tokens(const int32_t *ids, size_t n, uint32_t vocab, const
 	return 0;
 }
 
-static int sched_check_stage(const struct sched_info *info, char *reason, size_t cap)
+/* The hidden-state input of an OPEN/STEP of n_tokens tokens: none on stage
+ * 0; on a later stage a tensor of [n_tokens][dim] F32 or F16 elements,
+ * returned as F32 in *out (owned by the caller). */
+static int sched_decode_hidden(const Itt__TensorInfo *ti, const void *tensor, size_t tensor_len,
+                               uint32_t n_tokens, const struct sched_info *info, float **out,
+                               char *reason, size_t cap)
 {
-	if (info->first != 0 || info->last != info->n_layers)
-		return sched_bad(reason, cap, ITT__CODE__UNIMPLEMENTED,
-		                 "this worker holds layers [%u, %u) of %u; pipeline stages are "
-		                 "not part of protocol version 1",
-		                 info->first, info->last, info->n_layers);
+	*out = NULL;
+	if (info->first == 0) {
+		if (ti || tensor)
+			return sched_bad(
+			    reason, cap, ITT__CODE__INVALID_ARGUMENT,
+			    "hidden: this worker holds layers [0, %u), the first stage, "
+			    "which takes no tensor",
+			    info->last);
+		return 0;
+	}
+	int rc = wire_check_tensor(ti, tensor, tensor_len, n_tokens, 0, info->dim, "hidden", reason,
+	                           cap);
+	if (rc)
+		return rc;
+	size_t n = (size_t)n_tokens * info->dim;
+	if (!(*out = malloc(n * sizeof **out)))
+		return sched_bad(reason, cap, ITT__CODE__INTERNAL,
+		                 "out of memory for %u hidden rows", n_tokens);
+	if (ti->dtype == ITT__DTYPE__F32) {
+		memcpy(*out, tensor, n * sizeof **out);
+		return 0;
+	}
+	/* F16: the frame need not be aligned for uint16_t; copy, then widen. */
+	uint16_t *h = malloc(n * sizeof *h);
+	if (!h) {
+		free(*out);
+		*out = NULL;
+		return sched_bad(reason, cap, ITT__CODE__INTERNAL,
+		                 "out of memory for %u hidden rows", n_tokens);
+	}
+	memcpy(h, tensor, n * sizeof *h);
+	kv_fp16_to_fp32(*out, h, n);
+	free(h);
 	return 0;
 }
 
-int sched_decode_open(const uint8_t *body, size_t len, const struct sched_info *info,
-                      struct sched_cmd **out, uint64_t *session_id, char *reason, size_t cap)
+/* A stage after the first computes on the previous stage's output: it
+ * needs token ids (for the history) and cannot tokenize a prompt. */
+static int sched_check_stage_input(const struct sched_info *info, size_t prompt_len,
+                                   size_t n_tokens, char *reason, size_t cap)
+{
+	if (info->first == 0 || (prompt_len == 0 && n_tokens > 0))
+		return 0;
+	return sched_bad(reason, cap, ITT__CODE__INVALID_ARGUMENT,
+	                 "this worker holds layers [%u, %u) of %u: a stage after the first takes "
+	                 "tokens with their hidden states, not a text prompt",
+	                 info->first, info->last, info->n_layers);
+}
+
+int sched_decode_open(const uint8_t *body, size_t len, const void *tensor, size_t tensor_len,
+                      const struct sched_info *info, struct sched_cmd **out, uint64_t *session_id,
+                      char *reason, size_t cap)
 {
 	struct wire_limits lim;
 	struct sched_cmd *c = NULL;
@@ -137,9 +186,14 @@ int sched_decode_open(const uint8_t *body, size_t len, const struct sched_info *
 		return sched_bad(reason, cap, ITT__CODE__INVALID_ARGUMENT,
 		                 "malformed SessionOpen body");
 	*session_id = m->session_id;
-	if ((rc = sched_check_stage(info, reason, cap)))
-		goto out;
 	size_t plen = m->prompt ? strlen(m->prompt) : 0;
+	if (m->has_reply_dtype && !wire_dtype_size(m->reply_dtype)) {
+		rc = sched_bad(reason, cap, ITT__CODE__INVALID_ARGUMENT,
+		               "reply_dtype %d is not F32 or F16", (int)m->reply_dtype);
+		goto out;
+	}
+	if ((rc = sched_check_stage_input(info, plen, m->n_tokens, reason, cap)))
+		goto out;
 	if (plen && m->n_tokens) {
 		rc = sched_bad(reason, cap, ITT__CODE__INVALID_ARGUMENT,
 		               "prompt and tokens are exclusive");
@@ -162,6 +216,7 @@ int sched_decode_open(const uint8_t *body, size_t len, const struct sched_info *
 	}
 	c->session_id = m->session_id;
 	c->priority = m->has_priority ? m->priority : 0;
+	c->reply_dtype = m->has_reply_dtype ? (int)m->reply_dtype : ITT__DTYPE__F32;
 	size_t nb = m->sampling ? m->sampling->n_logit_bias : 0;
 	size_t bias_cap = nb <= lim.max_bias ? nb : 0;
 	if (!(c->bias = malloc((bias_cap ? bias_cap : 1) * sizeof *c->bias))) {
@@ -184,10 +239,18 @@ int sched_decode_open(const uint8_t *body, size_t len, const struct sched_info *
 			goto out;
 		}
 		c->n_prompt = m->n_prompt ? m->n_prompt : c->n_tokens;
+		if (c->n_tokens < info->ctx_len &&
+		    (rc = sched_decode_hidden(m->hidden, tensor, tensor_len, c->n_tokens, info,
+		                              &c->hidden, reason, cap)))
+			goto out;
 	} else {
 		/* A text prompt (or none: BOS alone), tokenized later on the
 		 * compute thread (sched_prepare_open): a 256 KiB prompt takes tens
-		 * of milliseconds, which the loop thread must not spend. */
+		 * of milliseconds, which the loop thread must not spend.  Only
+		 * stage 0 gets here (sched_check_stage_input). */
+		if ((rc = sched_decode_hidden(m->hidden, tensor, tensor_len, 0, info, &c->hidden,
+		                              reason, cap)))
+			goto out;
 		if (!info->tok) {
 			rc = sched_bad(
 			    reason, cap, ITT__CODE__INVALID_ARGUMENT,
@@ -247,8 +310,9 @@ int sched_prepare_open(const struct sched_info *info, struct sched_cmd *c, char 
 	return 0;
 }
 
-int sched_decode_step(const uint8_t *body, size_t len, const struct sched_info *info,
-                      struct sched_cmd **out, uint64_t *session_id, char *reason, size_t cap)
+int sched_decode_step(const uint8_t *body, size_t len, const void *tensor, size_t tensor_len,
+                      const struct sched_info *info, struct sched_cmd **out, uint64_t *session_id,
+                      char *reason, size_t cap)
 {
 	struct sched_cmd *c = NULL;
 	int rc;
@@ -260,8 +324,6 @@ int sched_decode_step(const uint8_t *body, size_t len, const struct sched_info *
 		return sched_bad(reason, cap, ITT__CODE__INVALID_ARGUMENT,
 		                 "malformed StepRequest body");
 	*session_id = m->session_id;
-	if ((rc = sched_check_stage(info, reason, cap)))
-		goto out;
 	if (m->step == 0) {
 		rc = sched_bad(reason, cap, ITT__CODE__INVALID_ARGUMENT,
 		               "step must be 1 or more (OPEN is step 0)");
@@ -283,11 +345,72 @@ int sched_decode_step(const uint8_t *body, size_t len, const struct sched_info *
 	                            reason, cap)))
 		goto out;
 	c->n_tokens = (uint32_t)m->n_tokens;
+	if ((rc = sched_decode_hidden(m->hidden, tensor, tensor_len, c->n_tokens, info, &c->hidden,
+	                              reason, cap)))
+		goto out;
 	*out = c;
 	c = NULL;
 out:
 	sched_cmd_free(&c);
 	itt__step_request__free_unpacked(m, NULL);
+	return rc;
+}
+
+int sched_decode_settings(const uint8_t *body, size_t len, uint32_t max_batch_tokens,
+                          struct sched_cmd **out, char *reason, size_t cap)
+{
+	int rc = 0;
+	*out = NULL;
+	Itt__Settings *m = itt__settings__unpack(NULL, len, body);
+	if (!m)
+		return sched_bad(reason, cap, ITT__CODE__INVALID_ARGUMENT,
+		                 "malformed Settings body");
+	if (m->has_threads && (m->threads < 1 || m->threads > SCHED_MAX_THREADS))
+		rc = sched_bad(reason, cap, ITT__CODE__INVALID_ARGUMENT,
+		               "threads must be in [1, %u], got %u", SCHED_MAX_THREADS, m->threads);
+	else if (m->has_batch_tokens && (m->batch_tokens < 1 || m->batch_tokens > max_batch_tokens))
+		rc = sched_bad(reason, cap, ITT__CODE__INVALID_ARGUMENT,
+		               "batch_tokens must be in [1, %u] (max_batch_tokens), got %u",
+		               max_batch_tokens, m->batch_tokens);
+	else if (m->has_slow_ms && m->slow_ms > SCHED_MAX_SLOW_MS)
+		rc = sched_bad(reason, cap, ITT__CODE__INVALID_ARGUMENT,
+		               "slow_ms must be in [0, %u], got %u", SCHED_MAX_SLOW_MS, m->slow_ms);
+	else if (!(*out = sched_cmd_new(SCHED_CMD_SETTINGS)))
+		rc = sched_bad(reason, cap, ITT__CODE__INTERNAL, "out of memory");
+	if (*out) {
+		(*out)->has_threads = m->has_threads;
+		(*out)->has_batch_tokens = m->has_batch_tokens;
+		(*out)->has_slow_ms = m->has_slow_ms;
+		(*out)->set = (struct sched_settings){m->threads, m->batch_tokens, m->slow_ms};
+	}
+	itt__settings__free_unpacked(m, NULL);
+	return rc;
+}
+
+int sched_decode_assign(const uint8_t *body, size_t len, const struct sched_info *info,
+                        const char *model, struct sched_cmd **out, char *reason, size_t cap)
+{
+	int rc = 0;
+	*out = NULL;
+	Itt__Assign *m = itt__assign__unpack(NULL, len, body);
+	if (!m)
+		return sched_bad(reason, cap, ITT__CODE__INVALID_ARGUMENT, "malformed Assign body");
+	if (!m->model || strcmp(m->model, model))
+		rc = sched_bad(reason, cap, ITT__CODE__INVALID_ARGUMENT,
+		               "model %.128s: this worker holds %s", m->model ? m->model : "(none)",
+		               model);
+	else if (!m->has_layer_last || m->layer_first >= m->layer_last ||
+	         m->layer_last > info->n_layers)
+		rc = sched_bad(reason, cap, ITT__CODE__INVALID_ARGUMENT,
+		               "layers [%u, %u): expected 0 <= layer_first < layer_last <= %u",
+		               m->layer_first, m->layer_last, info->n_layers);
+	else if (!(*out = sched_cmd_new(SCHED_CMD_ASSIGN)))
+		rc = sched_bad(reason, cap, ITT__CODE__INTERNAL, "out of memory");
+	else {
+		(*out)->first = m->layer_first;
+		(*out)->last = m->layer_last;
+	}
+	itt__assign__free_unpacked(m, NULL);
 	return rc;
 }
 
@@ -313,6 +436,7 @@ void sched_out_free_list(struct sched_out *o)
 	while (o) {
 		struct sched_out *next = o->next;
 		free(o->prompt_tokens);
+		free(o->tensor);
 		free(o);
 		o = next;
 	}
@@ -320,10 +444,12 @@ void sched_out_free_list(struct sched_out *o)
 
 /* ---- sessions ----------------------------------------------------------- */
 
-/* A queued step: its result is due once hist[0, end) is in the cache. */
+/* A queued step: its result is due once hist[0, end) is in the cache; it
+ * fed hist[start, end). */
 struct sched_mark {
 	uint32_t step;
 	uint32_t end;
+	uint32_t start;
 };
 
 struct sched_session {
@@ -346,13 +472,27 @@ struct sched_session {
 	uint32_t n_reg; /* prompt blocks entered into the prefix index */
 	struct sched_mark marks[SCHED_MAX_INFLIGHT]; /* ring, oldest at head */
 	uint32_t mark_head, n_marks;
+	/* Stages.  A stage > 0 keeps the input rows of positions [hid_start,
+	 * n_hist) (hid_start <= n_done: rows already computed are dropped when
+	 * new ones come); a non-last stage collects the output rows of
+	 * positions [out_start, n_done), out_start being the start of the
+	 * oldest step it owes. */
+	float *hid; /* [hid_cap][dim] */
+	uint32_t hid_start, hid_cap;
+	float *outr; /* [out_cap][dim] */
+	uint32_t out_start, out_cap;
+	int reply_dtype; /* ITT__DTYPE__* of its RESULT rows */
 };
 
 struct sched {
 	struct sched_config cfg;
 	struct sched_info info;
-	struct engine *e;
-	uint32_t block; /* KV positions per block */
+	struct engine *e;  /* NULL only when broken */
+	uint32_t block;    /* KV positions per block */
+	uint32_t max_rows; /* rows per step at most (max_batch_tokens) */
+	bool stage;        /* a partial range: no prefix sharing, no preemption */
+	bool prefix_cache; /* as configured (cfg.prefix_cache: in force, off on a stage) */
+	bool broken;       /* an ASSIGN left no engine (written under out_mu) */
 
 	/* compute thread only */
 	struct sched_session **sess; /* [max_sessions], first n_sess used */
@@ -362,11 +502,12 @@ struct sched {
 	uint64_t next_ticket, next_admit;
 	uint32_t rr; /* round-robin start */
 	uint32_t epoch;
-	int32_t *row_tok;                            /* [batch_tokens] */
-	uint32_t *row_pos;                           /* [batch_tokens] */
-	struct kv_seq **row_seq;                     /* [batch_tokens] */
-	uint8_t *row_want;                           /* [batch_tokens] */
-	struct sched_session **row_out;              /* [batch_tokens] session of each logits row */
+	int32_t *row_tok;                            /* [max_rows] */
+	uint32_t *row_pos;                           /* [max_rows] */
+	struct kv_seq **row_seq;                     /* [max_rows] */
+	uint8_t *row_want;                           /* [max_rows] */
+	struct sched_session **row_out;              /* [max_rows] session of each logits row */
+	float *row_hid;                              /* [max_rows][dim] input rows (stage > 0) */
 	struct sched_session **grp_sess;             /* [max_sessions] sessions in this batch */
 	uint32_t *grp_rows;                          /* [max_sessions] their row counts */
 	uint64_t preemptions;                        /* since start */
@@ -431,7 +572,43 @@ static void sched_session_free(sched_t *s, struct sched_session *ss)
 	sampler_destroy(&ss->smp);
 	free(ss->hist);
 	free(ss->keys);
+	free(ss->hid);
+	free(ss->outr);
 	free(ss);
+}
+
+/* Grows a [*cap][dim] row buffer to hold `need` rows; -1 when out of memory. */
+static int sched_rows_fit(float **rows, uint32_t *cap, uint32_t need, uint32_t dim)
+{
+	if (need <= *cap)
+		return 0;
+	uint32_t c = *cap ? *cap : 16;
+	while (c < need)
+		c = c > UINT32_MAX / 2 ? need : c * 2;
+	float *r = realloc(*rows, (size_t)c * dim * sizeof *r);
+	if (!r)
+		return -1;
+	*rows = r;
+	*cap = c;
+	return 0;
+}
+
+/* Appends the input rows of n new positions (before they enter hist):
+ * rows already computed are dropped first. */
+static int sched_append_hidden(sched_t *s, struct sched_session *ss, const float *h, uint32_t n)
+{
+	const size_t dim = s->info.dim;
+	if (ss->n_done > ss->hid_start) {
+		uint32_t keep = ss->n_hist - ss->n_done;
+		memmove(ss->hid, ss->hid + (size_t)(ss->n_done - ss->hid_start) * dim,
+		        (size_t)keep * dim * sizeof *ss->hid);
+		ss->hid_start = ss->n_done;
+	}
+	uint32_t have = ss->n_hist - ss->hid_start;
+	if (sched_rows_fit(&ss->hid, &ss->hid_cap, have + n, (uint32_t)dim) < 0)
+		return -1;
+	memcpy(ss->hid + (size_t)have * dim, h, (size_t)n * dim * sizeof *h);
+	return 0;
 }
 
 /* Puts ss into the wait queue at its place: after every session of higher
@@ -653,10 +830,25 @@ static void sched_preempt(sched_t *s, struct sched_session *v, const struct sche
 
 /* ---- commands ------------------------------------------------------------ */
 
+/* Whether a command's hidden input matches this worker's range (the loop
+ * decoded it for the range it knew; ASSIGN keeps them in step, this makes
+ * sure). */
+static bool sched_input_fits(sched_t *s, const struct sched_cmd *c)
+{
+	if ((s->info.first > 0) == (c->hidden != NULL))
+		return true;
+	sched_error(s, c->session_id, ITT__CODE__INVALID_ARGUMENT,
+	            "this worker now holds layers [%u, %u): hidden states %s", s->info.first,
+	            s->info.last, c->hidden ? "not expected" : "missing");
+	return false;
+}
+
 static void sched_apply_open(sched_t *s, struct sched_cmd *c)
 {
 	struct itt_err err = {0};
 	char reason[SCHED_MAX_REASON];
+	if (!sched_input_fits(s, c))
+		return;
 	int code = sched_prepare_open(&s->info, c, reason, sizeof reason);
 	if (code) {
 		sched_error(s, c->session_id, code, "%s", reason);
@@ -682,6 +874,7 @@ static void sched_apply_open(sched_t *s, struct sched_cmd *c)
 	struct sched_session *ss = calloc(1, sizeof *ss);
 	uint32_t n_keys = c->n_prompt / s->block;
 	if (!ss || sampler_new(&c->sp, s->info.vocab, &ss->smp, &err) < 0 ||
+	    (c->hidden && sched_append_hidden(s, ss, c->hidden, c->n_tokens) < 0) ||
 	    sched_append(s, ss, c->tokens, c->n_tokens) < 0 ||
 	    !(ss->keys = malloc((n_keys ? n_keys : 1) * sizeof *ss->keys))) {
 		sched_error(s, c->session_id, ITT__CODE__INTERNAL, "cannot open the session: %s",
@@ -696,9 +889,10 @@ static void sched_apply_open(sched_t *s, struct sched_cmd *c)
 	kv_seq_init(&ss->seq);
 	ss->n_prompt = c->n_prompt;
 	ss->tokenized = c->tokenized;
+	ss->reply_dtype = c->reply_dtype;
 	ss->n_keys = n_keys;
 	kv_prefix_keys(&s->e->kv, ss->hist, n_keys, ss->keys);
-	ss->marks[0] = (struct sched_mark){0, c->n_tokens};
+	ss->marks[0] = (struct sched_mark){0, c->n_tokens, 0};
 	ss->n_marks = 1;
 	s->sess[s->n_sess++] = ss;
 	sched_wait_insert(s, ss);
@@ -720,6 +914,8 @@ static void sched_apply_open(sched_t *s, struct sched_cmd *c)
 static void sched_apply_step(sched_t *s, struct sched_cmd *c)
 {
 	struct sched_session *ss = sched_find(s, c->session_id, NULL);
+	if (!sched_input_fits(s, c))
+		return;
 	if (!ss) {
 		sched_error(s, c->session_id, ITT__CODE__NOT_FOUND,
 		            "session %llu is not open on this worker",
@@ -738,8 +934,10 @@ static void sched_apply_step(sched_t *s, struct sched_cmd *c)
 		            c->n_tokens, s->info.ctx_len);
 		return;
 	}
-	uint32_t need = sched_blocks(s, ss->n_hist + c->n_tokens);
-	if (need > s->e->kv.n_blocks || sched_append(s, ss, c->tokens, c->n_tokens) < 0) {
+	uint32_t need = sched_blocks(s, ss->n_hist + c->n_tokens), start = ss->n_hist;
+	if (need > s->e->kv.n_blocks ||
+	    (c->hidden && sched_append_hidden(s, ss, c->hidden, c->n_tokens) < 0) ||
+	    sched_append(s, ss, c->tokens, c->n_tokens) < 0) {
 		/* Only a worker with more memory can run it: the broker replays
 		 * the session elsewhere; its memory is freed. */
 		sched_error(s, c->session_id, ITT__CODE__OVERLOADED,
@@ -749,13 +947,20 @@ static void sched_apply_step(sched_t *s, struct sched_cmd *c)
 		return;
 	}
 	ss->marks[(ss->mark_head + ss->n_marks++) % SCHED_MAX_INFLIGHT] =
-	    (struct sched_mark){c->step, ss->n_hist};
+	    (struct sched_mark){c->step, ss->n_hist, start};
 }
 
 static void sched_log_summary(sched_t *s, const char *when);
+static void sched_apply_settings(sched_t *s, const struct sched_cmd *c);
+static void sched_apply_assign(sched_t *s, const struct sched_cmd *c);
 
 static void sched_apply(sched_t *s, struct sched_cmd *c)
 {
+	if (!s->e && c->kind != SCHED_CMD_CLOSE && c->kind != SCHED_CMD_RESET) {
+		if (c->kind == SCHED_CMD_OPEN || c->kind == SCHED_CMD_STEP)
+			sched_error(s, c->session_id, ITT__CODE__UNAVAILABLE, "no layers loaded");
+		return;
+	}
 	switch (c->kind) {
 	case SCHED_CMD_OPEN: sched_apply_open(s, c); break;
 	case SCHED_CMD_STEP: sched_apply_step(s, c); break;
@@ -774,6 +979,8 @@ static void sched_apply(sched_t *s, struct sched_cmd *c)
 			sched_drop(s, s->sess[0]->id);
 		s->epoch = c->epoch;
 		break;
+	case SCHED_CMD_SETTINGS: sched_apply_settings(s, c); break;
+	case SCHED_CMD_ASSIGN: sched_apply_assign(s, c); break;
 	}
 }
 
@@ -784,6 +991,8 @@ static double sched_now_ms(void);
  * once a minute while busy, and at exit). */
 static void sched_log_summary(sched_t *s, const char *when)
 {
+	if (!s->e)
+		return;
 	const struct kv_cache *kv = &s->e->kv;
 	if (kv->stats.lookups == s->logged_lookups && s->preemptions == s->logged_preemptions)
 		return;
@@ -816,11 +1025,18 @@ static double sched_now_ms(void)
 	return (double)ts.tv_sec * 1e3 + (double)ts.tv_nsec / 1e6;
 }
 
-/* Adds k rows of ss to the batch at row n. */
+/* Adds k rows of ss to the batch at row n (with their input rows on a
+ * stage > 0). */
 static void sched_take_rows(sched_t *s, struct sched_session *ss, uint32_t n, uint32_t k,
                             uint32_t *n_out)
 {
 	uint32_t mi = 0; /* next mark, relative to head */
+	if (s->info.first > 0) {
+		const size_t dim = s->info.dim;
+		memcpy(s->row_hid + (size_t)n * dim,
+		       ss->hid + (size_t)(ss->n_done - ss->hid_start) * dim,
+		       (size_t)k * dim * sizeof *s->row_hid);
+	}
 	for (uint32_t j = 0; j < k; j++) {
 		uint32_t p = ss->n_done + j;
 		s->row_tok[n + j] = ss->hist[p];
@@ -870,9 +1086,26 @@ static uint32_t sched_select(sched_t *s)
 	return n_grp;
 }
 
+/* A stage cannot preempt (it keeps no input rows to recompute from): it
+ * fails the session instead, and the broker replays it from stage 0. */
+static void sched_fail_stage(sched_t *s, struct sched_session *v, int rc, const char *why)
+{
+	SCHED_LOG(SCHED_LOG_INFO, "session %llu failed on layers [%u, %u): %s",
+	          (unsigned long long)v->id, s->info.first, s->info.last, why);
+	if (rc == ITT_E_FULL)
+		sched_error(s, v->id, ITT__CODE__OVERLOADED,
+		            "kv cache full on layers [%u, %u) (%u blocks): a stage does not "
+		            "preempt; replay the session",
+		            s->info.first, s->info.last, s->e->kv.n_blocks);
+	else
+		sched_error(s, v->id, ITT__CODE__INTERNAL, "kv cache: %s", why);
+	sched_drop(s, v->id);
+}
+
 /* Gives every group the blocks for its rows, highest priority first,
- * preempting the lowest-priority running sessions when the cache is short;
- * groups whose session lost its blocks get 0 rows. */
+ * preempting the lowest-priority running sessions when the cache is short
+ * (a stage fails them instead); groups whose session lost its blocks get 0
+ * rows. */
 static void sched_reserve(sched_t *s, uint32_t n_grp)
 {
 	struct kv_cache *kv = &s->e->kv;
@@ -897,14 +1130,18 @@ static void sched_reserve(sched_t *s, uint32_t n_grp)
 		                            &err)) < 0) {
 			/* Out of blocks: preempt; out of memory: retry ss later. */
 			struct sched_session *v = rc == ITT_E_FULL ? sched_victim(s) : ss;
+			bool self = v == ss;
 			if (rc != ITT_E_FULL)
 				SCHED_LOG(SCHED_LOG_ERROR, "session %llu: %s",
 				          (unsigned long long)ss->id, err.msg);
-			sched_preempt(s, v, ss);
 			for (uint32_t h = g; h < n_grp; h++)
 				if (s->grp_sess[h] == v)
 					s->grp_rows[h] = 0;
-			if (v == ss)
+			if (s->stage)
+				sched_fail_stage(s, v, rc, err.msg); /* v is freed */
+			else
+				sched_preempt(s, v, ss);
+			if (self)
 				break;
 		}
 	}
@@ -920,50 +1157,11 @@ static void sched_register(sched_t *s, struct sched_session *ss)
 	ss->n_reg = upto / s->block;
 }
 
-/* One step: admission, a batch over the running sessions with pending
- * tokens, then results. */
-static void sched_run_step(sched_t *s)
+/* The last stage: samples every session whose step completed, in row
+ * order, onto *tail. */
+static struct sched_out **sched_sample(sched_t *s, uint32_t n_out, struct sched_out **tail)
 {
 	const uint32_t V = s->info.vocab;
-	uint32_t n = 0, n_out = 0;
-	struct itt_err err = {0};
-
-	sched_admit(s, true);
-	uint32_t n_grp = sched_select(s);
-	sched_reserve(s, n_grp);
-	for (uint32_t g = 0; g < n_grp; g++) {
-		sched_take_rows(s, s->grp_sess[g], n, s->grp_rows[g], &n_out);
-		n += s->grp_rows[g];
-	}
-	if (n == 0)
-		return;
-	double t0 = sched_now_ms();
-	struct forward_batch b = {n, s->row_tok, NULL, s->row_pos, s->row_seq, s->row_want};
-	int rc = forward_run(&s->e->fwd, &b, s->e->logits, &err);
-	if (rc < 0) {
-		SCHED_LOG(SCHED_LOG_ERROR, "forward_run of %u rows failed: %s", n, err.msg);
-		for (uint32_t g = 0; g < n_grp; g++) {
-			if (!s->grp_rows[g])
-				continue;
-			sched_error(s, s->grp_sess[g]->id, ITT__CODE__INTERNAL, "forward pass: %s",
-			            err.msg);
-			sched_drop(s, s->grp_sess[g]->id);
-		}
-		return;
-	}
-	for (uint32_t g = 0; g < n_grp; g++) {
-		s->grp_sess[g]->n_done += s->grp_rows[g];
-		if (s->grp_rows[g])
-			sched_register(s, s->grp_sess[g]);
-	}
-	if (s->cfg.slow_ms) {
-		struct timespec ts = {s->cfg.slow_ms / 1000,
-		                      (long)(s->cfg.slow_ms % 1000) * 1000000L};
-		while (nanosleep(&ts, &ts) < 0 && errno == EINTR)
-			;
-	}
-	/* Sample every session whose step completed, in row order. */
-	struct sched_out *outs = NULL, **tail = &outs;
 	for (uint32_t o = 0; o < n_out; o++) {
 		struct sched_session *ss = s->row_out[o];
 		struct sched_mark mk = ss->marks[ss->mark_head];
@@ -979,6 +1177,7 @@ static void sched_run_step(sched_t *s)
 		r->kind = SCHED_OUT_RESULT;
 		r->session_id = ss->id;
 		r->step = mk.step;
+		r->has_token = true;
 		r->token = tok;
 		r->n_pos = mk.end;
 		if (s->e->tok) {
@@ -995,20 +1194,158 @@ static void sched_run_step(sched_t *s)
 		*tail = r;
 		tail = &r->next;
 	}
-	float ms = (float)(sched_now_ms() - t0);
+	return tail;
+}
+
+/* A RESULT of a non-last stage: the output rows of step mk, which are the
+ * first rows the session collected, in its reply_dtype. */
+static struct sched_out *sched_rows_result(sched_t *s, struct sched_session *ss,
+                                           struct sched_mark mk)
+{
+	const uint32_t dim = s->info.dim, rows = mk.end - mk.start;
+	const size_t n = (size_t)rows * dim;
+	struct sched_out *r = calloc(1, sizeof *r);
+	size_t es = ss->reply_dtype == ITT__DTYPE__F16 ? 2 : 4;
+	if (!r || !(r->tensor = malloc(n ? n * es : 1))) {
+		free(r);
+		return NULL;
+	}
+	if (es == 2)
+		kv_fp16_from_fp32(r->tensor, ss->outr, n);
+	else
+		memcpy(r->tensor, ss->outr, n * es);
+	r->kind = SCHED_OUT_RESULT;
+	r->session_id = ss->id;
+	r->step = mk.step;
+	r->n_pos = mk.end;
+	r->tensor_len = n * es;
+	r->tensor_dtype = ss->reply_dtype;
+	r->tensor_rows = rows;
+	r->tensor_cols = dim;
+	if (mk.step == 0 && ss->tokenized &&
+	    (r->prompt_tokens = malloc((size_t)ss->n_prompt * sizeof(int32_t)))) {
+		memcpy(r->prompt_tokens, ss->hist, (size_t)ss->n_prompt * sizeof(int32_t));
+		r->n_prompt_tokens = ss->n_prompt;
+	}
+	return r;
+}
+
+/* A non-last stage: keeps the k output rows of ss (at `rows`, positions
+ * n_done.. before this step) and answers every step now complete onto
+ * *tail.  ss->n_done already counts the rows. */
+static struct sched_out **sched_collect(sched_t *s, struct sched_session *ss, const float *rows,
+                                        uint32_t k, struct sched_out **tail)
+{
+	const size_t dim = s->info.dim;
+	uint32_t have = ss->n_done - k - ss->out_start;
+	if (sched_rows_fit(&ss->outr, &ss->out_cap, have + k, (uint32_t)dim) < 0) {
+		sched_error(s, ss->id, ITT__CODE__INTERNAL, "out of memory for %u output rows",
+		            have + k);
+		sched_drop(s, ss->id);
+		return tail;
+	}
+	memcpy(ss->outr + (size_t)have * dim, rows, (size_t)k * dim * sizeof *rows);
+	while (ss->n_marks && ss->marks[ss->mark_head].end <= ss->n_done) {
+		struct sched_mark mk = ss->marks[ss->mark_head];
+		ss->mark_head = (ss->mark_head + 1) % SCHED_MAX_INFLIGHT;
+		ss->n_marks--;
+		struct sched_out *r = sched_rows_result(s, ss, mk);
+		uint32_t left = ss->n_done - mk.end;
+		memmove(ss->outr, ss->outr + (size_t)(mk.end - mk.start) * dim,
+		        (size_t)left * dim * sizeof *ss->outr);
+		ss->out_start = mk.end;
+		if (!r) {
+			sched_error(s, ss->id, ITT__CODE__INTERNAL, "out of memory for a RESULT");
+			continue;
+		}
+		ss->last_out_ms = sched_now_ms();
+		*tail = r;
+		tail = &r->next;
+	}
+	return tail;
+}
+
+static void sched_sleep_ms(uint32_t ms)
+{
+	struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
+	while (nanosleep(&ts, &ts) < 0 && errno == EINTR)
+		;
+}
+
+/* One step: admission, a batch over the running sessions with pending
+ * tokens, then results. */
+static void sched_run_step(sched_t *s)
+{
+	const bool last = s->info.last == s->info.n_layers;
+	uint32_t n = 0, n_out = 0;
+	struct itt_err err = {0};
+
+	if (!s->e)
+		return;
+	sched_admit(s, true);
+	uint32_t n_grp = sched_select(s);
+	sched_reserve(s, n_grp);
+	for (uint32_t g = 0; g < n_grp; g++) {
+		if (!s->grp_rows[g])
+			continue; /* preempted, or failed and freed */
+		sched_take_rows(s, s->grp_sess[g], n, s->grp_rows[g], &n_out);
+		n += s->grp_rows[g];
+	}
+	if (n == 0)
+		return;
+	double t0 = sched_now_ms();
+	struct forward_batch b = {.n_rows = n,
+	                          .tokens = s->row_tok,
+	                          .hidden = s->info.first > 0 ? s->row_hid : NULL,
+	                          .pos = s->row_pos,
+	                          .seqs = s->row_seq,
+	                          .want_logits = s->row_want};
+	int rc = forward_run(&s->e->fwd, &b, s->e->logits, &err);
+	if (rc < 0) {
+		SCHED_LOG(SCHED_LOG_ERROR, "forward_run of %u rows failed: %s", n, err.msg);
+		for (uint32_t g = 0; g < n_grp; g++) {
+			if (!s->grp_rows[g])
+				continue;
+			sched_error(s, s->grp_sess[g]->id, ITT__CODE__INTERNAL, "forward pass: %s",
+			            err.msg);
+			sched_drop(s, s->grp_sess[g]->id);
+		}
+		return;
+	}
+	struct sched_out *outs = NULL, **tail = &outs;
+	for (uint32_t g = 0, row = 0; g < n_grp; g++) {
+		struct sched_session *ss = s->grp_sess[g];
+		uint32_t k = s->grp_rows[g];
+		if (!k)
+			continue;
+		ss->n_done += k;
+		sched_register(s, ss);
+		if (!last)
+			tail =
+			    sched_collect(s, ss, s->e->logits + (size_t)row * s->info.dim, k, tail);
+		row += k;
+	}
+	if (s->cfg.slow_ms)
+		sched_sleep_ms(s->cfg.slow_ms);
+	if (last)
+		tail = sched_sample(s, n_out, tail);
+	double ms = sched_now_ms() - t0;
 	pthread_mutex_lock(&s->out_mu);
 	s->stats.steps++;
 	s->stats.rows += n;
+	s->stats.step_ms += ms;
 	pthread_mutex_unlock(&s->out_mu);
+	uint32_t n_res = 0;
 	while (outs) {
 		struct sched_out *r = outs;
 		outs = r->next;
 		r->next = NULL;
-		r->step_ms = ms;
+		r->step_ms = (float)ms;
 		sched_push_out(s, r);
+		n_res++;
 	}
 	SCHED_LOG(SCHED_LOG_DEBUG, "step: %u rows of %u sessions, %u results, %.2f ms", n, n_grp,
-	          n_out, ms);
+	          n_res, ms);
 }
 
 /* A session whose result went out this recently will most likely send its
@@ -1075,6 +1412,31 @@ static void sched_gather(sched_t *s)
 	}
 }
 
+/* Copies the counters the loop reads (telemetry) under the outbox lock;
+ * returns whether outputs were queued since the last call. */
+static bool sched_publish(sched_t *s)
+{
+	pthread_mutex_lock(&s->out_mu);
+	bool fresh = s->out_new;
+	s->out_new = false;
+	s->stats.sessions = s->n_sess;
+	s->stats.waiting = s->n_wait;
+	s->stats.preemptions = s->preemptions;
+	s->stats.settings = (struct sched_settings){
+	    s->e ? (uint32_t)threadpool_size(s->e->pool) : 0, s->cfg.batch_tokens, s->cfg.slow_ms};
+	if (s->e) {
+		const struct kv_cache *kv = &s->e->kv;
+		s->stats.kv_blocks = kv->n_blocks;
+		s->stats.kv_free = kv->n_free;
+		s->stats.kv_idle = kv->n_idle;
+		s->stats.prefix_lookups = kv->stats.lookups;
+		s->stats.prefix_hits = kv->stats.hits;
+		s->stats.prefix_blocks = kv->stats.hit_blocks;
+	}
+	pthread_mutex_unlock(&s->out_mu);
+	return fresh;
+}
+
 static void *sched_main(void *arg)
 {
 	sched_t *s = arg;
@@ -1098,19 +1460,7 @@ static void *sched_main(void *arg)
 		if (sched_now_ms() - s->logged_ms >= SCHED_SUMMARY_MS)
 			sched_log_summary(s, "busy");
 
-		const struct kv_cache *kv = &s->e->kv;
-		pthread_mutex_lock(&s->out_mu);
-		bool fresh = s->out_new;
-		s->out_new = false;
-		s->stats.sessions = s->n_sess;
-		s->stats.waiting = s->n_wait;
-		s->stats.kv_free = kv->n_free;
-		s->stats.kv_idle = kv->n_idle;
-		s->stats.preemptions = s->preemptions;
-		s->stats.prefix_lookups = kv->stats.lookups;
-		s->stats.prefix_hits = kv->stats.hits;
-		s->stats.prefix_blocks = kv->stats.hit_blocks;
-		pthread_mutex_unlock(&s->out_mu);
+		bool fresh = sched_publish(s);
 		if (fresh && s->notify)
 			s->notify(s->notify_arg);
 	}
@@ -1120,38 +1470,35 @@ static void *sched_main(void *arg)
 	return NULL;
 }
 
-/* ---- life cycle --------------------------------------------------------- */
+/* ---- live changes and life cycle ---------------------------------------- */
 
-int sched_new(const struct sched_config *c, sched_t **out, struct itt_err *err)
+/* Bytes of every tensor of the file: the weights of the whole model. */
+static uint64_t sched_file_weight_bytes(const gguf_t *g)
+{
+	uint64_t sum = 0;
+	for (uint64_t i = 0; i < gguf_n_tensors(g); i++)
+		sum += gguf_tensor_at(g, i)->size;
+	return sum;
+}
+
+/* Opens the engine for layers [first, last) (last 0: all) with threads
+ * compute threads, and sets info and the buffers that depend on the range.
+ * On error s->e is NULL. */
+static int sched_load(sched_t *s, uint32_t first, uint32_t last, int threads, struct itt_err *err)
 {
 	struct engine_config ec;
-	int rc;
-	sched_t *s = calloc(1, sizeof *s);
-
-	*out = NULL;
-	if (!s)
-		return itt_err_set(err, ITT_E_NOMEM, "sched_new: out of memory");
-	s->cfg = *c;
-	if (!s->cfg.max_sessions || !s->cfg.batch_tokens) {
-		free(s);
-		return itt_err_set(err, ITT_E_INVALID,
-		                   "sched_new: max_sessions and batch_tokens "
-		                   "must be at least 1");
-	}
-	pthread_mutex_init(&s->in_mu, NULL);
-	pthread_cond_init(&s->in_cv, NULL);
-	pthread_mutex_init(&s->out_mu, NULL);
 	engine_config_default(&ec);
-	ec.path = c->model_path;
-	ec.first = c->first;
-	ec.last = c->last;
-	ec.n_threads = c->threads > 0 ? c->threads : 1;
-	ec.max_rows = c->batch_tokens;
-	ec.kv_bytes = c->kv_bytes;
-	ec.kv_type = c->kv_type;
+	ec.path = s->cfg.model_path;
+	ec.first = first;
+	ec.last = last;
+	ec.n_threads = threads > 0 ? threads : 1;
+	ec.max_rows = s->max_rows;
+	ec.kv_bytes = s->cfg.kv_bytes;
+	ec.kv_type = s->cfg.kv_type;
 	s->block = ec.kv_block;
-	if ((rc = engine_open(&ec, &s->e, err)) < 0)
-		goto fail;
+	int rc = engine_open(&ec, &s->e, err);
+	if (rc < 0)
+		return rc;
 	const struct model *m = s->e->model;
 	s->info.vocab = m->hp.vocab;
 	s->info.ctx_len = m->hp.ctx_len;
@@ -1164,7 +1511,116 @@ int sched_new(const struct sched_config *c, sched_t **out, struct itt_err *err)
 	s->info.bos = s->e->tok ? tokenizer_bos(s->e->tok) : -1;
 	s->info.kv_blocks = s->e->kv.n_blocks;
 	s->info.kv_block = s->e->kv.block_size;
-	size_t R = c->batch_tokens, S = c->max_sessions;
+	s->info.weight_bytes = sched_file_weight_bytes(m->file);
+	s->stage = m->first != 0 || m->last != m->hp.n_layers;
+	s->cfg.prefix_cache = s->prefix_cache && !s->stage;
+	if (m->first > 0 && !s->row_hid &&
+	    !(s->row_hid = malloc((size_t)s->max_rows * m->hp.dim * sizeof *s->row_hid))) {
+		engine_close(&s->e);
+		return itt_err_set(err, ITT_E_NOMEM, "sched: no memory for %u hidden rows",
+		                   s->max_rows);
+	}
+	return 0;
+}
+
+static void sched_apply_settings(sched_t *s, const struct sched_cmd *c)
+{
+	struct itt_err err = {0};
+	int threads = threadpool_size(s->e->pool);
+	if (c->has_threads && (int)c->set.threads != threads) {
+		if (engine_set_threads(s->e, (int)c->set.threads, &err) < 0)
+			SCHED_LOG(SCHED_LOG_ERROR, "settings: threads %u: %s; keeping %d",
+			          c->set.threads, err.msg, threads);
+		else
+			SCHED_LOG(SCHED_LOG_INFO, "settings: threads %d -> %u", threads,
+			          c->set.threads);
+	}
+	if (c->has_batch_tokens && c->set.batch_tokens != s->cfg.batch_tokens) {
+		SCHED_LOG(SCHED_LOG_INFO, "settings: batch_tokens %u -> %u", s->cfg.batch_tokens,
+		          c->set.batch_tokens);
+		s->cfg.batch_tokens = c->set.batch_tokens;
+	}
+	if (c->has_slow_ms && c->set.slow_ms != s->cfg.slow_ms) {
+		SCHED_LOG(SCHED_LOG_INFO, "settings: slow_ms %u -> %u", s->cfg.slow_ms,
+		          c->set.slow_ms);
+		s->cfg.slow_ms = c->set.slow_ms;
+	}
+	sched_publish(s);
+}
+
+/* Drops every session, reopens the engine with the assigned range (the old
+ * one when that fails) and reports with SCHED_OUT_LOADED. */
+static void sched_apply_assign(sched_t *s, const struct sched_cmd *c)
+{
+	struct itt_err err = {0}, err2 = {0};
+	uint32_t old_first = s->info.first, old_last = s->info.last;
+	int threads = threadpool_size(s->e->pool);
+	struct sched_out *o = calloc(1, sizeof *o);
+
+	if (s->n_sess)
+		SCHED_LOG(SCHED_LOG_INFO, "assign: dropping %u sessions", s->n_sess);
+	while (s->n_sess)
+		sched_drop(s, s->sess[0]->id);
+	s->epoch = c->epoch;
+	SCHED_LOG(SCHED_LOG_INFO, "assign: loading layers [%u, %u) (holding [%u, %u))", c->first,
+	          c->last, old_first, old_last);
+	double t0 = sched_now_ms();
+	engine_close(&s->e);
+	int rc = sched_load(s, c->first, c->last, threads, &err);
+	if (rc < 0) {
+		SCHED_LOG(SCHED_LOG_ERROR,
+		          "assign: cannot load layers [%u, %u): %s; reloading [%u, %u)", c->first,
+		          c->last, err.msg, old_first, old_last);
+		if (sched_load(s, old_first, old_last, threads, &err2) < 0) {
+			SCHED_LOG(SCHED_LOG_ERROR,
+			          "assign: cannot reload layers [%u, %u) either: %s", old_first,
+			          old_last, err2.msg);
+			pthread_mutex_lock(&s->out_mu);
+			s->broken = true;
+			pthread_mutex_unlock(&s->out_mu);
+		}
+	} else {
+		SCHED_LOG(SCHED_LOG_INFO, "assign: layers [%u, %u) loaded in %.0f ms, %u kv blocks",
+		          s->info.first, s->info.last, sched_now_ms() - t0, s->info.kv_blocks);
+	}
+	sched_publish(s);
+	if (!o) {
+		SCHED_LOG(SCHED_LOG_ERROR, "assign: out of memory for the LOADED report");
+		return;
+	}
+	o->kind = SCHED_OUT_LOADED;
+	o->loaded = rc == 0;
+	o->info = s->info;
+	if (s->broken)
+		o->info.tok = NULL;
+	if (rc < 0)
+		snprintf(o->reason, sizeof o->reason, "%s", err.msg);
+	sched_push_out(s, o);
+}
+
+int sched_new(const struct sched_config *c, sched_t **out, struct itt_err *err)
+{
+	int rc;
+	sched_t *s = calloc(1, sizeof *s);
+
+	*out = NULL;
+	if (!s)
+		return itt_err_set(err, ITT_E_NOMEM, "sched_new: out of memory");
+	s->cfg = *c;
+	s->prefix_cache = c->prefix_cache;
+	s->max_rows = c->max_batch_tokens ? c->max_batch_tokens : c->batch_tokens;
+	if (!s->cfg.max_sessions || !s->cfg.batch_tokens || s->cfg.batch_tokens > s->max_rows) {
+		free(s);
+		return itt_err_set(err, ITT_E_INVALID,
+		                   "sched_new: max_sessions and batch_tokens must be at least 1, "
+		                   "batch_tokens at most max_batch_tokens");
+	}
+	pthread_mutex_init(&s->in_mu, NULL);
+	pthread_cond_init(&s->in_cv, NULL);
+	pthread_mutex_init(&s->out_mu, NULL);
+	if ((rc = sched_load(s, c->first, c->last, c->threads, err)) < 0)
+		goto fail;
+	size_t R = s->max_rows, S = c->max_sessions;
 	s->sess = calloc(S, sizeof *s->sess);
 	s->waitq = calloc(S, sizeof *s->waitq);
 	s->row_tok = malloc(R * sizeof *s->row_tok);
@@ -1179,8 +1635,7 @@ int sched_new(const struct sched_config *c, sched_t **out, struct itt_err *err)
 		rc = itt_err_set(err, ITT_E_NOMEM, "sched_new: out of memory for %zu sessions", S);
 		goto fail;
 	}
-	s->stats.kv_blocks = s->e->kv.n_blocks;
-	s->stats.kv_free = s->e->kv.n_free;
+	sched_publish(s);
 	*out = s;
 	return 0;
 fail:
@@ -1234,6 +1689,14 @@ void sched_get_stats(sched_t *s, struct sched_stats *st)
 	pthread_mutex_unlock(&s->out_mu);
 }
 
+bool sched_broken(sched_t *s)
+{
+	pthread_mutex_lock(&s->out_mu);
+	bool b = s->broken;
+	pthread_mutex_unlock(&s->out_mu);
+	return b;
+}
+
 void sched_stop(sched_t *s)
 {
 	if (!s || !s->started)
@@ -1269,6 +1732,7 @@ void sched_destroy(sched_t **sp)
 	free(s->row_seq);
 	free(s->row_want);
 	free(s->row_out);
+	free(s->row_hid);
 	free(s->grp_sess);
 	free(s->grp_rows);
 	pthread_mutex_destroy(&s->in_mu);

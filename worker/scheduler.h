@@ -29,6 +29,26 @@
  * freed and it waits again, keeping its place before newer sessions, and
  * recomputes its history when re-admitted.
  *
+ * Pipeline stages.  A worker may hold layers [first, last) of n_layers
+ * (PROTOCOL.md, "Pipeline stages").  Stage 0 (first == 0) takes tokens or a
+ * text prompt as a whole worker does; a later stage takes tokens plus their
+ * hidden states (the tensor frame, F32 or F16, converted to F32 by the
+ * decoder) and keeps the rows of tokens not yet computed with the session.
+ * A stage that is not the last (last < n_layers) samples nothing: each
+ * step's RESULT carries the output residual rows of that step's tokens (in
+ * the session's reply_dtype), collected over as many forward passes as a
+ * chunked prefill takes.  A partial range neither shares prefixes nor
+ * preempts: where it would preempt, it fails that session with OVERLOADED
+ * and drops it (the broker replays it from stage 0).
+ *
+ * Live changes.  SETTINGS (threads, batch_tokens, slow_ms) and ASSIGN (a new
+ * layer range) are commands too, applied by the compute thread between two
+ * steps; ASSIGN drops every session, reopens the engine with the new range
+ * from the same file (falling back to the old range when that fails) and
+ * answers with a SCHED_OUT_LOADED output carrying the new sched_info.  The
+ * loop thread keeps its own copy of sched_info and never reads the compute
+ * thread's while it may be rebuilt.
+ *
  * Invariants.  A session's history holds every token fed to it (prompt and
  * steps), hist[0, n_done) are in its KV cache (n_done == seq.n_pos; 0 while
  * it waits), and a step's result samples the token at position `end` from
@@ -74,15 +94,17 @@ int sched_log_parse(const char *name);
 
 struct sched_config {
 	const char *model_path;
-	uint32_t first, last;   /* layer range; last 0 = all */
-	int threads;            /* compute threads */
-	uint32_t max_sessions;  /* open sessions at most; more OPENs get OVERLOADED */
-	uint32_t batch_tokens;  /* rows per forward step (token budget) */
-	size_t kv_bytes;        /* KV cache budget */
-	enum kv_type kv_type;   /* element type of the KV cache */
-	uint32_t max_waiting;   /* OPENs waiting for KV memory at most; more get OVERLOADED */
-	bool prefix_cache;      /* share the KV blocks of common prompt prefixes */
-	uint32_t slow_ms;       /* debug: sleep this long after every step */
+	uint32_t first, last;  /* layer range; last 0 = all */
+	int threads;           /* compute threads */
+	uint32_t max_sessions; /* open sessions at most; more OPENs get OVERLOADED */
+	uint32_t batch_tokens; /* rows per forward step (token budget) */
+	uint32_t
+	    max_batch_tokens; /* buffers are sized for this; batch_tokens <= it (0: batch_tokens) */
+	size_t kv_bytes;      /* KV cache budget */
+	enum kv_type kv_type; /* element type of the KV cache */
+	uint32_t max_waiting; /* OPENs waiting for KV memory at most; more get OVERLOADED */
+	bool prefix_cache;    /* share the KV blocks of common prompt prefixes */
+	uint32_t slow_ms;     /* debug: sleep this long after every step */
 	uint32_t batch_wait_us; /* gather window: see sched_gather in scheduler.c */
 };
 
@@ -95,6 +117,9 @@ struct sched_config {
 /* Longest piece sent in a RESULT. */
 #define SCHED_MAX_PIECE  256
 #define SCHED_MAX_REASON 256
+/* Bounds of the live knobs (SETTINGS). */
+#define SCHED_MAX_THREADS 64
+#define SCHED_MAX_SLOW_MS 10000
 
 /* What the decoders need to know about the model. */
 struct sched_info {
@@ -103,6 +128,12 @@ struct sched_info {
 	int32_t eos, bos;               /* -1: none */
 	uint32_t kv_blocks, kv_block;   /* KV cache: blocks, positions per block */
 	const tokenizer_t *tok;         /* NULL: text prompts are refused */
+	uint64_t weight_bytes;          /* bytes of every tensor of the file (all layers) */
+};
+
+/* The live knobs (Settings in itt.proto). */
+struct sched_settings {
+	uint32_t threads, batch_tokens, slow_ms;
 };
 
 /* ---- commands (loop -> compute) ---------------------------------------- */
@@ -111,7 +142,9 @@ enum sched_cmd_kind {
 	SCHED_CMD_OPEN,
 	SCHED_CMD_STEP,
 	SCHED_CMD_CLOSE,
-	SCHED_CMD_RESET, /* forget every session; outputs from now carry epoch */
+	SCHED_CMD_RESET,    /* forget every session; outputs from now carry epoch */
+	SCHED_CMD_SETTINGS, /* change the knobs present (validated) */
+	SCHED_CMD_ASSIGN,   /* drop every session (outputs carry epoch), load [first, last) */
 };
 
 struct sched_cmd {
@@ -127,17 +160,36 @@ struct sched_cmd {
 	bool tokenized;            /* OPEN: tokens came from a text prompt */
 	struct sampler_params sp;  /* OPEN; sp.bias points at bias */
 	struct sampler_bias *bias; /* [sp.n_bias], owned */
-	uint32_t epoch;            /* RESET */
+	float *hidden;             /* OPEN/STEP on a stage > 0: [n_tokens][dim] F32, owned */
+	int reply_dtype;           /* OPEN: ITT__DTYPE__* of a non-last stage's RESULT rows */
+	uint32_t epoch;            /* RESET, ASSIGN */
+	bool has_threads, has_batch_tokens, has_slow_ms; /* SETTINGS: the knobs present */
+	struct sched_settings set;                       /* SETTINGS: their values */
+	uint32_t first, last;                            /* ASSIGN: the layer range */
 	struct sched_cmd *next;
 };
 
 /* Each decoder returns 0 and a new command in *out, or an itt code
  * (ITT__CODE__*) with reason set; *session_id is set whenever the body
- * decoded far enough to name one (else 0), so an ERROR can carry it. */
-int sched_decode_open(const uint8_t *body, size_t len, const struct sched_info *info,
-                      struct sched_cmd **out, uint64_t *session_id, char *reason, size_t cap);
-int sched_decode_step(const uint8_t *body, size_t len, const struct sched_info *info,
-                      struct sched_cmd **out, uint64_t *session_id, char *reason, size_t cap);
+ * decoded far enough to name one (else 0), so an ERROR can carry it.
+ * tensor/tensor_len: the message's 4th frame (NULL: none).  On a stage > 0
+ * OPEN/STEP need tokens, `hidden` and a tensor of n_tokens rows of dim F32
+ * or F16 elements (converted to F32 into c->hidden); on stage 0 a tensor or
+ * `hidden` is refused; a text prompt is only valid on stage 0. */
+int sched_decode_open(const uint8_t *body, size_t len, const void *tensor, size_t tensor_len,
+                      const struct sched_info *info, struct sched_cmd **out, uint64_t *session_id,
+                      char *reason, size_t cap);
+int sched_decode_step(const uint8_t *body, size_t len, const void *tensor, size_t tensor_len,
+                      const struct sched_info *info, struct sched_cmd **out, uint64_t *session_id,
+                      char *reason, size_t cap);
+/* SETTINGS: threads 1..SCHED_MAX_THREADS, batch_tokens 1..max_batch_tokens,
+ * slow_ms 0..SCHED_MAX_SLOW_MS; any value out of range refuses the whole
+ * message (INVALID_ARGUMENT naming the knob). */
+int sched_decode_settings(const uint8_t *body, size_t len, uint32_t max_batch_tokens,
+                          struct sched_cmd **out, char *reason, size_t cap);
+/* ASSIGN: model must be `model` and 0 <= first < last <= info->n_layers. */
+int sched_decode_assign(const uint8_t *body, size_t len, const struct sched_info *info,
+                        const char *model, struct sched_cmd **out, char *reason, size_t cap);
 int sched_decode_close(const uint8_t *body, size_t len, struct sched_cmd **out,
                        uint64_t *session_id, char *reason, size_t cap);
 /* Tokenizes an OPEN's text prompt (BOS first) into its tokens, on the
@@ -153,6 +205,7 @@ void sched_cmd_free(struct sched_cmd **c);
 enum sched_out_kind {
 	SCHED_OUT_RESULT,
 	SCHED_OUT_ERROR,
+	SCHED_OUT_LOADED, /* an ASSIGN finished: info holds the range in force */
 };
 
 struct sched_out {
@@ -168,7 +221,15 @@ struct sched_out {
 	size_t piece_len;
 	int32_t *prompt_tokens; /* [n_prompt_tokens], owned; step 0 of a text prompt */
 	uint32_t n_prompt_tokens;
-	/* ERROR */
+	bool has_token;    /* last stage: token and piece are set */
+	void *tensor;      /* non-last stage: [tensor_rows][tensor_cols] of tensor_dtype, owned */
+	size_t tensor_len; /* bytes */
+	int tensor_dtype;  /* ITT__DTYPE__* */
+	uint32_t tensor_rows, tensor_cols;
+	/* LOADED */
+	bool loaded;            /* the assigned range is in force (else the old one is) */
+	struct sched_info info; /* the range in force; info.tok valid until the next ASSIGN */
+	/* ERROR (and LOADED: why it failed) */
 	int code;
 	char reason[SCHED_MAX_REASON];
 	struct sched_out *next;
@@ -187,11 +248,13 @@ struct sched_stats {
 	uint32_t sessions; /* open now (running and waiting) */
 	uint32_t waiting;  /* of them, waiting for KV memory (new or preempted) */
 	uint32_t kv_free, kv_blocks;
-	uint32_t kv_idle;        /* blocks only the prefix index holds (evictable) */
-	uint64_t preemptions;    /* sessions that lost their blocks to another */
-	uint64_t prefix_lookups; /* admissions that looked up the prefix index */
-	uint64_t prefix_hits;    /* of them, those that shared blocks */
-	uint64_t prefix_blocks;  /* blocks shared in total */
+	uint32_t kv_idle;               /* blocks only the prefix index holds (evictable) */
+	uint64_t preemptions;           /* sessions that lost their blocks to another */
+	uint64_t prefix_lookups;        /* admissions that looked up the prefix index */
+	uint64_t prefix_hits;           /* of them, those that shared blocks */
+	uint64_t prefix_blocks;         /* blocks shared in total */
+	double step_ms;                 /* wall time of all steps (slow_ms included), in total */
+	struct sched_settings settings; /* in force */
 };
 
 /* Opens the engine (may take a while for a big model). */
@@ -205,6 +268,9 @@ void sched_push(sched_t *s, struct sched_cmd *c);
 /* Takes every queued output, oldest first (NULL when none). Any thread. */
 struct sched_out *sched_take(sched_t *s);
 void sched_get_stats(sched_t *s, struct sched_stats *st);
+/* True after an ASSIGN could load neither the new range nor the old one:
+ * the scheduler has no engine and the worker must stop. */
+bool sched_broken(sched_t *s);
 /* Stops and joins the compute thread (after its current step). */
 void sched_stop(sched_t *s);
 void sched_destroy(sched_t **s);

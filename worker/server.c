@@ -2,8 +2,9 @@
  *
  * Handles: one uv_poll per connection (on the socket's ZMQ_FD, heap-allocated
  * because a reconnect closes it while a new one starts; freed in its close
- * callback), the heartbeat timer (the one periodic tick: send HEARTBEAT,
- * check the broker's liveness), a one-shot retry timer (reconnect backoff), a
+ * callback), the heartbeat timer (send HEARTBEAT, check the broker's
+ * liveness), the telemetry timer (TELEMETRY every second, rates over the
+ * last interval), a one-shot retry timer (reconnect backoff), a
  * one-shot pump timer (continues a drain that hit its per-wake cap), the
  * uv_async the compute thread wakes us with, and the signal handles.
  *
@@ -16,8 +17,10 @@
 
 #include <errno.h>
 #include <signal.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/time.h>
 #include <unistd.h>
 
@@ -29,6 +32,8 @@
 
 /* Messages read per wake before yielding to the other handles. */
 #define SERVER_PUMP_BATCH 256
+/* TELEMETRY interval. */
+#define SERVER_TELEMETRY_MS 1000
 
 enum server_state {
 	SERVER_DISCONNECTED, /* waiting for the retry timer */
@@ -36,12 +41,26 @@ enum server_state {
 	SERVER_READY,
 };
 
+/* The counters at the last TELEMETRY (rates are deltas from these). */
+struct server_sample {
+	uint64_t ms; /* monotonic */
+	uint64_t steps, rows;
+	double step_ms; /* cumulative step wall time */
+	double cpu_s;   /* process user + system time */
+};
+
 struct server {
 	struct server_config cfg;
 	sched_t *sched;
-	const struct sched_info *info;
+	/* The loop's copy of the model shape and range: the compute thread
+	 * rebuilds its own on ASSIGN.  While loading, info.tok is NULL (the
+	 * old tokenizer is gone; the decoders only test it). */
+	struct sched_info info;
+	bool loading;       /* an ASSIGN is being applied; OPEN/STEP are UNAVAILABLE */
+	bool hello_pending; /* a HELLO was due while loading: sent when loaded */
+	struct server_sample tele;
 	uv_loop_t loop;
-	uv_timer_t hb_timer, retry_timer, pump_timer;
+	uv_timer_t hb_timer, retry_timer, pump_timer, tele_timer;
 	uv_async_t async;
 	uv_signal_t sigint, sigterm;
 	void *zctx;
@@ -58,12 +77,13 @@ struct server {
 	char host[256];
 	uint32_t cores;
 	uint64_t mem_bytes;
+	int rc; /* server_run's status (1 when the compute side broke) */
 	/* counters, logged at exit */
 	uint64_t n_recv, n_bad, n_sent, n_dropped, n_stale;
 };
 
-static const int server_accepts[] = {
-    WIRE_ERROR, WIRE_HEARTBEAT, WIRE_WELCOME, WIRE_OPEN, WIRE_STEP, WIRE_CLOSE, 0};
+static const int server_accepts[] = {WIRE_ERROR, WIRE_HEARTBEAT, WIRE_WELCOME, WIRE_OPEN, WIRE_STEP,
+                                     WIRE_CLOSE, WIRE_SETTINGS,  WIRE_ASSIGN,  0};
 
 static uint64_t server_wall_ms(void)
 {
@@ -74,11 +94,12 @@ static uint64_t server_wall_ms(void)
 
 /* ---- sending ------------------------------------------------------------ */
 
-static int server_send(struct server *s, int cmd, const ProtobufCMessage *body)
+static int server_send_tensor(struct server *s, int cmd, const ProtobufCMessage *body,
+                              const void *tensor, size_t tensor_len)
 {
 	if (!s->sock)
 		return -1;
-	if (wire_send(s->sock, NULL, 0, cmd, body, NULL, 0, ZMQ_DONTWAIT) < 0) {
+	if (wire_send(s->sock, NULL, 0, cmd, body, tensor, tensor_len, ZMQ_DONTWAIT) < 0) {
 		s->n_dropped++;
 		SCHED_LOG(SCHED_LOG_WARN, "send %s to %s failed: %s", wire_cmd_name(cmd),
 		          s->cfg.broker, zmq_strerror(errno));
@@ -86,6 +107,11 @@ static int server_send(struct server *s, int cmd, const ProtobufCMessage *body)
 	}
 	s->n_sent++;
 	return 0;
+}
+
+static int server_send(struct server *s, int cmd, const ProtobufCMessage *body)
+{
+	return server_send_tensor(s, cmd, body, NULL, 0);
 }
 
 static void server_send_error(struct server *s, uint64_t session_id, int code, const char *reason)
@@ -107,22 +133,57 @@ static void server_send_heartbeat(struct server *s, int cmd)
 	server_send(s, cmd, &h.base);
 }
 
-/* HELLO starts a new registration: the broker knows none of our sessions. */
+/* MemAvailable of /proc/meminfo in bytes (0 when unknown). */
+static uint64_t server_mem_available(void)
+{
+	char line[256];
+	unsigned long long kb = 0;
+	FILE *f = fopen("/proc/meminfo", "r");
+	if (!f)
+		return 0;
+	while (fgets(line, sizeof line, f))
+		if (sscanf(line, "MemAvailable: %llu kB", &kb) == 1)
+			break;
+	fclose(f);
+	return (uint64_t)kb * 1024u;
+}
+
+/* HELLO starts a new registration: the broker knows none of our sessions.
+ * While an ASSIGN loads, it waits for the new range. */
 static void server_hello(struct server *s)
 {
-	const struct sched_info *in = s->info;
+	const struct sched_info *in = &s->info;
+	struct sched_stats st;
+	if (s->loading) {
+		s->hello_pending = true;
+		return;
+	}
+	s->hello_pending = false;
+	sched_get_stats(s->sched, &st);
 	struct sched_cmd *reset = sched_cmd_new(SCHED_CMD_RESET);
 	s->epoch++;
 	if (reset) {
 		reset->epoch = s->epoch;
 		sched_push(s->sched, reset);
 	}
+	Itt__Settings set = ITT__SETTINGS__INIT;
+	set.has_threads = set.has_batch_tokens = set.has_slow_ms = 1;
+	set.threads = st.settings.threads;
+	set.batch_tokens = st.settings.batch_tokens;
+	set.slow_ms = st.settings.slow_ms;
+	Itt__ModelFile file = ITT__MODEL_FILE__INIT, *files[1] = {&file};
+	file.model = (char *)s->cfg.model_name;
+	file.sha256 = (char *)s->cfg.sha256;
+	file.has_bytes = file.has_n_layers = 1;
+	file.bytes = s->cfg.file_bytes;
+	file.n_layers = in->n_layers;
 	Itt__WorkerHello h = ITT__WORKER_HELLO__INIT;
 	h.worker_id = (char *)s->cfg.worker_id;
 	h.host = s->host;
 	h.has_pid = h.has_layer_first = h.has_layer_last = h.has_n_layers = h.has_vocab = 1;
 	h.has_ctx_len = h.has_dim = h.has_eos_token = h.has_max_sessions = h.has_threads = 1;
-	h.has_cores = h.has_mem_bytes = 1;
+	h.has_cores = h.has_mem_bytes = h.has_max_batch_tokens = h.has_mem_available = 1;
+	h.has_weight_bytes = 1;
 	h.pid = (uint32_t)getpid();
 	h.model = (char *)s->cfg.model_name;
 	h.layer_first = in->first;
@@ -133,14 +194,22 @@ static void server_hello(struct server *s)
 	h.dim = in->dim;
 	h.eos_token = in->eos;
 	h.max_sessions = s->cfg.max_sessions;
-	h.threads = s->cfg.threads;
+	h.threads = st.settings.threads;
 	h.cores = s->cores;
 	h.mem_bytes = s->mem_bytes;
+	h.n_files = s->cfg.sha256 ? 1 : 0;
+	h.files = files;
+	h.settings = &set;
+	h.max_batch_tokens = s->cfg.max_batch_tokens;
+	h.mem_available = server_mem_available();
+	h.weight_bytes = in->weight_bytes;
 	s->state = SERVER_REGISTERING;
 	s->last_hello_ms = wire_now_ms();
 	if (server_send(s, WIRE_HELLO, &h.base) == 0)
-		SCHED_LOG(SCHED_LOG_INFO, "HELLO to %s as %s (model %s, registration %u)",
-		          s->cfg.broker, s->cfg.worker_id, s->cfg.model_name, s->epoch);
+		SCHED_LOG(SCHED_LOG_INFO,
+		          "HELLO to %s as %s (model %s, layers [%u, %u) of %u, registration %u)",
+		          s->cfg.broker, s->cfg.worker_id, s->cfg.model_name, in->first, in->last,
+		          in->n_layers, s->epoch);
 }
 
 /* ---- receiving ---------------------------------------------------------- */
@@ -207,13 +276,19 @@ static void server_on_session(struct server *s, const struct wire_msg *m)
 	int code;
 
 	if (m->cmd == WIRE_OPEN)
-		code = sched_decode_open(m->body, m->body_len, s->info, &c, &sid, reason,
-		                         sizeof reason);
+		code = sched_decode_open(m->body, m->body_len, m->tensor, m->tensor_len, &s->info,
+		                         &c, &sid, reason, sizeof reason);
 	else if (m->cmd == WIRE_STEP)
-		code = sched_decode_step(m->body, m->body_len, s->info, &c, &sid, reason,
-		                         sizeof reason);
+		code = sched_decode_step(m->body, m->body_len, m->tensor, m->tensor_len, &s->info,
+		                         &c, &sid, reason, sizeof reason);
 	else
 		code = sched_decode_close(m->body, m->body_len, &c, &sid, reason, sizeof reason);
+	if (s->loading && m->cmd != WIRE_CLOSE) {
+		/* The sessions went with the ASSIGN; the new range is not there yet. */
+		sched_cmd_free(&c);
+		server_send_error(s, sid, ITT__CODE__UNAVAILABLE, "loading layers");
+		return;
+	}
 	if (code) {
 		SCHED_LOG(SCHED_LOG_INFO, "%s for session %llu refused: %s", wire_cmd_name(m->cmd),
 		          (unsigned long long)sid, reason);
@@ -222,6 +297,45 @@ static void server_on_session(struct server *s, const struct wire_msg *m)
 			server_send_error(s, sid, code, reason);
 		return;
 	}
+	sched_push(s->sched, c);
+}
+
+static void server_on_settings(struct server *s, const struct wire_msg *m)
+{
+	char reason[SCHED_MAX_REASON];
+	struct sched_cmd *c = NULL;
+	int code = sched_decode_settings(m->body, m->body_len, s->cfg.max_batch_tokens, &c, reason,
+	                                 sizeof reason);
+	if (code) {
+		SCHED_LOG(SCHED_LOG_INFO, "SETTINGS refused: %s", reason);
+		server_send_error(s, 0, code, reason);
+		return;
+	}
+	sched_push(s->sched, c);
+}
+
+/* ASSIGN: refuse a bad one at once; else forget the sessions (their
+ * results are dropped from now), and let the compute thread load. */
+static void server_on_assign(struct server *s, const struct wire_msg *m)
+{
+	char reason[SCHED_MAX_REASON];
+	struct sched_cmd *c = NULL;
+	int code = s->loading ? ITT__CODE__UNAVAILABLE : 0;
+	if (code)
+		snprintf(reason, sizeof reason, "loading layers already");
+	else
+		code = sched_decode_assign(m->body, m->body_len, &s->info, s->cfg.model_name, &c,
+		                           reason, sizeof reason);
+	if (code) {
+		SCHED_LOG(SCHED_LOG_INFO, "ASSIGN refused: %s", reason);
+		server_send_error(s, 0, code, reason);
+		return;
+	}
+	SCHED_LOG(SCHED_LOG_INFO, "ASSIGN layers [%u, %u) (holding [%u, %u))", c->first, c->last,
+	          s->info.first, s->info.last);
+	s->loading = true;
+	s->info.tok = NULL; /* freed by the reload */
+	c->epoch = ++s->epoch;
 	sched_push(s->sched, c);
 }
 
@@ -243,6 +357,8 @@ static void server_handle(struct server *s, struct wire_msg *m, int code, const 
 	case WIRE_OPEN:
 	case WIRE_STEP:
 	case WIRE_CLOSE: server_on_session(s, m); break;
+	case WIRE_SETTINGS: server_on_settings(s, m); break;
+	case WIRE_ASSIGN: server_on_assign(s, m); break;
 	}
 }
 
@@ -407,6 +523,103 @@ static void server_on_pump(uv_timer_t *t)
 	server_pump(t->data);
 }
 
+/* ---- telemetry ------------------------------------------------------------ */
+
+/* Process CPU time (user + system), seconds. */
+static double server_cpu_s(void)
+{
+	struct rusage ru;
+	if (getrusage(RUSAGE_SELF, &ru) < 0)
+		return 0;
+	return (double)ru.ru_utime.tv_sec + (double)ru.ru_utime.tv_usec / 1e6 +
+	       (double)ru.ru_stime.tv_sec + (double)ru.ru_stime.tv_usec / 1e6;
+}
+
+/* Resident set size from /proc/self/statm (0 when unknown). */
+static uint64_t server_rss_bytes(void)
+{
+	unsigned long long size = 0, resident = 0;
+	FILE *f = fopen("/proc/self/statm", "r");
+	if (!f)
+		return 0;
+	int n = fscanf(f, "%llu %llu", &size, &resident);
+	fclose(f);
+	long page = sysconf(_SC_PAGESIZE);
+	return n == 2 && page > 0 ? (uint64_t)resident * (uint64_t)page : 0;
+}
+
+static void server_sample_now(struct server *s, struct server_sample *x, struct sched_stats *st)
+{
+	sched_get_stats(s->sched, st);
+	x->ms = wire_now_ms();
+	x->steps = st->steps;
+	x->rows = st->rows;
+	x->step_ms = st->step_ms;
+	x->cpu_s = server_cpu_s();
+}
+
+/* TELEMETRY: counters since start, rates over the interval since the last. */
+static void server_send_telemetry(struct server *s)
+{
+	struct sched_stats st;
+	struct server_sample now, *was = &s->tele;
+	server_sample_now(s, &now, &st);
+	double wall_ms = now.ms > was->ms ? (double)(now.ms - was->ms) : 1.0;
+	uint64_t steps = now.steps - was->steps, rows = now.rows - was->rows;
+	double step_ms = now.step_ms - was->step_ms;
+	uint32_t layers = s->info.last - s->info.first;
+
+	Itt__Settings set = ITT__SETTINGS__INIT;
+	set.has_threads = set.has_batch_tokens = set.has_slow_ms = 1;
+	set.threads = st.settings.threads;
+	set.batch_tokens = st.settings.batch_tokens;
+	set.slow_ms = st.settings.slow_ms;
+	Itt__Telemetry t = ITT__TELEMETRY__INIT;
+	t.worker_id = (char *)s->cfg.worker_id;
+	t.has_time_ms = t.has_layer_first = t.has_layer_last = t.has_steps = t.has_rows = 1;
+	t.has_step_ms = t.has_rows_per_step = t.has_tokens_per_s = t.has_busy = 1;
+	t.has_sessions = t.has_waiting = t.has_kv_used = t.has_kv_blocks = t.has_cpu = 1;
+	t.has_rss_bytes = t.has_cores = 1;
+	t.time_ms = server_wall_ms();
+	t.layer_first = s->info.first;
+	t.layer_last = s->info.last;
+	t.steps = now.steps;
+	t.rows = now.rows;
+	t.step_ms = steps ? step_ms / (double)steps : 0.0;
+	t.rows_per_step = steps ? (double)rows / (double)steps : 0.0;
+	t.tokens_per_s = (double)rows * 1000.0 / wall_ms;
+	t.busy = step_ms / wall_ms > 1.0 ? 1.0 : step_ms / wall_ms;
+	t.sessions = st.sessions;
+	t.waiting = st.waiting;
+	t.kv_used = st.kv_blocks - st.kv_free;
+	t.kv_blocks = st.kv_blocks;
+	t.cpu = (now.cpu_s - was->cpu_s) * 1000.0 / wall_ms;
+	t.rss_bytes = server_rss_bytes();
+	t.settings = &set;
+	t.cores = s->cores;
+	if (steps && rows && layers) {
+		t.has_ms_per_row_layer = 1;
+		t.ms_per_row_layer = t.step_ms / (t.rows_per_step * layers);
+	}
+	t.state = s->loading ? "loading" : "ready";
+	*was = now;
+	server_send(s, WIRE_TELEMETRY, &t.base);
+}
+
+static void server_on_telemetry(uv_timer_t *t)
+{
+	struct server *s = t->data;
+	struct sched_stats st;
+	if (s->stopping)
+		return;
+	if (!s->sock || s->state != SERVER_READY) {
+		server_sample_now(s, &s->tele, &st); /* rates start afresh when registered */
+		return;
+	}
+	server_send_telemetry(s);
+	server_pump(s);
+}
+
 /* ---- compute thread results ---------------------------------------------- */
 
 static void server_notify(void *arg)
@@ -415,21 +628,53 @@ static void server_notify(void *arg)
 	uv_async_send(&s->async);
 }
 
+/* RESULT: a token (last stage) or the output rows in the tensor frame. */
 static void server_send_result(struct server *s, const struct sched_out *o)
 {
 	Itt__StepResult r = ITT__STEP_RESULT__INIT;
-	r.has_session_id = r.has_step = r.has_token = r.has_piece = r.has_n_pos = 1;
-	r.has_step_ms = 1;
+	Itt__TensorInfo ti = ITT__TENSOR_INFO__INIT;
+	r.has_session_id = r.has_step = r.has_n_pos = r.has_step_ms = 1;
 	r.session_id = o->session_id;
 	r.step = o->step;
-	r.token = o->token;
-	r.piece.data = (uint8_t *)o->piece;
-	r.piece.len = o->piece_len;
+	if (o->has_token) {
+		r.has_token = r.has_piece = 1;
+		r.token = o->token;
+		r.piece.data = (uint8_t *)o->piece;
+		r.piece.len = o->piece_len;
+	} else {
+		ti.has_dtype = ti.has_rows = ti.has_cols = 1;
+		ti.dtype = (Itt__DType)o->tensor_dtype;
+		ti.rows = o->tensor_rows;
+		ti.cols = o->tensor_cols;
+		r.hidden = &ti;
+	}
 	r.prompt_tokens = o->prompt_tokens;
 	r.n_prompt_tokens = o->n_prompt_tokens;
 	r.n_pos = o->n_pos;
 	r.step_ms = o->step_ms;
-	server_send(s, WIRE_RESULT, &r.base);
+	server_send_tensor(s, WIRE_RESULT, &r.base, o->has_token ? NULL : o->tensor,
+	                   o->has_token ? 0 : o->tensor_len);
+}
+
+static void server_stop(struct server *s, const char *why);
+
+/* An ASSIGN finished: the range in force (new, or the old one after a
+ * failure) goes out in a new HELLO. */
+static void server_on_loaded(struct server *s, const struct sched_out *o)
+{
+	s->loading = false;
+	if (sched_broken(s->sched)) {
+		SCHED_LOG(SCHED_LOG_ERROR, "no layers could be loaded: stopping");
+		s->rc = 1;
+		server_stop(s, "no layers loaded");
+		return;
+	}
+	if (!o->loaded)
+		SCHED_LOG(SCHED_LOG_ERROR, "ASSIGN failed (%s); serving layers [%u, %u) again",
+		          o->reason, o->info.first, o->info.last);
+	s->info = o->info;
+	if (s->sock)
+		server_hello(s);
 }
 
 static void server_on_async(uv_async_t *a)
@@ -437,7 +682,11 @@ static void server_on_async(uv_async_t *a)
 	struct server *s = a->data;
 	struct sched_out *list = sched_take(s->sched);
 	for (struct sched_out *o = list; o; o = o->next) {
-		if (o->epoch != s->epoch || !s->sock) {
+		if (o->kind == SCHED_OUT_LOADED) {
+			server_on_loaded(s, o);
+			continue;
+		}
+		if (o->epoch != s->epoch || !s->sock || s->stopping) {
 			s->n_stale++;
 			continue; /* a session of a registration the broker has forgotten */
 		}
@@ -447,7 +696,8 @@ static void server_on_async(uv_async_t *a)
 			server_send_error(s, o->session_id, o->code, o->reason);
 	}
 	sched_out_free_list(list);
-	server_pump(s);
+	if (!s->stopping)
+		server_pump(s);
 }
 
 /* ---- life cycle ----------------------------------------------------------- */
@@ -458,13 +708,13 @@ static void server_close_handle(uv_handle_t *h, void *arg)
 		uv_close(h, h->type == UV_POLL ? server_poll_closed : NULL);
 }
 
-static void server_on_signal(uv_signal_t *sig, int signum)
+/* BYE, stop the compute thread, close every handle (uv_run returns). */
+static void server_stop(struct server *s, const char *why)
 {
-	struct server *s = sig->data;
 	if (s->stopping)
 		return;
 	s->stopping = true;
-	SCHED_LOG(SCHED_LOG_INFO, "%s: leaving", signum == SIGINT ? "SIGINT" : "SIGTERM");
+	SCHED_LOG(SCHED_LOG_INFO, "%s: leaving", why);
 	if (s->sock) {
 		int linger = 500; /* let the BYE out */
 		server_send_heartbeat(s, WIRE_BYE);
@@ -476,6 +726,11 @@ static void server_on_signal(uv_signal_t *sig, int signum)
 		s->poll = NULL; /* closed with the other handles below */
 	}
 	uv_walk(&s->loop, server_close_handle, NULL);
+}
+
+static void server_on_signal(uv_signal_t *sig, int signum)
+{
+	server_stop(sig->data, signum == SIGINT ? "SIGINT" : "SIGTERM");
 }
 
 static void server_host_info(struct server *s)
@@ -499,7 +754,7 @@ int server_run(const struct server_config *c, sched_t *sched)
 		return 1;
 	s->cfg = *c;
 	s->sched = sched;
-	s->info = sched_get_info(sched);
+	s->info = *sched_get_info(sched); /* before the compute thread starts */
 	s->heartbeat_ms = c->heartbeat_ms;
 	s->liveness = c->liveness;
 	s->backoff_ms = c->reconnect_min_ms;
@@ -513,10 +768,11 @@ int server_run(const struct server_config *c, sched_t *sched)
 	uv_timer_init(&s->loop, &s->hb_timer);
 	uv_timer_init(&s->loop, &s->retry_timer);
 	uv_timer_init(&s->loop, &s->pump_timer);
+	uv_timer_init(&s->loop, &s->tele_timer);
 	uv_async_init(&s->loop, &s->async, server_on_async);
 	uv_signal_init(&s->loop, &s->sigint);
 	uv_signal_init(&s->loop, &s->sigterm);
-	s->hb_timer.data = s->retry_timer.data = s->pump_timer.data = s;
+	s->hb_timer.data = s->retry_timer.data = s->pump_timer.data = s->tele_timer.data = s;
 	s->async.data = s->sigint.data = s->sigterm.data = s;
 	uv_signal_start(&s->sigint, server_on_signal, SIGINT);
 	uv_signal_start(&s->sigterm, server_on_signal, SIGTERM);
@@ -530,9 +786,12 @@ int server_run(const struct server_config *c, sched_t *sched)
 	if (server_connect(s) < 0)
 		goto out;
 	uv_timer_start(&s->hb_timer, server_on_heartbeat, s->heartbeat_ms, s->heartbeat_ms);
+	server_sample_now(s, &s->tele, &(struct sched_stats){0});
+	uv_timer_start(&s->tele_timer, server_on_telemetry, SERVER_TELEMETRY_MS,
+	               SERVER_TELEMETRY_MS);
 	server_pump(s);
 	uv_run(&s->loop, UV_RUN_DEFAULT);
-	rc = 0;
+	rc = s->rc;
 	SCHED_LOG(SCHED_LOG_INFO,
 	          "stopped: %llu messages received (%llu bad), %llu sent, %llu dropped, "
 	          "%llu stale results",

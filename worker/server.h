@@ -13,7 +13,12 @@
  * again.  ERROR NOT_FOUND without a session ("unknown worker": a restarted
  * broker) makes it send HELLO at once.  Every (re)registration starts a new
  * epoch: the compute thread forgets its sessions, and results of the old
- * epoch are dropped.  SIGINT/SIGTERM: BYE, then a clean stop.
+ * epoch are dropped.  TELEMETRY goes out every second while registered.
+ * SETTINGS are validated here and applied by the compute thread between two
+ * steps (ERROR INVALID_ARGUMENT for a bad value, nothing changes); ASSIGN
+ * starts a new epoch too, the compute thread loads the range (OPEN/STEP
+ * meanwhile get ERROR UNAVAILABLE "loading layers") and HELLO announces the
+ * range in force.  SIGINT/SIGTERM: BYE, then a clean stop.
  *
  * Nothing the broker sends can stop the loop: malformed frames are logged
  * and dropped, bad bodies are answered with ERROR naming the field. */
@@ -33,7 +38,9 @@ struct server_config {
 	uint32_t reconnect_min_ms; /* first backoff (250) */
 	uint32_t reconnect_max_ms; /* backoff cap (4000) */
 	uint32_t max_sessions;     /* advertised in HELLO */
-	uint32_t threads;          /* advertised in HELLO */
+	uint32_t max_batch_tokens; /* advertised in HELLO; bound of SETTINGS batch_tokens */
+	const char *sha256;        /* hex of the model file (HELLO files); NULL: no files */
+	uint64_t file_bytes;       /* its size */
 };
 
 #define SERVER_DEFAULT_BROKER       "tcp://127.0.0.1:5556"

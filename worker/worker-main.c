@@ -1,8 +1,9 @@
 /* itt-worker: serves one model (or layer range) to an itt broker.
  *
  * Start-up: parse the flags (one declarative table drives parsing, bounds,
- * --help and --print-config), open the engine through the scheduler, then
- * hand over to the event loop (server.c) until SIGINT/SIGTERM.
+ * --help and --print-config), hash the model file (HELLO's files), open the
+ * engine through the scheduler, then hand over to the event loop (server.c)
+ * until SIGINT/SIGTERM.
  * Exit status: 0 after a clean stop, 1 when the model cannot be loaded or
  * the broker endpoint is unusable, 2 on a usage error. */
 #include <stdbool.h>
@@ -16,6 +17,7 @@
 
 #include "scheduler.h"
 #include "server.h"
+#include "sha256.h"
 #include "wire.h"
 
 struct worker_opts {
@@ -28,6 +30,7 @@ struct worker_opts {
 	long threads;
 	long max_sessions;
 	long batch_tokens;
+	long max_batch_tokens;
 	long batch_wait_us;
 	double kv_mb;
 	const char *kv_type;
@@ -64,12 +67,16 @@ static const struct worker_opt worker_opts_table[] = {
     {"--name", WORKER_OPT_STR, WORKER_OFF(name), NULL, 0, 0,
      "service name in HELLO (default: the file name without .gguf)"},
     {"--layers", WORKER_OPT_STR, WORKER_OFF(layers), NULL, 0, 0,
-     "layer range A:B to hold, [A, B) (default: all)"},
-    {"--threads", WORKER_OPT_LONG, WORKER_OFF(threads), "1", 1, 256, "compute threads"},
+     "layers [A, B) to hold, as A:B (default: all; ASSIGN may change it)"},
+    {"--threads", WORKER_OPT_LONG, WORKER_OFF(threads), "1", 1, 256,
+     "compute threads (SETTINGS: 1..64)"},
     {"--max-sessions", WORKER_OPT_LONG, WORKER_OFF(max_sessions), "64", 1, 65536,
      "open sessions at most; further OPENs get OVERLOADED"},
     {"--batch-tokens", WORKER_OPT_LONG, WORKER_OFF(batch_tokens), "256", 1, 65536,
-     "token budget (rows) of one step; longer prompts are prefilled in chunks"},
+     "rows of one step; longer prompts are prefilled in chunks (SETTINGS: "
+     "1..max-batch-tokens)"},
+    {"--max-batch-tokens", WORKER_OPT_LONG, WORKER_OFF(max_batch_tokens), "0", 0, 65536,
+     "largest batch-tokens SETTINGS may set (0: max(--batch-tokens, 512))"},
     {"--batch-wait-us", WORKER_OPT_LONG, WORKER_OFF(batch_wait_us), "2000", 0, 100000,
      "gather window: with some sessions ready and others' next STEP due, wait this long for "
      "them so one step serves all"},
@@ -89,8 +96,8 @@ static const struct worker_opt worker_opts_table[] = {
      "worker id, 1..64 bytes (default: host:pid:random)"},
     {"--log-level", WORKER_OPT_STR, WORKER_OFF(log_level), "info", 0, 0,
      "error, warn, info or debug"},
-    {"--slow-ms", WORKER_OPT_LONG, WORKER_OFF(slow_ms), "0", 0, 60000,
-     "DEBUG knob: sleep this long after every step (to test slow workers)"},
+    {"--slow-ms", WORKER_OPT_LONG, WORKER_OFF(slow_ms), "0", 0, 10000,
+     "DEBUG knob: sleep this long after every step (SETTINGS may change it)"},
     {"--print-config", WORKER_OPT_FLAG, WORKER_OFF(print_config), NULL, 0, 0,
      "print the settings in force and exit"},
 };
@@ -101,9 +108,12 @@ static void worker_usage(FILE *f)
 {
 	fprintf(f,
 	        "usage: itt-worker --model FILE.gguf [options]\n"
-	        "Serves a model to an itt broker: registers with HELLO, runs the sessions the\n"
-	        "broker opens (continuous batching, chunked prefill) and heartbeats; reconnects\n"
-	        "with backoff when the broker goes away. SIGINT/SIGTERM: BYE and exit.\n\n"
+	        "Serves a model, or a layer range of it (a pipeline stage), to an itt broker:\n"
+	        "registers with HELLO, runs the sessions the broker opens (continuous batching,\n"
+	        "chunked prefill), heartbeats, and sends TELEMETRY every second; applies SETTINGS\n"
+	        "(threads, batch_tokens, slow_ms) between steps and ASSIGN (another layer range,\n"
+	        "loaded from the same file); reconnects with backoff when the broker goes away.\n"
+	        "SIGINT/SIGTERM: BYE and exit.\n\n"
 	        "options:\n");
 	for (size_t i = 0; i < WORKER_N_OPTS; i++) {
 		const struct worker_opt *o = &worker_opts_table[i];
@@ -311,16 +321,24 @@ int main(int argc, char **argv)
 		fprintf(stderr, "itt-worker: --kv-type %s: expected f32 or f16\n", w.kv_type);
 		return 2;
 	}
+	if (!w.max_batch_tokens)
+		w.max_batch_tokens = w.batch_tokens > 512 ? w.batch_tokens : 512;
+	if (w.max_batch_tokens < w.batch_tokens) {
+		fprintf(stderr, "itt-worker: --max-batch-tokens %ld is below --batch-tokens %ld\n",
+		        w.max_batch_tokens, w.batch_tokens);
+		return 2;
+	}
 	if (w.print_config) {
 		printf(
 		    "broker %s\nmodel %s\nname %s\nlayers %s\nid %s\nthreads %ld\n"
-		    "max_sessions %ld\nbatch_tokens %ld\nbatch_wait_us %ld\nkv_mb %g\nkv_type %s\n"
+		    "max_sessions %ld\nbatch_tokens %ld\nmax_batch_tokens %ld\nbatch_wait_us %ld\n"
+		    "kv_mb %g\nkv_type %s\n"
 		    "max_waiting %ld\nprefix_cache %ld\nheartbeat_ms %ld\n"
 		    "liveness %ld\nlog_level %s\nslow_ms %ld\n",
 		    w.broker, w.model, w.name, w.layers ? w.layers : "all", w.id, w.threads,
-		    w.max_sessions, w.batch_tokens, w.batch_wait_us, w.kv_mb, kv_type_name(kv_type),
-		    w.max_waiting, w.prefix_cache, w.heartbeat_ms, w.liveness, w.log_level,
-		    w.slow_ms);
+		    w.max_sessions, w.batch_tokens, w.max_batch_tokens, w.batch_wait_us, w.kv_mb,
+		    kv_type_name(kv_type), w.max_waiting, w.prefix_cache, w.heartbeat_ms,
+		    w.liveness, w.log_level, w.slow_ms);
 		return 0;
 	}
 
@@ -331,6 +349,7 @@ int main(int argc, char **argv)
 	    .threads = (int)w.threads,
 	    .max_sessions = (uint32_t)w.max_sessions,
 	    .batch_tokens = (uint32_t)w.batch_tokens,
+	    .max_batch_tokens = (uint32_t)w.max_batch_tokens,
 	    .kv_bytes = (size_t)(w.kv_mb * 1048576.0),
 	    .kv_type = (enum kv_type)kv_type,
 	    .max_waiting = (uint32_t)w.max_waiting,
@@ -340,7 +359,15 @@ int main(int argc, char **argv)
 	};
 	struct itt_err err = {0};
 	sched_t *sched = NULL;
-	uint64_t t0 = wire_now_ms();
+	char sha[SHA256_HEX];
+	uint64_t file_bytes = 0, t0 = wire_now_ms();
+	if (sha256_file(w.model, sha, &file_bytes, &err) < 0) {
+		SCHED_LOG(SCHED_LOG_ERROR, "cannot read %s: %s", w.model, err.msg);
+		return 1;
+	}
+	SCHED_LOG(SCHED_LOG_INFO, "sha256 of %s (%llu bytes) in %llu ms: %s", w.model,
+	          (unsigned long long)file_bytes, (unsigned long long)(wire_now_ms() - t0), sha);
+	t0 = wire_now_ms();
 	if (sched_new(&sc, &sched, &err) < 0) {
 		SCHED_LOG(SCHED_LOG_ERROR, "cannot load %s: %s: %s", w.model,
 		          itt_strerror(err.code), err.msg);
@@ -353,7 +380,9 @@ int main(int argc, char **argv)
 	          w.model, w.name, (unsigned long long)(wire_now_ms() - t0), in->first, in->last,
 	          in->n_layers, in->vocab, in->ctx_len, w.threads, w.batch_tokens, w.kv_mb,
 	          kv_type_name(kv_type), in->kv_blocks, in->kv_block,
-	          w.prefix_cache ? "on" : "off");
+	          !w.prefix_cache                              ? "off"
+	          : in->first == 0 && in->last == in->n_layers ? "on"
+	                                                       : "off (a pipeline stage)");
 
 	struct server_config cfg = {
 	    .broker = w.broker,
@@ -364,7 +393,9 @@ int main(int argc, char **argv)
 	    .reconnect_min_ms = SERVER_RECONNECT_MIN_MS,
 	    .reconnect_max_ms = SERVER_RECONNECT_MAX_MS,
 	    .max_sessions = (uint32_t)w.max_sessions,
-	    .threads = (uint32_t)w.threads,
+	    .max_batch_tokens = (uint32_t)w.max_batch_tokens,
+	    .sha256 = sha,
+	    .file_bytes = file_bytes,
 	};
 	rc = server_run(&cfg, sched);
 	sched_destroy(&sched);

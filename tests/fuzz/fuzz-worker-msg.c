@@ -1,16 +1,24 @@
 /* fuzz-worker-msg: libFuzzer target for the worker's message decoders.
  *
- * Contract under test: sched_decode_open / _step / _close (worker/scheduler.h)
- * on arbitrary body bytes either refuse with a known itt code, a non-empty
- * reason and no command, or return a command that satisfies everything the
- * compute thread relies on; for OPEN, after sched_prepare_open (which
- * tokenizes a text prompt, and may refuse it in the same way): 1..ctx-1
- * tokens, each in [0, vocab), n_prompt <= n_tokens, sampling parameters that
- * pass the sampler's own validation, bias entries in range; STEP has step >= 1
- * and 1..ctx-1 tokens in range; CLOSE carries no tokens.  The first input byte
- * picks the decoder; the rest is the body.  The model is a stand-in: a
- * byte-level vocabulary of 259 tokens (<unk>, <s>, </s>, <0x00>..<0xFF>) and a
- * context of 64, so that every length limit is within the fuzzer's reach. */
+ * Contract under test: sched_decode_open / _step / _close / _settings /
+ * _assign (worker/scheduler.h) on arbitrary body and tensor bytes either
+ * refuse with a known itt code, a non-empty reason and no command, or return
+ * a command that satisfies everything the compute thread relies on; for
+ * OPEN, after sched_prepare_open (which tokenizes a text prompt, and may
+ * refuse it in the same way): 1..ctx-1 tokens, each in [0, vocab), n_prompt
+ * <= n_tokens, sampling parameters that pass the sampler's own validation,
+ * bias entries in range, a known reply_dtype; STEP has step >= 1 and 1..ctx-1
+ * tokens in range; on stage 0 neither carries hidden rows, on a later stage
+ * both carry n_tokens rows (and OPEN came as tokens); CLOSE carries no
+ * tokens; SETTINGS values are within their bounds; ASSIGN names the model
+ * and a range within it.
+ *
+ * Input: byte 0 picks the decoder (% 5) and the worker's range ((/ 5) % 2:
+ * stage 0 = layers [0, 2), or a later stage = [2, 5)); byte 1 is the tensor
+ * frame's length (0xff: no tensor frame), taken from the end of the input;
+ * the rest is the body.  The model is a stand-in: a byte-level vocabulary of
+ * 259 tokens (<unk>, <s>, </s>, <0x00>..<0xFF>), a context of 64 and dim 2,
+ * so that every length limit and tensor shape is within the fuzzer's reach. */
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -28,8 +36,11 @@
 #define FZ_VOCAB 259
 #define FZ_CTX   64
 
+#define FZ_DIM       2
+#define FZ_MAX_BATCH 8
+
 static tokenizer_t *fz_tok;
-static struct sched_info fz_info;
+static struct sched_info fz_info, fz_stage;
 
 /* <unk>, <s>, </s>, then <0x00>..<0xFF> as byte tokens. */
 static void fuzz_init(void)
@@ -56,13 +67,16 @@ static void fuzz_init(void)
 		__builtin_trap();
 	fz_info = (struct sched_info){.vocab = FZ_VOCAB,
 	                              .ctx_len = FZ_CTX,
-	                              .dim = 64,
+	                              .dim = FZ_DIM,
 	                              .n_layers = 5,
 	                              .first = 0,
-	                              .last = 5,
+	                              .last = 2,
 	                              .eos = 2,
 	                              .bos = 1,
 	                              .tok = fz_tok};
+	fz_stage = fz_info;
+	fz_stage.first = 2;
+	fz_stage.last = 5;
 }
 
 static void fuzz_check_tokens(const struct sched_cmd *c)
@@ -84,24 +98,49 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 
 	if (!fz_tok)
 		fuzz_init();
-	if (size < 1)
+	if (size < 2)
 		return 0;
 	reason[0] = 0;
-	const uint8_t *body = data + 1;
-	size_t len = size - 1;
-	switch (data[0] % 3) {
-	case 0: rc = sched_decode_open(body, len, &fz_info, &c, &sid, reason, sizeof reason); break;
-	case 1: rc = sched_decode_step(body, len, &fz_info, &c, &sid, reason, sizeof reason); break;
-	default: rc = sched_decode_close(body, len, &c, &sid, reason, sizeof reason); break;
+	const struct sched_info *info = (data[0] / 5) % 2 ? &fz_stage : &fz_info;
+	size_t tlen = data[1] == 0xff ? 0 : data[1];
+	const uint8_t *body = data + 2;
+	size_t len = size - 2;
+	const void *tensor = NULL;
+	if (data[1] != 0xff && tlen <= len) {
+		len -= tlen;
+		tensor = body + len;
+	}
+	int which = data[0] % 5;
+	switch (which) {
+	case 0:
+		rc = sched_decode_open(body, len, tensor, tlen, info, &c, &sid, reason,
+		                       sizeof reason);
+		break;
+	case 1:
+		rc = sched_decode_step(body, len, tensor, tlen, info, &c, &sid, reason,
+		                       sizeof reason);
+		break;
+	case 2: rc = sched_decode_close(body, len, &c, &sid, reason, sizeof reason); break;
+	case 3:
+		rc = sched_decode_settings(body, len, FZ_MAX_BATCH, &c, reason, sizeof reason);
+		sid = 0;
+		break;
+	default:
+		rc = sched_decode_assign(body, len, info, "m", &c, reason, sizeof reason);
+		sid = 0;
+		break;
 	}
 	if (rc != 0) {
 		FUZZ_CHECK(c == NULL);
-		FUZZ_CHECK(rc == ITT__CODE__INVALID_ARGUMENT || rc == ITT__CODE__INTERNAL ||
-		           rc == ITT__CODE__UNIMPLEMENTED);
+		FUZZ_CHECK(rc == ITT__CODE__INVALID_ARGUMENT || rc == ITT__CODE__INTERNAL);
 		FUZZ_CHECK(reason[0] != 0 && memchr(reason, 0, sizeof reason));
 		return 0;
 	}
 	FUZZ_CHECK(c != NULL && c->session_id == sid);
+	if (which <= 1 && info->first > 0)
+		FUZZ_CHECK(c->hidden != NULL && !c->prompt);
+	else
+		FUZZ_CHECK(c->hidden == NULL);
 	switch (c->kind) {
 	case SCHED_CMD_OPEN: {
 		struct itt_err err = {0};
@@ -119,6 +158,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		for (size_t i = 0; i < c->sp.n_bias; i++)
 			FUZZ_CHECK(c->bias[i].token >= 0 && c->bias[i].token < FZ_VOCAB);
 		FUZZ_CHECK(sampler_params_validate(&c->sp, FZ_VOCAB, &err) == 0);
+		FUZZ_CHECK(c->reply_dtype == ITT__DTYPE__F32 || c->reply_dtype == ITT__DTYPE__F16);
 		if (c->tokenized)
 			FUZZ_CHECK(c->tokens[0] == 1); /* BOS first */
 		break;
@@ -128,6 +168,13 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		FUZZ_CHECK(c->step >= 1);
 		break;
 	case SCHED_CMD_CLOSE: FUZZ_CHECK(c->tokens == NULL && c->n_tokens == 0); break;
+	case SCHED_CMD_SETTINGS:
+		FUZZ_CHECK(!c->has_threads || (c->set.threads >= 1 && c->set.threads <= 64));
+		FUZZ_CHECK(!c->has_batch_tokens ||
+		           (c->set.batch_tokens >= 1 && c->set.batch_tokens <= FZ_MAX_BATCH));
+		FUZZ_CHECK(!c->has_slow_ms || c->set.slow_ms <= SCHED_MAX_SLOW_MS);
+		break;
+	case SCHED_CMD_ASSIGN: FUZZ_CHECK(c->first < c->last && c->last <= info->n_layers); break;
 	default: FUZZ_CHECK(0);
 	}
 	sched_cmd_free(&c);

@@ -1,0 +1,335 @@
+/* test-scheduler: the worker's message decoders (worker/scheduler.h) for
+ * pipeline stages, SETTINGS and ASSIGN: on a stage after the first an
+ * OPEN/STEP needs `hidden` and a tensor frame of exactly n_tokens x dim
+ * elements of a known dtype, and F16 rows are widened exactly; on stage 0 a
+ * tensor is refused; a text prompt is refused past stage 0; knobs and
+ * ranges out of bounds are refused naming the field.  Bodies are packed
+ * with protobuf-c, so any field value (an unknown dtype too) can be sent. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <cmocka.h>
+
+#include <stdlib.h>
+#include <string.h>
+
+#include "itt.pb-c.h"
+#include "quant.h"
+#include "scheduler.h"
+#include "testutil.h"
+
+#define DIM 4
+
+static const struct sched_info stage0 = {.vocab = 32,
+                                         .ctx_len = 64,
+                                         .dim = DIM,
+                                         .n_layers = 5,
+                                         .first = 0,
+                                         .last = 2,
+                                         .eos = 2,
+                                         .bos = 1};
+static const struct sched_info stage1 = {.vocab = 32,
+                                         .ctx_len = 64,
+                                         .dim = DIM,
+                                         .n_layers = 5,
+                                         .first = 2,
+                                         .last = 5,
+                                         .eos = 2,
+                                         .bos = 1};
+
+struct packed {
+	uint8_t buf[4096];
+	size_t len;
+};
+
+static void pack(const ProtobufCMessage *m, struct packed *p)
+{
+	assert_true(protobuf_c_message_get_packed_size(m) <= sizeof p->buf);
+	p->len = protobuf_c_message_pack(m, p->buf);
+}
+
+/* OPEN {session 9, tokens [1..n], hidden (dtype, rows, cols) unless dtype < 0}. */
+static void open_body(uint32_t n, int dtype, uint32_t rows, uint32_t cols, const char *prompt,
+                      struct packed *p)
+{
+	int32_t toks[16];
+	Itt__SessionOpen o = ITT__SESSION_OPEN__INIT;
+	Itt__TensorInfo ti = ITT__TENSOR_INFO__INIT;
+	for (uint32_t i = 0; i < n; i++)
+		toks[i] = (int32_t)(i + 1);
+	o.has_session_id = 1;
+	o.session_id = 9;
+	o.tokens = toks;
+	o.n_tokens = n;
+	o.prompt = (char *)prompt;
+	if (dtype >= 0) {
+		ti.has_dtype = ti.has_rows = ti.has_cols = 1;
+		ti.dtype = (Itt__DType)dtype;
+		ti.rows = rows;
+		ti.cols = cols;
+		o.hidden = &ti;
+	}
+	pack(&o.base, p);
+}
+
+static void step_body(uint32_t n, int dtype, uint32_t rows, uint32_t cols, struct packed *p)
+{
+	int32_t toks[16];
+	Itt__StepRequest r = ITT__STEP_REQUEST__INIT;
+	Itt__TensorInfo ti = ITT__TENSOR_INFO__INIT;
+	for (uint32_t i = 0; i < n; i++)
+		toks[i] = (int32_t)(i + 3);
+	r.has_session_id = r.has_step = 1;
+	r.session_id = 9;
+	r.step = 1;
+	r.tokens = toks;
+	r.n_tokens = n;
+	if (dtype >= 0) {
+		ti.has_dtype = ti.has_rows = ti.has_cols = 1;
+		ti.dtype = (Itt__DType)dtype;
+		ti.rows = rows;
+		ti.cols = cols;
+		r.hidden = &ti;
+	}
+	pack(&r.base, p);
+}
+
+/* Expects INVALID_ARGUMENT with session 9 and no command from OPEN/STEP. */
+static void expect_invalid(bool open, const struct packed *p, const void *t, size_t tlen,
+                           const struct sched_info *info, const char *needle)
+{
+	struct sched_cmd *c = (struct sched_cmd *)1;
+	uint64_t sid = 0;
+	char reason[SCHED_MAX_REASON] = "";
+	int rc =
+	    open
+	        ? sched_decode_open(p->buf, p->len, t, tlen, info, &c, &sid, reason, sizeof reason)
+	        : sched_decode_step(p->buf, p->len, t, tlen, info, &c, &sid, reason, sizeof reason);
+	assert_int_equal(rc, ITT__CODE__INVALID_ARGUMENT);
+	assert_null(c);
+	assert_int_equal(sid, 9);
+	if (!strstr(reason, needle))
+		fail_msg("reason \"%s\" lacks \"%s\"", reason, needle);
+}
+
+static void test_stage_needs_hidden_of_the_right_shape(void **state)
+{
+	float t[3 * DIM] = {0};
+	struct packed p;
+	for (int open = 0; open <= 1; open++) {
+		/* no tensor description, no frame */
+		open ? open_body(3, -1, 0, 0, NULL, &p) : step_body(3, -1, 0, 0, &p);
+		expect_invalid(open, &p, NULL, 0, &stage1, "hidden");
+		/* description without a frame */
+		open ? open_body(3, ITT__DTYPE__F32, 3, DIM, NULL, &p)
+		     : step_body(3, ITT__DTYPE__F32, 3, DIM, &p);
+		expect_invalid(open, &p, NULL, 0, &stage1, "bytes");
+		/* frame without a description */
+		open ? open_body(3, -1, 0, 0, NULL, &p) : step_body(3, -1, 0, 0, &p);
+		expect_invalid(open, &p, t, sizeof t, &stage1, "no tensor description");
+		/* rows != tokens */
+		open ? open_body(3, ITT__DTYPE__F32, 2, DIM, NULL, &p)
+		     : step_body(3, ITT__DTYPE__F32, 2, DIM, &p);
+		expect_invalid(open, &p, t, 2 * DIM * sizeof(float), &stage1, "rows");
+		/* cols != dim */
+		open ? open_body(3, ITT__DTYPE__F32, 3, DIM + 1, NULL, &p)
+		     : step_body(3, ITT__DTYPE__F32, 3, DIM + 1, &p);
+		expect_invalid(open, &p, t, sizeof t, &stage1, "columns");
+		/* byte length off by one element, and by one byte */
+		open ? open_body(3, ITT__DTYPE__F32, 3, DIM, NULL, &p)
+		     : step_body(3, ITT__DTYPE__F32, 3, DIM, &p);
+		expect_invalid(open, &p, t, sizeof t - sizeof(float), &stage1, "bytes");
+		expect_invalid(open, &p, t, sizeof t - 1, &stage1, "bytes");
+		/* F16 rows in the length of F32 rows */
+		open ? open_body(3, ITT__DTYPE__F16, 3, DIM, NULL, &p)
+		     : step_body(3, ITT__DTYPE__F16, 3, DIM, &p);
+		expect_invalid(open, &p, t, sizeof t, &stage1, "bytes");
+		/* an unknown dtype */
+		open ? open_body(3, 7, 3, DIM, NULL, &p) : step_body(3, 7, 3, DIM, &p);
+		expect_invalid(open, &p, t, sizeof t, &stage1, "dtype");
+	}
+}
+
+static void test_stage0_refuses_a_tensor(void **state)
+{
+	float t[2 * DIM] = {0};
+	struct packed p;
+	open_body(2, ITT__DTYPE__F32, 2, DIM, NULL, &p);
+	expect_invalid(true, &p, t, sizeof t, &stage0, "no tensor");
+	step_body(2, ITT__DTYPE__F32, 2, DIM, &p);
+	expect_invalid(false, &p, t, sizeof t, &stage0, "no tensor");
+	/* a frame alone, or a description alone */
+	step_body(2, -1, 0, 0, &p);
+	expect_invalid(false, &p, t, sizeof t, &stage0, "no tensor");
+	step_body(2, ITT__DTYPE__F32, 2, DIM, &p);
+	expect_invalid(false, &p, NULL, 0, &stage0, "no tensor");
+}
+
+static void test_text_prompt_only_on_stage0(void **state)
+{
+	struct packed p;
+	open_body(0, -1, 0, 0, "Once upon a time", &p);
+	expect_invalid(true, &p, NULL, 0, &stage1, "not a text prompt");
+	/* no prompt and no tokens means BOS alone: text too */
+	open_body(0, -1, 0, 0, NULL, &p);
+	expect_invalid(true, &p, NULL, 0, &stage1, "not a text prompt");
+}
+
+static void test_f32_and_f16_rows_decode(void **state)
+{
+	float f32[3 * DIM];
+	uint16_t f16[3 * DIM];
+	for (int i = 0; i < 3 * DIM; i++) {
+		f32[i] = (float)(i - 5) * 0.37f;
+		f16[i] = quant_fp32_to_fp16(f32[i]);
+	}
+	struct packed p;
+	struct sched_cmd *c = NULL;
+	uint64_t sid = 0;
+	char reason[SCHED_MAX_REASON] = "";
+
+	open_body(3, ITT__DTYPE__F32, 3, DIM, NULL, &p);
+	assert_int_equal(sched_decode_open(p.buf, p.len, f32, sizeof f32, &stage1, &c, &sid, reason,
+	                                   sizeof reason),
+	                 0);
+	assert_non_null(c->hidden);
+	assert_int_equal(c->n_tokens, 3);
+	assert_memory_equal(c->hidden, f32, sizeof f32);
+	assert_int_equal(c->reply_dtype, ITT__DTYPE__F32);
+	sched_cmd_free(&c);
+
+	/* F16 from an odd address: the frame need not be aligned */
+	uint8_t *buf = malloc(sizeof f16 + 1);
+	memcpy(buf + 1, f16, sizeof f16);
+	step_body(3, ITT__DTYPE__F16, 3, DIM, &p);
+	assert_int_equal(sched_decode_step(p.buf, p.len, buf + 1, sizeof f16, &stage1, &c, &sid,
+	                                   reason, sizeof reason),
+	                 0);
+	free(buf);
+	assert_non_null(c->hidden);
+	for (int i = 0; i < 3 * DIM; i++)
+		assert_true(c->hidden[i] == quant_fp16_to_fp32(f16[i]));
+	sched_cmd_free(&c);
+
+	/* stage 0: tokens and no tensor, as before */
+	open_body(3, -1, 0, 0, NULL, &p);
+	assert_int_equal(
+	    sched_decode_open(p.buf, p.len, NULL, 0, &stage0, &c, &sid, reason, sizeof reason), 0);
+	assert_null(c->hidden);
+	sched_cmd_free(&c);
+}
+
+static void test_reply_dtype(void **state)
+{
+	Itt__SessionOpen o = ITT__SESSION_OPEN__INIT;
+	int32_t toks[2] = {1, 5};
+	struct packed p;
+	struct sched_cmd *c = NULL;
+	uint64_t sid = 0;
+	char reason[SCHED_MAX_REASON] = "";
+	o.has_session_id = 1;
+	o.session_id = 9;
+	o.tokens = toks;
+	o.n_tokens = 2;
+	o.has_reply_dtype = 1;
+	o.reply_dtype = ITT__DTYPE__F16;
+	pack(&o.base, &p);
+	assert_int_equal(
+	    sched_decode_open(p.buf, p.len, NULL, 0, &stage0, &c, &sid, reason, sizeof reason), 0);
+	assert_int_equal(c->reply_dtype, ITT__DTYPE__F16);
+	sched_cmd_free(&c);
+	o.reply_dtype = (Itt__DType)9;
+	pack(&o.base, &p);
+	expect_invalid(true, &p, NULL, 0, &stage0, "reply_dtype");
+}
+
+static int settings(int threads, int batch, int slow, struct sched_cmd **c, char *reason)
+{
+	Itt__Settings m = ITT__SETTINGS__INIT;
+	struct packed p;
+	m.has_threads = threads >= 0;
+	m.threads = (uint32_t)threads;
+	m.has_batch_tokens = batch >= 0;
+	m.batch_tokens = (uint32_t)batch;
+	m.has_slow_ms = slow >= 0;
+	m.slow_ms = (uint32_t)slow;
+	pack(&m.base, &p);
+	return sched_decode_settings(p.buf, p.len, 128, c, reason, SCHED_MAX_REASON);
+}
+
+static void test_settings_bounds(void **state)
+{
+	struct sched_cmd *c = NULL;
+	char reason[SCHED_MAX_REASON];
+	assert_int_equal(settings(2, 8, 5, &c, reason), 0);
+	assert_true(c->kind == SCHED_CMD_SETTINGS && c->has_threads && c->has_batch_tokens &&
+	            c->has_slow_ms);
+	assert_true(c->set.threads == 2 && c->set.batch_tokens == 8 && c->set.slow_ms == 5);
+	sched_cmd_free(&c);
+	assert_int_equal(settings(-1, 128, -1, &c, reason), 0);
+	assert_true(!c->has_threads && c->has_batch_tokens && !c->has_slow_ms);
+	sched_cmd_free(&c);
+	static const struct {
+		int threads, batch, slow;
+		const char *field;
+	} bad[] = {{0, -1, -1, "threads"},      {65, -1, -1, "threads"},
+	           {-1, 0, -1, "batch_tokens"}, {-1, 129, -1, "batch_tokens"},
+	           {-1, -1, 10001, "slow_ms"},  {4, 8, 20000, "slow_ms"}};
+	for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+		assert_int_equal(settings(bad[i].threads, bad[i].batch, bad[i].slow, &c, reason),
+		                 ITT__CODE__INVALID_ARGUMENT);
+		assert_null(c);
+		assert_non_null(strstr(reason, bad[i].field));
+	}
+}
+
+static void test_assign_bounds(void **state)
+{
+	static const struct {
+		const char *model;
+		uint32_t first, last;
+		int rc;
+	} cases[] = {{"m", 0, 3, 0},
+	             {"m", 2, 5, 0},
+	             {"x", 0, 3, ITT__CODE__INVALID_ARGUMENT},
+	             {NULL, 0, 3, ITT__CODE__INVALID_ARGUMENT},
+	             {"m", 3, 3, ITT__CODE__INVALID_ARGUMENT},
+	             {"m", 4, 2, ITT__CODE__INVALID_ARGUMENT},
+	             {"m", 0, 6, ITT__CODE__INVALID_ARGUMENT}};
+	for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+		Itt__Assign a = ITT__ASSIGN__INIT;
+		struct packed p;
+		struct sched_cmd *c = NULL;
+		char reason[SCHED_MAX_REASON] = "";
+		a.model = (char *)cases[i].model;
+		a.has_layer_first = a.has_layer_last = 1;
+		a.layer_first = cases[i].first;
+		a.layer_last = cases[i].last;
+		pack(&a.base, &p);
+		int rc = sched_decode_assign(p.buf, p.len, &stage0, "m", &c, reason, sizeof reason);
+		assert_int_equal(rc, cases[i].rc);
+		if (rc) {
+			assert_null(c);
+			assert_true(reason[0]);
+		} else {
+			assert_true(c->kind == SCHED_CMD_ASSIGN && c->first == cases[i].first &&
+			            c->last == cases[i].last);
+			sched_cmd_free(&c);
+		}
+	}
+}
+
+int main(void)
+{
+	const struct CMUnitTest tests[] = {
+	    cmocka_unit_test(test_stage_needs_hidden_of_the_right_shape),
+	    cmocka_unit_test(test_stage0_refuses_a_tensor),
+	    cmocka_unit_test(test_text_prompt_only_on_stage0),
+	    cmocka_unit_test(test_f32_and_f16_rows_decode),
+	    cmocka_unit_test(test_reply_dtype),
+	    cmocka_unit_test(test_settings_bounds),
+	    cmocka_unit_test(test_assign_bounds),
+	};
+	return cmocka_run_group_tests(tests, NULL, NULL);
+}
