@@ -5,13 +5,15 @@ test can "restart" the broker on the same address) and speaks the broker
 side of PROTOCOL.md "Worker session": it answers HELLO with WELCOME, sends
 HEARTBEAT to every registered worker every heartbeat_ms, answers any other
 message from a worker it does not know with ERROR NOT_FOUND "unknown worker"
-(as a restarted broker does), and lets the test send OPEN / STEP / CLOSE or
-raw frames and read what the worker sent.
+(as a restarted broker does), and lets the test send OPEN / STEP / CLOSE
+(with a tensor frame for pipeline stages), SETTINGS, ASSIGN or raw frames and
+read what the worker sent (a message's tensor frame, if any, is Msg.tensor).
 
 One background thread owns the socket (ZeroMQ sockets are not thread-safe);
 the test talks to it through queues.  Every message received is kept in
 `log` as (monotonic time, command, decoded body); messages other than
-HEARTBEAT are also put in a queue that recv() reads.
+HEARTBEAT and TELEMETRY are also put in a queue that recv() reads;
+TELEMETRY goes to another that recv_telemetry() reads.
 
 Needs ITT_PY_DIR (the generated itt_pb2) on sys.path; import after
 calling add_py_path() or with that directory already there.
@@ -29,9 +31,11 @@ import zmq
 SIG = b"ITT\x01"
 SUBMIT, CHUNK, DONE, ERROR, CANCEL, HEARTBEAT = 0x01, 0x02, 0x03, 0x04, 0x05, 0x06
 HELLO, WELCOME, OPEN, STEP, RESULT, CLOSE, BYE = 0x10, 0x11, 0x12, 0x13, 0x14, 0x15, 0x16
+TELEMETRY, SETTINGS, ASSIGN = 0x17, 0x18, 0x19
 NAMES = {SUBMIT: "SUBMIT", CHUNK: "CHUNK", DONE: "DONE", ERROR: "ERROR", CANCEL: "CANCEL",
          HEARTBEAT: "HEARTBEAT", HELLO: "HELLO", WELCOME: "WELCOME", OPEN: "OPEN",
-         STEP: "STEP", RESULT: "RESULT", CLOSE: "CLOSE", BYE: "BYE"}
+         STEP: "STEP", RESULT: "RESULT", CLOSE: "CLOSE", BYE: "BYE",
+         TELEMETRY: "TELEMETRY", SETTINGS: "SETTINGS", ASSIGN: "ASSIGN"}
 
 
 def add_py_path():
@@ -48,7 +52,8 @@ import itt_pb2 as pb  # noqa: E402
 
 BODY = {HELLO: pb.WorkerHello, RESULT: pb.StepResult, ERROR: pb.Error,
         HEARTBEAT: pb.Heartbeat, BYE: pb.Heartbeat, WELCOME: pb.Welcome,
-        OPEN: pb.SessionOpen, STEP: pb.StepRequest, CLOSE: pb.SessionClose}
+        OPEN: pb.SessionOpen, STEP: pb.StepRequest, CLOSE: pb.SessionClose,
+        TELEMETRY: pb.Telemetry, SETTINGS: pb.Settings, ASSIGN: pb.Assign}
 
 
 _wake_ids = itertools.count()
@@ -66,6 +71,11 @@ def free_port():
 class Msg:
     def __init__(self, t, ident, cmd, body, frames):
         self.t, self.ident, self.cmd, self.body, self.frames = t, ident, cmd, body, frames
+
+    @property
+    def tensor(self):
+        """The 4th (tensor) frame, or None."""
+        return self.frames[3] if len(self.frames) == 4 else None
 
     def __repr__(self):
         return f"<{NAMES.get(self.cmd, self.cmd)} {self.body!s:.200}>"
@@ -96,6 +106,7 @@ class FakeBroker:
         self.log = []          # every Msg received, oldest first
         self.hellos = []       # Msg of every HELLO
         self.inbox = queue.Queue()
+        self.telemetry = queue.Queue()  # TELEMETRY Msgs (kept out of inbox)
         self.outbox = queue.Queue()
         # The test side wakes the socket thread through an inproc pair, so
         # a STEP goes out at once rather than at the next poll timeout.
@@ -157,7 +168,7 @@ class FakeBroker:
         now = time.monotonic()
         ident, rest = frames[0], frames[1:]
         cmd, body = None, None
-        if len(rest) == 3 and rest[0] == SIG and len(rest[1]) == 1:
+        if len(rest) in (3, 4) and rest[0] == SIG and len(rest[1]) == 1:
             cmd = rest[1][0]
             cls = BODY.get(cmd)
             if cls is not None:
@@ -178,7 +189,9 @@ class FakeBroker:
         elif ident not in self.known and cmd != BYE:
             e = pb.Error(code=pb.NOT_FOUND, reason="unknown worker; send HELLO")
             self._send(ident, [SIG, bytes([ERROR]), e.SerializeToString()])
-        if cmd != HEARTBEAT:
+        if cmd == TELEMETRY:
+            self.telemetry.put(m)
+        elif cmd != HEARTBEAT:
             self.inbox.put(m)
 
     # ---- the test's side --------------------------------------------------
@@ -195,15 +208,21 @@ class FakeBroker:
             if not self.wake_tx.closed:
                 self.wake_tx.send(b"", zmq.NOBLOCK)
 
-    def send(self, cmd, body=None, ident=None):
+    def send(self, cmd, body=None, ident=None, tensor=None):
         data = body.SerializeToString() if body is not None else b""
-        self.send_raw([SIG, bytes([cmd]), data], ident)
+        frames = [SIG, bytes([cmd]), data]
+        if tensor is not None:
+            frames.append(bytes(tensor))
+        self.send_raw(frames, ident)
 
     def send_raw(self, frames, ident=None):
         self.outbox.put((ident, list(frames)))
         self._wake()
 
-    def open(self, sid, prompt=None, tokens=None, n_prompt=None, **sampling):
+    def open(self, sid, prompt=None, tokens=None, n_prompt=None, hidden=None, tensor=None,
+             reply_dtype=None, ident=None, **sampling):
+        """OPEN; hidden (a TensorInfo) and tensor (bytes) for a stage > 0,
+        reply_dtype (pb.F32 / pb.F16) for a non-last stage."""
         o = pb.SessionOpen(session_id=sid)
         if prompt is not None:
             o.prompt = prompt
@@ -211,15 +230,22 @@ class FakeBroker:
             o.tokens.extend(tokens)
         if n_prompt is not None:
             o.n_prompt = n_prompt
+        if hidden is not None:
+            o.hidden.CopyFrom(hidden)
+        if reply_dtype is not None:
+            o.reply_dtype = reply_dtype
         sp = pb.SamplingParams(**sampling)
         o.sampling.CopyFrom(sp)
-        self.send(OPEN, o)
+        self.send(OPEN, o, ident, tensor)
 
-    def step(self, sid, step, tokens):
-        self.send(STEP, pb.StepRequest(session_id=sid, step=step, tokens=list(tokens)))
+    def step(self, sid, step, tokens, hidden=None, tensor=None, ident=None):
+        r = pb.StepRequest(session_id=sid, step=step, tokens=list(tokens))
+        if hidden is not None:
+            r.hidden.CopyFrom(hidden)
+        self.send(STEP, r, ident, tensor)
 
-    def close_session(self, sid):
-        self.send(CLOSE, pb.SessionClose(session_id=sid))
+    def close_session(self, sid, ident=None):
+        self.send(CLOSE, pb.SessionClose(session_id=sid), ident)
 
     def recv(self, cmds=None, timeout=10.0):
         """The next message (other than HEARTBEAT) whose command is in cmds
@@ -234,6 +260,20 @@ class FakeBroker:
             except queue.Empty:
                 return None
             if cmds is None or m.cmd in cmds:
+                return m
+
+    def recv_telemetry(self, timeout=10.0, ident=None):
+        """The next TELEMETRY (from ident, when given); None on timeout."""
+        end = time.monotonic() + timeout
+        while True:
+            left = end - time.monotonic()
+            if left <= 0:
+                return None
+            try:
+                m = self.telemetry.get(timeout=left)
+            except queue.Empty:
+                return None
+            if ident is None or m.ident == ident:
                 return m
 
     def wait_hello(self, timeout=10.0):
