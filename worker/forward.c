@@ -52,9 +52,14 @@ int forward_init(struct forward_ctx *f, const struct model *m, struct kv_cache *
 	f->kv_rows = malloc(nth * 2 * hp->head_dim * sizeof(float));
 	f->inv_freq = malloc(hp->head_dim / 2 * sizeof(float));
 	f->out_rows = malloc(R * sizeof(uint32_t));
+	f->out_index = malloc(R * sizeof(uint32_t));
 	f->seq_next = malloc(R * sizeof(uint32_t));
+	f->slot_row = malloc(R * sizeof(uint32_t));
+	f->test_slot = malloc(R * sizeof(uint32_t));
+	f->logit_tmp = malloc((model_is_last(m) ? hp->vocab : 1) * sizeof(float));
 	if (!f->x || !f->xb || !f->q || !f->k || !f->v || !f->att || !f->hb || !f->hb2 ||
-	    !f->rope || !f->scores || !f->kv_rows || !f->inv_freq || !f->out_rows || !f->seq_next) {
+	    !f->rope || !f->scores || !f->kv_rows || !f->inv_freq || !f->out_rows ||
+	    !f->out_index || !f->seq_next || !f->slot_row || !f->test_slot || !f->logit_tmp) {
 		forward_free(f);
 		return itt_err_set(err, ITT_E_NOMEM, "forward_init: out of memory for %u rows",
 		                   max_rows);
@@ -81,7 +86,11 @@ void forward_free(struct forward_ctx *f)
 	free(f->kv_rows);
 	free(f->inv_freq);
 	free(f->out_rows);
+	free(f->out_index);
 	free(f->seq_next);
+	free(f->slot_row);
+	free(f->test_slot);
+	free(f->logit_tmp);
 	memset(f, 0, sizeof *f);
 }
 
@@ -145,7 +154,9 @@ static inline void axpy(float *restrict y, float a, const float *restrict x, uin
 struct attn_job {
 	struct forward_ctx *f;
 	const struct forward_batch *b;
-	uint32_t layer; /* local layer index */
+	uint32_t layer;          /* local layer index */
+	uint32_t n_slots;        /* slots [0, n_slots) attend */
+	const uint32_t *slot_row; /* row of each slot, or NULL: slot == row */
 };
 
 /* A head's row of K or V at element offset off, as floats: a pointer into
@@ -177,14 +188,15 @@ static void attn_worker(void *arg, int ith, int nth)
 	float *kbuf = f->kv_rows + (size_t)ith * 2 * hd, *vbuf = kbuf + hd;
 	size_t lo, hi;
 
-	threadpool_split((size_t)j->b->n_rows * hp->n_kv_heads, 1, ith, nth, &lo, &hi);
+	threadpool_split((size_t)j->n_slots * hp->n_kv_heads, 1, ith, nth, &lo, &hi);
 	for (size_t idx = lo; idx < hi; idx++) {
-		uint32_t r = (uint32_t)(idx / hp->n_kv_heads),
+		uint32_t sl = (uint32_t)(idx / hp->n_kv_heads),
 		         kvh = (uint32_t)(idx % hp->n_kv_heads);
+		uint32_t r = j->slot_row ? j->slot_row[sl] : sl;
 		const struct kv_seq *s = j->b->seqs[r];
 		uint32_t n_t = j->b->pos[r] + 1;
-		const float *q = f->q + (size_t)r * q_dim + (size_t)kvh * group * hd;
-		float *out = f->att + (size_t)r * q_dim + (size_t)kvh * group * hd;
+		const float *q = f->q + (size_t)sl * q_dim + (size_t)kvh * group * hd;
+		float *out = f->att + (size_t)sl * q_dim + (size_t)kvh * group * hd;
 
 		/* scores: q . k / sqrt(hd) for t in [0, pos], block by block */
 		for (uint32_t t0 = 0; t0 < n_t; t0 += bs) {
@@ -224,6 +236,32 @@ static void attn_worker(void *arg, int ith, int nth)
 				for (uint32_t g = 0; g < group; g++)
 					axpy(out + (size_t)g * hd, att[(size_t)g * ctx + t0 + i], v,
 					     hd);
+			}
+		}
+		/* perturbation: masked heads mix in their own position's value,
+		 * out = (1 - u) out + u v[pos] (u = 1: v[pos] itself) */
+		const struct forward_perturb *pt = j->b->perturb ? j->b->perturb[r] : NULL;
+		if (pt && pt->blend > 0.0f) {
+			const uint8_t *mk = pt->mask +
+			                    (size_t)(f->m->first + j->layer) * hp->n_heads +
+			                    (size_t)kvh * group;
+			uint32_t p = n_t - 1;
+			const float *vs = NULL;
+			float u = pt->blend;
+			for (uint32_t g = 0; g < group; g++) {
+				if (!mk[g])
+					continue;
+				if (!vs)
+					vs = kv_row(kv, kv->v,
+					            s->blocks[p / bs] * block_elems + layer_off +
+					                (size_t)(p % bs) * kv->kv_dim + (size_t)kvh * hd,
+					            hd, vbuf);
+				float *o = out + (size_t)g * hd;
+				if (u == 1.0f)
+					memcpy(o, vs, hd * sizeof(float));
+				else
+					for (uint32_t i = 0; i < hd; i++)
+						o[i] = (1.0f - u) * o[i] + u * vs[i];
 			}
 		}
 	}
@@ -287,14 +325,159 @@ static int batch_prepare(struct forward_ctx *f, const struct forward_batch *b, s
 	return 0;
 }
 
+/* Checks the technique fields against the model and the batch (before any
+ * state changes). */
+static int techniques_check(const struct forward_ctx *f, const struct forward_batch *b,
+                           struct itt_err *err)
+{
+	const struct model *m = f->m;
+	uint32_t end = b->stop_layer ? b->stop_layer : m->last;
+
+	if (b->perturb)
+		for (uint32_t r = 0; r < b->n_rows; r++) {
+			const struct forward_perturb *pt = b->perturb[r];
+			if (!pt)
+				continue;
+			if (!pt->mask)
+				return itt_err_set(err, ITT_E_INVALID,
+				                   "row %u: perturbation without a head mask", r);
+			if (!(pt->blend >= 0.0f && pt->blend <= 1.0f))
+				return itt_err_set(err, ITT_E_INVALID,
+				                   "row %u: perturbation blend %g outside [0, 1]", r,
+				                   (double)pt->blend);
+		}
+	if ((b->stop_layer || b->exit) && !model_is_last(m))
+		return itt_err_set(err, ITT_E_INVALID,
+		                   "%s needs the output head, but this model holds layers [%u, %u) "
+		                   "of %u",
+		                   b->stop_layer ? "stop_layer" : "early exit", m->first, m->last,
+		                   m->hp.n_layers);
+	if (b->stop_layer && (b->stop_layer <= m->first || b->stop_layer > m->last))
+		return itt_err_set(err, ITT_E_INVALID,
+		                   "stop_layer %u outside (%u, %u], the layers this model holds",
+		                   b->stop_layer, m->first, m->last);
+	if (b->exit) {
+		const struct forward_exit *x = b->exit;
+		if (!x->exited_at || (x->n_layers && !x->layers))
+			return itt_err_set(err, ITT_E_INVALID, "early exit lacks %s",
+			                   x->exited_at ? "its layer list" : "exited_at");
+		if (!(x->threshold >= 0.0f))
+			return itt_err_set(err, ITT_E_INVALID, "early exit threshold %g below 0",
+			                   (double)x->threshold);
+		for (uint32_t i = 0; i < x->n_layers; i++) {
+			if (x->layers[i] < m->first || x->layers[i] >= end)
+				return itt_err_set(err, ITT_E_INVALID,
+				                   "exit layer %u outside the layers run, [%u, %u)",
+				                   x->layers[i], m->first, end);
+			if (i > 0 && x->layers[i] <= x->layers[i - 1])
+				return itt_err_set(err, ITT_E_INVALID,
+				                   "exit layers must ascend: %u after %u", x->layers[i],
+				                   x->layers[i - 1]);
+		}
+	}
+	return 0;
+}
+
+/* Top-1 minus top-2 probability of softmax(l). */
+static float top_margin(const float *l, uint32_t n)
+{
+	float m1 = -INFINITY, m2 = -INFINITY;
+	for (uint32_t i = 0; i < n; i++) {
+		if (l[i] > m1) {
+			m2 = m1;
+			m1 = l[i];
+		} else if (l[i] > m2) {
+			m2 = l[i];
+		}
+	}
+	double sum = 0.0;
+	for (uint32_t i = 0; i < n; i++)
+		sum += exp((double)l[i] - m1);
+	return (float)((1.0 - exp((double)m2 - m1)) / sum);
+}
+
+/* Exchanges the contents of two slots: residual stream, RoPE angles, row. */
+static void slot_swap(struct forward_ctx *f, uint32_t a, uint32_t c)
+{
+	uint32_t dim = f->m->hp.dim, hd = f->m->hp.head_dim;
+	float *xa = f->x + (size_t)a * dim, *xc = f->x + (size_t)c * dim;
+	for (uint32_t i = 0; i < dim; i++) {
+		float t = xa[i];
+		xa[i] = xc[i];
+		xc[i] = t;
+	}
+	float *ra = f->rope + (size_t)a * hd, *rc = f->rope + (size_t)c * hd;
+	for (uint32_t i = 0; i < hd; i++) {
+		float t = ra[i];
+		ra[i] = rc[i];
+		rc[i] = t;
+	}
+	uint32_t t = f->slot_row[a];
+	f->slot_row[a] = f->slot_row[c];
+	f->slot_row[c] = t;
+}
+
+/* The exit test after global layer `layer`: applies the output head to the
+ * active slots whose rows want logits, writing them after the *n_done rows
+ * of out already final; rows confident enough keep theirs (moved to
+ * out[*n_done++]) and leave the active slots, which are compacted (stable)
+ * to [0, *n_act). */
+static void exit_test(struct forward_ctx *f, const struct forward_batch *b, uint32_t layer,
+                      uint32_t *n_act, uint32_t *n_done, float *out)
+{
+	const struct model *m = f->m;
+	uint32_t dim = m->hp.dim, V = m->hp.vocab, nt = 0;
+
+	for (uint32_t sl = 0; sl < *n_act; sl++) {
+		uint32_t r = f->slot_row[sl];
+		if (b->want_logits && !b->want_logits[r])
+			continue;
+		rmsnorm(f->xb + (size_t)nt * dim, f->x + (size_t)sl * dim, m->output_norm, dim,
+		        m->hp.rms_eps);
+		f->test_slot[nt++] = sl;
+	}
+	if (nt == 0)
+		return;
+	float *lo = out + (size_t)*n_done * V;
+	linear_matmul(&f->lin, &m->output, f->xb, nt, lo, V);
+	/* keep the logits of the rows that stop, in test order; exited_at marks
+	 * them (it holds the range's last layer for every row still running) */
+	uint32_t w = *n_done, stopped = 0;
+	for (uint32_t i = 0; i < nt; i++) {
+		if (!(top_margin(lo + (size_t)i * V, V) >= b->exit->threshold))
+			continue;
+		uint32_t r = f->slot_row[f->test_slot[i]];
+		if (w != *n_done + i)
+			memmove(out + (size_t)w * V, lo + (size_t)i * V, (size_t)V * sizeof(float));
+		f->out_rows[w++] = r;
+		b->exit->exited_at[r] = layer;
+		stopped++;
+	}
+	*n_done = w;
+	if (stopped == 0)
+		return;
+	/* stable partition of the active slots: the running ones first */
+	uint32_t keep = 0;
+	for (uint32_t sl = 0; sl < *n_act; sl++) {
+		if (b->exit->exited_at[f->slot_row[sl]] == layer)
+			continue;
+		if (sl != keep)
+			slot_swap(f, sl, keep);
+		keep++;
+	}
+	*n_act = keep;
+}
+
 int forward_run(struct forward_ctx *f, const struct forward_batch *b, float *out,
                 struct itt_err *err)
 {
 	const struct model *m = f->m;
 	const struct model_hparams *hp = &m->hp;
-	uint32_t n = b->n_rows, dim = hp->dim, hd = hp->head_dim;
+	uint32_t n = b->n_rows, dim = hp->dim, hd = hp->head_dim, V = hp->vocab;
 	uint32_t q_dim = hp->n_heads * hd, kv_dim = hp->n_kv_heads * hd, ffn = hp->ffn_dim;
-	int rc = batch_prepare(f, b, err);
+	int rc = b->n_rows && b->n_rows <= f->max_rows ? techniques_check(f, b, err) : 0;
+	if (rc == 0)
+		rc = batch_prepare(f, b, err);
 	if (rc < 0)
 		return rc;
 
@@ -318,63 +501,113 @@ int forward_run(struct forward_ctx *f, const struct forward_batch *b, float *out
 		}
 	}
 
-	for (uint32_t l = 0; l < m->last - m->first; l++) {
+	/* Early exit works on slots: slot s holds row slot_row[s]; the slots
+	 * [0, n_act) still run whole layers, the others (rows that stopped)
+	 * only their K and V.  Without early exit slot == row throughout. */
+	const struct forward_exit *ex = b->exit;
+	const uint32_t *slot_row = ex ? f->slot_row : NULL;
+	uint32_t n_act = n, n_done = 0, next_exit = 0;
+	uint32_t end = (b->stop_layer ? b->stop_layer : m->last) - m->first;
+	if (ex)
+		for (uint32_t r = 0; r < n; r++) {
+			f->slot_row[r] = r;
+			ex->exited_at[r] = m->first + end - 1;
+		}
+
+	for (uint32_t l = 0; l < end; l++) {
 		const struct model_layer *L = &m->layers[l];
 
-		/* attention: xb = rmsnorm(x); q, k, v = xb W^T */
+		/* attention: xb = rmsnorm(x); q, k, v = xb W^T (q of active slots only) */
 		for (uint32_t r = 0; r < n; r++)
 			rmsnorm(f->xb + (size_t)r * dim, f->x + (size_t)r * dim, L->attn_norm, dim,
 			        hp->rms_eps);
-		linear_matmul(&f->lin, &L->wq, f->xb, n, f->q, q_dim);
+		if (n_act > 0)
+			linear_matmul(&f->lin, &L->wq, f->xb, n_act, f->q, q_dim);
 		linear_matmul(&f->lin, &L->wk, f->xb, n, f->k, kv_dim);
 		linear_matmul(&f->lin, &L->wv, f->xb, n, f->v, kv_dim);
 
 		/* RoPE on q and k, then k and v into the cache at each row's position */
-		for (uint32_t r = 0; r < n; r++) {
-			const float *cs = f->rope + (size_t)r * hd;
-			rope_apply(f->q + (size_t)r * q_dim, hp->n_heads, hd, cs);
-			rope_apply(f->k + (size_t)r * kv_dim, hp->n_kv_heads, hd, cs);
+		for (uint32_t sl = 0; sl < n; sl++) {
+			uint32_t r = slot_row ? slot_row[sl] : sl;
+			const float *cs = f->rope + (size_t)sl * hd;
+			if (sl < n_act)
+				rope_apply(f->q + (size_t)sl * q_dim, hp->n_heads, hd, cs);
+			rope_apply(f->k + (size_t)sl * kv_dim, hp->n_kv_heads, hd, cs);
 			size_t off = kv_offset(f->kv, b->seqs[r], l, b->pos[r]);
-			kv_store(f->kv, f->kv->k, off, f->k + (size_t)r * kv_dim, kv_dim);
-			kv_store(f->kv, f->kv->v, off, f->v + (size_t)r * kv_dim, kv_dim);
+			kv_store(f->kv, f->kv->k, off, f->k + (size_t)sl * kv_dim, kv_dim);
+			kv_store(f->kv, f->kv->v, off, f->v + (size_t)sl * kv_dim, kv_dim);
 		}
+		if (n_act == 0)
+			continue; /* every row has stopped: only K and V remain to write */
 
 		/* softmax(q k^T / sqrt(hd)) v per row and head, over [0, pos] */
-		struct attn_job aj = {f, b, l};
+		struct attn_job aj = {f, b, l, n_act, slot_row};
 		threadpool_run(f->pool, attn_worker, &aj);
 
 		/* x += att Wo^T */
-		linear_matmul(&f->lin, &L->wo, f->att, n, f->xb, dim);
-		for (size_t i = 0; i < (size_t)n * dim; i++)
+		linear_matmul(&f->lin, &L->wo, f->att, n_act, f->xb, dim);
+		for (size_t i = 0; i < (size_t)n_act * dim; i++)
 			f->x[i] += f->xb[i];
 
 		/* ffn: x += (silu(xb W1^T) * (xb W3^T)) W2^T with xb = rmsnorm(x) */
-		for (uint32_t r = 0; r < n; r++)
+		for (uint32_t r = 0; r < n_act; r++)
 			rmsnorm(f->xb + (size_t)r * dim, f->x + (size_t)r * dim, L->ffn_norm, dim,
 			        hp->rms_eps);
-		linear_matmul(&f->lin, &L->w1, f->xb, n, f->hb, ffn);
-		linear_matmul(&f->lin, &L->w3, f->xb, n, f->hb2, ffn);
-		for (size_t i = 0; i < (size_t)n * ffn; i++) {
+		linear_matmul(&f->lin, &L->w1, f->xb, n_act, f->hb, ffn);
+		linear_matmul(&f->lin, &L->w3, f->xb, n_act, f->hb2, ffn);
+		for (size_t i = 0; i < (size_t)n_act * ffn; i++) {
 			float val = f->hb[i];
 			val *= 1.0f / (1.0f + expf(-val));
 			f->hb[i] = val * f->hb2[i];
 		}
-		linear_matmul(&f->lin, &L->w2, f->hb, n, f->xb, dim);
-		for (size_t i = 0; i < (size_t)n * dim; i++)
+		linear_matmul(&f->lin, &L->w2, f->hb, n_act, f->xb, dim);
+		for (size_t i = 0; i < (size_t)n_act * dim; i++)
 			f->x[i] += f->xb[i];
+
+		/* early exit: test after the listed layers (the last one run needs
+		 * no test: its rows get the head below anyway) */
+		while (ex && next_exit < ex->n_layers && ex->layers[next_exit] < m->first + l)
+			next_exit++;
+		if (ex && next_exit < ex->n_layers && ex->layers[next_exit] == m->first + l &&
+		    l + 1 < end)
+			exit_test(f, b, m->first + l, &n_act, &n_done, out);
 	}
 
 	if (!model_is_last(m)) {
 		memcpy(out, f->x, (size_t)n * dim * sizeof(float));
 		return 0;
 	}
-	/* output head on the rows that want logits */
+	/* output head on the rows that want logits (the active slots under early exit) */
 	uint32_t n_out = 0;
+	for (uint32_t sl = 0; sl < n_act; sl++) {
+		uint32_t r = slot_row ? slot_row[sl] : sl;
+		if (!b->want_logits || b->want_logits[r]) {
+			rmsnorm(f->xb + (size_t)n_out * dim, f->x + (size_t)sl * dim,
+			        m->output_norm, dim, hp->rms_eps);
+			if (ex)
+				f->out_rows[n_done + n_out] = r;
+			n_out++;
+		}
+	}
+	if (n_out > 0)
+		linear_matmul(&f->lin, &m->output, f->xb, n_out, out + (size_t)n_done * V, V);
+	if (!ex)
+		return 0;
+	/* out holds the rows in stop order (out_rows); put them in row order */
+	uint32_t total = 0;
 	for (uint32_t r = 0; r < n; r++)
 		if (!b->want_logits || b->want_logits[r])
-			rmsnorm(f->xb + (size_t)n_out++ * dim, f->x + (size_t)r * dim,
-			        m->output_norm, dim, hp->rms_eps);
-	if (n_out > 0)
-		linear_matmul(&f->lin, &m->output, f->xb, n_out, out, hp->vocab);
+			f->out_index[r] = total++;
+	for (uint32_t p = 0; p < total; p++) {
+		while (f->out_index[f->out_rows[p]] != p) {
+			uint32_t q = f->out_index[f->out_rows[p]], t = f->out_rows[p];
+			float *a = out + (size_t)p * V, *c = out + (size_t)q * V;
+			memcpy(f->logit_tmp, a, (size_t)V * sizeof(float));
+			memcpy(a, c, (size_t)V * sizeof(float));
+			memcpy(c, f->logit_tmp, (size_t)V * sizeof(float));
+			f->out_rows[p] = f->out_rows[q];
+			f->out_rows[q] = t;
+		}
+	}
 	return 0;
 }

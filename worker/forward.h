@@ -33,7 +33,10 @@
  * at every (layer, head) whose mask byte is set, that query head's output
  * becomes (1 - blend) * softmax(q k^T / sqrt(d)) v + blend * v[pos], i.e. the
  * attention matrix mixed with the identity; blend 1 attends only to its own
- * position.  Layers are global indices; heads are query heads. */
+ * position.  Layers are global indices; heads are query heads; v[pos] is the
+ * row's own value (its KV head, as stored in the cache; V is not roped).
+ * blend 0 or an empty mask is the plain pass, bit for bit.  Rows without a
+ * perturbation cost nothing extra. */
 struct forward_perturb {
 	const uint8_t *mask; /* [n_layers][n_heads] of the whole model */
 	float blend;         /* u in [0, 1] */
@@ -46,11 +49,19 @@ struct forward_perturb {
  * there: its logits are those, and each later layer only computes its K and
  * V from the exit hidden state (so later positions can attend to it).
  * exited_at[r] reports the layer after which row r stopped (the range's last
- * layer when it ran through). */
+ * layer when it ran through).
+ *
+ * Cost: a stopped row leaves the layers' Q, attention, Wo and FFN products
+ * (the rows still running are compacted; only the K and V products keep
+ * every row); each test costs one output-head product over the rows tested.
+ * A listed layer that is the last one run is not tested (the head follows
+ * anyway).  threshold 0 stops every tested row at the first listed layer;
+ * above 1 none ever stops (the pass then equals the plain one bit for bit).
+ * Rows that do not want logits are never tested and run every layer. */
 struct forward_exit {
 	const uint32_t *layers;
 	uint32_t n_layers;
-	float threshold;     /* in [0, 1] */
+	float threshold;     /* >= 0; in [0, 1] to be useful */
 	uint32_t *exited_at; /* out, [n_rows] */
 };
 
@@ -64,8 +75,11 @@ struct forward_batch {
 	/* inference-time techniques; all zero / NULL: the plain pass */
 	const struct forward_perturb *const *perturb; /* [n_rows] or NULL; a NULL entry: none */
 	uint32_t stop_layer; /* 0: the whole range; else run layers [first, stop_layer)
-	                      * and apply the output head (a shallow draft pass; needs
-	                      * the head; later layers' K/V are not written) */
+	                      * (first < stop_layer <= last) and apply the output head
+	                      * (a shallow draft pass; needs the head, ITT_E_INVALID
+	                      * otherwise; later layers' K/V are not written, so those
+	                      * positions must be truncated and rerun before a full
+	                      * pass reads them) */
 	const struct forward_exit *exit; /* or NULL */
 };
 
@@ -89,8 +103,14 @@ struct forward_ctx {
 	                     * n_heads / n_kv_heads query heads per KV head */
 	float *kv_rows;     /* [n_threads][2][head_dim] K and V rows converted from F16 */
 	float *inv_freq;    /* [head_dim / 2] */
-	uint32_t *out_rows; /* [max_rows] indices of rows that want logits */
+	uint32_t *out_rows; /* [max_rows] early exit: the row whose logits sit in each
+	                     * output row while the pass runs (stop order) */
+	uint32_t *out_index; /* [max_rows] early exit: each row's output row (row order) */
 	uint32_t *seq_next; /* [max_rows] expected next position per row's seq */
+	uint32_t *slot_row; /* [max_rows] early exit: the row held by each slot of the
+	                     * scratch arrays; slots [0, n_active) still run the layers */
+	uint32_t *test_slot; /* [max_rows] early exit: slots tested after a layer */
+	float *logit_tmp;    /* [vocab] on the last stage: one row, for reordering */
 };
 
 /* kv must have been initialised for m's local layers and kv_dim. */
@@ -99,7 +119,8 @@ int forward_init(struct forward_ctx *f, const struct model *m, struct kv_cache *
 void forward_free(struct forward_ctx *f);
 
 /* Runs the batch; out must hold the output described above.  Errors
- * (ITT_E_INVALID for a bad token/position/order, ITT_E_FULL when the KV
+ * (ITT_E_INVALID for a bad token/position/order or technique field,
+ * ITT_E_FULL when the KV
  * cache has no block left) leave every sequence's positions as they were
  * (blocks it was given ahead, or copied on write, may have changed). */
 int forward_run(struct forward_ctx *f, const struct forward_batch *b, float *out,
