@@ -225,7 +225,7 @@ static void back_hello(struct broker *b, const struct wire_msg *msg, struct work
 	}
 	if (m->n_workers && (m->vocab != h->vocab || m->ctx_len != h->ctx_len ||
 	                     m->eos != h->eos_token || m->n_layers != h->n_layers ||
-	                     m->dim != h->dim)) {
+	                     m->dim != h->dim || (h->n_heads && m->n_heads != h->n_heads))) {
 		snprintf(why, sizeof why,
 		         "model %s is served with vocab %u, ctx_len %u, eos %d, %u layers, dim %u; "
 		         "this worker has vocab %u, ctx_len %u, eos %d, %u layers, dim %u",
@@ -295,6 +295,8 @@ static void back_hello(struct broker *b, const struct wire_msg *msg, struct work
 	m->eos = h->eos_token;
 	m->n_layers = h->n_layers;
 	m->dim = h->dim;
+	if (h->n_heads)
+		m->n_heads = h->n_heads;
 	w->hello = h;
 	h = NULL;
 	Itt__Welcome wel = ITT__WELCOME__INIT;

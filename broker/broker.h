@@ -78,6 +78,7 @@ struct broker_config {
 	int keep_ended;
 	int log_level;
 	int act_f16; /* non-last stages reply with F16 activations */
+	char head_sets[256]; /* folder of NAME.heads files ("" = none) */
 	const char *api_keys[BROKER_MAX_API_KEYS];
 	int n_api_keys;
 };
@@ -93,7 +94,7 @@ struct model {
 	uint32_t n_workers;
 	struct heap queue; /* waiting requests: replays first, then priority, arrival */
 	uint32_t n_running;
-	uint32_t n_layers, dim;
+	uint32_t n_layers, dim, n_heads;
 	/* routes published by the coordinator (worker ids per stage) */
 	char **pub[BROKER_MAX_ROUTES];
 	uint32_t pub_len[BROKER_MAX_ROUTES];
@@ -174,6 +175,9 @@ struct request {
 	uint32_t at;                            /* stage of the step in flight */
 	uint64_t avoid_worker; /* serial of the worker that failed it last */
 	uint32_t step;         /* step number of the next RESULT expected */
+	int32_t draft[16];     /* speculative drafts of the step in flight (after the last token) */
+	uint32_t n_draft;
+	bool branch_rows;      /* guidance by head perturbation: stage tensors hold 2x rows */
 	bool awaiting;         /* a step is in flight on the worker */
 	/* history for replay: prompt (as tokenized) + generated */
 	int32_t *prompt;
@@ -253,6 +257,11 @@ struct pin {
 void broker_clock(struct broker *b);
 void broker_reap(struct broker *b);
 const char *broker_peer_name(const uint8_t *ident, size_t len, char *buf, size_t cap);
+
+/* heads.c: expands GenerateRequest.guidance.head_set into heads from
+ * --head-sets DIR (NAME.heads: one "L:H" per line, '#' comments); 0 or
+ * INVALID_ARGUMENT with a reason. */
+int heads_expand(const struct broker *b, Itt__Guidance *g, char *reason, size_t cap);
 
 /* front.c */
 bool front_authorized(const struct broker *b, const char *key);

@@ -56,6 +56,8 @@ static const struct cfg_opt cfg_opts[] = {
      "at most this many ended requests are kept (oldest dropped first)"},
     {"act-f16", CFG_INT, "0", 0, 1, CFG_AT(act_f16),
      "1: pipeline stages pass activations as F16 (half the bytes), 0: F32"},
+    {"head-sets", CFG_STR, "", 0, 255, CFG_AT(head_sets),
+     "folder of head-set files NAME.heads that guidance.head_set may name"},
     {"api-key", CFG_KEYS, "", 1, 128, 0,
      "accepted API key (repeatable); when set, SUBMIT and STATS need one"},
     {"log-level", CFG_LEVEL, "info", 0, 3, CFG_AT(log_level), "error, warn, info or debug"},

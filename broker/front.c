@@ -228,6 +228,15 @@ static void front_submit(struct broker *b, const struct wire_msg *m)
 		front_refuse(b, m, g->request_id, ITT__CODE__MODEL_NOT_FOUND, reason);
 		goto out;
 	}
+	if (g->guidance && (code = heads_expand(b, g->guidance, reason, sizeof reason))) {
+		front_refuse(b, m, g->request_id, code, reason);
+		goto out;
+	}
+	if ((code = validate_techniques(g->guidance, g->speculative, g->early_exit, mo->n_layers,
+	                                mo->n_heads, false, reason, sizeof reason))) {
+		front_refuse(b, m, g->request_id, code, reason);
+		goto out;
+	}
 	if (g->n_prompt_tokens >= mo->ctx_len) {
 		snprintf(reason, sizeof reason,
 		         "prompt_tokens has %zu ids; model %s has a context of %u tokens",

@@ -216,6 +216,9 @@ static int req_send_open(struct broker *b, struct request *r, uint32_t k,
 		o.prompt = r->req->prompt ? r->req->prompt : (char *)"";
 	}
 	o.hidden = (Itt__TensorInfo *)hidden;
+	o.guidance = r->req->guidance;
+	o.speculative = r->req->speculative;
+	o.early_exit = r->req->early_exit;
 	struct worker *w = r->stages[k].w;
 	r->stages[k].opened = true;
 	r->at = k;
@@ -245,6 +248,9 @@ static void req_open(struct broker *b, struct request *r, struct worker *const *
 	r->model->n_running++;
 	r->state = REQ_RUNNING;
 	r->step = 0;
+	r->n_draft = 0;
+	r->branch_rows = r->req->guidance && r->req->guidance->scale > 0 &&
+	                 r->req->guidance->n_heads > 0;
 	if (!r->t_open_us)
 		r->t_open_us = b->now_us;
 	if (req_send_open(b, r, 0, NULL, NULL, 0) < 0)
@@ -439,6 +445,33 @@ static int req_check_result(const struct request *r, const Itt__StepResult *res,
 		         BROKER_MAX_PIECE);
 		return -1;
 	}
+	if (res->n_tokens) {
+		if (res->n_tokens > 1 + (size_t)r->n_draft || res->n_pieces != res->n_tokens ||
+		    res->tokens[res->n_tokens - 1] != res->token) {
+			snprintf(why, cap,
+			         "RESULT has %zu tokens and %zu pieces for a step of %u drafts (token "
+			         "must be the last)",
+			         res->n_tokens, res->n_pieces, r->n_draft);
+			return -1;
+		}
+		for (size_t i = 0; i < res->n_tokens; i++)
+			if (res->tokens[i] < 0 || (uint32_t)res->tokens[i] >= m->vocab ||
+			    res->pieces[i].len > BROKER_MAX_PIECE) {
+				snprintf(why, cap, "RESULT tokens[%zu] = %d or its piece is out of range",
+				         i, res->tokens[i]);
+				return -1;
+			}
+	}
+	if (res->n_draft > sizeof r->draft / sizeof r->draft[0]) {
+		snprintf(why, cap, "RESULT has %zu drafts; at most %zu", res->n_draft,
+		         sizeof r->draft / sizeof r->draft[0]);
+		return -1;
+	}
+	for (size_t i = 0; i < res->n_draft; i++)
+		if (res->draft[i] < 0 || (uint32_t)res->draft[i] >= m->vocab) {
+			snprintf(why, cap, "RESULT draft[%zu] = %d is not a token id", i, res->draft[i]);
+			return -1;
+		}
 common:
 	if (res->n_pos > m->ctx_len) {
 		snprintf(why, cap, "RESULT n_pos %u exceeds the context %u", res->n_pos,
@@ -496,6 +529,56 @@ static void req_count_token(struct broker *b, struct worker *w)
 	w->tok_bucket[no % 8]++;
 }
 
+/* Takes one generated token: end conditions, history, stop strings, a
+ * chunk.  True when the request ended (r may be gone). */
+static bool req_take(struct broker *b, struct request *r, int32_t tok, const uint8_t *piece,
+                     size_t len)
+{
+	const struct model *m = r->model;
+	if (m->eos >= 0 && tok == m->eos) {
+		req_end(b, r, 0, "eos");
+		return true;
+	}
+	if ((int64_t)r->n_gen >= r->max_tokens) {
+		req_end(b, r, 0, "length");
+		return true;
+	}
+	if (req_append(r, tok, piece, len) < 0) {
+		req_end(b, r, ITT__CODE__INTERNAL, "out of memory");
+		return true;
+	}
+	size_t held = r->text_len - r->text_sent, safe;
+	size_t hit = sampler_find_stop(r->text + r->text_sent, held,
+	                               (const char *const *)r->req->stop, r->req->n_stop, &safe);
+	if (hit < held) {
+		r->text_len = r->text_sent + hit;
+		if (req_emit(b, r, r->text_len) < 0)
+			req_end(b, r, ITT__CODE__INTERNAL, "out of memory");
+		else
+			req_end(b, r, 0, "stop");
+		return true;
+	}
+	if (req_emit(b, r, r->text_sent + safe) < 0) {
+		req_end(b, r, ITT__CODE__INTERNAL, "out of memory");
+		return true;
+	}
+	return false;
+}
+
+/* A STEP of the session's current step: the last token and the drafts,
+ * from position pos (toks has room for 1 + 16). */
+static void req_fill_step(const struct request *r, Itt__StepRequest *s, int32_t *toks)
+{
+	s->has_session_id = s->has_step = s->has_pos = true;
+	s->session_id = r->session_id;
+	s->step = r->step;
+	toks[0] = r->gen[r->n_gen - 1];
+	memcpy(toks + 1, r->draft, r->n_draft * sizeof *toks);
+	s->tokens = toks;
+	s->n_tokens = 1 + r->n_draft;
+	s->pos = r->n_prompt + r->n_gen - 1;
+}
+
 /* Sends the step's rows on to stage k (OPEN the first time, else STEP). */
 static void req_forward(struct broker *b, struct request *r, uint32_t k,
                         const Itt__TensorInfo *hidden, const void *tensor, size_t len)
@@ -505,12 +588,9 @@ static void req_forward(struct broker *b, struct request *r, uint32_t k,
 			req_end(b, r, ITT__CODE__INTERNAL, "out of memory");
 		return;
 	}
+	int32_t toks[1 + sizeof r->draft / sizeof r->draft[0]];
 	Itt__StepRequest s = ITT__STEP_REQUEST__INIT;
-	s.has_session_id = s.has_step = true;
-	s.session_id = r->session_id;
-	s.step = r->step;
-	s.n_tokens = 1;
-	s.tokens = &r->gen[r->n_gen - 1];
+	req_fill_step(r, &s, toks);
 	s.hidden = (Itt__TensorInfo *)hidden;
 	r->at = k;
 	r->awaiting = true;
@@ -557,7 +637,8 @@ void req_on_result_msg(struct broker *b, struct worker *w, const Itt__StepResult
 		r->have_prompt = true;
 	}
 	if (!last) {
-		uint32_t rows = res->step == 0 ? r->n_prompt + r->n_gen : 1;
+		uint32_t rows = (res->step == 0 ? r->n_prompt + r->n_gen : 1 + r->n_draft) *
+		                (r->branch_rows ? 2 : 1);
 		int code = 0;
 		if (!r->have_prompt) {
 			snprintf(why, sizeof why, "stage %u RESULT of step 0 lacks prompt_tokens",
@@ -577,33 +658,12 @@ void req_on_result_msg(struct broker *b, struct worker *w, const Itt__StepResult
 		return;
 	}
 	const struct model *m = r->model;
-	int32_t tok = res->token;
-	if (m->eos >= 0 && tok == m->eos) {
-		req_end(b, r, 0, "eos");
-		return;
-	}
-	if ((int64_t)r->n_gen >= r->max_tokens) {
-		req_end(b, r, 0, "length");
-		return;
-	}
-	if (req_append(r, tok, res->piece.data, res->piece.len) < 0) {
-		req_end(b, r, ITT__CODE__INTERNAL, "out of memory");
-		return;
-	}
-	size_t held = r->text_len - r->text_sent, safe;
-	size_t hit = sampler_find_stop(r->text + r->text_sent, held,
-	                               (const char *const *)r->req->stop, r->req->n_stop, &safe);
-	if (hit < held) {
-		r->text_len = r->text_sent + hit;
-		if (req_emit(b, r, r->text_len) < 0)
-			req_end(b, r, ITT__CODE__INTERNAL, "out of memory");
-		else
-			req_end(b, r, 0, "stop");
-		return;
-	}
-	if (req_emit(b, r, r->text_sent + safe) < 0) {
-		req_end(b, r, ITT__CODE__INTERNAL, "out of memory");
-		return;
+	size_t nt = res->n_tokens ? res->n_tokens : 1;
+	for (size_t i = 0; i < nt; i++) {
+		int32_t tok = res->n_tokens ? res->tokens[i] : res->token;
+		const ProtobufCBinaryData *pc = res->n_tokens ? &res->pieces[i] : &res->piece;
+		if (req_take(b, r, tok, pc->data, pc->len))
+			return; /* ended */
 	}
 	uint64_t seq_len =
 	    r->have_prompt ? (uint64_t)r->n_prompt + r->n_gen : (uint64_t)res->n_pos + 1;
@@ -615,12 +675,19 @@ void req_on_result_msg(struct broker *b, struct worker *w, const Itt__StepResult
 		req_end(b, r, 0, "context");
 		return;
 	}
+	/* drafts for the next step: only those that can still be used */
+	uint64_t room = m->ctx_len - 1 - seq_len, want = (uint64_t)(r->max_tokens - r->n_gen) - 1;
+	r->n_draft = (uint32_t)res->n_draft;
+	if (r->n_draft > room)
+		r->n_draft = (uint32_t)room;
+	if (r->n_draft > want)
+		r->n_draft = (uint32_t)want;
+	if (r->n_draft)
+		memcpy(r->draft, res->draft, r->n_draft * sizeof *r->draft);
+	int32_t toks[1 + sizeof r->draft / sizeof r->draft[0]];
 	Itt__StepRequest s = ITT__STEP_REQUEST__INIT;
-	s.has_session_id = s.has_step = true;
-	s.session_id = r->session_id;
-	s.step = ++r->step;
-	s.n_tokens = 1;
-	s.tokens = &r->gen[r->n_gen - 1];
+	r->step++;
+	req_fill_step(r, &s, toks);
 	r->at = 0;
 	r->awaiting = true;
 	r->stages[0].w->in_flight++;

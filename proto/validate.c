@@ -133,3 +133,125 @@ int validate_generate(const Itt__GenerateRequest *r, const struct wire_limits *l
 	return validate_sampling(r->sampling, vocab, l, &sp, bias, sizeof bias / sizeof bias[0],
 				 reason, cap);
 }
+
+int validate_parse_head(const char *s, uint32_t *layer, uint32_t *head)
+{
+	uint32_t v[2] = {0, 0};
+	int part = 0, digits = 0;
+	for (const char *c = s; ; c++) {
+		if (*c >= '0' && *c <= '9') {
+			if (++digits > 6)
+				return -1;
+			v[part] = v[part] * 10u + (uint32_t)(*c - '0');
+		} else if (*c == ':' && part == 0 && digits) {
+			part = 1;
+			digits = 0;
+		} else if (*c == 0 && part == 1 && digits) {
+			break;
+		} else {
+			return -1;
+		}
+	}
+	*layer = v[0];
+	*head = v[1];
+	return 0;
+}
+
+static int validate_guidance(const Itt__Guidance *g, uint32_t n_layers, uint32_t n_heads,
+			     bool allow_head_set, char *reason, size_t cap)
+{
+	bool has_set = g->head_set && *g->head_set;
+	bool has_neg = g->negative_prompt && *g->negative_prompt;
+	if ((g->n_heads > 0) + has_set + has_neg > 1)
+		return bad(reason, cap, "guidance: heads, head_set and negative_prompt are exclusive");
+	if (has_set && !allow_head_set)
+		return bad(reason, cap, "guidance.head_set %.64s was not expanded", g->head_set);
+	if (g->has_scale && !(g->scale >= 0.0f && g->scale <= VALIDATE_MAX_SCALE))
+		return bad(reason, cap, "guidance.scale must be in [0, %g], got %g",
+			   (double)VALIDATE_MAX_SCALE, (double)g->scale);
+	if (g->has_blend && !(g->blend >= 0.0f && g->blend <= 1.0f))
+		return bad(reason, cap, "guidance.blend must be in [0, 1], got %g", (double)g->blend);
+	if (g->scale > 0 && !g->n_heads && !has_set && !has_neg)
+		return bad(reason, cap,
+			   "guidance.scale > 0 needs heads, a head_set or a negative_prompt");
+	if (has_neg && strlen(g->negative_prompt) > 262144)
+		return bad(reason, cap, "guidance.negative_prompt has more than 262144 bytes");
+	if (g->n_heads > VALIDATE_MAX_HEADS)
+		return bad(reason, cap, "guidance.heads has %zu entries; at most %d", g->n_heads,
+			   VALIDATE_MAX_HEADS);
+	for (size_t i = 0; i < g->n_heads; i++) {
+		uint32_t l, h;
+		if (validate_parse_head(g->heads[i], &l, &h) < 0)
+			return bad(reason, cap, "guidance.heads[%zu] = \"%.32s\" is not LAYER:HEAD", i,
+				   g->heads[i]);
+		if ((n_layers && l >= n_layers) || (n_heads && h >= n_heads))
+			return bad(reason, cap,
+				   "guidance.heads[%zu] = %u:%u: no such head (the model has %u "
+				   "layers of %u heads)",
+				   i, l, h, n_layers, n_heads);
+		for (size_t j = 0; j < i; j++) {
+			uint32_t l2, h2;
+			if (validate_parse_head(g->heads[j], &l2, &h2) == 0 && l2 == l && h2 == h)
+				return bad(reason, cap, "guidance.heads: %u:%u is listed twice", l, h);
+		}
+	}
+	return 0;
+}
+
+static int validate_speculative(const Itt__Speculative *s, uint32_t n_layers, char *reason,
+				size_t cap)
+{
+	const char *d = s->draft ? s->draft : "ngram";
+	bool ngram = !strcmp(d, "ngram"), exitd = !strcmp(d, "exit");
+	if (!ngram && !exitd)
+		return bad(reason, cap, "speculative.draft must be \"ngram\" or \"exit\", got \"%.32s\"",
+			   d);
+	if (!s->has_max_draft || s->max_draft < 1 || s->max_draft > VALIDATE_MAX_DRAFT)
+		return bad(reason, cap, "speculative.max_draft must be in [1, %d], got %u",
+			   VALIDATE_MAX_DRAFT, s->has_max_draft ? s->max_draft : 0);
+	if (exitd && (!s->has_exit_layers || s->exit_layers < 1 ||
+		      (n_layers && s->exit_layers >= n_layers)))
+		return bad(reason, cap, "speculative.exit_layers must be in [1, %u), got %u",
+			   n_layers, s->exit_layers);
+	uint32_t lo = s->has_ngram_min ? s->ngram_min : 1, hi = s->has_ngram_max ? s->ngram_max : 3;
+	if (lo < 1 || hi < lo || hi > VALIDATE_MAX_NGRAM)
+		return bad(reason, cap,
+			   "speculative: need 1 <= ngram_min <= ngram_max <= %d, got %u and %u",
+			   VALIDATE_MAX_NGRAM, lo, hi);
+	return 0;
+}
+
+static int validate_early_exit(const Itt__EarlyExit *e, uint32_t n_layers, char *reason,
+			       size_t cap)
+{
+	if (!e->has_threshold || !(e->threshold >= 0.0f && e->threshold <= 1.0f))
+		return bad(reason, cap, "early_exit.threshold must be in [0, 1]");
+	if (e->n_layers < 1 || e->n_layers > VALIDATE_MAX_EXITS)
+		return bad(reason, cap, "early_exit.layers has %zu entries; 1..%d", e->n_layers,
+			   VALIDATE_MAX_EXITS);
+	for (size_t i = 0; i < e->n_layers; i++) {
+		if (i && e->layers[i] <= e->layers[i - 1])
+			return bad(reason, cap, "early_exit.layers must ascend (%u after %u)",
+				   e->layers[i], e->layers[i - 1]);
+		if (n_layers && e->layers[i] + 1 >= n_layers)
+			return bad(reason, cap,
+				   "early_exit.layers[%zu] = %u: must be below %u (the last layer "
+				   "is the full model)",
+				   i, e->layers[i], n_layers ? n_layers - 1 : 0);
+	}
+	return 0;
+}
+
+int validate_techniques(const Itt__Guidance *g, const Itt__Speculative *sp,
+			const Itt__EarlyExit *ee, uint32_t n_layers, uint32_t n_heads,
+			bool allow_head_set, char *reason, size_t cap)
+{
+	int rc;
+	if (g && (rc = validate_guidance(g, n_layers, n_heads, allow_head_set, reason, cap)))
+		return rc;
+	if (sp && (rc = validate_speculative(sp, n_layers, reason, cap)))
+		return rc;
+	if (ee && (rc = validate_early_exit(ee, n_layers, reason, cap)))
+		return rc;
+	return 0;
+}

@@ -5,6 +5,7 @@
 #ifndef ITT_VALIDATE_H
 #define ITT_VALIDATE_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -39,5 +40,25 @@ int validate_generate(const Itt__GenerateRequest *r, const struct wire_limits *l
 int validate_sampling(const Itt__SamplingParams *p, uint32_t vocab, const struct wire_limits *l,
 		      struct sampler_params *out, struct sampler_bias *bias_buf, size_t bias_cap,
 		      char *reason, size_t cap);
+
+/* Limits of the techniques (PROTOCOL.md, "Techniques"). */
+#define VALIDATE_MAX_HEADS     4096
+#define VALIDATE_MAX_SCALE     100.0f
+#define VALIDATE_MAX_DRAFT     16
+#define VALIDATE_MAX_NGRAM     8
+#define VALIDATE_MAX_EXITS     64
+
+/* Parses "L:H" (decimal, no spaces) into *layer, *head; -1 when malformed. */
+int validate_parse_head(const char *s, uint32_t *layer, uint32_t *head);
+
+/* Checks guidance, speculative and early_exit of a request (or of an OPEN:
+ * the same messages) against the model's shape: n_layers and n_heads (0:
+ * unknown, the bound checks that need it are skipped; the worker repeats
+ * them).  head_set must already be expanded into heads by the broker, or
+ * allow_head_set lets it through (a broker that has not expanded it yet).
+ * 0, or ITT__CODE__INVALID_ARGUMENT with a reason naming the field. */
+int validate_techniques(const Itt__Guidance *g, const Itt__Speculative *sp,
+			const Itt__EarlyExit *ee, uint32_t n_layers, uint32_t n_heads,
+			bool allow_head_set, char *reason, size_t cap);
 
 #endif
