@@ -2,7 +2,11 @@
  * implementation: a batch of rows from several sequences gives the same
  * logits as running each sequence one token at a time; layers [0,k) then
  * [k,n) on two model instances equal the whole model; bad batches and a
- * full KV cache are refused without changing any sequence. */
+ * full KV cache are refused without changing any sequence.  The techniques:
+ * a neutral perturbation (blend 0, empty mask) and an early exit that never
+ * fires are the plain pass bit for bit; an exit with threshold 0 after
+ * layer k is the stop_layer k+1 draft pass; bad technique fields are
+ * refused. */
 #include <math.h>
 #include <setjmp.h>
 #include <stdarg.h>
@@ -572,6 +576,284 @@ static void layer_range_is_validated(void **state)
 	assert_int_equal(model_open("/nonexistent/model.gguf", 0, 0, &m, &err), ITT_E_IO);
 }
 
+/* --- inference-time techniques -------------------------------------------- */
+
+enum { TN = 2, TL = 9 }; /* sequences, tokens each */
+
+/* One batch of TN sequences x TL tokens (sequence-major) on fresh
+ * sequences, with the given technique fields; logits into out. */
+static void run_tech(struct engine *e, const struct forward_perturb *const *perturb,
+                     uint32_t stop_layer, const struct forward_exit *ex, float *out)
+{
+	uint32_t V = e->model->hp.vocab;
+	struct kv_seq seqs[TN], *sp[TN * TL];
+	int32_t tok[TN * TL];
+	uint32_t pos[TN * TL];
+	for (uint32_t s = 0; s < TN; s++) {
+		kv_seq_init(&seqs[s]);
+		for (uint32_t i = 0; i < TL; i++) {
+			tok[s * TL + i] = token_of(s + 4, i, V);
+			pos[s * TL + i] = i;
+			sp[s * TL + i] = &seqs[s];
+		}
+	}
+	struct itt_err err = {0};
+	struct forward_batch b = {.n_rows = TN * TL, .tokens = tok, .pos = pos, .seqs = sp,
+	                          .perturb = perturb, .stop_layer = stop_layer, .exit = ex};
+	int rc = forward_run(&e->fwd, &b, out, &err);
+	if (rc != 0)
+		fail_msg("forward_run: %s", err.msg);
+	for (uint32_t s = 0; s < TN; s++)
+		kv_seq_free(&e->kv, &seqs[s]);
+}
+
+static void neutral_perturbation_is_plain_bit_for_bit(void **state)
+{
+	const char *path = tu_model_path("stories260K.gguf");
+	if (!path)
+		skip();
+	struct engine *e = open_model(path, 0, 0, 2, 64, 0);
+	const struct model_hparams *hp = &e->model->hp;
+	size_t nl = (size_t)TN * TL * hp->vocab;
+	float *plain = malloc(nl * sizeof(float)), *got = malloc(nl * sizeof(float));
+	uint8_t *all = malloc((size_t)hp->n_layers * hp->n_heads);
+	uint8_t *none = calloc((size_t)hp->n_layers * hp->n_heads, 1);
+	memset(all, 1, (size_t)hp->n_layers * hp->n_heads);
+	run_tech(e, NULL, 0, NULL, plain);
+
+	struct forward_perturb zero = {all, 0.0f}, empty = {none, 1.0f}, full = {all, 1.0f};
+	const struct forward_perturb *rows[TN * TL];
+	for (int i = 0; i < TN * TL; i++)
+		rows[i] = &zero;
+	run_tech(e, rows, 0, NULL, got);
+	assert_memory_equal(got, plain, nl * sizeof(float));
+	for (int i = 0; i < TN * TL; i++)
+		rows[i] = &empty;
+	run_tech(e, rows, 0, NULL, got);
+	assert_memory_equal(got, plain, nl * sizeof(float));
+	/* every row NULL: plain too */
+	for (int i = 0; i < TN * TL; i++)
+		rows[i] = NULL;
+	run_tech(e, rows, 0, NULL, got);
+	assert_memory_equal(got, plain, nl * sizeof(float));
+
+	/* perturbing the second sequence only changes that sequence's rows,
+	 * except its first row (one position: attention is the identity) */
+	for (int i = TL; i < TN * TL; i++)
+		rows[i] = &full;
+	run_tech(e, rows, 0, NULL, got);
+	size_t rowf = hp->vocab * sizeof(float);
+	assert_memory_equal(got, plain, TL * rowf);
+	assert_true(row_rel_diff(got + (size_t)TL * hp->vocab, plain + (size_t)TL * hp->vocab,
+	                         hp->vocab) < 1e-5);
+	double d = worst_rel_diff(got + (size_t)(TL + 1) * hp->vocab,
+	                          plain + (size_t)(TL + 1) * hp->vocab, TL - 1, hp->vocab);
+	print_message("all heads perturbed (u = 1) vs plain: %.3g\n", d);
+	assert_true(d > 1e-3);
+	free(plain);
+	free(got);
+	free(all);
+	free(none);
+	engine_close(&e);
+}
+
+static void exit_that_never_fires_is_plain_bit_for_bit(void **state)
+{
+	const char *path = tu_model_path("stories260K.gguf");
+	if (!path)
+		skip();
+	struct engine *e = open_model(path, 0, 0, 1, 64, 0);
+	const struct model_hparams *hp = &e->model->hp;
+	size_t nl = (size_t)TN * TL * hp->vocab;
+	float *plain = malloc(nl * sizeof(float)), *got = malloc(nl * sizeof(float));
+	uint32_t layers[] = {0, 1, 2, 3, 4}, at[TN * TL];
+	struct forward_exit ex = {layers, 5, 1.5f, at};
+	run_tech(e, NULL, 0, NULL, plain);
+	run_tech(e, NULL, 0, &ex, got);
+	assert_memory_equal(got, plain, nl * sizeof(float));
+	for (int i = 0; i < TN * TL; i++)
+		assert_int_equal(at[i], hp->n_layers - 1);
+	/* stop_layer at the last layer is the whole model */
+	run_tech(e, NULL, hp->n_layers, NULL, got);
+	assert_memory_equal(got, plain, nl * sizeof(float));
+	free(plain);
+	free(got);
+	engine_close(&e);
+}
+
+static void exit_at_threshold_zero_is_the_stop_layer_pass(void **state)
+{
+	const char *path = tu_model_path("stories260K.gguf");
+	if (!path)
+		skip();
+	struct engine *e = open_model(path, 0, 0, 1, 64, 0);
+	const struct model_hparams *hp = &e->model->hp;
+	size_t nl = (size_t)TN * TL * hp->vocab;
+	float *draft = malloc(nl * sizeof(float)), *got = malloc(nl * sizeof(float));
+	float *plain = malloc(nl * sizeof(float));
+	run_tech(e, NULL, 0, NULL, plain);
+	for (uint32_t k = 0; k + 1 < hp->n_layers; k++) {
+		uint32_t layers[] = {k, k + 1}, at[TN * TL];
+		struct forward_exit ex = {layers, 2, 0.0f, at};
+		run_tech(e, NULL, k + 1, NULL, draft);
+		run_tech(e, NULL, 0, &ex, got);
+		assert_memory_equal(got, draft, nl * sizeof(float));
+		for (int i = 0; i < TN * TL; i++)
+			assert_int_equal(at[i], k);
+		assert_true(worst_rel_diff(draft, plain, TN * TL, hp->vocab) > 1e-3);
+	}
+	free(draft);
+	free(got);
+	free(plain);
+	engine_close(&e);
+}
+
+static float margin_of(const float *l, uint32_t n)
+{
+	uint32_t a = argmax(l, n);
+	double mx = l[a], sum = 0, second = 0;
+	for (uint32_t i = 0; i < n; i++) {
+		double p = exp((double)l[i] - mx);
+		sum += p;
+		if (i != a && p > second)
+			second = p;
+	}
+	return (float)((1.0 - second) / sum);
+}
+
+/* Rows of independent one-token sequences, some wanting logits: with a
+ * threshold between their margins some stop after layer 1 and some run
+ * through; each row's logits (in row order) are its own draft or full
+ * logits, and exited_at says which. */
+static void mixed_exits_keep_row_order(void **state)
+{
+	const char *path = tu_model_path("stories260K.gguf");
+	if (!path)
+		skip();
+	enum { N = 12 };
+	struct engine *e = open_model(path, 0, 0, 2, 64, 0);
+	const struct model_hparams *hp = &e->model->hp;
+	uint32_t V = hp->vocab;
+	float *draft = malloc((size_t)N * V * sizeof(float));
+	float *full = malloc((size_t)N * V * sizeof(float));
+	float *got = malloc((size_t)N * V * sizeof(float));
+	struct kv_seq seqs[N], *sp[N];
+	int32_t tok[N];
+	uint32_t pos[N] = {0}, at[N], layers[] = {1};
+	uint8_t want[N];
+	struct itt_err err = {0};
+	for (uint32_t i = 0; i < N; i++) {
+		kv_seq_init(&seqs[i]);
+		sp[i] = &seqs[i];
+		tok[i] = token_of(i, 3, V);
+		want[i] = i % 3 != 1;
+	}
+	struct forward_batch b = {.n_rows = N, .tokens = tok, .pos = pos, .seqs = sp};
+	b.stop_layer = 2;
+	assert_int_equal(forward_run(&e->fwd, &b, draft, &err), 0);
+	for (uint32_t i = 0; i < N; i++)
+		kv_seq_truncate(&e->kv, &seqs[i], 0);
+	b.stop_layer = 0;
+	assert_int_equal(forward_run(&e->fwd, &b, full, &err), 0);
+	for (uint32_t i = 0; i < N; i++)
+		kv_seq_truncate(&e->kv, &seqs[i], 0);
+	/* threshold: the median margin of the wanting rows' drafts */
+	float mg[N], sorted[N];
+	uint32_t nw = 0;
+	for (uint32_t i = 0; i < N; i++) {
+		mg[i] = margin_of(draft + (size_t)i * V, V);
+		if (want[i])
+			sorted[nw++] = mg[i];
+	}
+	for (uint32_t i = 0; i < nw; i++)
+		for (uint32_t j = i + 1; j < nw; j++)
+			if (sorted[j] < sorted[i]) {
+				float t = sorted[i];
+				sorted[i] = sorted[j];
+				sorted[j] = t;
+			}
+	float thr = 0.5f * (sorted[nw / 2 - 1] + sorted[nw / 2]);
+	struct forward_exit ex = {layers, 1, thr, at};
+	b.want_logits = want;
+	b.exit = &ex;
+	assert_int_equal(forward_run(&e->fwd, &b, got, &err), 0);
+	uint32_t o = 0, n_exit = 0;
+	for (uint32_t i = 0; i < N; i++) {
+		if (!want[i]) {
+			assert_int_equal(at[i], hp->n_layers - 1);
+			continue;
+		}
+		bool stops = mg[i] >= thr;
+		assert_int_equal(at[i], stops ? 1 : hp->n_layers - 1);
+		const float *ref = (stops ? draft : full) + (size_t)i * V;
+		assert_true(row_rel_diff(got + (size_t)o * V, ref, V) < 1e-5);
+		n_exit += stops;
+		o++;
+	}
+	print_message("mixed exits: %u of %u rows stopped after layer 1\n", n_exit, nw);
+	assert_true(n_exit > 0 && n_exit < nw);
+	for (uint32_t i = 0; i < N; i++)
+		kv_seq_free(&e->kv, &seqs[i]);
+	free(draft);
+	free(full);
+	free(got);
+	engine_close(&e);
+}
+
+static void bad_technique_fields_are_refused(void **state)
+{
+	const char *path = tu_model_path("stories260K.gguf");
+	if (!path)
+		skip();
+	struct engine *e = open_model(path, 0, 0, 1, 8, 0);
+	struct engine *head_less = open_model(path, 0, 3, 1, 8, 0);
+	uint32_t V = e->model->hp.vocab;
+	float *out = malloc(8 * (size_t)V * sizeof(float));
+	struct kv_seq s, *sp[2] = {&s, &s};
+	kv_seq_init(&s);
+	struct itt_err err = {0};
+	int32_t tok[2] = {1, 2};
+	uint32_t pos[2] = {0, 1}, at[2];
+	uint8_t mask[5 * 8] = {0};
+	struct forward_batch b = {.n_rows = 2, .tokens = tok, .pos = pos, .seqs = sp};
+
+	b.stop_layer = 6;
+	assert_int_equal(forward_run(&e->fwd, &b, out, &err), ITT_E_INVALID);
+	assert_non_null(strstr(err.msg, "stop_layer"));
+	b.stop_layer = 2;
+	assert_int_equal(forward_run(&head_less->fwd, &b, out, &err), ITT_E_INVALID);
+	assert_non_null(strstr(err.msg, "output head"));
+	b.stop_layer = 0;
+	uint32_t desc[2] = {2, 1}, beyond[1] = {5};
+	struct forward_exit ex = {desc, 2, 0.5f, at};
+	b.exit = &ex;
+	assert_int_equal(forward_run(&e->fwd, &b, out, &err), ITT_E_INVALID);
+	assert_non_null(strstr(err.msg, "ascend"));
+	ex.layers = beyond;
+	ex.n_layers = 1;
+	assert_int_equal(forward_run(&e->fwd, &b, out, &err), ITT_E_INVALID);
+	ex.layers = desc + 1;
+	ex.threshold = NAN;
+	assert_int_equal(forward_run(&e->fwd, &b, out, &err), ITT_E_INVALID);
+	ex.threshold = 0.5f;
+	ex.exited_at = NULL;
+	assert_int_equal(forward_run(&e->fwd, &b, out, &err), ITT_E_INVALID);
+	b.exit = NULL;
+	struct forward_perturb bad = {mask, 1.5f}, nomask = {NULL, 0.5f};
+	const struct forward_perturb *rows[2] = {NULL, &bad};
+	b.perturb = rows;
+	assert_int_equal(forward_run(&e->fwd, &b, out, &err), ITT_E_INVALID);
+	assert_non_null(strstr(err.msg, "blend"));
+	rows[1] = &nomask;
+	assert_int_equal(forward_run(&e->fwd, &b, out, &err), ITT_E_INVALID);
+	assert_int_equal(s.n_pos, 0);
+	assert_int_equal(e->kv.n_free, e->kv.n_blocks);
+	kv_seq_free(&e->kv, &s);
+	free(out);
+	engine_close(&e);
+	engine_close(&head_less);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -583,6 +865,11 @@ int main(void)
 	    cmocka_unit_test(paged_equals_contiguous_and_f16_close),
 	    cmocka_unit_test(f16_kv_greedy_text_matches),
 	    cmocka_unit_test(shared_prefix_gives_unshared_logits),
+	    cmocka_unit_test(neutral_perturbation_is_plain_bit_for_bit),
+	    cmocka_unit_test(exit_that_never_fires_is_plain_bit_for_bit),
+	    cmocka_unit_test(exit_at_threshold_zero_is_the_stop_layer_pass),
+	    cmocka_unit_test(mixed_exits_keep_row_order),
+	    cmocka_unit_test(bad_technique_fields_are_refused),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
