@@ -11,7 +11,11 @@ First the reference is validated on its own (no C code involved):
 Then the C engine's itt-dump-logits is compared with it on prompts of 1, 7
 and 33 tokens: stories260K whole and as [0,2) -> hidden file -> [2,5), and a
 synthetic model (itt-synth) in F32, F16, Q8_0, Q4_0 (itt-quantize), whole
-and as a layer range.
+and as a layer range.  The techniques on stories260K and the F32 synthetic
+model: heads perturbed with blend 1 and 0.5 (the prompt at once and one
+token at a time), a stop_layer draft pass, and early exit at a threshold
+that stops some tokens and not others (same exit layers as the reference,
+and the logits, with later layers' K/V computed from the exit states).
 
 Measure: for each token row, max|c - ref| / max|ref| <= 1e-4 (the worst row
 is printed).  The engine computes in float32, the reference in float64, so
@@ -132,12 +136,12 @@ class Tools:
             return False
         return True
 
-    def dump(self, name, model_path, tokens, layers=None, hidden_in=None):
+    def dump(self, name, model_path, tokens, layers=None, hidden_in=None, extra=()):
         """C logits / hidden states as a flat float32 array, or None (reported)."""
         out = os.path.join(self.tmp, "c-%d.f32" % os.getpid())
         if os.path.exists(out):
             os.unlink(out)
-        args = [model_path, "--tokens", ",".join(map(str, tokens))]
+        args = [model_path, "--tokens", ",".join(map(str, tokens))] + list(extra)
         if layers:
             args += ["--layers", "%d:%d" % layers]
         if hidden_in is not None:
@@ -300,6 +304,61 @@ def check_engine_model(label, path, model, tools, toks_list, split):
         compare(name, tools.dump(name, path, toks, layers=(a, n_layers), hidden_in=h), r_full)
 
 
+def check_techniques(label, path, model, tools, toks, heads, stop_k):
+    """Head perturbation (u = 1 and 0.5, whole prompt and one row at a
+    time), a stop_layer draft pass and early exit against the reference."""
+    c = model.cfg
+    mask = ref.parse_heads(heads, c["n_layers"], c["n_heads"])
+    n = len(toks)
+    for u in (1.0, 0.5):
+        r = ref.forward(model, toks, perturb=mask, blend=u)
+        for batch in (n, 1):
+            name = "%s perturbed %s u=%g, %d tokens, batch %d" % (label, heads, u, n, batch)
+            compare(name, tools.dump(name, path, toks, extra=[
+                "--perturb", heads, "--blend", str(u), "--batch", str(batch)]), r)
+    # the perturbation must matter (else the comparison above proves little)
+    d = rel_err(ref.forward(model, toks, perturb=mask), ref.forward(model, toks))
+    report(d > 1e-3, "%s perturbation changes the logits" % label, "%.2e" % d)
+
+    name = "%s stop_layer %d (draft: %d layers + head), %d tokens" % (label, stop_k, stop_k, n)
+    compare(name, tools.dump(name, path, toks, extra=["--stop-layer", str(stop_k)]),
+            ref.forward(model, toks, stop_layer=stop_k))
+
+    # Early exit: a threshold at the median layer-1 margin (so some tokens
+    # stop, some run on), moved off any margin the float32 engine could
+    # decide the other way.
+    layers = list(range(1, c["n_layers"] - 1))
+    probe = {}
+    ref.forward(model, toks, exit_layers=layers, threshold=2.0, info=probe)
+    first = np.sort(probe["margins"][:n])
+    thr = float(0.5 * (first[n // 2 - 1] + first[n // 2]))
+    for _ in range(50):
+        info = {}
+        r = ref.forward(model, toks, exit_layers=layers, threshold=thr, info=info)
+        gap = min(abs(np.asarray(info["margins"]) - thr))
+        if gap > 2e-5:
+            break
+        thr += 4e-5
+    at = info["exited_at"]
+    early = int((at < c["n_layers"] - 1).sum())
+    report(0 < early < n, "%s early exit threshold %.5f stops some tokens, not all" % (label, thr),
+           "%d of %d stop early" % (early, n))
+    spec = ",".join(map(str, layers))
+    xfile = os.path.join(tools.tmp, "exited-%d.txt" % os.getpid())
+    for batch in (n, 1):
+        name = "%s early exit after %s, %d tokens, batch %d" % (label, spec, n, batch)
+        got = tools.dump(name, path, toks, extra=[
+            "--exit-layers", spec, "--exit-threshold", repr(thr), "--batch", str(batch),
+            "--exited-out", xfile])
+        if got is None:
+            continue
+        with open(xfile) as f:
+            c_at = [int(t) for t in f.read().strip().split(",")]
+        report(c_at == at.tolist(), name + ": exit layers", "C %s, reference %s" % (
+            c_at, at.tolist()) if c_at != at.tolist() else "")
+        compare(name, got, r)
+
+
 def main():
     mdir = model_dir()
     bin_dir = os.environ.get("ITT_BIN_DIR")
@@ -347,6 +406,8 @@ def main():
     elif stories is not None:
         check_engine_model("engine: stories260K", stories_path, stories, tools,
                            prompts(stories.cfg["vocab"], rng, story), 2)
+        check_techniques("engine: stories260K", stories_path, stories, tools, story[:33],
+                         "0:1,2:5,3:0,4:3", 2)
     else:
         skip("engine: stories260K", "no models (set ITT_MODEL_DIR)")
 
@@ -376,6 +437,9 @@ def main():
                                "file holds no %s matrices (types %s)" % (label, sorted(types)))
                     check_engine_model("engine: synthetic %s" % label, path, m, tools,
                                        prompts(m.cfg["vocab"], rng), 1)
+                    if label == "F32":
+                        check_techniques("engine: synthetic F32", path, m, tools,
+                                         [1] + rng.integers(3, 512, 20).tolist(), "0:0,1:3,2:2", 2)
 
     print("%d passed, %d failed" % (passed, failed), flush=True)
     if failed:

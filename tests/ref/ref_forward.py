@@ -24,9 +24,14 @@ y is [n_tokens, vocab] logits when b == n_layers, else the residual stream
 [n_tokens, dim] after layer b-1; when a > 0 the input is hidden_in
 [n_tokens, dim] instead of the token embeddings.
 
+Techniques (keyword arguments of forward): head perturbation (perturb,
+blend), a draft pass over the first layers (stop_layer) and early exit
+(exit_layers, threshold, info); see forward's docstring.
+
 Command line:
     ref_forward.py MODEL.gguf --tokens 1,2,3 [--layers A:B]
-                   [--hidden-in FILE] --out FILE
+                   [--hidden-in FILE] [--perturb L:H,... [--blend U]]
+                   [--stop-layer K] --out FILE
 writes raw little-endian float32 [n_tokens][vocab or dim];
     ref_forward.py MODEL.gguf --generate N
 prints N greedily decoded tokens after BOS.
@@ -191,8 +196,12 @@ def rope(x, pos, base, n_rot):
     return out
 
 
-def attention(q, k, v):
-    """q [n, H, hd], k and v [n, KV, hd] -> [n, H*hd]; causal, grouped-query."""
+def attention(q, k, v, heads=None, blend=1.0):
+    """q [n, H, hd], k and v [n, KV, hd] -> [n, H*hd]; causal, grouped-query.
+
+    heads: optional bool [H], the perturbed heads: their attention matrix
+    becomes (1 - blend) * softmax + blend * identity, i.e. their output
+    (1 - blend) * softmax(q k^T) v + blend * v[own position]."""
     n, n_heads, hd = q.shape
     group = n_heads // k.shape[1]
     k = np.repeat(k, group, axis=1)  # head h gets kv head h // group
@@ -202,18 +211,63 @@ def attention(q, k, v):
     scores -= scores.max(axis=-1, keepdims=True)
     p = np.exp(scores)
     p /= p.sum(axis=-1, keepdims=True)
+    if heads is not None and np.any(heads):
+        eye = np.eye(n)[None, :, :]
+        p = np.where(np.asarray(heads, dtype=bool)[:, None, None],
+                     (1.0 - blend) * p + blend * eye, p)
     return np.einsum("hij,jhd->ihd", p, v).reshape(n, n_heads * hd)
+
+
+def head(model, x):
+    """Output norm and head: logits [n, vocab] of residual streams x [n, dim]."""
+    return rmsnorm(x, model.w["output_norm"], model.cfg["eps"]) @ model.w["output"].T
+
+
+def margin(logits):
+    """Top-1 minus top-2 probability of softmax, per row."""
+    z = logits - logits.max(axis=-1, keepdims=True)
+    p = np.exp(z)
+    p /= p.sum(axis=-1, keepdims=True)
+    top = np.sort(p, axis=-1)
+    return top[:, -1] - top[:, -2]
+
+
+def parse_heads(spec, n_layers, n_heads):
+    """"L:H,L:H" -> bool mask [n_layers, n_heads]."""
+    mask = np.zeros((n_layers, n_heads), dtype=bool)
+    for item in spec.split(","):
+        l, h = (int(t) for t in item.split(":"))
+        mask[l, h] = True
+    return mask
 
 
 def silu(x):
     return x / (1.0 + np.exp(-x))
 
 
-def forward(model, tokens, layers=None, hidden_in=None):
+def forward(model, tokens, layers=None, hidden_in=None, perturb=None, blend=1.0,
+            stop_layer=None, exit_layers=None, threshold=None, info=None):
+    """Logits (or the residual stream) of tokens; see the module comment.
+
+    perturb: bool [n_layers, n_heads] of perturbed heads (global layers),
+    mixed with the identity by blend (attention() above).
+    stop_layer: run layers [a, stop_layer) and apply the head (a draft pass).
+    exit_layers, threshold: early exit; after each listed layer every row
+    still running is tested: the head's top-1 minus top-2 probability >=
+    threshold freezes its residual stream there (its logits are the head's
+    at that point), and later layers compute its K and V from that frozen
+    state.  info (a dict) receives "exited_at" (per row, global layer; the
+    last layer run when it ran through) and "margins" (all tested margins)."""
     c, w = model.cfg, model.w
     a, b = layers if layers is not None else (0, c["n_layers"])
     if not 0 <= a < b <= c["n_layers"]:
         raise ValueError("bad layer range %d:%d for %d layers" % (a, b, c["n_layers"]))
+    if stop_layer is not None:
+        if b != c["n_layers"] or not a < stop_layer <= b:
+            raise ValueError("stop_layer %d needs the head and a < stop <= %d" % (stop_layer, b))
+        b_run = stop_layer
+    else:
+        b_run = b
     tokens = np.asarray(tokens, dtype=np.int64)
     n = len(tokens)
     if a == 0:
@@ -226,20 +280,35 @@ def forward(model, tokens, layers=None, hidden_in=None):
         x = np.asarray(hidden_in, dtype=np.float64).reshape(n, c["dim"]).copy()
     pos = np.arange(n)
     H, KV, hd = c["n_heads"], c["n_kv_heads"], c["head_dim"]
-    for l in range(a, b):
+    active = np.ones(n, dtype=bool)
+    exited_at = np.full(n, b_run - 1, dtype=np.int64)
+    margins = []
+    for l in range(a, b_run):
         p = "blk.%d." % l
-        # attention block
+        # attention block (K and V of every row, frozen or not)
         h = rmsnorm(x, w[p + "attn_norm"], c["eps"])
         q = rope((h @ w[p + "attn_q"].T).reshape(n, H, hd), pos, c["base"], c["n_rot"])
         k = rope((h @ w[p + "attn_k"].T).reshape(n, KV, hd), pos, c["base"], c["n_rot"])
         v = (h @ w[p + "attn_v"].T).reshape(n, KV, hd)
-        x = x + attention(q, k, v) @ w[p + "attn_output"].T
+        heads = perturb[l] if perturb is not None else None
+        y = x + attention(q, k, v, heads, blend) @ w[p + "attn_output"].T
         # feed-forward block
-        h = rmsnorm(x, w[p + "ffn_norm"], c["eps"])
-        x = x + (silu(h @ w[p + "ffn_gate"].T) * (h @ w[p + "ffn_up"].T)) @ w[p + "ffn_down"].T
-    if b < c["n_layers"]:
+        h = rmsnorm(y, w[p + "ffn_norm"], c["eps"])
+        y = y + (silu(h @ w[p + "ffn_gate"].T) * (h @ w[p + "ffn_up"].T)) @ w[p + "ffn_down"].T
+        x = np.where(active[:, None], y, x)  # stopped rows keep their exit state
+        if exit_layers is not None and l in exit_layers and l + 1 < b_run and active.any():
+            mg = margin(head(model, x[active]))
+            margins.extend(mg.tolist())
+            idx = np.nonzero(active)[0]
+            stop = idx[mg >= threshold]
+            active[stop] = False
+            exited_at[stop] = l
+    if info is not None:
+        info["exited_at"] = exited_at
+        info["margins"] = margins
+    if b_run < c["n_layers"] and stop_layer is None:
         return x
-    return rmsnorm(x, w["output_norm"], c["eps"]) @ w["output"].T
+    return head(model, x)
 
 
 def piece_bytes(model, prev, tok):
@@ -277,6 +346,9 @@ def _main(argv):
     ap.add_argument("--hidden-in")
     ap.add_argument("--out")
     ap.add_argument("--generate", type=int)
+    ap.add_argument("--perturb", help="heads L:H,... perturbed in every row")
+    ap.add_argument("--blend", type=float, default=1.0)
+    ap.add_argument("--stop-layer", type=int)
     args = ap.parse_args(argv[1:])
     model = load_gguf(args.model)
     if args.generate is not None:
@@ -295,7 +367,11 @@ def _main(argv):
         if hidden.size != len(tokens) * model.cfg["dim"]:
             ap.error("--hidden-in holds %d floats, expected %d x %d"
                      % (hidden.size, len(tokens), model.cfg["dim"]))
-    y = forward(model, tokens, layers, hidden)
+    mask = None
+    if args.perturb:
+        mask = parse_heads(args.perturb, model.cfg["n_layers"], model.cfg["n_heads"])
+    y = forward(model, tokens, layers, hidden, perturb=mask, blend=args.blend,
+                stop_layer=args.stop_layer)
     y.astype("<f4").tofile(args.out)
     return 0
 

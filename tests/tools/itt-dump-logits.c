@@ -2,29 +2,40 @@
  * float32 output of every position, for comparison with the NumPy reference.
  *
  *   itt-dump-logits MODEL.gguf --tokens 1,2,3 [--layers A:B] [--hidden-in FILE]
- *                   [--threads T] [--batch N] --out FILE
+ *                   [--threads T] [--batch N] [--perturb L:H,... [--blend U]]
+ *                   [--stop-layer K] [--exit-layers L,... --exit-threshold T
+ *                   [--exited-out FILE]] --out FILE
  *
  * Output is [n_tokens][vocab] logits on a last stage and [n_tokens][dim]
  * residual stream otherwise.  --batch N feeds the tokens N rows at a time
- * (default: all at once), so batched and one-at-a-time runs can be compared. */
+ * (default: all at once), so batched and one-at-a-time runs can be compared.
+ * The techniques of forward.h apply to every row: --perturb the listed heads
+ * (blend U, default 1), --stop-layer a draft pass over layers [first, K),
+ * --exit-layers/--exit-threshold early exit, with the layer each token
+ * stopped after written to --exited-out as one comma-separated line. */
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "engine.h"
+#include "guidance.h"
 
 static int usage(void)
 {
 	fprintf(stderr, "usage: itt-dump-logits MODEL.gguf --tokens IDS [--layers A:B] "
-			"[--hidden-in FILE] [--threads T] [--batch N] --out FILE\n");
+			"[--hidden-in FILE] [--threads T] [--batch N] [--perturb L:H,... "
+			"[--blend U]] [--stop-layer K] [--exit-layers L,... --exit-threshold T "
+			"[--exited-out FILE]] --out FILE\n");
 	return 2;
 }
 
 int main(int argc, char **argv)
 {
 	const char *path = NULL, *out_path = NULL, *hidden_path = NULL, *tok_arg = NULL;
-	unsigned first = 0, last = 0, batch = 0;
+	const char *perturb_arg = NULL, *exit_arg = NULL, *exited_path = NULL;
+	unsigned first = 0, last = 0, batch = 0, stop_layer = 0;
+	float blend = 1.0f, threshold = -1.0f;
 	int threads = 1;
 
 	for (int i = 1; i < argc; i++) {
@@ -43,6 +54,18 @@ int main(int argc, char **argv)
 			threads = atoi(argv[++i]);
 		else if (!strcmp(a, "--batch") && v)
 			batch = (unsigned)atoi(argv[++i]);
+		else if (!strcmp(a, "--perturb") && v)
+			perturb_arg = argv[++i];
+		else if (!strcmp(a, "--blend") && v)
+			blend = strtof(argv[++i], NULL);
+		else if (!strcmp(a, "--stop-layer") && v)
+			stop_layer = (unsigned)atoi(argv[++i]);
+		else if (!strcmp(a, "--exit-layers") && v)
+			exit_arg = argv[++i];
+		else if (!strcmp(a, "--exit-threshold") && v)
+			threshold = strtof(argv[++i], NULL);
+		else if (!strcmp(a, "--exited-out") && v)
+			exited_path = argv[++i];
 		else if (a[0] != '-' && !path)
 			path = a;
 		else
@@ -93,6 +116,35 @@ int main(int argc, char **argv)
 		}
 		fclose(f);
 	}
+	/* techniques */
+	const struct model_hparams *hp = &m->hp;
+	uint8_t *mask = NULL;
+	struct forward_perturb pert = {NULL, blend};
+	const struct forward_perturb **prow = NULL;
+	if (perturb_arg) {
+		uint32_t n_set;
+		mask = malloc((size_t)hp->n_layers * hp->n_heads);
+		prow = malloc(n * sizeof *prow);
+		if (guidance_parse_heads(perturb_arg, hp->n_layers, hp->n_heads, mask, &n_set,
+		                         &err) < 0) {
+			fprintf(stderr, "itt-dump-logits: --perturb: %s\n", err.msg);
+			return 2;
+		}
+		pert.mask = mask;
+		for (size_t i = 0; i < n; i++)
+			prow[i] = &pert;
+	}
+	uint32_t exit_layers[64], n_exit = 0, *exited = malloc(n * sizeof *exited);
+	struct forward_exit ex = {exit_layers, 0, threshold, NULL};
+	if (exit_arg) {
+		if (guidance_parse_exit_layers(exit_arg, hp->n_layers, exit_layers, 64, &n_exit,
+		                               &err) < 0 ||
+		    guidance_check_threshold(threshold, &err) < 0) {
+			fprintf(stderr, "itt-dump-logits: %s\n", err.msg);
+			return 2;
+		}
+		ex.n_layers = n_exit;
+	}
 	float *out = malloc(n * width * sizeof(float));
 	uint32_t *pos = malloc(n * sizeof *pos);
 	struct kv_seq seq, **seqs = malloc(n * sizeof *seqs);
@@ -104,6 +156,10 @@ int main(int argc, char **argv)
 	for (size_t done = 0; done < n;) {
 		uint32_t k = (uint32_t)(n - done < c.max_rows ? n - done : c.max_rows);
 		struct forward_batch b = {.n_rows = k, .tokens = tokens + done, .hidden = hidden ? hidden + done * m->hp.dim : NULL, .pos = pos + done, .seqs = seqs + done, .want_logits = NULL};
+		b.perturb = prow ? prow + done : NULL;
+		b.stop_layer = stop_layer;
+		ex.exited_at = exited + done;
+		b.exit = exit_arg ? &ex : NULL;
 		if (forward_run(&e->fwd, &b, out + done * width, &err) < 0) {
 			fprintf(stderr, "itt-dump-logits: %s: %s\n", itt_strerror(err.code), err.msg);
 			return 1;
@@ -115,8 +171,20 @@ int main(int argc, char **argv)
 		fprintf(stderr, "itt-dump-logits: cannot write %s\n", out_path);
 		return 1;
 	}
+	if (exited_path) {
+		FILE *xf = fopen(exited_path, "w");
+		for (size_t i = 0; xf && i < n; i++)
+			fprintf(xf, "%s%u", i ? "," : "", exit_arg ? exited[i] : m->last - 1);
+		if (!xf || fprintf(xf, "\n") < 0 || fclose(xf) != 0) {
+			fprintf(stderr, "itt-dump-logits: cannot write %s\n", exited_path);
+			return 1;
+		}
+	}
 	kv_seq_free(&e->kv, &seq);
 	engine_close(&e);
+	free(mask);
+	free(prow);
+	free(exited);
 	free(out);
 	free(pos);
 	free(seqs);
