@@ -76,5 +76,6 @@ int cmd_up(int argc, char **argv);
 int cmd_perplexity(int argc, char **argv);
 int cmd_bench(int argc, char **argv);
 int cmd_bench_serve(int argc, char **argv);
+int cmd_eval(int argc, char **argv);  /* cmd-eval.c */
 
 #endif

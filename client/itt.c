@@ -17,6 +17,9 @@ static const char usage[] =
 	"  up          start a broker, N workers and a coordinator on this machine\n"
 	"              (--model FILE)\n"
 	"  perplexity  mean negative log-likelihood of a text file (--local)\n"
+	"  eval        multiple-choice tasks scored by log-likelihood, settings side by side\n"
+	"              (--local; `itt eval make-cloze` builds a cloze task from text)\n"
+
 	"  bench       benchmarks: `itt bench engine --local MODEL.gguf` (the engine alone),\n"
 	"              `itt bench serve --broker ENDPOINT --model NAME` (a cluster under load)\n"
 	"\n"
@@ -74,6 +77,8 @@ int main(int argc, char **argv)
 	}
 	if (!strcmp(cmd, "perplexity"))
 		return cmd_perplexity(argc - 2, argv + 2);
+	if (!strcmp(cmd, "eval"))
+		return cmd_eval(argc - 2, argv + 2);
 	if (!strcmp(cmd, "bench"))
 		return cmd_bench(argc - 2, argv + 2);
 	if (!strcmp(cmd, "stats"))
