@@ -43,6 +43,8 @@ int cli_parse_gen(int argc, char **argv, struct gen_opts *o, const char *cmd)
 	o->prompt = "";
 	o->n_predict = 128;
 	o->threads = 1;
+	o->tech.blend = 1.0f;
+	o->tech.exit_threshold = -1.0f;
 	for (int i = 0; i < argc; i++) {
 		const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
 		long l;
@@ -121,6 +123,29 @@ int cli_parse_gen(int argc, char **argv, struct gen_opts *o, const char *cmd)
 			o->threads = (int)l;
 		} else if (!strcmp(a, "--json")) {
 			o->json = true;
+		} else if (!strcmp(a, "--guidance-heads")) {
+			NEEDV();
+			o->tech.heads = v;
+		} else if (!strcmp(a, "--head-set")) {
+			NEEDV();
+			o->tech.head_set = v;
+		} else if (!strcmp(a, "--guidance-scale")) {
+			NEEDV();
+			ok = cli_parse_float(v, &o->tech.scale);
+		} else if (!strcmp(a, "--guidance-blend")) {
+			NEEDV();
+			ok = cli_parse_float(v, &o->tech.blend);
+		} else if (!strcmp(a, "--negative-prompt")) {
+			NEEDV();
+			o->tech.negative_prompt = v;
+		} else if (!strcmp(a, "--early-exit")) {
+			NEEDV();
+			ok = cli_parse_float(v, &o->tech.exit_threshold) && o->tech.exit_threshold >= 0;
+		} else if (!strcmp(a, "--exit-layers")) {
+			NEEDV();
+			o->tech.exit_layers = v;
+		} else if (!strcmp(a, "--compare")) {
+			o->tech.compare = true;
 		} else {
 			fprintf(stderr, "itt %s: unknown option %s (see itt %s --help)\n", cmd, a, cmd);
 			return 2;

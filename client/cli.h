@@ -12,6 +12,19 @@
 
 #define CLI_MAX_STOPS 8
 
+/* Inference-time techniques of a generation (values as given; the command
+ * checks them against the model). */
+struct gen_technique {
+	const char *heads;           /* --guidance-heads L:H,... */
+	const char *head_set;        /* --head-set FILE */
+	float scale;                 /* --guidance-scale S; 0: off */
+	float blend;                 /* --guidance-blend U; default 1 */
+	const char *negative_prompt; /* --negative-prompt TEXT (classifier-free guidance) */
+	float exit_threshold;        /* --early-exit T; < 0: off */
+	const char *exit_layers;     /* --exit-layers 1,2,3 */
+	bool compare;                /* --compare: run the full model alongside */
+};
+
 struct gen_opts {
 	const char *local;  /* model path for the in-process engine */
 	const char *broker; /* broker endpoint */
@@ -24,6 +37,7 @@ struct gen_opts {
 	int n_stops;
 	int threads;
 	bool json;
+	struct gen_technique tech;
 };
 
 /* Parses argv into o; returns 0, or 2 after printing a usage error. */

@@ -9,15 +9,17 @@
 
 #include "cli.h"
 #include "engine.h"
+#include "guidance.h"
 
-static int open_engine(const char *path, int threads, struct engine **e)
+static int open_engine(const char *path, int threads, uint32_t kv_seqs, struct engine **e)
 {
 	struct engine_config c;
 	struct itt_err err = {0};
 	engine_config_default(&c);
 	c.path = path;
 	c.n_threads = threads;
-	c.kv_bytes = 0; /* exactly one sequence of the full context */
+	c.kv_bytes = 0; /* exactly kv_seqs sequences of the full context */
+	c.kv_seqs = kv_seqs;
 	if (engine_open(&c, e, &err) < 0) {
 		fprintf(stderr, "itt: cannot load %s: %s: %s\n", path, itt_strerror(err.code), err.msg);
 		return 1;
@@ -30,33 +32,210 @@ static int open_engine(const char *path, int threads, struct engine **e)
 	return 0;
 }
 
+/* --- generate --local ------------------------------------------------------ */
+
+/* One sequence the step runs: the main one, the guidance branch (the same
+ * tokens with heads perturbed, or the negative prompt then the same
+ * generated tokens) or the full-model twin of an early-exit run. */
+struct branch {
+	struct kv_seq seq;
+	int32_t *toks;                   /* [ctx]; fed up to seq.n_pos, known up to n */
+	size_t n;
+	const struct forward_perturb *pt; /* or NULL */
+	float *logits;                   /* [vocab]: after its last token */
+};
+
+/* Feeds every known token of each branch (their rows share each batch:
+ * max_rows split between them) and leaves the logits of each one's last
+ * token.  ex (or NULL) applies to the batch; *exit_layer gets where the
+ * first branch's last token stopped. */
+static int feed(struct engine *e, struct branch *br, int nb, const struct forward_exit *ex,
+                uint32_t *exit_layer, struct itt_err *err)
+{
+	uint32_t R = e->fwd.max_rows, V = e->model->hp.vocab, share = R / (uint32_t)nb;
+	int32_t tok[ENGINE_DEFAULT_MAX_ROWS];
+	uint32_t pos[ENGINE_DEFAULT_MAX_ROWS], at[ENGINE_DEFAULT_MAX_ROWS];
+	struct kv_seq *seqs[ENGINE_DEFAULT_MAX_ROWS];
+	uint8_t want[ENGINE_DEFAULT_MAX_ROWS];
+	const struct forward_perturb *pt[ENGINE_DEFAULT_MAX_ROWS];
+	bool any_pt = false;
+	if (R > ENGINE_DEFAULT_MAX_ROWS)
+		return itt_err_set(err, ITT_E_INVALID, "feed: %u rows per step", R);
+	for (;;) {
+		uint32_t n = 0, main_row = UINT32_MAX;
+		int owner[2] = {-1, -1};
+		for (int i = 0; i < nb; i++) {
+			struct branch *b = &br[i];
+			size_t left = b->n - b->seq.n_pos;
+			uint32_t k = left < share ? (uint32_t)left : share;
+			for (uint32_t j = 0; j < k; j++, n++) {
+				tok[n] = b->toks[b->seq.n_pos + j];
+				pos[n] = b->seq.n_pos + j;
+				seqs[n] = &b->seq;
+				want[n] = j + 1 == k && k == left;
+				pt[n] = b->pt;
+				any_pt |= b->pt != NULL;
+				if (want[n]) {
+					owner[i] = 1;
+					if (i == 0)
+						main_row = n;
+				}
+			}
+		}
+		if (n == 0)
+			return 0;
+		struct forward_exit x = {0};
+		if (ex) {
+			x = *ex;
+			x.exited_at = at;
+		}
+		struct forward_batch fb = {.n_rows = n, .tokens = tok, .pos = pos, .seqs = seqs,
+		                           .want_logits = want, .perturb = any_pt ? pt : NULL,
+		                           .exit = ex ? &x : NULL};
+		int rc = forward_run(&e->fwd, &fb, e->logits, err);
+		if (rc < 0)
+			return rc;
+		uint32_t o = 0;
+		for (int i = 0; i < nb; i++)
+			if (owner[i] > 0)
+				memcpy(br[i].logits, e->logits + (size_t)o++ * V, (size_t)V * sizeof(float));
+		if (ex && exit_layer && main_row != UINT32_MAX)
+			*exit_layer = at[main_row];
+	}
+}
+
+/* The techniques of a generate --local request, checked against the model;
+ * 0, or 2 after printing why. */
+struct local_tech {
+	int mode; /* 0 plain, 1 perturbed heads, 2 negative prompt */
+	uint8_t *mask;
+	uint32_t n_heads_set;
+	struct forward_perturb pt;
+	float scale;
+	bool exit;
+	uint32_t exit_layers[64], n_exit;
+	struct forward_exit ex;
+};
+
+static int tech_setup(const struct gen_opts *o, const struct model *m, struct local_tech *t)
+{
+	const struct gen_technique *g = &o->tech;
+	const struct model_hparams *hp = &m->hp;
+	struct itt_err err = {0};
+	int n_src = (g->heads != NULL) + (g->head_set != NULL) + (g->negative_prompt != NULL);
+
+	memset(t, 0, sizeof *t);
+	t->scale = g->scale;
+	if (guidance_check_scale(g->scale, &err) < 0 || guidance_check_blend(g->blend, &err) < 0)
+		goto bad;
+	if (n_src > 1) {
+		fprintf(stderr, "itt generate: --guidance-heads, --head-set and --negative-prompt "
+		                "are exclusive\n");
+		return 2;
+	}
+	if (g->scale > 0 && n_src == 0) {
+		fprintf(stderr, "itt generate: --guidance-scale needs --guidance-heads, --head-set "
+		                "or --negative-prompt\n");
+		return 2;
+	}
+	if (g->heads || g->head_set) {
+		t->mask = malloc((size_t)hp->n_layers * hp->n_heads);
+		if (!t->mask) {
+			fprintf(stderr, "itt generate: out of memory\n");
+			return 2;
+		}
+		int rc = g->heads ? guidance_parse_heads(g->heads, hp->n_layers, hp->n_heads, t->mask,
+		                                         &t->n_heads_set, &err)
+		                  : guidance_load_head_set(g->head_set, hp->n_layers, hp->n_heads,
+		                                           t->mask, &t->n_heads_set, NULL, &err);
+		if (rc < 0) {
+			fprintf(stderr, "itt generate: %s: %s\n",
+			        g->heads ? "--guidance-heads" : "--head-set", err.msg);
+			return 2;
+		}
+		t->pt.mask = t->mask;
+		t->pt.blend = g->blend;
+	}
+	if (g->scale > 0)
+		t->mode = g->negative_prompt ? 2 : 1;
+	if (g->exit_threshold >= 0 || g->exit_layers) {
+		if (g->exit_threshold < 0 || !g->exit_layers) {
+			fprintf(stderr, "itt generate: --early-exit T needs --exit-layers L,... and "
+			                "the other way round\n");
+			return 2;
+		}
+		if (guidance_check_threshold(g->exit_threshold, &err) < 0 ||
+		    guidance_parse_exit_layers(g->exit_layers, hp->n_layers, t->exit_layers, 64,
+		                               &t->n_exit, &err) < 0)
+			goto bad;
+		if (t->mode) {
+			fprintf(stderr, "itt generate: --early-exit does not combine with guidance "
+			                "(--guidance-scale > 0) here\n");
+			return 2;
+		}
+		t->exit = true;
+		t->ex.layers = t->exit_layers;
+		t->ex.n_layers = t->n_exit;
+		t->ex.threshold = g->exit_threshold;
+	}
+	if (g->compare && !t->exit) {
+		fprintf(stderr, "itt generate: --compare needs --early-exit\n");
+		return 2;
+	}
+	return 0;
+bad:
+	fprintf(stderr, "itt generate: %s\n", err.msg);
+	return 2;
+}
+
 int cmd_generate_local(struct gen_opts *o)
 {
 	struct engine *e;
 	struct itt_err err = {0};
+	struct local_tech t;
 	int rc = 1;
 
 	if (!o->seed_set)
 		o->sp.seed = (uint64_t)time(NULL) ^ ((uint64_t)getpid() << 32);
-	if (open_engine(o->local, o->threads, &e))
+	bool two = (o->tech.scale > 0 && (o->tech.heads || o->tech.head_set ||
+	                                  o->tech.negative_prompt)) ||
+	           o->tech.compare;
+	if (open_engine(o->local, o->threads, two ? 2 : 1, &e))
 		return 1;
 	const struct model *m = e->model;
-	uint32_t V = m->hp.vocab, ctx = m->hp.ctx_len;
+	uint32_t V = m->hp.vocab, ctx = m->hp.ctx_len, L = m->hp.n_layers;
 	if (sampler_params_validate(&o->sp, V, &err) < 0) {
 		fprintf(stderr, "itt generate: %s\n", err.msg);
 		engine_close(&e);
 		return 2;
 	}
+	if ((rc = tech_setup(o, m, &t)) != 0) {
+		free(t.mask);
+		engine_close(&e);
+		return rc;
+	}
+	rc = 1;
 	int32_t *hist = malloc((size_t)ctx * sizeof *hist);
+	int32_t *neg = t.mode == 2 ? malloc((size_t)ctx * sizeof *neg) : NULL;
 	float *logits = malloc((size_t)V * sizeof *logits);
+	float *blogits = malloc((size_t)V * sizeof *blogits);
+	float *glogits = malloc((size_t)V * sizeof *glogits);
+	uint64_t *exits = calloc(L, sizeof *exits);
 	size_t text_cap = 4096, text_len = 0, emitted = 0;
 	char *text = malloc(text_cap);
 	sampler_t *smp = NULL;
-	size_t n_prompt = 0;
-	struct kv_seq seq;
-	kv_seq_init(&seq);
+	size_t n_prompt = 0, n_neg = 0, agree = 0, n_cmp = 0;
+	double cmp_ms = 0;
+	uint32_t exit_layer = L - 1;
+	/* br[0]: main; br[1]: guidance branch or full-model twin */
+	struct branch br[2];
+	memset(br, 0, sizeof br);
+	kv_seq_init(&br[0].seq);
+	kv_seq_init(&br[1].seq);
+	int nb = t.mode ? 2 : 1;
 
-	if (!hist || !logits || !text || sampler_new(&o->sp, V, &smp, &err) < 0) {
+	if (!hist || !logits || !blogits || !glogits || !exits || !text || (t.mode == 2 && !neg) ||
+	    sampler_new(&o->sp, V, &smp, &err) < 0) {
 		fprintf(stderr, "itt generate: %s\n", err.code ? err.msg : "out of memory");
 		goto out;
 	}
@@ -71,22 +250,57 @@ int cmd_generate_local(struct gen_opts *o)
 			n_prompt, ctx);
 		goto out;
 	}
+	if (t.mode == 2) {
+		const char *np = o->tech.negative_prompt;
+		if (tokenizer_encode(e->tok, np, strlen(np), true, neg, ctx, &n_neg, &err) < 0 ||
+		    n_neg >= ctx) {
+			fprintf(stderr, "itt generate: the negative prompt of %zu tokens leaves no room "
+			                "in the context of %u\n", n_neg, ctx);
+			goto out;
+		}
+	}
+	br[0] = (struct branch){br[0].seq, hist, n_prompt, NULL, logits};
+	if (t.mode == 1)
+		br[1] = (struct branch){br[1].seq, hist, n_prompt, &t.pt, blogits};
+	else if (t.mode == 2)
+		br[1] = (struct branch){br[1].seq, neg, n_neg, NULL, blogits};
+	else if (o->tech.compare)
+		br[1] = (struct branch){br[1].seq, hist, n_prompt, NULL, blogits};
 	if (!o->json) {
 		fwrite(o->prompt, 1, plen, stdout);
 		fflush(stdout);
 	}
 	double t0 = cli_now_ms();
-	if (engine_prefill(e, &seq, hist, (uint32_t)n_prompt, NULL, logits, &err) < 0) {
+	if (feed(e, br, nb, t.exit ? &t.ex : NULL, &exit_layer, &err) < 0) {
 		fprintf(stderr, "itt generate: %s\n", err.msg);
 		goto out;
 	}
 	double t1 = cli_now_ms();
+	if (o->tech.compare) {
+		if (feed(e, &br[1], 1, NULL, NULL, &err) < 0) {
+			fprintf(stderr, "itt generate: %s\n", err.msg);
+			goto out;
+		}
+		t1 = cli_now_ms(); /* the twin's prompt counts as neither */
+	}
 	size_t n = n_prompt;
 	const char *stop_reason = "length";
 	/* Sampling the token at position n needs only the logits of n - 1;
 	 * feeding it needs position n inside the context. */
 	while (n - n_prompt < (size_t)o->n_predict) {
-		int32_t tok = sampler_sample(smp, logits, hist, n, n);
+		const float *use = logits;
+		if (t.mode) {
+			guidance_combine(logits, blogits, V, t.scale, GUIDANCE_DEFAULT_CUT, glogits);
+			use = glogits;
+		}
+		int32_t tok = sampler_sample(smp, use, hist, n, n);
+		if (t.exit) {
+			exits[exit_layer]++;
+			if (o->tech.compare) {
+				agree += sampler_sample(smp, blogits, hist, n, n) == tok;
+				n_cmp++;
+			}
+		}
 		hist[n++] = tok;
 		if (tok == tokenizer_eos(e->tok)) {
 			stop_reason = "eos";
@@ -96,10 +310,10 @@ int cmd_generate_local(struct gen_opts *o)
 		int pl = tokenizer_decode_piece(e->tok, hist[n - 2], tok, piece, sizeof piece);
 		if (pl > 0) {
 			if (text_len + (size_t)pl + 1 > text_cap) {
-				char *t = realloc(text, text_cap = 2 * text_cap + (size_t)pl);
-				if (!t)
+				char *tx = realloc(text, text_cap = 2 * text_cap + (size_t)pl);
+				if (!tx)
 					goto out;
-				text = t;
+				text = tx;
 			}
 			memcpy(text + text_len, piece, (size_t)pl);
 			text_len += (size_t)pl;
@@ -121,20 +335,28 @@ int cmd_generate_local(struct gen_opts *o)
 			break;
 		if (n - n_prompt >= (size_t)o->n_predict)
 			break;
-		if (n - 1 >= ctx) {
+		if (n - 1 >= ctx || (t.mode == 2 && n_neg >= ctx)) {
 			stop_reason = "context";
 			break;
 		}
-		int32_t cur = tok;
-		uint32_t pos = (uint32_t)n - 1;
-		struct kv_seq *sp = &seq;
-		struct forward_batch b = {.n_rows = 1, .tokens = &cur, .hidden = NULL, .pos = &pos, .seqs = &sp, .want_logits = NULL};
-		if (forward_run(&e->fwd, &b, logits, &err) < 0) {
+		br[0].n = n;
+		if (t.mode == 2)
+			neg[n_neg++] = tok;
+		br[1].n = t.mode == 2 ? n_neg : n;
+		if (feed(e, br, nb, t.exit ? &t.ex : NULL, &exit_layer, &err) < 0) {
 			fprintf(stderr, "itt generate: %s\n", err.msg);
 			goto out;
 		}
+		if (o->tech.compare) {
+			double c0 = cli_now_ms();
+			if (feed(e, &br[1], 1, NULL, NULL, &err) < 0) {
+				fprintf(stderr, "itt generate: %s\n", err.msg);
+				goto out;
+			}
+			cmp_ms += cli_now_ms() - c0;
+		}
 	}
-	double t2 = cli_now_ms();
+	double t2 = cli_now_ms() - cmp_ms; /* without the full-model twin */
 	size_t n_gen = n - n_prompt;
 	if (o->json) {
 		printf("{\"prompt\":");
@@ -147,10 +369,49 @@ int cmd_generate_local(struct gen_opts *o)
 		json_str(stdout, text, text_len);
 		printf(",\"stop_reason\":\"%s\",\"seed\":%llu,\"threads\":%d,"
 		       "\"timings\":{\"prompt_ms\":%.3f,\"gen_ms\":%.3f,\"prompt_tok_s\":%.2f,"
-		       "\"gen_tok_s\":%.2f}}\n",
+		       "\"gen_tok_s\":%.2f}",
 		       stop_reason, (unsigned long long)o->sp.seed, o->threads, t1 - t0, t2 - t1,
 		       n_prompt / ((t1 - t0) / 1e3 + 1e-12),
 		       n_gen / ((t2 - t1) / 1e3 + 1e-12));
+		if (t.mode) {
+			printf(",\"guidance\":{\"mode\":\"%s\",\"scale\":%g",
+			       t.mode == 1 ? "heads" : "negative_prompt", (double)t.scale);
+			if (t.mode == 1) {
+				size_t need = guidance_format_heads(t.mask, L, m->hp.n_heads, NULL, 0);
+				char *hs = malloc(need + 1);
+				if (hs) {
+					guidance_format_heads(t.mask, L, m->hp.n_heads, hs, need + 1);
+					printf(",\"heads\":");
+					json_str(stdout, hs, need);
+					free(hs);
+				}
+				printf(",\"blend\":%g", (double)t.pt.blend);
+			} else {
+				printf(",\"negative_prompt_tokens\":%zu", n_neg);
+			}
+			printf("}");
+		}
+		if (t.exit) {
+			uint64_t tot = 0, sum = 0;
+			printf(",\"early_exit\":{\"threshold\":%g,\"layers\":[", (double)t.ex.threshold);
+			for (uint32_t i = 0; i < t.n_exit; i++)
+				printf("%s%u", i ? "," : "", t.exit_layers[i]);
+			printf("],\"exits\":{");
+			for (uint32_t l = 0, k = 0; l < L; l++) {
+				if (!exits[l])
+					continue;
+				printf("%s\"%u\":%llu", k++ ? "," : "", l, (unsigned long long)exits[l]);
+				tot += exits[l];
+				sum += exits[l] * (l + 1);
+			}
+			printf("},\"tokens\":%llu,\"mean_layers\":%.3f", (unsigned long long)tot,
+			       tot ? (double)sum / (double)tot : 0.0);
+			if (o->tech.compare)
+				printf(",\"agreement\":%.4f,\"compared\":%zu",
+				       n_cmp ? (double)agree / (double)n_cmp : 0.0, n_cmp);
+			printf("}");
+		}
+		printf("}\n");
 	} else {
 		if (text_len > emitted)
 			fwrite(text + emitted, 1, text_len - emitted, stdout);
@@ -160,14 +421,31 @@ int cmd_generate_local(struct gen_opts *o)
 				"stop: %s, seed %llu]\n",
 			n_prompt, t1 - t0, n_gen, t2 - t1, n_gen / ((t2 - t1) / 1e3 + 1e-12),
 			stop_reason, (unsigned long long)o->sp.seed);
+		if (t.exit) {
+			fprintf(stderr, "[early exit:");
+			for (uint32_t l = 0; l < L; l++)
+				if (exits[l])
+					fprintf(stderr, " %llu after layer %u,", (unsigned long long)exits[l],
+					        l);
+			if (o->tech.compare)
+				fprintf(stderr, " agreement with the full model %.1f%% of %zu",
+				        n_cmp ? 100.0 * (double)agree / (double)n_cmp : 0.0, n_cmp);
+			fprintf(stderr, "]\n");
+		}
 	}
 	rc = 0;
 out:
-	kv_seq_free(&e->kv, &seq);
+	kv_seq_free(&e->kv, &br[0].seq);
+	kv_seq_free(&e->kv, &br[1].seq);
 	sampler_destroy(&smp);
 	free(hist);
+	free(neg);
 	free(logits);
+	free(blogits);
+	free(glogits);
+	free(exits);
 	free(text);
+	free(t.mask);
 	engine_close(&e);
 	return rc;
 }
@@ -242,7 +520,7 @@ int cmd_perplexity(int argc, char **argv)
 	}
 
 	struct engine *e;
-	if (open_engine(model, (int)threads, &e)) {
+	if (open_engine(model, (int)threads, 1, &e)) {
 		free(buf);
 		return 1;
 	}

@@ -32,9 +32,10 @@ int engine_open(const struct engine_config *c, struct engine **out, struct itt_e
 		goto fail;
 	uint32_t n_local = e->model->last - e->model->first, kv_dim = hp->n_kv_heads * hp->head_dim;
 	size_t kv_bytes = c->kv_bytes;
-	if (kv_bytes == 0) /* one sequence of the full context */
+	if (kv_bytes == 0) /* kv_seqs sequences of the full context */
 		kv_bytes = kv_block_bytes(c->kv_type, n_local, kv_dim, c->kv_block) *
-		           ((hp->ctx_len + c->kv_block - 1) / c->kv_block);
+		           ((hp->ctx_len + c->kv_block - 1) / c->kv_block) *
+		           (c->kv_seqs > 1 ? c->kv_seqs : 1);
 	rc = kv_cache_init(&e->kv, c->kv_type, n_local, kv_dim, c->kv_block, kv_bytes, err);
 	if (rc < 0)
 		goto fail;

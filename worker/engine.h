@@ -20,7 +20,9 @@ struct engine_config {
 	uint32_t first, last; /* layer range; last 0 = all */
 	int n_threads;        /* compute threads (our pool and OpenBLAS) */
 	uint32_t max_rows;    /* rows per forward step */
-	size_t kv_bytes;      /* KV cache budget; 0: one sequence of the full context */
+	size_t kv_bytes;      /* KV cache budget; 0: kv_seqs sequences of the full context */
+	uint32_t kv_seqs;     /* with kv_bytes 0: full-context sequences to make room for
+	                       * (0 counts as 1), e.g. 2 for a guidance branch */
 	uint32_t kv_block;    /* positions per KV block */
 	enum kv_type kv_type; /* element type of the KV cache (default F32) */
 };
