@@ -91,5 +91,6 @@ int cmd_perplexity(int argc, char **argv);
 int cmd_bench(int argc, char **argv);
 int cmd_bench_serve(int argc, char **argv);
 int cmd_eval(int argc, char **argv);  /* cmd-eval.c */
+int cmd_heads(int argc, char **argv); /* cmd-heads.c */
 
 #endif

@@ -19,7 +19,8 @@ static const char usage[] =
 	"  perplexity  mean negative log-likelihood of a text file (--local)\n"
 	"  eval        multiple-choice tasks scored by log-likelihood, settings side by side\n"
 	"              (--local; `itt eval make-cloze` builds a cloze task from text)\n"
-
+	"  heads       `itt heads search`: pick attention heads for perturbation guidance\n"
+	"              on a task's selection split, then compare on its test split\n"
 	"  bench       benchmarks: `itt bench engine --local MODEL.gguf` (the engine alone),\n"
 	"              `itt bench serve --broker ENDPOINT --model NAME` (a cluster under load)\n"
 	"\n"
@@ -79,6 +80,8 @@ int main(int argc, char **argv)
 		return cmd_perplexity(argc - 2, argv + 2);
 	if (!strcmp(cmd, "eval"))
 		return cmd_eval(argc - 2, argv + 2);
+	if (!strcmp(cmd, "heads"))
+		return cmd_heads(argc - 2, argv + 2);
 	if (!strcmp(cmd, "bench"))
 		return cmd_bench(argc - 2, argv + 2);
 	if (!strcmp(cmd, "stats"))
