@@ -190,6 +190,7 @@ int main(int argc, char **argv)
 	int rc = broker_config_parse(&b->cfg, argc, argv);
 	if (rc)
 		return rc == 1 ? 0 : 2;
+	log_set_program("itt-broker");
 	log_level_now = b->cfg.log_level;
 
 	struct sigaction sa;

@@ -252,6 +252,7 @@ int main(int argc, char **argv)
 	int rc = coord_config_parse(&c.cfg, argc, argv);
 	if (rc)
 		return rc == 1 ? 0 : 2;
+	log_set_program("itt-coordinator");
 	log_level_now = c.cfg.log_level;
 	srand((unsigned)(wire_now_ms() ^ (uint64_t)getpid()));
 

@@ -1,10 +1,11 @@
-/* log: levelled log lines for the broker, written to a pluggable sink.
+/* log: levelled log lines for the broker and the coordinator, written to a
+ * pluggable sink.
  *
  * Contract: LOG_ERROR/WARN/INFO/DEBUG(fmt, ...) do not evaluate their
  * arguments when the level is filtered out.  Each line names the call, the
  * peer and the error (the caller's job); the default sink writes
- * "itt-broker LEVEL message" with a UTC timestamp to stderr.  Not thread
- * safe (the broker is single-threaded). */
+ * "PROGRAM LEVEL message" with a UTC timestamp to stderr.  Not thread
+ * safe (both processes are single-threaded). */
 #ifndef ITT_BROKER_LOG_H
 #define ITT_BROKER_LOG_H
 
@@ -19,6 +20,8 @@ typedef void (*log_sink_fn)(int level, const char *line, void *ud);
 
 extern int log_level_now;
 
+/* The program name in stderr lines (default "itt"); a static string. */
+void log_set_program(const char *name);
 /* NULL restores the stderr sink. */
 void log_set_sink(log_sink_fn fn, void *ud);
 void log_write(int level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));

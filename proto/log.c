@@ -10,6 +10,13 @@ int log_level_now = LOG_LEVEL_INFO;
 
 static const char *const log_names[] = {"error", "warn", "info", "debug"};
 
+static const char *log_program = "itt";
+
+void log_set_program(const char *name)
+{
+	log_program = name;
+}
+
 static void log_stderr(int level, const char *line, void *ud)
 {
 	struct timespec ts;
@@ -19,7 +26,7 @@ static void log_stderr(int level, const char *line, void *ud)
 	clock_gettime(CLOCK_REALTIME, &ts);
 	gmtime_r(&ts.tv_sec, &tm);
 	strftime(when, sizeof when, "%Y-%m-%dT%H:%M:%S", &tm);
-	fprintf(stderr, "%s.%03ldZ itt-broker %s %s\n", when, ts.tv_nsec / 1000000L,
+	fprintf(stderr, "%s.%03ldZ %s %s %s\n", when, ts.tv_nsec / 1000000L, log_program,
 	        log_level_name(level), line);
 }
 
@@ -34,7 +41,7 @@ void log_set_sink(log_sink_fn fn, void *ud)
 
 void log_write(int level, const char *fmt, ...)
 {
-	char line[1024];
+	char line[2048];
 	va_list ap;
 	va_start(ap, fmt);
 	vsnprintf(line, sizeof line, fmt, ap);
