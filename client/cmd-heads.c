@@ -193,6 +193,7 @@ int cmd_heads(int argc, char **argv)
 	}
 	if (!json)
 		printf("round 0: plain: acc %.4f, margin %+.4f\n", cur_acc, cur_margin);
+	const double plain_acc = cur_acc, plain_margin = cur_margin;
 	int n_rounds = 0, n_chosen = 0;
 	bool any_changed = false;
 	while (n_chosen < K) {
@@ -388,9 +389,9 @@ int cmd_heads(int argc, char **argv)
 		json_str(stdout, task_path, strlen(task_path));
 		printf(",\"select_items\":%zu,\"test_items\":%zu,\"objective\":\"%s\",\"scale\":%g,"
 		       "\"blend\":%g,\"seed\":%ld,\"bootstrap\":%ld,\"max_heads\":%ld,"
-		       "\"round0\":{\"acc_norm\":%.6f},\"rounds\":[",
-		       sel.n, test.n, margin_obj ? "margin" : "acc", S, U, seed, B, K,
-		       rounds[0].candidates ? cur_acc : cur_acc);
+		       "\"round0\":{\"acc_norm\":%.6f,\"margin_norm\":%.6f},\"rounds\":[",
+		       sel.n, test.n, margin_obj ? "margin" : "acc", S, U, seed, B, K, plain_acc,
+		       plain_margin);
 		for (int i = 0; i < n_rounds; i++)
 			printf("%s{\"candidates\":%d,\"best\":\"%u:%u\",\"acc_norm\":%.6f,"
 			       "\"margin_norm\":%.6f,\"kept\":%s,\"timings\":{\"seconds\":%.3f}}",

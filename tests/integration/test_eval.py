@@ -12,8 +12,8 @@
 - prefix sharing (KV fork) and --recompute give the same scores;
 - bad input (unknown head, s < 0, u outside [0, 1], a malformed line, an
   answer out of range) is refused with a message and exit status 2;
-- heads search --max-heads 1 on a tiny task runs and writes a head-set file
-  that `itt eval --setting guidance:set=FILE` reads;
+- heads search --max-heads 1 on a tiny task runs, gives the same JSON twice
+  (timings aside) and writes a head-set file that `itt eval --setting guidance:set=FILE` reads;
 - eval --perplexity is itt perplexity.
 """
 import json
@@ -259,6 +259,9 @@ def check_heads_search():
              "--max-heads", "1", "--bootstrap", "100", "--json"])
     j = json.loads(r.stdout)
     assert os.path.exists(hs), "no head-set file"
+    r2 = run([ITT, "heads", "search", "--local", MODEL, "--task", task, "--out", hs,
+              "--max-heads", "1", "--bootstrap", "100", "--json"])
+    assert strip_timings(json.loads(r2.stdout)) == strip_timings(j), "two searches differ"
     assert 1 <= len(j["rounds"]) <= 1 and j["rounds"][0]["candidates"] == 40, j["rounds"]
     assert j["perturbation_changed_scores"] is True
     names = [s["name"] for s in j["test"]]
@@ -296,6 +299,6 @@ c.check("scores equal itt-dump-logits + numpy (plain and guidance)",
         check_scores_match_reference)
 c.check("KV fork and --recompute give the same scores", check_recompute_same_scores)
 c.check("bad settings and task lines are refused with exit 2", check_bad_input)
-c.check("heads search --max-heads 1 writes a head set", check_heads_search)
+c.check("heads search --max-heads 1 writes a head set, reproducibly", check_heads_search)
 c.check("eval --perplexity is itt perplexity", check_perplexity_same_code)
 c.finish()
