@@ -19,6 +19,7 @@
 #include <time.h>
 
 #include "engine.h"
+#include "guidance.h"
 #include "itt.pb-c.h"
 #include "validate.h"
 #include "wire.h"
@@ -93,6 +94,9 @@ void sched_cmd_free(struct sched_cmd **cp)
 	free(c->bias);
 	free(c->prompt);
 	free(c->hidden);
+	free(c->tech.g_mask);
+	free(c->tech.g_neg);
+	free(c->tech.g_neg_tokens);
 	free(c);
 	*cp = NULL;
 }
@@ -115,13 +119,16 @@ static int sched_copy_tokens(const int32_t *ids, size_t n, uint32_t vocab, const
 }
 
 /* The hidden-state input of an OPEN/STEP of n_tokens tokens: none on stage
- * 0; on a later stage a tensor of [n_tokens][dim] F32 or F16 elements,
- * returned as F32 in *out (owned by the caller). */
+ * 0; on a later stage a tensor of [n_tokens][dim] F32 or F16 elements (or
+ * [alt_rows][dim] when alt_rows is not 0), returned as F32 in *out (owned by
+ * the caller), its row count in *rows_out. */
 static int sched_decode_hidden(const Itt__TensorInfo *ti, const void *tensor, size_t tensor_len,
-                               uint32_t n_tokens, const struct sched_info *info, float **out,
+                               uint32_t n_tokens, uint32_t alt_rows,
+                               const struct sched_info *info, float **out, uint32_t *rows_out,
                                char *reason, size_t cap)
 {
 	*out = NULL;
+	*rows_out = 0;
 	if (info->first == 0) {
 		if (ti || tensor)
 			return sched_bad(
@@ -131,10 +138,13 @@ static int sched_decode_hidden(const Itt__TensorInfo *ti, const void *tensor, si
 			    info->last);
 		return 0;
 	}
+	if (alt_rows && ti && ti->has_rows && ti->rows == alt_rows)
+		n_tokens = alt_rows;
 	int rc = wire_check_tensor(ti, tensor, tensor_len, n_tokens, 0, info->dim, "hidden", reason,
 	                           cap);
 	if (rc)
 		return rc;
+	*rows_out = n_tokens;
 	size_t n = (size_t)n_tokens * info->dim;
 	if (!(*out = malloc(n * sizeof **out)))
 		return sched_bad(reason, cap, ITT__CODE__INTERNAL,
@@ -168,6 +178,83 @@ static int sched_check_stage_input(const struct sched_info *info, size_t prompt_
 	                 "this worker holds layers [%u, %u) of %u: a stage after the first takes "
 	                 "tokens with their hidden states, not a text prompt",
 	                 info->first, info->last, info->n_layers);
+}
+
+/* An OPEN's techniques: validated against this model's shape (the broker
+ * did so against the model's, this repeats it for this worker), then what
+ * this worker's range can run. */
+static int sched_decode_tech(const Itt__SessionOpen *m, const struct sched_info *info,
+                             struct sched_tech *t, char *reason, size_t cap)
+{
+	int rc = validate_techniques(m->guidance, m->speculative, m->early_exit, info->n_layers,
+	                             info->n_heads, false, reason, cap);
+	if (rc)
+		return rc;
+	const bool whole = info->first == 0 && info->last == info->n_layers;
+	const Itt__Guidance *g = m->guidance;
+	if (g && g->scale > 0) {
+		t->g_scale = g->scale;
+		t->g_blend = g->has_blend ? g->blend : 1.0f;
+		if (g->negative_prompt && *g->negative_prompt) {
+			if (!whole)
+				return sched_bad(reason, cap, ITT__CODE__INVALID_ARGUMENT,
+				                 "guidance.negative_prompt needs a whole-model worker; "
+				                 "this one holds layers [%u, %u) of %u",
+				                 info->first, info->last, info->n_layers);
+			if (!info->tok)
+				return sched_bad(reason, cap, ITT__CODE__INVALID_ARGUMENT,
+				                 "guidance.negative_prompt: this model has no tokenizer");
+			if (!(t->g_neg = strdup(g->negative_prompt)))
+				return sched_bad(reason, cap, ITT__CODE__INTERNAL, "out of memory");
+		} else {
+			if (!info->n_heads || !g->n_heads)
+				return sched_bad(reason, cap, ITT__CODE__INVALID_ARGUMENT,
+				                 "guidance.heads: none given (or the model's head "
+				                 "count is unknown)");
+			if (!(t->g_mask = calloc((size_t)info->n_layers * info->n_heads, 1)))
+				return sched_bad(reason, cap, ITT__CODE__INTERNAL, "out of memory");
+			for (size_t i = 0; i < g->n_heads; i++) {
+				uint32_t l, h;
+				if (validate_parse_head(g->heads[i], &l, &h) < 0 ||
+				    l >= info->n_layers || h >= info->n_heads)
+					return sched_bad(reason, cap, ITT__CODE__INVALID_ARGUMENT,
+					                 "guidance.heads[%zu] is not a head of this "
+					                 "model",
+					                 i);
+				t->g_mask[(size_t)l * info->n_heads + h] = 1;
+			}
+		}
+	}
+	if (m->speculative) {
+		const Itt__Speculative *sp = m->speculative;
+		t->spec = true;
+		t->spec_exit = sp->draft && !strcmp(sp->draft, "exit");
+		t->spec_max = sp->max_draft;
+		t->spec_exit_layers = sp->exit_layers;
+		t->ngram_min = sp->has_ngram_min ? sp->ngram_min : 1;
+		t->ngram_max = sp->has_ngram_max ? sp->ngram_max : 3;
+		if (t->spec_exit && !whole)
+			return sched_bad(reason, cap, ITT__CODE__INVALID_ARGUMENT,
+			                 "speculative.draft \"exit\" needs a whole-model worker; this "
+			                 "one holds layers [%u, %u) of %u",
+			                 info->first, info->last, info->n_layers);
+	}
+	if (m->early_exit) {
+		const Itt__EarlyExit *ee = m->early_exit;
+		if (!whole)
+			return sched_bad(reason, cap, ITT__CODE__INVALID_ARGUMENT,
+			                 "early_exit needs a whole-model worker; this one holds layers "
+			                 "[%u, %u) of %u",
+			                 info->first, info->last, info->n_layers);
+		if (t->g_scale > 0)
+			return sched_bad(reason, cap, ITT__CODE__INVALID_ARGUMENT,
+			                 "early_exit does not combine with guidance (scale > 0)");
+		t->ee = true;
+		t->ee_threshold = ee->threshold;
+		t->n_ee = (uint32_t)(ee->n_layers < SCHED_MAX_EXITS ? ee->n_layers : SCHED_MAX_EXITS);
+		memcpy(t->ee_layers, ee->layers, t->n_ee * sizeof *t->ee_layers);
+	}
+	return 0;
 }
 
 int sched_decode_open(const uint8_t *body, size_t len, const void *tensor, size_t tensor_len,
@@ -227,6 +314,10 @@ int sched_decode_open(const uint8_t *body, size_t len, const void *tensor, size_
 	                       cap);
 	if (rc)
 		goto out;
+	if ((rc = sched_decode_tech(m, info, &c->tech, reason, cap)))
+		goto out;
+	/* a perturbation branch travels with the main rows across stages */
+	const uint32_t mult = c->tech.g_mask ? 2 : 1;
 	if (m->n_tokens) {
 		if ((rc = sched_copy_tokens(m->tokens, m->n_tokens, info->vocab, "tokens",
 		                            &c->tokens, reason, cap)))
@@ -240,16 +331,16 @@ int sched_decode_open(const uint8_t *body, size_t len, const void *tensor, size_
 		}
 		c->n_prompt = m->n_prompt ? m->n_prompt : c->n_tokens;
 		if (c->n_tokens < info->ctx_len &&
-		    (rc = sched_decode_hidden(m->hidden, tensor, tensor_len, c->n_tokens, info,
-		                              &c->hidden, reason, cap)))
+		    (rc = sched_decode_hidden(m->hidden, tensor, tensor_len, c->n_tokens * mult, 0,
+		                              info, &c->hidden, &c->hidden_rows, reason, cap)))
 			goto out;
 	} else {
 		/* A text prompt (or none: BOS alone), tokenized later on the
 		 * compute thread (sched_prepare_open): a 256 KiB prompt takes tens
 		 * of milliseconds, which the loop thread must not spend.  Only
 		 * stage 0 gets here (sched_check_stage_input). */
-		if ((rc = sched_decode_hidden(m->hidden, tensor, tensor_len, 0, info, &c->hidden,
-		                              reason, cap)))
+		if ((rc = sched_decode_hidden(m->hidden, tensor, tensor_len, 0, 0, info, &c->hidden,
+		                              &c->hidden_rows, reason, cap)))
 			goto out;
 		if (!info->tok) {
 			rc = sched_bad(
@@ -278,11 +369,44 @@ out:
 	return rc;
 }
 
+/* Tokenizes the negative prompt of a guidance (BOS first). */
+static int sched_prepare_negative(const struct sched_info *info, struct sched_tech *t,
+                                  char *reason, size_t cap)
+{
+	struct itt_err err = {0};
+	size_t n = 0;
+	if (!t->g_neg)
+		return 0;
+	if (!info->tok)
+		return sched_bad(reason, cap, ITT__CODE__INVALID_ARGUMENT,
+		                 "guidance.negative_prompt: this model has no tokenizer");
+	free(t->g_neg_tokens);
+	if (!(t->g_neg_tokens = malloc(((size_t)info->ctx_len + 1) * sizeof *t->g_neg_tokens)))
+		return sched_bad(reason, cap, ITT__CODE__INTERNAL, "out of memory");
+	int trc = tokenizer_encode(info->tok, t->g_neg, strlen(t->g_neg), true, t->g_neg_tokens,
+	                           info->ctx_len, &n, &err);
+	if (trc < 0 && trc != ITT_E_FULL)
+		return sched_bad(reason, cap, ITT__CODE__INVALID_ARGUMENT,
+		                 "guidance.negative_prompt: %s", err.msg);
+	if (n == 0 || n >= info->ctx_len)
+		return sched_bad(reason, cap, ITT__CODE__INVALID_ARGUMENT,
+		                 "guidance.negative_prompt of %zu tokens does not fit the context "
+		                 "of %u",
+		                 n, info->ctx_len);
+	t->n_neg = (uint32_t)n;
+	free(t->g_neg);
+	t->g_neg = NULL;
+	return 0;
+}
+
 int sched_prepare_open(const struct sched_info *info, struct sched_cmd *c, char *reason, size_t cap)
 {
 	struct itt_err err = {0};
 	size_t n = 0;
+	int rc;
 
+	if ((rc = sched_prepare_negative(info, &c->tech, reason, cap)))
+		return rc;
 	if (!c->prompt)
 		return 0;
 	if (!info->tok)
@@ -345,8 +469,15 @@ int sched_decode_step(const uint8_t *body, size_t len, const void *tensor, size_
 	                            reason, cap)))
 		goto out;
 	c->n_tokens = (uint32_t)m->n_tokens;
-	if ((rc = sched_decode_hidden(m->hidden, tensor, tensor_len, c->n_tokens, info, &c->hidden,
-	                              reason, cap)))
+	c->has_pos = m->has_pos;
+	c->pos = m->pos;
+	if (c->has_pos && c->pos >= info->ctx_len) {
+		rc = sched_bad(reason, cap, ITT__CODE__INVALID_ARGUMENT,
+		               "pos %u is outside the context of %u", c->pos, info->ctx_len);
+		goto out;
+	}
+	if ((rc = sched_decode_hidden(m->hidden, tensor, tensor_len, c->n_tokens, 2 * c->n_tokens,
+	                              info, &c->hidden, &c->hidden_rows, reason, cap)))
 		goto out;
 	*out = c;
 	c = NULL;
@@ -445,11 +576,13 @@ void sched_out_free_list(struct sched_out *o)
 /* ---- sessions ----------------------------------------------------------- */
 
 /* A queued step: its result is due once hist[0, end) is in the cache; it
- * fed hist[start, end). */
+ * fed hist[start, end); the rows of its last n_logits positions want logits
+ * (1; a speculative step's every row: [t, drafts...]). */
 struct sched_mark {
 	uint32_t step;
 	uint32_t end;
 	uint32_t start;
+	uint32_t n_logits;
 };
 
 struct sched_session {
@@ -482,6 +615,23 @@ struct sched_session {
 	float *outr; /* [out_cap][dim] */
 	uint32_t out_start, out_cap;
 	int reply_dtype; /* ITT__DTYPE__* of its RESULT rows */
+	/* Techniques.  buffered: the logits of the head mark's rows are kept
+	 * in lg (and the branch's in blg) until the mark completes. */
+	struct sched_tech tech;
+	bool buffered;
+	float *lg, *blg;        /* [SPEC_MAX_DRAFT + 1 or 1][vocab] */
+	uint32_t lg_exit[SPEC_MAX_DRAFT + 1]; /* early exit: where each row stopped */
+	struct spec_ctl ctl;    /* speculative: adaptive draft length */
+	uint64_t spec_proposed, spec_accepted, spec_steps;
+	/* guidance branch (g_kind 1: perturbed heads, 2: negative prompt) */
+	int g_kind;
+	struct forward_perturb pert;
+	struct kv_seq bseq;
+	int32_t off;      /* branch position = main position + off */
+	uint32_t bn_done; /* branch positions in its cache (== bseq.n_pos) */
+	float *bhid;      /* stage > 0: branch input rows, as hid */
+	float *boutr;     /* non-last stage: branch output rows, as outr */
+	uint32_t bhid_cap, bout_cap;
 };
 
 struct sched {
@@ -506,10 +656,17 @@ struct sched {
 	uint32_t *row_pos;                           /* [max_rows] */
 	struct kv_seq **row_seq;                     /* [max_rows] */
 	uint8_t *row_want;                           /* [max_rows] */
-	struct sched_session **row_out;              /* [max_rows] session of each logits row */
+	struct sched_session **row_sess;             /* [max_rows] session of each row */
+	uint8_t *row_br;                             /* [max_rows] a guidance branch row */
+	uint32_t *row_grp;                           /* [max_rows] its group */
+	const struct forward_perturb **row_pert;     /* [max_rows] */
+	uint32_t *row_exit;                          /* [max_rows] early exit: where it stopped */
 	float *row_hid;                              /* [max_rows][dim] input rows (stage > 0) */
 	struct sched_session **grp_sess;             /* [max_sessions] sessions in this batch */
-	uint32_t *grp_rows;                          /* [max_sessions] their row counts */
+	uint32_t *grp_rows;                          /* [max_sessions] their main row counts */
+	uint32_t *grp_brows;                         /* [max_sessions] their branch row counts */
+	struct sched_session *pass_exit;             /* the pass's early-exit owner (or NULL) */
+	uint64_t spec_proposed, spec_accepted;       /* since start */
 	uint64_t preemptions;                        /* since start */
 	uint64_t logged_preemptions, logged_lookups; /* at the last summary line */
 	double logged_ms;                            /* its time */
@@ -537,11 +694,26 @@ static uint32_t sched_blocks(const sched_t *s, uint32_t n_pos)
 	return (uint32_t)(((uint64_t)n_pos + s->block - 1) / s->block);
 }
 
+/* Positions of a session's guidance branch (0: none). */
+static uint32_t sched_bn_len(const struct sched_session *ss)
+{
+	return ss->g_kind ? (uint32_t)((int64_t)ss->n_hist + ss->off) : 0;
+}
+
+/* Blocks the whole history takes: the main sequence and the branch. */
+static uint32_t sched_need(const sched_t *s, const struct sched_session *ss)
+{
+	return sched_blocks(s, ss->n_hist) + sched_blocks(s, sched_bn_len(ss));
+}
+
 /* Blocks a running session will still take for the tokens it was given. */
 static uint32_t sched_promised(const sched_t *s, const struct sched_session *ss)
 {
-	uint32_t need = sched_blocks(s, ss->n_hist);
-	return ss->running && need > ss->seq.n_blocks ? need - ss->seq.n_blocks : 0;
+	uint32_t need = sched_blocks(s, ss->n_hist), bneed = sched_blocks(s, sched_bn_len(ss));
+	if (!ss->running)
+		return 0;
+	return (need > ss->seq.n_blocks ? need - ss->seq.n_blocks : 0) +
+	       (bneed > ss->bseq.n_blocks ? bneed - ss->bseq.n_blocks : 0);
 }
 
 /* Blocks available (free or idle in the prefix index) and not yet promised
@@ -569,6 +741,14 @@ static struct sched_session *sched_find(sched_t *s, uint64_t id, uint32_t *index
 static void sched_session_free(sched_t *s, struct sched_session *ss)
 {
 	kv_seq_free(&s->e->kv, &ss->seq);
+	kv_seq_free(&s->e->kv, &ss->bseq);
+	free(ss->tech.g_mask);
+	free(ss->tech.g_neg);
+	free(ss->tech.g_neg_tokens);
+	free(ss->lg);
+	free(ss->blg);
+	free(ss->bhid);
+	free(ss->boutr);
 	sampler_destroy(&ss->smp);
 	free(ss->hist);
 	free(ss->keys);
@@ -594,20 +774,33 @@ static int sched_rows_fit(float **rows, uint32_t *cap, uint32_t need, uint32_t d
 }
 
 /* Appends the input rows of n new positions (before they enter hist):
- * rows already computed are dropped first. */
-static int sched_append_hidden(sched_t *s, struct sched_session *ss, const float *h, uint32_t n)
+ * rows already computed are dropped first.  bh: the branch's rows (a
+ * perturbation branch on a stage, in step with the main rows), or NULL. */
+static int sched_append_hidden(sched_t *s, struct sched_session *ss, const float *h,
+                               const float *bh, uint32_t n)
 {
 	const size_t dim = s->info.dim;
-	if (ss->n_done > ss->hid_start) {
-		uint32_t keep = ss->n_hist - ss->n_done;
-		memmove(ss->hid, ss->hid + (size_t)(ss->n_done - ss->hid_start) * dim,
+	uint32_t done = ss->n_done;
+	if (ss->g_kind && ss->bn_done < done)
+		done = ss->bn_done;
+	if (done > ss->hid_start) {
+		uint32_t keep = ss->n_hist - done;
+		memmove(ss->hid, ss->hid + (size_t)(done - ss->hid_start) * dim,
 		        (size_t)keep * dim * sizeof *ss->hid);
-		ss->hid_start = ss->n_done;
+		if (ss->bhid)
+			memmove(ss->bhid, ss->bhid + (size_t)(done - ss->hid_start) * dim,
+			        (size_t)keep * dim * sizeof *ss->bhid);
+		ss->hid_start = done;
 	}
 	uint32_t have = ss->n_hist - ss->hid_start;
 	if (sched_rows_fit(&ss->hid, &ss->hid_cap, have + n, (uint32_t)dim) < 0)
 		return -1;
 	memcpy(ss->hid + (size_t)have * dim, h, (size_t)n * dim * sizeof *h);
+	if (bh) {
+		if (sched_rows_fit(&ss->bhid, &ss->bhid_cap, have + n, (uint32_t)dim) < 0)
+			return -1;
+		memcpy(ss->bhid + (size_t)have * dim, bh, (size_t)n * dim * sizeof *bh);
+	}
 	return 0;
 }
 
@@ -650,21 +843,29 @@ static void sched_drop(sched_t *s, uint64_t id)
 	s->sess[i] = s->sess[--s->n_sess];
 }
 
-/* Appends tokens to a session's history (its capacity grows up to ctx). */
-static int sched_append(sched_t *s, struct sched_session *ss, const int32_t *t, uint32_t n)
+/* Makes room for `need` tokens of history (at most ctx + 1). */
+static int sched_hist_reserve(sched_t *s, struct sched_session *ss, uint32_t need)
 {
-	if (ss->n_hist + n > ss->cap) {
+	if (need > ss->cap) {
 		uint32_t cap = ss->cap ? ss->cap : 64;
-		while (cap < ss->n_hist + n)
+		while (cap < need)
 			cap *= 2;
-		if (cap > s->info.ctx_len)
-			cap = s->info.ctx_len;
+		if (cap > s->info.ctx_len + 1)
+			cap = s->info.ctx_len + 1; /* speculative verification writes one past */
 		int32_t *h = realloc(ss->hist, (size_t)cap * sizeof *h);
 		if (!h)
 			return -1;
 		ss->hist = h;
 		ss->cap = cap;
 	}
+	return need <= ss->cap ? 0 : -1;
+}
+
+/* Appends tokens to a session's history (its capacity grows up to ctx). */
+static int sched_append(sched_t *s, struct sched_session *ss, const int32_t *t, uint32_t n)
+{
+	if (sched_hist_reserve(s, ss, ss->n_hist + n) < 0)
+		return -1;
 	memcpy(ss->hist + ss->n_hist, t, (size_t)n * sizeof *t);
 	ss->n_hist += n;
 	return 0;
@@ -757,7 +958,7 @@ static bool sched_head_fits(const sched_t *s, bool may_defer, uint32_t *matched)
 	*matched = s->cfg.prefix_cache ? s->block * kv_prefix_peek(&s->e->kv, ss->hist,
 	                                                           sched_share_limit(ss), &idle)
 	                               : 0;
-	uint32_t need = sched_blocks(s, ss->n_hist) - *matched / s->block;
+	uint32_t need = sched_need(s, ss) - *matched / s->block;
 	if ((int64_t)need + idle > sched_kv_unpromised(s))
 		return false;
 	return !(may_defer && sched_prefix_in_flight(s, ss, *matched));
@@ -770,11 +971,11 @@ static void sched_admit(sched_t *s, bool may_defer)
 	while (s->n_wait > 0) {
 		struct sched_session *ss = s->waitq[0];
 		uint32_t matched;
-		if (sched_blocks(s, ss->n_hist) > kv->n_blocks) {
+		if (sched_need(s, ss) > kv->n_blocks) {
 			/* Grown past the whole cache: only another worker can help. */
 			sched_error(s, ss->id, ITT__CODE__OVERLOADED,
 			            "kv cache full: %u positions need %u blocks, the cache has %u",
-			            ss->n_hist, sched_blocks(s, ss->n_hist), kv->n_blocks);
+			            ss->n_hist, sched_need(s, ss), kv->n_blocks);
 			sched_drop(s, ss->id);
 			continue;
 		}
@@ -814,9 +1015,11 @@ static struct sched_session *sched_victim(sched_t *s)
 
 static void sched_preempt(sched_t *s, struct sched_session *v, const struct sched_session *for_ss)
 {
-	uint32_t freed = v->seq.n_blocks;
+	uint32_t freed = v->seq.n_blocks + v->bseq.n_blocks;
 	kv_seq_free(&s->e->kv, &v->seq);
+	kv_seq_free(&s->e->kv, &v->bseq);
 	v->n_done = 0;
+	v->bn_done = 0;
 	v->n_reg = 0;
 	v->preempted++;
 	s->preemptions++;
@@ -864,7 +1067,27 @@ static void sched_apply_open(sched_t *s, struct sched_cmd *c)
 		            "worker full: %u sessions open (--max-sessions)", s->n_sess);
 		return;
 	}
-	uint32_t need = sched_blocks(s, c->n_tokens);
+	/* the guidance branch: perturbed heads (on stages its rows come after
+	 * the main rows) or the negative prompt */
+	const struct sched_tech *t = &c->tech;
+	int g_kind = t->g_scale > 0 ? (t->g_mask ? 1 : t->g_neg_tokens ? 2 : 0) : 0;
+	int32_t off = g_kind == 2 ? (int32_t)t->n_neg - (int32_t)c->n_prompt : 0;
+	if (c->hidden && c->hidden_rows != c->n_tokens * (g_kind == 1 ? 2 : 1)) {
+		sched_error(s, c->session_id, ITT__CODE__INVALID_ARGUMENT,
+		            "hidden has %u rows for %u tokens%s", c->hidden_rows, c->n_tokens,
+		            g_kind == 1 ? " and their guidance branch" : "");
+		return;
+	}
+	if (g_kind == 2 && (int64_t)c->n_tokens + off > s->info.ctx_len) {
+		sched_error(s, c->session_id, ITT__CODE__INVALID_ARGUMENT,
+		            "guidance: the negative prompt's branch (%u tokens) would pass the "
+		            "context of %u",
+		            (uint32_t)((int64_t)c->n_tokens + off), s->info.ctx_len);
+		return;
+	}
+	uint32_t need =
+	    sched_blocks(s, c->n_tokens) +
+	    (g_kind ? sched_blocks(s, (uint32_t)((int64_t)c->n_tokens + off)) : 0);
 	if (need > s->e->kv.n_blocks) {
 		sched_error(s, c->session_id, ITT__CODE__OVERLOADED,
 		            "kv cache full: the prompt needs %u blocks, the cache has %u", need,
@@ -873,16 +1096,40 @@ static void sched_apply_open(sched_t *s, struct sched_cmd *c)
 	}
 	struct sched_session *ss = calloc(1, sizeof *ss);
 	uint32_t n_keys = c->n_prompt / s->block;
+	const size_t V = s->info.vocab;
+	const size_t lg_rows = t->spec ? SPEC_MAX_DRAFT + 1 : 1;
+	bool last = s->info.last == s->info.n_layers;
+	if (ss) {
+		ss->g_kind = g_kind;
+		ss->off = off;
+		ss->buffered = last && (g_kind || t->spec || t->ee);
+	}
 	if (!ss || sampler_new(&c->sp, s->info.vocab, &ss->smp, &err) < 0 ||
-	    (c->hidden && sched_append_hidden(s, ss, c->hidden, c->n_tokens) < 0) ||
+	    (c->hidden && sched_append_hidden(s, ss, c->hidden,
+	                                      g_kind == 1 ? c->hidden +
+	                                                        (size_t)c->n_tokens * s->info.dim
+	                                                  : NULL,
+	                                      c->n_tokens) < 0) ||
 	    sched_append(s, ss, c->tokens, c->n_tokens) < 0 ||
-	    !(ss->keys = malloc((n_keys ? n_keys : 1) * sizeof *ss->keys))) {
+	    !(ss->keys = malloc((n_keys ? n_keys : 1) * sizeof *ss->keys)) ||
+	    (ss->buffered && !(ss->lg = malloc(lg_rows * V * sizeof *ss->lg))) ||
+	    (ss->buffered && g_kind && !(ss->blg = malloc(lg_rows * V * sizeof *ss->blg)))) {
 		sched_error(s, c->session_id, ITT__CODE__INTERNAL, "cannot open the session: %s",
 		            err.code ? err.msg : "out of memory");
 		if (ss)
 			sched_session_free(s, ss);
 		return;
 	}
+	/* the techniques move into the session */
+	ss->tech = c->tech;
+	memset(&c->tech, 0, sizeof c->tech);
+	kv_seq_init(&ss->bseq);
+	if (g_kind == 1) {
+		ss->pert.mask = ss->tech.g_mask;
+		ss->pert.blend = ss->tech.g_blend;
+	}
+	if (ss->tech.spec)
+		spec_ctl_init(&ss->ctl, ss->tech.spec_max);
 	ss->id = c->session_id;
 	ss->priority = c->priority;
 	ss->ticket = ++s->next_ticket;
@@ -892,7 +1139,7 @@ static void sched_apply_open(sched_t *s, struct sched_cmd *c)
 	ss->reply_dtype = c->reply_dtype;
 	ss->n_keys = n_keys;
 	kv_prefix_keys(&s->e->kv, ss->hist, n_keys, ss->keys);
-	ss->marks[0] = (struct sched_mark){0, c->n_tokens, 0};
+	ss->marks[0] = (struct sched_mark){0, c->n_tokens, 0, 1};
 	ss->n_marks = 1;
 	s->sess[s->n_sess++] = ss;
 	sched_wait_insert(s, ss);
@@ -906,9 +1153,65 @@ static void sched_apply_open(sched_t *s, struct sched_cmd *c)
 		sched_drop(s, c->session_id);
 		return;
 	}
-	SCHED_LOG(SCHED_LOG_DEBUG, "session %llu open: %u tokens (%u prompt), priority %d, %s",
+	SCHED_LOG(SCHED_LOG_DEBUG,
+	          "session %llu open: %u tokens (%u prompt), priority %d, %s%s%s%s%s",
 	          (unsigned long long)ss->id, c->n_tokens, c->n_prompt, ss->priority,
-	          ss->running ? "running" : "waiting");
+	          ss->running ? "running" : "waiting",
+	          ss->g_kind == 1   ? ", guidance (heads)"
+	          : ss->g_kind == 2 ? ", guidance (negative prompt)"
+	                            : "",
+	          ss->tech.spec ? (ss->tech.spec_exit ? ", speculative (exit)" : ", speculative (ngram)")
+	                        : "",
+	          ss->tech.ee ? ", early exit" : "", "");
+}
+
+/* Drops a session's positions >= pos (history, KV cache of the main
+ * sequence and the branch, kept stage rows) before a STEP at pos appends:
+ * the drafts the last stage rejected.  -1 (ERROR sent) when that would drop
+ * prompt positions, leave a gap, or drop tokens of a step still in flight. */
+static int sched_truncate(sched_t *s, struct sched_session *ss, uint32_t pos)
+{
+	struct kv_cache *kv = &s->e->kv;
+	ss->n_hist = pos;
+	if (ss->n_done > pos)
+		ss->n_done = pos;
+	kv_seq_truncate(kv, &ss->seq, ss->n_done);
+	if (ss->g_kind) {
+		uint32_t bpos = (uint32_t)((int64_t)pos + ss->off);
+		if (ss->bn_done > bpos)
+			ss->bn_done = bpos;
+		kv_seq_truncate(kv, &ss->bseq, ss->bn_done);
+	}
+	if (ss->hid_start > pos)
+		ss->hid_start = pos;
+	if (ss->out_start > pos)
+		ss->out_start = pos;
+	return 0;
+}
+
+static int sched_drop_from(sched_t *s, struct sched_session *ss, const struct sched_cmd *c)
+{
+	if (c->pos > ss->n_hist) {
+		sched_error(s, ss->id, ITT__CODE__INVALID_ARGUMENT,
+		            "step %u: pos %u is past the session's %u positions", c->step, c->pos,
+		            ss->n_hist);
+		return -1;
+	}
+	if (c->pos < ss->n_prompt) {
+		sched_error(s, ss->id, ITT__CODE__INVALID_ARGUMENT,
+		            "step %u: pos %u would drop prompt positions (the prompt has %u)",
+		            c->step, c->pos, ss->n_prompt);
+		return -1;
+	}
+	if (ss->n_marks) {
+		sched_error(s, ss->id, ITT__CODE__INVALID_ARGUMENT,
+		            "step %u: pos %u would drop positions of a step not yet answered",
+		            c->step, c->pos);
+		return -1;
+	}
+	SCHED_LOG(SCHED_LOG_DEBUG, "session %llu: step %u drops positions [%u, %u)",
+	          (unsigned long long)ss->id, c->step, c->pos, ss->n_hist);
+	return sched_truncate(s, ss, c->pos);
 }
 
 static void sched_apply_step(sched_t *s, struct sched_cmd *c)
@@ -928,15 +1231,40 @@ static void sched_apply_step(sched_t *s, struct sched_cmd *c)
 		            (unsigned long long)c->session_id, ss->n_marks);
 		return;
 	}
-	if ((uint64_t)ss->n_hist + c->n_tokens > s->info.ctx_len) {
+	if (c->hidden && c->hidden_rows != c->n_tokens * (ss->g_kind == 1 ? 2 : 1)) {
 		sched_error(s, c->session_id, ITT__CODE__INVALID_ARGUMENT,
-		            "step %u: %u + %u tokens exceed the context of %u", c->step, ss->n_hist,
-		            c->n_tokens, s->info.ctx_len);
+		            "step %u: hidden has %u rows for %u tokens%s", c->step, c->hidden_rows,
+		            c->n_tokens, ss->g_kind == 1 ? " and their guidance branch" : "");
 		return;
 	}
-	uint32_t need = sched_blocks(s, ss->n_hist + c->n_tokens), start = ss->n_hist;
+	if (ss->tech.spec && c->n_tokens > SPEC_MAX_DRAFT + 1) {
+		sched_error(s, c->session_id, ITT__CODE__INVALID_ARGUMENT,
+		            "step %u: a speculative step takes the last token and at most %d "
+		            "drafts, got %u tokens",
+		            c->step, SPEC_MAX_DRAFT, c->n_tokens);
+		return;
+	}
+	if (c->has_pos && c->pos != ss->n_hist && sched_drop_from(s, ss, c) < 0)
+		return;
+	if ((uint64_t)ss->n_hist + c->n_tokens > s->info.ctx_len ||
+	    (ss->g_kind && (int64_t)ss->n_hist + c->n_tokens + ss->off > s->info.ctx_len)) {
+		sched_error(s, c->session_id, ITT__CODE__INVALID_ARGUMENT,
+		            "step %u: %u + %u tokens exceed the context of %u%s", c->step, ss->n_hist,
+		            c->n_tokens, s->info.ctx_len,
+		            ss->g_kind == 2 ? " (with the negative prompt's branch)" : "");
+		return;
+	}
+	uint32_t start = ss->n_hist;
+	uint32_t need = sched_blocks(s, ss->n_hist + c->n_tokens) +
+	                (ss->g_kind ? sched_blocks(s, (uint32_t)((int64_t)ss->n_hist +
+	                                                         c->n_tokens + ss->off))
+	                            : 0);
 	if (need > s->e->kv.n_blocks ||
-	    (c->hidden && sched_append_hidden(s, ss, c->hidden, c->n_tokens) < 0) ||
+	    (c->hidden &&
+	     sched_append_hidden(s, ss, c->hidden,
+	                         ss->g_kind == 1 ? c->hidden + (size_t)c->n_tokens * s->info.dim
+	                                         : NULL,
+	                         c->n_tokens) < 0) ||
 	    sched_append(s, ss, c->tokens, c->n_tokens) < 0) {
 		/* Only a worker with more memory can run it: the broker replays
 		 * the session elsewhere; its memory is freed. */
@@ -947,12 +1275,28 @@ static void sched_apply_step(sched_t *s, struct sched_cmd *c)
 		return;
 	}
 	ss->marks[(ss->mark_head + ss->n_marks++) % SCHED_MAX_INFLIGHT] =
-	    (struct sched_mark){c->step, ss->n_hist, start};
+	    (struct sched_mark){c->step, ss->n_hist, start, ss->tech.spec ? c->n_tokens : 1};
 }
 
 static void sched_log_summary(sched_t *s, const char *when);
 static void sched_apply_settings(sched_t *s, const struct sched_cmd *c);
 static void sched_apply_assign(sched_t *s, const struct sched_cmd *c);
+
+/* One INFO line per speculative session when it ends. */
+static void sched_log_spec(const sched_t *s, const struct sched_session *ss)
+{
+	(void)s;
+	if (!ss || !ss->tech.spec || !ss->spec_steps)
+		return;
+	SCHED_LOG(SCHED_LOG_INFO,
+	          "session %llu: speculative (%s): %llu drafts proposed, %llu accepted (%.1f%%) "
+	          "over %llu steps",
+	          (unsigned long long)ss->id, ss->tech.spec_exit ? "exit" : "ngram",
+	          (unsigned long long)ss->spec_proposed, (unsigned long long)ss->spec_accepted,
+	          ss->spec_proposed ? 100.0 * (double)ss->spec_accepted / (double)ss->spec_proposed
+	                            : 0.0,
+	          (unsigned long long)ss->spec_steps);
+}
 
 static void sched_apply(sched_t *s, struct sched_cmd *c)
 {
@@ -967,6 +1311,7 @@ static void sched_apply(sched_t *s, struct sched_cmd *c)
 	case SCHED_CMD_CLOSE:
 		SCHED_LOG(SCHED_LOG_DEBUG, "session %llu closed",
 		          (unsigned long long)c->session_id);
+		sched_log_spec(s, sched_find(s, c->session_id, NULL));
 		sched_drop(s, c->session_id);
 		if (s->n_sess == 0)
 			sched_log_summary(s, "idle");
@@ -1025,34 +1370,90 @@ static double sched_now_ms(void)
 	return (double)ts.tv_sec * 1e3 + (double)ts.tv_nsec / 1e6;
 }
 
-/* Adds k rows of ss to the batch at row n (with their input rows on a
- * stage > 0). */
-static void sched_take_rows(sched_t *s, struct sched_session *ss, uint32_t n, uint32_t k,
-                            uint32_t *n_out)
+/* Whether the row of main position p wants logits: it is one of the last
+ * n_logits positions of a step not yet answered.  *mi: the mark to look at
+ * first (relative to the head; positions are asked in ascending order). */
+static bool sched_wants(const struct sched_session *ss, uint32_t p, uint32_t *mi)
 {
-	uint32_t mi = 0; /* next mark, relative to head */
+	while (*mi < ss->n_marks && ss->marks[(ss->mark_head + *mi) % SCHED_MAX_INFLIGHT].end <= p)
+		(*mi)++;
+	if (*mi >= ss->n_marks)
+		return false;
+	const struct sched_mark *mk = &ss->marks[(ss->mark_head + *mi) % SCHED_MAX_INFLIGHT];
+	return p + mk->n_logits >= mk->end;
+}
+
+/* Adds one row to the batch at row *n. */
+static void sched_add_row(sched_t *s, struct sched_session *ss, uint32_t g, bool branch,
+                          uint32_t pos, bool want, uint32_t *n)
+{
+	uint32_t r = (*n)++;
+	int32_t tok;
+	if (!branch)
+		tok = ss->hist[pos];
+	else if (pos < ss->tech.n_neg)
+		tok = ss->tech.g_neg_tokens[pos];
+	else
+		tok = ss->hist[(int64_t)pos - ss->off];
+	s->row_tok[r] = tok;
+	s->row_pos[r] = pos;
+	s->row_seq[r] = branch ? &ss->bseq : &ss->seq;
+	s->row_want[r] = want && s->info.last == s->info.n_layers;
+	s->row_sess[r] = ss;
+	s->row_br[r] = branch;
+	s->row_grp[r] = g;
+	s->row_pert[r] = branch && ss->g_kind == 1 ? &ss->pert : NULL;
 	if (s->info.first > 0) {
 		const size_t dim = s->info.dim;
-		memcpy(s->row_hid + (size_t)n * dim,
-		       ss->hid + (size_t)(ss->n_done - ss->hid_start) * dim,
-		       (size_t)k * dim * sizeof *s->row_hid);
+		/* a branch on a stage is a perturbation branch: off 0, rows in step */
+		const float *src = (branch ? ss->bhid : ss->hid) + (size_t)(pos - ss->hid_start) * dim;
+		memcpy(s->row_hid + (size_t)r * dim, src, dim * sizeof *src);
 	}
+}
+
+/* Adds the rows of group g (k main rows from n_done, kb branch rows from
+ * bn_done) to the batch at row *n: first branch rows that catch up with the
+ * main sequence, then each main row followed by its branch row, so that the
+ * logits of a pair come out one after the other. */
+static void sched_take_rows(sched_t *s, uint32_t g, uint32_t *n)
+{
+	struct sched_session *ss = s->grp_sess[g];
+	uint32_t k = s->grp_rows[g], kb = s->grp_brows[g];
+	uint32_t mi = 0, q = ss->bn_done, qend = ss->bn_done + kb;
+	while (q < qend && (int64_t)q < (int64_t)ss->n_done + ss->off)
+		sched_add_row(s, ss, g, true, q++, false, n);
 	for (uint32_t j = 0; j < k; j++) {
 		uint32_t p = ss->n_done + j;
-		s->row_tok[n + j] = ss->hist[p];
-		s->row_pos[n + j] = p;
-		s->row_seq[n + j] = &ss->seq;
-		s->row_want[n + j] = 0;
-		while (mi < ss->n_marks &&
-		       ss->marks[(ss->mark_head + mi) % SCHED_MAX_INFLIGHT].end < p + 1)
-			mi++;
-		if (mi < ss->n_marks &&
-		    ss->marks[(ss->mark_head + mi) % SCHED_MAX_INFLIGHT].end == p + 1) {
-			s->row_want[n + j] = 1;
-			s->row_out[(*n_out)++] = ss;
-			mi++;
-		}
+		bool want = sched_wants(ss, p, &mi);
+		sched_add_row(s, ss, g, false, p, want, n);
+		if (q < qend && (int64_t)q == (int64_t)p + ss->off)
+			sched_add_row(s, ss, g, true, q++, want, n);
 	}
+	while (q < qend) /* not expected: the branch is never ahead */
+		sched_add_row(s, ss, g, true, q++, false, n);
+}
+
+/* Branch rows that go with k main rows of ss this step (0 without one):
+ * the branch catches up to the main sequence's alignment. */
+static uint32_t sched_branch_rows(const struct sched_session *ss, uint32_t k)
+{
+	if (!ss->g_kind)
+		return 0;
+	int64_t want = (int64_t)ss->n_done + k + ss->off, len = sched_bn_len(ss);
+	if (want > len)
+		want = len;
+	return want > ss->bn_done ? (uint32_t)(want - ss->bn_done) : 0;
+}
+
+/* Whether two sessions can share a forward pass: the same early exit (or
+ * none); a pass runs one exit configuration. */
+static bool sched_same_exit(const struct sched_session *a, const struct sched_session *b)
+{
+	if (a->tech.ee != b->tech.ee)
+		return false;
+	return !a->tech.ee ||
+	       (a->tech.ee_threshold == b->tech.ee_threshold && a->tech.n_ee == b->tech.n_ee &&
+	        !memcmp(a->tech.ee_layers, b->tech.ee_layers, a->tech.n_ee * sizeof(uint32_t)));
 }
 
 /* Whether group a goes before group b when blocks are handed out. */
@@ -1063,24 +1464,50 @@ static bool sched_before(const struct sched_session *a, const struct sched_sessi
 }
 
 /* Picks the rows of this step: decode rows first, then prefill chunks,
- * round-robin, at most batch_tokens; returns the number of groups. */
+ * round-robin, at most batch_tokens (a guidance branch's rows count too),
+ * one early-exit configuration per pass; returns the number of groups. */
 static uint32_t sched_select(sched_t *s)
 {
 	const uint32_t budget = s->cfg.batch_tokens;
 	uint32_t n = 0, n_grp = 0;
 	uint32_t start = s->n_sess ? s->rr++ % s->n_sess : 0;
+	struct sched_session *first = NULL;
+	s->pass_exit = NULL;
 	for (int pass = 0; pass < 2 && n < budget; pass++) {
 		for (uint32_t i = 0; i < s->n_sess && n < budget; i++) {
 			struct sched_session *ss = s->sess[(start + i) % s->n_sess];
 			uint32_t left = ss->n_hist - ss->n_done;
+			if (!ss->running || (left == 0 && !sched_branch_rows(ss, 0)))
+				continue;
 			bool prefill =
 			    left > 1 || (ss->n_marks && ss->marks[ss->mark_head].step == 0);
-			if (!ss->running || left == 0 || prefill != (pass == 1))
+			if (prefill != (pass == 1))
 				continue;
-			uint32_t k = left < budget - n ? left : budget - n;
+			if (first && !sched_same_exit(first, ss))
+				continue;
+			uint32_t room = budget - n;
+			uint32_t k = left < room ? left : room;
+			while (k > 0 && k + sched_branch_rows(ss, k) > room)
+				k--;
+			uint32_t kb = sched_branch_rows(ss, k);
+			if (k == 0 && kb > room)
+				kb = room; /* catching up only */
+			if (k == 0 && kb == 0) {
+				/* a main row and its branch row do not fit a budget of 1:
+				 * an empty pass takes them anyway */
+				if (n > 0 || left == 0 || 1 + sched_branch_rows(ss, 1) > s->max_rows)
+					continue;
+				k = 1;
+				kb = sched_branch_rows(ss, 1);
+			}
+			if (!first) {
+				first = ss;
+				s->pass_exit = ss->tech.ee ? ss : NULL;
+			}
 			s->grp_sess[n_grp] = ss;
-			s->grp_rows[n_grp++] = k;
-			n += k;
+			s->grp_rows[n_grp] = k;
+			s->grp_brows[n_grp++] = kb;
+			n += k + kb;
 		}
 	}
 	return n_grp;
@@ -1102,32 +1529,40 @@ static void sched_fail_stage(sched_t *s, struct sched_session *v, int rc, const 
 	sched_drop(s, v->id);
 }
 
-/* Gives every group the blocks for its rows, highest priority first,
- * preempting the lowest-priority running sessions when the cache is short
- * (a stage fails them instead); groups whose session lost its blocks get 0
- * rows. */
+/* Gives every group the blocks for its rows (main and branch), highest
+ * priority first, preempting the lowest-priority running sessions when the
+ * cache is short (a stage fails them instead); groups whose session lost
+ * its blocks get 0 rows. */
 static void sched_reserve(sched_t *s, uint32_t n_grp)
 {
 	struct kv_cache *kv = &s->e->kv;
 	/* insertion sort by (priority desc, admission asc); n_grp is small */
 	for (uint32_t g = 1; g < n_grp; g++) {
 		struct sched_session *ss = s->grp_sess[g];
-		uint32_t k = s->grp_rows[g], h = g;
+		uint32_t k = s->grp_rows[g], kb = s->grp_brows[g], h = g;
 		for (; h > 0 && sched_before(ss, s->grp_sess[h - 1]); h--) {
 			s->grp_sess[h] = s->grp_sess[h - 1];
 			s->grp_rows[h] = s->grp_rows[h - 1];
+			s->grp_brows[h] = s->grp_brows[h - 1];
 		}
 		s->grp_sess[h] = ss;
 		s->grp_rows[h] = k;
+		s->grp_brows[h] = kb;
 	}
 	for (uint32_t g = 0; g < n_grp; g++) {
 		struct sched_session *ss = s->grp_sess[g];
 		struct itt_err err = {0};
-		if (!s->grp_rows[g])
+		if (!s->grp_rows[g] && !s->grp_brows[g])
 			continue;
 		int rc;
-		while ((rc = kv_seq_prepare(kv, &ss->seq, ss->n_done, ss->n_done + s->grp_rows[g],
-		                            &err)) < 0) {
+		for (;;) {
+			rc = kv_seq_prepare(kv, &ss->seq, ss->n_done, ss->n_done + s->grp_rows[g],
+			                    &err);
+			if (rc >= 0 && s->grp_brows[g])
+				rc = kv_seq_prepare(kv, &ss->bseq, ss->bn_done,
+				                    ss->bn_done + s->grp_brows[g], &err);
+			if (rc >= 0)
+				break;
 			/* Out of blocks: preempt; out of memory: retry ss later. */
 			struct sched_session *v = rc == ITT_E_FULL ? sched_victim(s) : ss;
 			bool self = v == ss;
@@ -1136,7 +1571,7 @@ static void sched_reserve(sched_t *s, uint32_t n_grp)
 				          (unsigned long long)ss->id, err.msg);
 			for (uint32_t h = g; h < n_grp; h++)
 				if (s->grp_sess[h] == v)
-					s->grp_rows[h] = 0;
+					s->grp_rows[h] = s->grp_brows[h] = 0;
 			if (s->stage)
 				sched_fail_stage(s, v, rc, err.msg); /* v is freed */
 			else
@@ -1157,72 +1592,18 @@ static void sched_register(sched_t *s, struct sched_session *ss)
 	ss->n_reg = upto / s->block;
 }
 
-/* The last stage: samples every session whose step completed, in row
- * order, onto *tail. */
-static struct sched_out **sched_sample(sched_t *s, uint32_t n_out, struct sched_out **tail)
+/* A new RESULT of step mk with its prompt tokens on step 0. */
+static struct sched_out *sched_result_new(const struct sched_session *ss,
+                                          const struct sched_mark *mk)
 {
-	const uint32_t V = s->info.vocab;
-	for (uint32_t o = 0; o < n_out; o++) {
-		struct sched_session *ss = s->row_out[o];
-		struct sched_mark mk = ss->marks[ss->mark_head];
-		ss->mark_head = (ss->mark_head + 1) % SCHED_MAX_INFLIGHT;
-		ss->n_marks--;
-		int32_t tok =
-		    sampler_sample(ss->smp, s->e->logits + (size_t)o * V, ss->hist, mk.end, mk.end);
-		struct sched_out *r = calloc(1, sizeof *r);
-		if (!r) {
-			sched_error(s, ss->id, ITT__CODE__INTERNAL, "out of memory for a RESULT");
-			continue;
-		}
-		r->kind = SCHED_OUT_RESULT;
-		r->session_id = ss->id;
-		r->step = mk.step;
-		r->has_token = true;
-		r->token = tok;
-		r->n_pos = mk.end;
-		if (s->e->tok) {
-			int pl = tokenizer_decode_piece(s->e->tok, ss->hist[mk.end - 1], tok,
-			                                r->piece, sizeof r->piece);
-			r->piece_len = pl > 0 ? (size_t)pl : 0;
-		}
-		if (mk.step == 0 && ss->tokenized &&
-		    (r->prompt_tokens = malloc((size_t)ss->n_prompt * sizeof(int32_t)))) {
-			memcpy(r->prompt_tokens, ss->hist, (size_t)ss->n_prompt * sizeof(int32_t));
-			r->n_prompt_tokens = ss->n_prompt;
-		}
-		ss->last_out_ms = sched_now_ms();
-		*tail = r;
-		tail = &r->next;
-	}
-	return tail;
-}
-
-/* A RESULT of a non-last stage: the output rows of step mk, which are the
- * first rows the session collected, in its reply_dtype. */
-static struct sched_out *sched_rows_result(sched_t *s, struct sched_session *ss,
-                                           struct sched_mark mk)
-{
-	const uint32_t dim = s->info.dim, rows = mk.end - mk.start;
-	const size_t n = (size_t)rows * dim;
 	struct sched_out *r = calloc(1, sizeof *r);
-	size_t es = ss->reply_dtype == ITT__DTYPE__F16 ? 2 : 4;
-	if (!r || !(r->tensor = malloc(n ? n * es : 1))) {
-		free(r);
+	if (!r)
 		return NULL;
-	}
-	if (es == 2)
-		kv_fp16_from_fp32(r->tensor, ss->outr, n);
-	else
-		memcpy(r->tensor, ss->outr, n * es);
 	r->kind = SCHED_OUT_RESULT;
 	r->session_id = ss->id;
-	r->step = mk.step;
-	r->n_pos = mk.end;
-	r->tensor_len = n * es;
-	r->tensor_dtype = ss->reply_dtype;
-	r->tensor_rows = rows;
-	r->tensor_cols = dim;
-	if (mk.step == 0 && ss->tokenized &&
+	r->step = mk->step;
+	r->n_pos = mk->end;
+	if (mk->step == 0 && ss->tokenized &&
 	    (r->prompt_tokens = malloc((size_t)ss->n_prompt * sizeof(int32_t)))) {
 		memcpy(r->prompt_tokens, ss->hist, (size_t)ss->n_prompt * sizeof(int32_t));
 		r->n_prompt_tokens = ss->n_prompt;
@@ -1230,37 +1611,302 @@ static struct sched_out *sched_rows_result(sched_t *s, struct sched_session *ss,
 	return r;
 }
 
-/* A non-last stage: keeps the k output rows of ss (at `rows`, positions
- * n_done.. before this step) and answers every step now complete onto
- * *tail.  ss->n_done already counts the rows. */
-static struct sched_out **sched_collect(sched_t *s, struct sched_session *ss, const float *rows,
-                                        uint32_t k, struct sched_out **tail)
+static void sched_piece(const sched_t *s, int32_t prev, int32_t tok, char *buf, size_t *len)
 {
-	const size_t dim = s->info.dim;
-	uint32_t have = ss->n_done - k - ss->out_start;
-	if (sched_rows_fit(&ss->outr, &ss->out_cap, have + k, (uint32_t)dim) < 0) {
-		sched_error(s, ss->id, ITT__CODE__INTERNAL, "out of memory for %u output rows",
-		            have + k);
-		sched_drop(s, ss->id);
-		return tail;
+	*len = 0;
+	if (s->e->tok) {
+		int pl = tokenizer_decode_piece(s->e->tok, prev, tok, buf, SCHED_MAX_PIECE);
+		*len = pl > 0 ? (size_t)pl : 0;
 	}
-	memcpy(ss->outr + (size_t)have * dim, rows, (size_t)k * dim * sizeof *rows);
-	while (ss->n_marks && ss->marks[ss->mark_head].end <= ss->n_done) {
+}
+
+/* A session whose step needs "exit" drafts after this pass (the shallow
+ * passes reuse the logits buffer, so they run after every result). */
+struct sched_exit_job {
+	struct sched_session *ss;
+	struct sched_out *r;
+	uint32_t k;
+};
+
+/* The last stage, a buffered session (techniques): the head mark's rows
+ * are all in lg (and blg): guidance combines them, the sampler draws (a
+ * speculative step verifies its drafts), the history and the caches keep
+ * only the emitted tokens, and the next drafts are proposed. */
+static struct sched_out *sched_finish(sched_t *s, struct sched_session *ss,
+                                      struct sched_exit_job *job)
+{
+	const uint32_t V = s->info.vocab;
+	struct sched_mark mk = ss->marks[ss->mark_head];
+	ss->mark_head = (ss->mark_head + 1) % SCHED_MAX_INFLIGHT;
+	ss->n_marks--;
+	const uint32_t nl = mk.n_logits, k = nl - 1, p0 = mk.end - nl;
+	int32_t out[SPEC_MAX_DRAFT + 1], draft[SPEC_MAX_DRAFT];
+	uint32_t c;
+
+	job->ss = NULL;
+	if (ss->g_kind)
+		for (uint32_t i = 0; i < nl; i++)
+			guidance_combine(ss->lg + (size_t)i * V, ss->blg + (size_t)i * V, V,
+			                 ss->tech.g_scale, GUIDANCE_DEFAULT_CUT,
+			                 ss->lg + (size_t)i * V);
+	if (ss->tech.spec) {
+		/* verification writes the emitted tokens over the drafts, one past */
+		memcpy(draft, ss->hist + p0 + 1, (size_t)k * sizeof *draft);
+		if (sched_hist_reserve(s, ss, mk.end + 1) < 0) {
+			sched_error(s, ss->id, ITT__CODE__INTERNAL, "out of memory for the history");
+			return NULL;
+		}
+		c = spec_verify(ss->smp, ss->lg, V, draft, k, ss->hist, p0 + 1, out);
+		ss->spec_proposed += k;
+		ss->spec_accepted += c - 1;
+		ss->spec_steps++;
+		s->spec_proposed += k;
+		s->spec_accepted += c - 1;
+		spec_ctl_update(&ss->ctl, k, c - 1);
+	} else {
+		out[0] = sampler_sample(ss->smp, ss->lg, ss->hist, mk.end, mk.end);
+		c = 1;
+	}
+	struct sched_out *r = sched_result_new(ss, &mk);
+	if (!r) {
+		sched_error(s, ss->id, ITT__CODE__INTERNAL, "out of memory for a RESULT");
+		return NULL;
+	}
+	const uint32_t npos = p0 + c; /* t and the accepted drafts */
+	r->has_token = true;
+	r->token = out[c - 1];
+	r->n_pos = npos;
+	for (uint32_t i = 0; i < c; i++) {
+		int32_t prev = i ? out[i - 1] : ss->hist[p0];
+		sched_piece(s, prev, out[i], r->pieces[i], &r->piece_lens[i]);
+	}
+	memcpy(r->piece, r->pieces[c - 1], r->piece_lens[c - 1]);
+	r->piece_len = r->piece_lens[c - 1];
+	if (ss->tech.ee) {
+		r->has_exit_layer = true;
+		r->exit_layer = ss->lg_exit[c - 1];
+	}
+	if (!ss->tech.spec)
+		return r;
+	r->n_tokens = c;
+	memcpy(r->tokens, out, c * sizeof *out);
+	/* the rejected drafts leave the history and the caches now (the other
+	 * stages drop them when the next STEP's pos says so) */
+	if (ss->n_marks)
+		return r; /* later steps were appended already (not a broker's way) */
+	if (npos < ss->n_hist)
+		sched_truncate(s, ss, npos);
+	/* next drafts: the next step feeds [last, drafts] at npos.. (< ctx) */
+	int64_t room = (int64_t)s->info.ctx_len - npos - 1 - (ss->off > 0 ? ss->off : 0);
+	uint32_t kd = room <= 0 ? 0 : ss->ctl.k < room ? ss->ctl.k : (uint32_t)room;
+	if (!kd)
+		return r;
+	if (ss->tech.spec_exit) {
+		*job = (struct sched_exit_job){ss, r, kd};
+		return r;
+	}
+	/* hist[npos] is the last emitted token (verification wrote it) */
+	r->n_draft = spec_ngram_draft(ss->hist, npos + 1, ss->tech.ngram_min, ss->tech.ngram_max,
+	                              kd, r->draft);
+	return r;
+}
+
+static uint32_t sched_argmax(const float *l, uint32_t n)
+{
+	uint32_t best = 0;
+	for (uint32_t i = 1; i < n; i++)
+		if (l[i] > l[best])
+			best = i;
+	return best;
+}
+
+/* "exit" drafts: k passes of one row through the first exit_layers layers
+ * and the output head, each feeding the previous arg-max; they write those
+ * layers' K/V at positions the verification pass rewrites, so the sequence
+ * is cut back afterwards. */
+static void sched_exit_drafts(sched_t *s, const struct sched_exit_job *j)
+{
+	struct sched_session *ss = j->ss;
+	struct kv_cache *kv = &s->e->kv;
+	struct itt_err err = {0};
+	const uint32_t P = ss->seq.n_pos;
+	if (P != ss->n_done || P != ss->n_hist)
+		return;
+	if (kv_seq_prepare(kv, &ss->seq, P, P + j->k, &err) < 0) {
+		kv_seq_truncate(kv, &ss->seq, P);
+		return; /* no blocks to spare: no drafts this time */
+	}
+	int32_t x = j->r->token;
+	struct kv_seq *seq = &ss->seq;
+	for (uint32_t i = 0; i < j->k; i++) {
+		uint32_t pos = P + i;
+		struct forward_batch b = {.n_rows = 1,
+		                          .tokens = &x,
+		                          .pos = &pos,
+		                          .seqs = &seq,
+		                          .stop_layer = ss->tech.spec_exit_layers};
+		if (forward_run(&s->e->fwd, &b, s->e->logits, &err) < 0) {
+			SCHED_LOG(SCHED_LOG_WARN, "session %llu: exit draft pass: %s",
+			          (unsigned long long)ss->id, err.msg);
+			break;
+		}
+		x = (int32_t)sched_argmax(s->e->logits, s->info.vocab);
+		j->r->draft[j->r->n_draft++] = x;
+	}
+	kv_seq_truncate(kv, &ss->seq, P);
+}
+
+/* The last stage: takes the logits rows in row order; a plain session
+ * samples at once, a buffered one keeps its rows until its step is
+ * complete.  Results go onto *tail. */
+static struct sched_out **sched_sample(sched_t *s, uint32_t n, struct sched_out **tail)
+{
+	const uint32_t V = s->info.vocab;
+	struct sched_exit_job jobs[64];
+	uint32_t n_jobs = 0;
+	for (uint32_t row = 0, o = 0; row < n; row++) {
+		if (!s->row_want[row])
+			continue;
+		const float *l = s->e->logits + (size_t)(o++) * V;
+		struct sched_session *ss = s->row_sess[row];
+		if (!s->grp_rows[s->row_grp[row]] && !s->grp_brows[s->row_grp[row]])
+			continue; /* dropped meanwhile */
 		struct sched_mark mk = ss->marks[ss->mark_head];
-		ss->mark_head = (ss->mark_head + 1) % SCHED_MAX_INFLIGHT;
-		ss->n_marks--;
-		struct sched_out *r = sched_rows_result(s, ss, mk);
-		uint32_t left = ss->n_done - mk.end;
-		memmove(ss->outr, ss->outr + (size_t)(mk.end - mk.start) * dim,
-		        (size_t)left * dim * sizeof *ss->outr);
-		ss->out_start = mk.end;
-		if (!r) {
-			sched_error(s, ss->id, ITT__CODE__INTERNAL, "out of memory for a RESULT");
+		bool br = s->row_br[row];
+		uint32_t p = br ? (uint32_t)((int64_t)s->row_pos[row] - ss->off) : s->row_pos[row];
+		if (!ss->buffered) {
+			ss->mark_head = (ss->mark_head + 1) % SCHED_MAX_INFLIGHT;
+			ss->n_marks--;
+			int32_t tok = sampler_sample(ss->smp, l, ss->hist, mk.end, mk.end);
+			struct sched_out *r = sched_result_new(ss, &mk);
+			if (!r) {
+				sched_error(s, ss->id, ITT__CODE__INTERNAL,
+				            "out of memory for a RESULT");
+				continue;
+			}
+			r->has_token = true;
+			r->token = tok;
+			sched_piece(s, ss->hist[mk.end - 1], tok, r->piece, &r->piece_len);
+			ss->last_out_ms = sched_now_ms();
+			*tail = r;
+			tail = &r->next;
 			continue;
 		}
+		uint32_t idx = p + mk.n_logits - mk.end;
+		memcpy((br ? ss->blg : ss->lg) + (size_t)idx * V, l, (size_t)V * sizeof *l);
+		if (!br && s->pass_exit)
+			ss->lg_exit[idx] = s->row_exit[row];
+		if (p + 1 != mk.end || br != (ss->g_kind != 0))
+			continue;
+		struct sched_exit_job job;
+		struct sched_out *r = sched_finish(s, ss, &job);
+		if (!r)
+			continue;
+		if (job.ss && n_jobs < sizeof jobs / sizeof jobs[0])
+			jobs[n_jobs++] = job;
 		ss->last_out_ms = sched_now_ms();
 		*tail = r;
 		tail = &r->next;
+	}
+	for (uint32_t i = 0; i < n_jobs; i++)
+		sched_exit_drafts(s, &jobs[i]);
+	return tail;
+}
+
+/* A RESULT of a non-last stage: the output rows of step mk, which are the
+ * first rows the session collected, in its reply_dtype (with a branch: the
+ * main rows, then the branch rows). */
+static struct sched_out *sched_rows_result(sched_t *s, struct sched_session *ss,
+                                           struct sched_mark mk)
+{
+	const uint32_t dim = s->info.dim, rows = mk.end - mk.start;
+	const uint32_t mult = ss->g_kind ? 2 : 1;
+	const size_t n = (size_t)rows * dim;
+	struct sched_out *r = sched_result_new(ss, &mk);
+	size_t es = ss->reply_dtype == ITT__DTYPE__F16 ? 2 : 4;
+	if (!r || !(r->tensor = malloc(n ? n * es * mult : 1))) {
+		sched_out_free_list(r);
+		return NULL;
+	}
+	for (uint32_t b = 0; b < mult; b++) {
+		const float *src = b ? ss->boutr : ss->outr;
+		uint8_t *dst = (uint8_t *)r->tensor + (size_t)b * n * es;
+		if (es == 2)
+			kv_fp16_from_fp32((uint16_t *)(void *)dst, src, n);
+		else
+			memcpy(dst, src, n * es);
+	}
+	r->tensor_len = n * es * mult;
+	r->tensor_dtype = ss->reply_dtype;
+	r->tensor_rows = rows * mult;
+	r->tensor_cols = dim;
+	return r;
+}
+
+/* A non-last stage: keeps every row's output (row r of `rows`) with its
+ * session and answers every step now complete onto *tail.  n_done and
+ * bn_done already count the rows. */
+static struct sched_out **sched_collect(sched_t *s, uint32_t n, uint32_t n_grp, const float *rows,
+                                        struct sched_out **tail)
+{
+	const size_t dim = s->info.dim;
+	for (uint32_t g = 0; g < n_grp; g++) {
+		struct sched_session *ss = s->grp_sess[g];
+		if (!s->grp_rows[g] && !s->grp_brows[g])
+			continue;
+		uint32_t need = ss->n_done - ss->out_start;
+		uint32_t bneed = ss->g_kind ? (uint32_t)((int64_t)ss->bn_done - ss->off) -
+		                                  ss->out_start
+		                            : 0;
+		if (sched_rows_fit(&ss->outr, &ss->out_cap, need, (uint32_t)dim) < 0 ||
+		    (ss->g_kind &&
+		     sched_rows_fit(&ss->boutr, &ss->bout_cap, bneed, (uint32_t)dim) < 0)) {
+			sched_error(s, ss->id, ITT__CODE__INTERNAL,
+			            "out of memory for %u output rows", need);
+			s->grp_rows[g] = s->grp_brows[g] = 0;
+			sched_drop(s, ss->id);
+		}
+	}
+	for (uint32_t r = 0; r < n; r++) {
+		uint32_t g = s->row_grp[r];
+		if (!s->grp_rows[g] && !s->grp_brows[g])
+			continue;
+		struct sched_session *ss = s->row_sess[r];
+		bool br = s->row_br[r];
+		uint32_t p = br ? (uint32_t)((int64_t)s->row_pos[r] - ss->off) : s->row_pos[r];
+		float *dst = (br ? ss->boutr : ss->outr) + (size_t)(p - ss->out_start) * dim;
+		memcpy(dst, rows + (size_t)r * dim, dim * sizeof *dst);
+	}
+	for (uint32_t g = 0; g < n_grp; g++) {
+		struct sched_session *ss = s->grp_sess[g];
+		if (!s->grp_rows[g] && !s->grp_brows[g])
+			continue;
+		while (ss->n_marks && ss->marks[ss->mark_head].end <= ss->n_done &&
+		       (!ss->g_kind ||
+		        (int64_t)ss->marks[ss->mark_head].end + ss->off <= ss->bn_done)) {
+			struct sched_mark mk = ss->marks[ss->mark_head];
+			ss->mark_head = (ss->mark_head + 1) % SCHED_MAX_INFLIGHT;
+			ss->n_marks--;
+			struct sched_out *r = sched_rows_result(s, ss, mk);
+			uint32_t left = ss->n_done - mk.end, taken = mk.end - mk.start;
+			memmove(ss->outr, ss->outr + (size_t)taken * dim,
+			        (size_t)left * dim * sizeof *ss->outr);
+			if (ss->g_kind) {
+				uint32_t bleft =
+				    (uint32_t)((int64_t)ss->bn_done - ss->off) - mk.end;
+				memmove(ss->boutr, ss->boutr + (size_t)taken * dim,
+				        (size_t)bleft * dim * sizeof *ss->boutr);
+			}
+			ss->out_start = mk.end;
+			if (!r) {
+				sched_error(s, ss->id, ITT__CODE__INTERNAL,
+				            "out of memory for a RESULT");
+				continue;
+			}
+			ss->last_out_ms = sched_now_ms();
+			*tail = r;
+			tail = &r->next;
+		}
 	}
 	return tail;
 }
@@ -1277,7 +1923,8 @@ static void sched_sleep_ms(uint32_t ms)
 static void sched_run_step(sched_t *s)
 {
 	const bool last = s->info.last == s->info.n_layers;
-	uint32_t n = 0, n_out = 0;
+	uint32_t n = 0;
+	bool any_pert = false;
 	struct itt_err err = {0};
 
 	if (!s->e)
@@ -1286,25 +1933,34 @@ static void sched_run_step(sched_t *s)
 	uint32_t n_grp = sched_select(s);
 	sched_reserve(s, n_grp);
 	for (uint32_t g = 0; g < n_grp; g++) {
-		if (!s->grp_rows[g])
+		if (!s->grp_rows[g] && !s->grp_brows[g])
 			continue; /* preempted, or failed and freed */
-		sched_take_rows(s, s->grp_sess[g], n, s->grp_rows[g], &n_out);
-		n += s->grp_rows[g];
+		any_pert |= s->grp_brows[g] && s->grp_sess[g]->g_kind == 1;
+		sched_take_rows(s, g, &n);
 	}
 	if (n == 0)
 		return;
 	double t0 = sched_now_ms();
+	struct forward_exit ex = {0};
+	if (s->pass_exit && last) {
+		ex.layers = s->pass_exit->tech.ee_layers;
+		ex.n_layers = s->pass_exit->tech.n_ee;
+		ex.threshold = s->pass_exit->tech.ee_threshold;
+		ex.exited_at = s->row_exit;
+	}
 	struct forward_batch b = {.n_rows = n,
 	                          .tokens = s->row_tok,
 	                          .hidden = s->info.first > 0 ? s->row_hid : NULL,
 	                          .pos = s->row_pos,
 	                          .seqs = s->row_seq,
-	                          .want_logits = s->row_want};
+	                          .want_logits = s->row_want,
+	                          .perturb = any_pert ? s->row_pert : NULL,
+	                          .exit = ex.layers ? &ex : NULL};
 	int rc = forward_run(&s->e->fwd, &b, s->e->logits, &err);
 	if (rc < 0) {
 		SCHED_LOG(SCHED_LOG_ERROR, "forward_run of %u rows failed: %s", n, err.msg);
 		for (uint32_t g = 0; g < n_grp; g++) {
-			if (!s->grp_rows[g])
+			if (!s->grp_rows[g] && !s->grp_brows[g])
 				continue;
 			sched_error(s, s->grp_sess[g]->id, ITT__CODE__INTERNAL, "forward pass: %s",
 			            err.msg);
@@ -1313,22 +1969,20 @@ static void sched_run_step(sched_t *s)
 		return;
 	}
 	struct sched_out *outs = NULL, **tail = &outs;
-	for (uint32_t g = 0, row = 0; g < n_grp; g++) {
+	for (uint32_t g = 0; g < n_grp; g++) {
 		struct sched_session *ss = s->grp_sess[g];
-		uint32_t k = s->grp_rows[g];
-		if (!k)
+		if (!s->grp_rows[g] && !s->grp_brows[g])
 			continue;
-		ss->n_done += k;
+		ss->n_done += s->grp_rows[g];
+		ss->bn_done += s->grp_brows[g];
 		sched_register(s, ss);
-		if (!last)
-			tail =
-			    sched_collect(s, ss, s->e->logits + (size_t)row * s->info.dim, k, tail);
-		row += k;
 	}
+	if (!last)
+		tail = sched_collect(s, n, n_grp, s->e->logits, tail);
 	if (s->cfg.slow_ms)
 		sched_sleep_ms(s->cfg.slow_ms);
 	if (last)
-		tail = sched_sample(s, n_out, tail);
+		tail = sched_sample(s, n, tail);
 	double ms = sched_now_ms() - t0;
 	pthread_mutex_lock(&s->out_mu);
 	s->stats.steps++;
@@ -1422,6 +2076,8 @@ static bool sched_publish(sched_t *s)
 	s->stats.sessions = s->n_sess;
 	s->stats.waiting = s->n_wait;
 	s->stats.preemptions = s->preemptions;
+	s->stats.spec_proposed = s->spec_proposed;
+	s->stats.spec_accepted = s->spec_accepted;
 	s->stats.settings = (struct sched_settings){
 	    s->e ? (uint32_t)threadpool_size(s->e->pool) : 0, s->cfg.batch_tokens, s->cfg.slow_ms};
 	if (s->e) {
@@ -1504,6 +2160,7 @@ static int sched_load(sched_t *s, uint32_t first, uint32_t last, int threads, st
 	s->info.ctx_len = m->hp.ctx_len;
 	s->info.dim = m->hp.dim;
 	s->info.n_layers = m->hp.n_layers;
+	s->info.n_heads = m->hp.n_heads;
 	s->info.first = m->first;
 	s->info.last = m->last;
 	s->info.tok = s->e->tok;
@@ -1627,11 +2284,17 @@ int sched_new(const struct sched_config *c, sched_t **out, struct itt_err *err)
 	s->row_pos = malloc(R * sizeof *s->row_pos);
 	s->row_seq = malloc(R * sizeof *s->row_seq);
 	s->row_want = malloc(R);
-	s->row_out = malloc(R * sizeof *s->row_out);
+	s->row_sess = malloc(R * sizeof *s->row_sess);
+	s->row_br = malloc(R);
+	s->row_grp = malloc(R * sizeof *s->row_grp);
+	s->row_pert = malloc(R * sizeof *s->row_pert);
+	s->row_exit = malloc(R * sizeof *s->row_exit);
 	s->grp_sess = malloc(S * sizeof *s->grp_sess);
 	s->grp_rows = malloc(S * sizeof *s->grp_rows);
+	s->grp_brows = malloc(S * sizeof *s->grp_brows);
 	if (!s->sess || !s->waitq || !s->row_tok || !s->row_pos || !s->row_seq || !s->row_want ||
-	    !s->row_out || !s->grp_sess || !s->grp_rows) {
+	    !s->row_sess || !s->row_br || !s->row_grp || !s->row_pert || !s->row_exit ||
+	    !s->grp_sess || !s->grp_rows || !s->grp_brows) {
 		rc = itt_err_set(err, ITT_E_NOMEM, "sched_new: out of memory for %zu sessions", S);
 		goto fail;
 	}
@@ -1731,10 +2394,15 @@ void sched_destroy(sched_t **sp)
 	free(s->row_pos);
 	free(s->row_seq);
 	free(s->row_want);
-	free(s->row_out);
+	free(s->row_sess);
+	free(s->row_br);
+	free(s->row_grp);
+	free(s->row_pert);
+	free(s->row_exit);
 	free(s->row_hid);
 	free(s->grp_sess);
 	free(s->grp_rows);
+	free(s->grp_brows);
 	pthread_mutex_destroy(&s->in_mu);
 	pthread_cond_destroy(&s->in_cv);
 	pthread_mutex_destroy(&s->out_mu);

@@ -49,10 +49,35 @@
  * loop thread keeps its own copy of sched_info and never reads the compute
  * thread's while it may be rebuilt.
  *
+ * Techniques (PROTOCOL.md, "Techniques"; validated again by the decoder
+ * against this worker's shape and range).  Speculative decoding: a STEP may
+ * carry `pos` (the position of its first token): a longer history first
+ * drops positions >= pos (never prompt positions, never while a step is in
+ * flight) from the history and the KV cache; a speculative session's STEP
+ * [t, d1..dk] wants the logits of all its rows, and the last stage verifies
+ * the drafts (spec_verify: the emitted tokens are those plain decoding
+ * draws), keeps only the emitted tokens in the history and the cache, and
+ * proposes the next drafts (prompt n-grams, or k shallow passes of the
+ * first exit_layers layers) in the RESULT.  Guidance: with scale > 0 the
+ * session has a second KV sequence, the branch, whose rows run in the same
+ * forward pass, interleaved with the main rows: the same tokens with the
+ * listed heads perturbed (on stages the tensor frames hold the main rows,
+ * then the branch rows), or the negative prompt (BOS first) followed by the
+ * generated tokens; the last stage samples from guidance_combine(l, l_b).
+ * The branch's blocks count for admission and preemption.  Early exit:
+ * sessions with the same exit configuration share a forward pass (a pass
+ * runs one configuration; round-robin decides which), RESULT exit_layer
+ * says where the token was decided.  Early exit, "exit" drafts and
+ * negative prompts need a whole-model worker.
+ *
  * Invariants.  A session's history holds every token fed to it (prompt and
- * steps), hist[0, n_done) are in its KV cache (n_done == seq.n_pos; 0 while
- * it waits), and a step's result samples the token at position `end` from
- * hist[0, end), so a replayed or preempted history samples the same tokens.
+ * steps, less dropped drafts), hist[0, n_done) are in its KV cache (n_done
+ * == seq.n_pos; 0 while it waits), and a step's result samples the token at
+ * position `end` from hist[0, end), so a replayed or preempted history
+ * samples the same tokens.  A branch holds positions [0, bn_done) of its
+ * own history (branch position = main position + off, off = n_neg -
+ * n_prompt for a negative prompt, 0 for perturbation) and is never ahead of
+ * the main sequence's alignment.
  * Outputs carry the epoch of the registration they belong to (set by
  * SCHED_CMD_RESET), so the loop drops results of sessions that a
  * reconnect has forgotten. */
@@ -66,6 +91,7 @@
 #include "err.h"
 #include "kv-cache.h"
 #include "sampler.h"
+#include "speculative.h"
 #include "tokenizer.h"
 
 /* ---- logging (shared by the worker's modules) ------------------------- */
@@ -125,6 +151,7 @@ struct sched_config {
 struct sched_info {
 	uint32_t vocab, ctx_len, dim;
 	uint32_t n_layers, first, last; /* layers [first, last) of n_layers */
+	uint32_t n_heads;               /* query heads per layer (guidance heads) */
 	int32_t eos, bos;               /* -1: none */
 	uint32_t kv_blocks, kv_block;   /* KV cache: blocks, positions per block */
 	const tokenizer_t *tok;         /* NULL: text prompts are refused */
@@ -147,6 +174,26 @@ enum sched_cmd_kind {
 	SCHED_CMD_ASSIGN,   /* drop every session (outputs carry epoch), load [first, last) */
 };
 
+/* Early-exit test layers per request, at most (VALIDATE_MAX_EXITS). */
+#define SCHED_MAX_EXITS 64
+
+/* An OPEN's techniques, decoded and checked against the worker. */
+struct sched_tech {
+	/* guidance, active when g_scale > 0 */
+	float g_scale, g_blend;
+	uint8_t *g_mask;         /* [n_layers * n_heads] perturbed heads, owned (or NULL) */
+	char *g_neg;             /* negative prompt text, owned; tokenized by sched_prepare_open */
+	int32_t *g_neg_tokens;   /* [n_neg] (BOS first), owned */
+	uint32_t n_neg;
+	/* speculative decoding */
+	bool spec, spec_exit;    /* drafts from n-grams, or from the first spec_exit_layers */
+	uint32_t spec_max, spec_exit_layers, ngram_min, ngram_max;
+	/* early exit */
+	bool ee;
+	float ee_threshold;
+	uint32_t ee_layers[SCHED_MAX_EXITS], n_ee;
+};
+
 struct sched_cmd {
 	enum sched_cmd_kind kind;
 	uint64_t session_id;
@@ -160,7 +207,12 @@ struct sched_cmd {
 	bool tokenized;            /* OPEN: tokens came from a text prompt */
 	struct sampler_params sp;  /* OPEN; sp.bias points at bias */
 	struct sampler_bias *bias; /* [sp.n_bias], owned */
-	float *hidden;             /* OPEN/STEP on a stage > 0: [n_tokens][dim] F32, owned */
+	float *hidden;             /* OPEN/STEP on a stage > 0: [hidden_rows][dim] F32, owned */
+	uint32_t hidden_rows;      /* n_tokens, or 2 n_tokens with a guidance branch (main
+	                            * rows, then branch rows) */
+	bool has_pos;              /* STEP: pos was given */
+	uint32_t pos;              /* STEP: position of tokens[0] */
+	struct sched_tech tech;    /* OPEN */
 	int reply_dtype;           /* OPEN: ITT__DTYPE__* of a non-last stage's RESULT rows */
 	uint32_t epoch;            /* RESET, ASSIGN */
 	bool has_threads, has_batch_tokens, has_slow_ms; /* SETTINGS: the knobs present */
@@ -174,8 +226,13 @@ struct sched_cmd {
  * decoded far enough to name one (else 0), so an ERROR can carry it.
  * tensor/tensor_len: the message's 4th frame (NULL: none).  On a stage > 0
  * OPEN/STEP need tokens, `hidden` and a tensor of n_tokens rows of dim F32
- * or F16 elements (converted to F32 into c->hidden); on stage 0 a tensor or
- * `hidden` is refused; a text prompt is only valid on stage 0. */
+ * or F16 elements (converted to F32 into c->hidden) — 2 n_tokens rows for a
+ * session with a perturbation branch (an OPEN says so; a STEP may have
+ * either, the compute thread checks it against the session); on stage 0 a
+ * tensor or `hidden` is refused; a text prompt is only valid on stage 0.
+ * OPEN's techniques pass validate_techniques with this model's n_layers and
+ * n_heads, and early exit, "exit" drafts and a negative prompt need a
+ * whole-model worker (else INVALID_ARGUMENT). */
 int sched_decode_open(const uint8_t *body, size_t len, const void *tensor, size_t tensor_len,
                       const struct sched_info *info, struct sched_cmd **out, uint64_t *session_id,
                       char *reason, size_t cap);
@@ -222,6 +279,16 @@ struct sched_out {
 	int32_t *prompt_tokens; /* [n_prompt_tokens], owned; step 0 of a text prompt */
 	uint32_t n_prompt_tokens;
 	bool has_token;    /* last stage: token and piece are set */
+	/* speculative: every token emitted (token is the last), their pieces,
+	 * and the drafts to feed next */
+	uint32_t n_tokens;
+	int32_t tokens[SPEC_MAX_DRAFT + 1];
+	char pieces[SPEC_MAX_DRAFT + 1][SCHED_MAX_PIECE];
+	size_t piece_lens[SPEC_MAX_DRAFT + 1];
+	uint32_t n_draft;
+	int32_t draft[SPEC_MAX_DRAFT];
+	bool has_exit_layer; /* early exit: the layer after which token was decided */
+	uint32_t exit_layer;
 	void *tensor;      /* non-last stage: [tensor_rows][tensor_cols] of tensor_dtype, owned */
 	size_t tensor_len; /* bytes */
 	int tensor_dtype;  /* ITT__DTYPE__* */
@@ -254,6 +321,8 @@ struct sched_stats {
 	uint64_t prefix_hits;           /* of them, those that shared blocks */
 	uint64_t prefix_blocks;         /* blocks shared in total */
 	double step_ms;                 /* wall time of all steps (slow_ms included), in total */
+	uint64_t spec_proposed;         /* speculative drafts proposed (verified) */
+	uint64_t spec_accepted;         /* of them, accepted */
 	struct sched_settings settings; /* in force */
 };
 

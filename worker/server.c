@@ -184,6 +184,8 @@ static void server_hello(struct server *s)
 	h.has_ctx_len = h.has_dim = h.has_eos_token = h.has_max_sessions = h.has_threads = 1;
 	h.has_cores = h.has_mem_bytes = h.has_max_batch_tokens = h.has_mem_available = 1;
 	h.has_weight_bytes = 1;
+	h.has_n_heads = in->n_heads > 0;
+	h.n_heads = in->n_heads;
 	h.pid = (uint32_t)getpid();
 	h.model = (char *)s->cfg.model_name;
 	h.layer_first = in->first;
@@ -636,11 +638,24 @@ static void server_send_result(struct server *s, const struct sched_out *o)
 	r.has_session_id = r.has_step = r.has_n_pos = r.has_step_ms = 1;
 	r.session_id = o->session_id;
 	r.step = o->step;
+	ProtobufCBinaryData pieces[SPEC_MAX_DRAFT + 1];
 	if (o->has_token) {
 		r.has_token = r.has_piece = 1;
 		r.token = o->token;
 		r.piece.data = (uint8_t *)o->piece;
 		r.piece.len = o->piece_len;
+		if (o->n_tokens) {
+			r.n_tokens = r.n_pieces = o->n_tokens;
+			r.tokens = (int32_t *)o->tokens;
+			for (uint32_t i = 0; i < o->n_tokens; i++)
+				pieces[i] = (ProtobufCBinaryData){o->piece_lens[i],
+				                                  (uint8_t *)o->pieces[i]};
+			r.pieces = pieces;
+		}
+		r.n_draft = o->n_draft;
+		r.draft = (int32_t *)o->draft;
+		r.has_exit_layer = o->has_exit_layer;
+		r.exit_layer = o->exit_layer;
 	} else {
 		ti.has_dtype = ti.has_rows = ti.has_cols = 1;
 		ti.dtype = (Itt__DType)o->tensor_dtype;

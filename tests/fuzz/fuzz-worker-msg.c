@@ -7,14 +7,19 @@
  * OPEN, after sched_prepare_open (which tokenizes a text prompt, and may
  * refuse it in the same way): 1..ctx-1 tokens, each in [0, vocab), n_prompt
  * <= n_tokens, sampling parameters that pass the sampler's own validation,
- * bias entries in range, a known reply_dtype; STEP has step >= 1 and 1..ctx-1
- * tokens in range; on stage 0 neither carries hidden rows, on a later stage
- * both carry n_tokens rows (and OPEN came as tokens); CLOSE carries no
- * tokens; SETTINGS values are within their bounds; ASSIGN names the model
- * and a range within it.
+ * bias entries in range, a known reply_dtype, techniques within their
+ * bounds (a perturbation mask only with scale > 0, early exit, "exit"
+ * drafts and a negative prompt only on a whole-model worker, a tokenized
+ * negative prompt that starts with BOS and fits the context); STEP has step
+ * >= 1, 1..ctx-1 tokens in range and pos inside the context; on stage 0
+ * neither carries hidden rows, on a later stage OPEN carries n_tokens rows
+ * (2 n_tokens with a perturbation branch) and STEP n_tokens or 2 n_tokens
+ * (and OPEN came as tokens); CLOSE carries no tokens; SETTINGS values are
+ * within their bounds; ASSIGN names the model and a range within it.
  *
  * Input: byte 0 picks the decoder (% 5) and the worker's range ((/ 5) % 2:
- * stage 0 = layers [0, 2), or a later stage = [2, 5)); byte 1 is the tensor
+ * stage 0 = layers [0, 2), or a later stage = [2, 5); stage 0 with
+ * (/ 10) % 2: the whole model [0, 5)); byte 1 is the tensor
  * frame's length (0xff: no tensor frame), taken from the end of the input;
  * the rest is the body.  The model is a stand-in: a byte-level vocabulary of
  * 259 tokens (<unk>, <s>, </s>, <0x00>..<0xFF>), a context of 64 and dim 2,
@@ -40,7 +45,7 @@
 #define FZ_MAX_BATCH 8
 
 static tokenizer_t *fz_tok;
-static struct sched_info fz_info, fz_stage;
+static struct sched_info fz_info, fz_stage, fz_whole;
 
 /* <unk>, <s>, </s>, then <0x00>..<0xFF> as byte tokens. */
 static void fuzz_init(void)
@@ -69,6 +74,7 @@ static void fuzz_init(void)
 	                              .ctx_len = FZ_CTX,
 	                              .dim = FZ_DIM,
 	                              .n_layers = 5,
+	                              .n_heads = 4,
 	                              .first = 0,
 	                              .last = 2,
 	                              .eos = 2,
@@ -77,6 +83,29 @@ static void fuzz_init(void)
 	fz_stage = fz_info;
 	fz_stage.first = 2;
 	fz_stage.last = 5;
+	fz_whole = fz_info;
+	fz_whole.last = 5;
+}
+
+static void fuzz_check_tech(const struct sched_cmd *c, const struct sched_info *info)
+{
+	const struct sched_tech *t = &c->tech;
+	bool whole = info->first == 0 && info->last == info->n_layers;
+	FUZZ_CHECK(t->g_scale >= 0 && t->g_scale <= 100);
+	FUZZ_CHECK(!t->g_mask || (t->g_scale > 0 && t->g_blend >= 0 && t->g_blend <= 1));
+	FUZZ_CHECK(!(t->g_mask && (t->g_neg || t->g_neg_tokens)));
+	FUZZ_CHECK(!t->g_neg || whole);
+	FUZZ_CHECK(!t->spec || (t->spec_max >= 1 && t->spec_max <= SPEC_MAX_DRAFT &&
+	                        t->ngram_min >= 1 && t->ngram_min <= t->ngram_max &&
+	                        t->ngram_max <= 8));
+	FUZZ_CHECK(!t->spec_exit || (whole && t->spec_exit_layers >= 1 &&
+	                             t->spec_exit_layers < info->n_layers));
+	FUZZ_CHECK(!t->ee || (whole && t->g_scale == 0 && t->n_ee >= 1 &&
+	                      t->n_ee <= SCHED_MAX_EXITS && t->ee_threshold >= 0 &&
+	                      t->ee_threshold <= 1));
+	for (uint32_t i = 0; t->ee && i < t->n_ee; i++)
+		FUZZ_CHECK(t->ee_layers[i] + 1 < info->n_layers &&
+		           (i == 0 || t->ee_layers[i] > t->ee_layers[i - 1]));
 }
 
 static void fuzz_check_tokens(const struct sched_cmd *c)
@@ -101,7 +130,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	if (size < 2)
 		return 0;
 	reason[0] = 0;
-	const struct sched_info *info = (data[0] / 5) % 2 ? &fz_stage : &fz_info;
+	const struct sched_info *info = (data[0] / 5) % 2    ? &fz_stage
+	                                : (data[0] / 10) % 2 ? &fz_whole
+	                                                     : &fz_info;
 	size_t tlen = data[1] == 0xff ? 0 : data[1];
 	const uint8_t *body = data + 2;
 	size_t len = size - 2;
@@ -137,15 +168,22 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		return 0;
 	}
 	FUZZ_CHECK(c != NULL && c->session_id == sid);
-	if (which <= 1 && info->first > 0)
+	if (which <= 1 && info->first > 0) {
 		FUZZ_CHECK(c->hidden != NULL && !c->prompt);
-	else
+		if (which == 0)
+			FUZZ_CHECK(c->hidden_rows == c->n_tokens * (c->tech.g_mask ? 2 : 1));
+		else
+			FUZZ_CHECK(c->hidden_rows == c->n_tokens ||
+			           c->hidden_rows == 2 * c->n_tokens);
+	} else {
 		FUZZ_CHECK(c->hidden == NULL);
+	}
 	switch (c->kind) {
 	case SCHED_CMD_OPEN: {
 		struct itt_err err = {0};
 		FUZZ_CHECK(!c->prompt == !c->prompt_len || (c->prompt && !c->prompt[0]));
-		rc = sched_prepare_open(&fz_info, c, reason, sizeof reason);
+		fuzz_check_tech(c, info);
+		rc = sched_prepare_open(info, c, reason, sizeof reason);
 		if (rc != 0) {
 			FUZZ_CHECK(rc == ITT__CODE__INVALID_ARGUMENT || rc == ITT__CODE__INTERNAL);
 			FUZZ_CHECK(reason[0] != 0);
@@ -161,11 +199,16 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		FUZZ_CHECK(c->reply_dtype == ITT__DTYPE__F32 || c->reply_dtype == ITT__DTYPE__F16);
 		if (c->tokenized)
 			FUZZ_CHECK(c->tokens[0] == 1); /* BOS first */
+		FUZZ_CHECK(!c->tech.g_neg); /* tokenized */
+		if (c->tech.g_neg_tokens)
+			FUZZ_CHECK(c->tech.n_neg >= 1 && c->tech.n_neg < FZ_CTX &&
+			           c->tech.g_neg_tokens[0] == 1);
 		break;
 	}
 	case SCHED_CMD_STEP:
 		fuzz_check_tokens(c);
 		FUZZ_CHECK(c->step >= 1);
+		FUZZ_CHECK(!c->has_pos || c->pos < FZ_CTX);
 		break;
 	case SCHED_CMD_CLOSE: FUZZ_CHECK(c->tokens == NULL && c->n_tokens == 0); break;
 	case SCHED_CMD_SETTINGS:

@@ -3,8 +3,12 @@
  * OPEN/STEP needs `hidden` and a tensor frame of exactly n_tokens x dim
  * elements of a known dtype, and F16 rows are widened exactly; on stage 0 a
  * tensor is refused; a text prompt is refused past stage 0; knobs and
- * ranges out of bounds are refused naming the field.  Bodies are packed
- * with protobuf-c, so any field value (an unknown dtype too) can be sent. */
+ * ranges out of bounds are refused naming the field.  Techniques: OPEN
+ * re-validates them against the worker's n_layers and n_heads, refuses
+ * early exit, "exit" drafts and a negative prompt on a partial range, and a
+ * perturbation branch doubles the rows of a stage's tensor; STEP carries
+ * pos and accepts n or 2n rows.  Bodies are packed with protobuf-c, so any
+ * field value (an unknown dtype too) can be sent. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -25,6 +29,7 @@ static const struct sched_info stage0 = {.vocab = 32,
                                          .ctx_len = 64,
                                          .dim = DIM,
                                          .n_layers = 5,
+                                         .n_heads = 4,
                                          .first = 0,
                                          .last = 2,
                                          .eos = 2,
@@ -33,6 +38,7 @@ static const struct sched_info stage1 = {.vocab = 32,
                                          .ctx_len = 64,
                                          .dim = DIM,
                                          .n_layers = 5,
+                                         .n_heads = 4,
                                          .first = 2,
                                          .last = 5,
                                          .eos = 2,
@@ -320,6 +326,194 @@ static void test_assign_bounds(void **state)
 	}
 }
 
+/* OPEN {session 9, tokens [1, 2], the techniques given} on info, with a
+ * tensor of `rows` rows on a stage > 0; returns the decoder's code (and the
+ * command, or NULL). */
+static int open_tech(const struct sched_info *info, Itt__Guidance *g, Itt__Speculative *sp,
+                     Itt__EarlyExit *ee, uint32_t rows, struct sched_cmd **c, char *reason)
+{
+	int32_t toks[2] = {1, 2};
+	float t[4 * DIM] = {0};
+	struct packed p;
+	uint64_t sid = 0;
+	Itt__SessionOpen o = ITT__SESSION_OPEN__INIT;
+	Itt__TensorInfo ti = ITT__TENSOR_INFO__INIT;
+	o.has_session_id = 1;
+	o.session_id = 9;
+	o.tokens = toks;
+	o.n_tokens = 2;
+	o.guidance = g;
+	o.speculative = sp;
+	o.early_exit = ee;
+	if (info->first > 0) {
+		ti.has_dtype = ti.has_rows = ti.has_cols = 1;
+		ti.dtype = ITT__DTYPE__F32;
+		ti.rows = rows;
+		ti.cols = DIM;
+		o.hidden = &ti;
+	}
+	pack(&o.base, &p);
+	reason[0] = 0;
+	return sched_decode_open(p.buf, p.len, info->first > 0 ? t : NULL,
+	                         info->first > 0 ? rows * DIM * sizeof(float) : 0, info, c, &sid,
+	                         reason, SCHED_MAX_REASON);
+}
+
+static void expect_tech_invalid(const struct sched_info *info, Itt__Guidance *g,
+                                Itt__Speculative *sp, Itt__EarlyExit *ee, uint32_t rows,
+                                const char *needle)
+{
+	struct sched_cmd *c = NULL;
+	char reason[SCHED_MAX_REASON];
+	assert_int_equal(open_tech(info, g, sp, ee, rows, &c, reason), ITT__CODE__INVALID_ARGUMENT);
+	assert_null(c);
+	if (!strstr(reason, needle))
+		fail_msg("reason \"%s\" lacks \"%s\"", reason, needle);
+}
+
+static void test_techniques_checked_against_the_worker(void **state)
+{
+	static const struct sched_info whole = {.vocab = 32,
+	                                        .ctx_len = 64,
+	                                        .dim = DIM,
+	                                        .n_layers = 5,
+	                                        .n_heads = 4,
+	                                        .first = 0,
+	                                        .last = 5,
+	                                        .eos = 2,
+	                                        .bos = 1};
+	struct sched_cmd *c = NULL;
+	char reason[SCHED_MAX_REASON];
+	char *bad_head[] = {"9:0"}, *bad_qhead[] = {"1:4"}, *heads[] = {"1:2", "4:3"};
+	uint32_t layers[] = {1, 2}, high[] = {4};
+
+	Itt__Guidance g = ITT__GUIDANCE__INIT;
+	g.has_scale = 1;
+	g.scale = 2.0f;
+	g.heads = bad_head;
+	g.n_heads = 1;
+	expect_tech_invalid(&whole, &g, NULL, NULL, 2, "no such head");
+	g.heads = bad_qhead; /* 4 query heads: 0..3 */
+	expect_tech_invalid(&whole, &g, NULL, NULL, 2, "no such head");
+	g.heads = heads;
+	g.n_heads = 2;
+	g.has_blend = 1;
+	g.blend = 1.5f;
+	expect_tech_invalid(&whole, &g, NULL, NULL, 2, "blend");
+	g.blend = 0.25f;
+	g.scale = -1.0f;
+	expect_tech_invalid(&whole, &g, NULL, NULL, 2, "scale");
+	g.scale = 2.0f;
+	/* heads: the mask of the whole model */
+	assert_int_equal(open_tech(&whole, &g, NULL, NULL, 2, &c, reason), 0);
+	assert_non_null(c->tech.g_mask);
+	for (uint32_t i = 0; i < 5 * 4; i++)
+		assert_int_equal(c->tech.g_mask[i], i == 1 * 4 + 2 || i == 4 * 4 + 3);
+	assert_true(c->tech.g_blend == 0.25f && c->tech.g_scale == 2.0f);
+	sched_cmd_free(&c);
+	/* across stages the branch rows follow the main rows: 2 x tokens */
+	expect_tech_invalid(&stage1, &g, NULL, NULL, 2, "rows");
+	assert_int_equal(open_tech(&stage1, &g, NULL, NULL, 4, &c, reason), 0);
+	assert_int_equal(c->hidden_rows, 4);
+	sched_cmd_free(&c);
+	/* scale 0: no branch, plain rows */
+	g.scale = 0.0f;
+	assert_int_equal(open_tech(&stage1, &g, NULL, NULL, 2, &c, reason), 0);
+	assert_null(c->tech.g_mask);
+	sched_cmd_free(&c);
+	/* a negative prompt needs the whole model */
+	Itt__Guidance neg = ITT__GUIDANCE__INIT;
+	neg.has_scale = 1;
+	neg.scale = 1.5f;
+	neg.negative_prompt = "bad";
+	expect_tech_invalid(&stage0, &neg, NULL, NULL, 2, "whole-model");
+	expect_tech_invalid(&whole, &neg, NULL, NULL, 2, "no tokenizer");
+
+	Itt__Speculative sp = ITT__SPECULATIVE__INIT;
+	sp.draft = "foo";
+	sp.has_max_draft = 1;
+	sp.max_draft = 4;
+	expect_tech_invalid(&whole, NULL, &sp, NULL, 2, "draft");
+	sp.draft = "ngram";
+	sp.max_draft = 0;
+	expect_tech_invalid(&whole, NULL, &sp, NULL, 2, "max_draft");
+	sp.max_draft = 4;
+	assert_int_equal(open_tech(&stage1, NULL, &sp, NULL, 2, &c, reason), 0);
+	assert_true(c->tech.spec && !c->tech.spec_exit && c->tech.spec_max == 4 &&
+	            c->tech.ngram_min == 1 && c->tech.ngram_max == 3);
+	sched_cmd_free(&c);
+	sp.draft = "exit";
+	sp.has_exit_layers = 1;
+	sp.exit_layers = 5;
+	expect_tech_invalid(&whole, NULL, &sp, NULL, 2, "exit_layers");
+	sp.exit_layers = 2;
+	expect_tech_invalid(&stage0, NULL, &sp, NULL, 2, "whole-model");
+	assert_int_equal(open_tech(&whole, NULL, &sp, NULL, 2, &c, reason), 0);
+	assert_true(c->tech.spec_exit && c->tech.spec_exit_layers == 2);
+	sched_cmd_free(&c);
+
+	Itt__EarlyExit ee = ITT__EARLY_EXIT__INIT;
+	ee.has_threshold = 1;
+	ee.threshold = 0.5f;
+	ee.layers = high;
+	ee.n_layers = 1;
+	expect_tech_invalid(&whole, NULL, NULL, &ee, 2, "early_exit.layers");
+	ee.layers = layers;
+	ee.n_layers = 2;
+	expect_tech_invalid(&stage1, NULL, NULL, &ee, 2, "whole-model");
+	g.scale = 2.0f;
+	expect_tech_invalid(&whole, &g, NULL, &ee, 2, "does not combine");
+	assert_int_equal(open_tech(&whole, NULL, NULL, &ee, 2, &c, reason), 0);
+	assert_true(c->tech.ee && c->tech.n_ee == 2 && c->tech.ee_layers[1] == 2 &&
+	            c->tech.ee_threshold == 0.5f);
+	sched_cmd_free(&c);
+}
+
+static void test_step_pos_and_branch_rows(void **state)
+{
+	int32_t toks[2] = {3, 4};
+	float t[4 * DIM] = {0};
+	struct packed p;
+	struct sched_cmd *c = NULL;
+	uint64_t sid = 0;
+	char reason[SCHED_MAX_REASON];
+	Itt__StepRequest r = ITT__STEP_REQUEST__INIT;
+	Itt__TensorInfo ti = ITT__TENSOR_INFO__INIT;
+	r.has_session_id = r.has_step = r.has_pos = 1;
+	r.session_id = 9;
+	r.step = 2;
+	r.tokens = toks;
+	r.n_tokens = 2;
+	r.pos = 7;
+	pack(&r.base, &p);
+	assert_int_equal(
+	    sched_decode_step(p.buf, p.len, NULL, 0, &stage0, &c, &sid, reason, sizeof reason), 0);
+	assert_true(c->has_pos && c->pos == 7 && c->n_tokens == 2);
+	sched_cmd_free(&c);
+	r.pos = 64; /* the context */
+	pack(&r.base, &p);
+	expect_invalid(false, &p, NULL, 0, &stage0, "pos");
+	r.pos = 7;
+	ti.has_dtype = ti.has_rows = ti.has_cols = 1;
+	ti.dtype = ITT__DTYPE__F32;
+	ti.cols = DIM;
+	r.hidden = &ti;
+	for (uint32_t rows = 1; rows <= 4; rows++) {
+		ti.rows = rows;
+		pack(&r.base, &p);
+		int rc = sched_decode_step(p.buf, p.len, t, rows * DIM * sizeof(float), &stage1, &c,
+		                           &sid, reason, sizeof reason);
+		if (rows == 2 || rows == 4) {
+			assert_int_equal(rc, 0);
+			assert_int_equal(c->hidden_rows, rows);
+			sched_cmd_free(&c);
+		} else {
+			assert_int_equal(rc, ITT__CODE__INVALID_ARGUMENT);
+			assert_null(c);
+		}
+	}
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -330,6 +524,8 @@ int main(void)
 	    cmocka_unit_test(test_reply_dtype),
 	    cmocka_unit_test(test_settings_bounds),
 	    cmocka_unit_test(test_assign_bounds),
+	    cmocka_unit_test(test_techniques_checked_against_the_worker),
+	    cmocka_unit_test(test_step_pos_and_branch_rows),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
