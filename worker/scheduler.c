@@ -623,6 +623,7 @@ struct sched_session {
 	uint32_t lg_exit[SPEC_MAX_DRAFT + 1]; /* early exit: where each row stopped */
 	struct spec_ctl ctl;    /* speculative: adaptive draft length */
 	uint64_t spec_proposed, spec_accepted, spec_steps;
+	uint32_t *ee_count; /* early exit: [n_layers] tokens decided after each layer */
 	/* guidance branch (g_kind 1: perturbed heads, 2: negative prompt) */
 	int g_kind;
 	struct forward_perturb pert;
@@ -747,6 +748,7 @@ static void sched_session_free(sched_t *s, struct sched_session *ss)
 	free(ss->tech.g_neg_tokens);
 	free(ss->lg);
 	free(ss->blg);
+	free(ss->ee_count);
 	free(ss->bhid);
 	free(ss->boutr);
 	sampler_destroy(&ss->smp);
@@ -1113,7 +1115,8 @@ static void sched_apply_open(sched_t *s, struct sched_cmd *c)
 	    sched_append(s, ss, c->tokens, c->n_tokens) < 0 ||
 	    !(ss->keys = malloc((n_keys ? n_keys : 1) * sizeof *ss->keys)) ||
 	    (ss->buffered && !(ss->lg = malloc(lg_rows * V * sizeof *ss->lg))) ||
-	    (ss->buffered && g_kind && !(ss->blg = malloc(lg_rows * V * sizeof *ss->blg)))) {
+	    (ss->buffered && g_kind && !(ss->blg = malloc(lg_rows * V * sizeof *ss->blg))) ||
+	    (c->tech.ee && !(ss->ee_count = calloc(s->info.n_layers, sizeof *ss->ee_count)))) {
 		sched_error(s, c->session_id, ITT__CODE__INTERNAL, "cannot open the session: %s",
 		            err.code ? err.msg : "out of memory");
 		if (ss)
@@ -1282,10 +1285,27 @@ static void sched_log_summary(sched_t *s, const char *when);
 static void sched_apply_settings(sched_t *s, const struct sched_cmd *c);
 static void sched_apply_assign(sched_t *s, const struct sched_cmd *c);
 
-/* One INFO line per speculative session when it ends. */
+/* INFO lines for a session with techniques when it ends: speculative
+ * acceptance, and where early exit decided its tokens. */
 static void sched_log_spec(const sched_t *s, const struct sched_session *ss)
 {
-	(void)s;
+	if (ss && ss->tech.ee && ss->ee_count) {
+		char line[512];
+		size_t at = 0;
+		uint64_t total = 0;
+		for (uint32_t l = 0; l < s->info.n_layers; l++) {
+			total += ss->ee_count[l];
+			if (ss->ee_count[l] && at < sizeof line)
+				at += (size_t)snprintf(line + at, sizeof line - at, " %u:%u", l,
+				                       ss->ee_count[l]);
+		}
+		if (total)
+			SCHED_LOG(SCHED_LOG_INFO,
+			          "session %llu: early exit: %llu tokens decided after layer "
+			          "(layer:tokens)%s",
+			          (unsigned long long)ss->id, (unsigned long long)total,
+			          at ? line : "");
+	}
 	if (!ss || !ss->tech.spec || !ss->spec_steps)
 		return;
 	SCHED_LOG(SCHED_LOG_INFO,
@@ -1685,6 +1705,9 @@ static struct sched_out *sched_finish(sched_t *s, struct sched_session *ss,
 	if (ss->tech.ee) {
 		r->has_exit_layer = true;
 		r->exit_layer = ss->lg_exit[c - 1];
+		for (uint32_t i = 0; i < c; i++)
+			if (ss->lg_exit[i] < s->info.n_layers)
+				ss->ee_count[ss->lg_exit[i]]++;
 	}
 	if (!ss->tech.spec)
 		return r;
