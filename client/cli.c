@@ -45,6 +45,7 @@ int cli_parse_gen(int argc, char **argv, struct gen_opts *o, const char *cmd)
 	o->threads = 1;
 	o->tech.blend = 1.0f;
 	o->tech.exit_threshold = -1.0f;
+	o->tech.max_draft = -1;
 	for (int i = 0; i < argc; i++) {
 		const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
 		long l;
@@ -146,6 +147,15 @@ int cli_parse_gen(int argc, char **argv, struct gen_opts *o, const char *cmd)
 			o->tech.exit_layers = v;
 		} else if (!strcmp(a, "--compare")) {
 			o->tech.compare = true;
+		} else if (!strcmp(a, "--speculative")) {
+			NEEDV();
+			o->tech.draft = v;
+		} else if (!strcmp(a, "--draft")) {
+			NEEDV();
+			ok = cli_parse_long(v, 0, 1000000, &o->tech.max_draft);
+		} else if (!strcmp(a, "--exit-draft-layers")) {
+			NEEDV();
+			ok = cli_parse_long(v, 1, 1000000, &o->tech.exit_draft_layers);
 		} else {
 			fprintf(stderr, "itt %s: unknown option %s (see itt %s --help)\n", cmd, a, cmd);
 			return 2;
@@ -155,6 +165,12 @@ int cli_parse_gen(int argc, char **argv, struct gen_opts *o, const char *cmd)
 			fprintf(stderr, "itt %s: bad value for %s: \"%s\"\n", cmd, a, v);
 			return 2;
 		}
+	}
+	if (o->local && (o->tech.draft || o->tech.max_draft >= 0 || o->tech.exit_draft_layers)) {
+		fprintf(stderr, "itt %s: --speculative, --draft and --exit-draft-layers need "
+		                "--broker\n",
+		        cmd);
+		return 2;
 	}
 	return 0;
 }

@@ -16,13 +16,17 @@
  * checks them against the model). */
 struct gen_technique {
 	const char *heads;           /* --guidance-heads L:H,... */
-	const char *head_set;        /* --head-set FILE */
+	const char *head_set;        /* --head-set FILE (--local) or NAME (--broker) */
 	float scale;                 /* --guidance-scale S; 0: off */
 	float blend;                 /* --guidance-blend U; default 1 */
 	const char *negative_prompt; /* --negative-prompt TEXT (classifier-free guidance) */
 	float exit_threshold;        /* --early-exit T; < 0: off */
 	const char *exit_layers;     /* --exit-layers 1,2,3 */
 	bool compare;                /* --compare: run the full model alongside */
+	/* speculative decoding (--broker) */
+	const char *draft;           /* --speculative ngram|exit */
+	long max_draft;              /* --draft N; -1: absent (4 with --speculative) */
+	long exit_draft_layers;      /* --exit-draft-layers K; 0: absent */
 };
 
 struct gen_opts {

@@ -165,6 +165,89 @@ itt_client_t *open_client(const char *endpoint, const struct cluster_opts *co,
 	return c;
 }
 
+/* The techniques of `itt generate --broker` (checked by the broker, which
+ * knows the model): guidance when heads, a head set, a negative prompt or
+ * a non-zero scale is given; speculative decoding with --speculative,
+ * --draft or --exit-draft-layers (--draft defaults to 4); early exit with
+ * --early-exit and --exit-layers.  Returns 0, or 2 after a usage error. */
+struct broker_tech {
+	struct itt_guidance g;
+	struct itt_speculative sp;
+	struct itt_early_exit ee;
+	char *heads_buf;
+	const char **heads;
+	uint32_t layers[64];
+};
+
+static int broker_tech_fill(const struct gen_technique *t, struct broker_tech *bt,
+                            struct itt_request *req)
+{
+	memset(bt, 0, sizeof *bt);
+	if (t->heads || t->head_set || t->negative_prompt || t->scale != 0) {
+		bt->g.scale = t->scale;
+		bt->g.blend = t->blend;
+		bt->g.head_set = t->head_set;
+		bt->g.negative_prompt = t->negative_prompt;
+		if (t->heads) {
+			size_t n = 1;
+			for (const char *c = t->heads; *c; c++)
+				n += *c == ',';
+			if (!(bt->heads_buf = strdup(t->heads)) ||
+			    !(bt->heads = calloc(n, sizeof *bt->heads))) {
+				fprintf(stderr, "itt generate: out of memory\n");
+				return 2;
+			}
+			char *save = NULL;
+			for (char *h = strtok_r(bt->heads_buf, ",", &save); h;
+			     h = strtok_r(NULL, ",", &save))
+				bt->heads[bt->g.n_heads++] = h;
+			bt->g.heads = bt->heads;
+		}
+		req->guidance = &bt->g;
+	}
+	if (t->draft || t->max_draft >= 0 || t->exit_draft_layers) {
+		bt->sp.draft = t->draft;
+		bt->sp.max_draft = t->max_draft >= 0 ? (uint32_t)t->max_draft : 4;
+		bt->sp.exit_layers = (uint32_t)t->exit_draft_layers;
+		req->speculative = &bt->sp;
+	}
+	if (t->exit_threshold >= 0 || t->exit_layers) {
+		if (t->exit_threshold < 0 || !t->exit_layers) {
+			fprintf(stderr, "itt generate: --early-exit T needs --exit-layers L,... and "
+			                "the other way round\n");
+			return 2;
+		}
+		const char *c = t->exit_layers;
+		size_t n = 0;
+		while (*c) {
+			char *end;
+			errno = 0;
+			unsigned long v = strtoul(c, &end, 10);
+			if (end == c || errno || v > UINT32_MAX || (*end && *end != ',') ||
+			    n == sizeof bt->layers / sizeof bt->layers[0]) {
+				fprintf(stderr,
+				        "itt generate: --exit-layers \"%s\": expected up to 64 layer "
+				        "numbers separated by commas\n",
+				        t->exit_layers);
+				return 2;
+			}
+			bt->layers[n++] = (uint32_t)v;
+			c = *end ? end + 1 : end;
+		}
+		bt->ee.threshold = t->exit_threshold;
+		bt->ee.layers = bt->layers;
+		bt->ee.n_layers = n;
+		req->early_exit = &bt->ee;
+	}
+	return 0;
+}
+
+static void broker_tech_free(struct broker_tech *bt)
+{
+	free(bt->heads_buf);
+	free(bt->heads);
+}
+
 int cmd_generate_broker(int argc, char **argv)
 {
 	struct cluster_opts co = {.timeout_ms = -1};
@@ -194,11 +277,19 @@ int cmd_generate_broker(int argc, char **argv)
 	req.deadline_ms = (uint32_t)co.deadline_ms;
 	req.priority = (int32_t)co.priority;
 	req.tenant = co.tenant;
+	struct broker_tech bt;
+	if (broker_tech_fill(&o.tech, &bt, &req)) {
+		broker_tech_free(&bt);
+		return 2;
+	}
 
 	itt_client_t *c = open_client(o.broker, &co, "generate");
-	if (!c)
+	if (!c) {
+		broker_tech_free(&bt);
 		return 2;
+	}
 	itt_stream_t *s = itt_submit(c, &req, &err);
+	broker_tech_free(&bt);
 	if (!s) {
 		fprintf(stderr, "itt generate: %s: %s\n", itt_code_name(err.code), err.reason);
 		itt_client_destroy(&c);

@@ -708,6 +708,48 @@ itt_stream_t *itt_submit(itt_client_t *c, const struct itt_request *req, struct 
 	m.tenant = (char *)(req->tenant && *req->tenant ? req->tenant : NULL);
 	m.api_key = c->api_key;
 
+	Itt__Guidance gm = ITT__GUIDANCE__INIT;
+	Itt__Speculative spm = ITT__SPECULATIVE__INIT;
+	Itt__EarlyExit eem = ITT__EARLY_EXIT__INIT;
+	if (req->guidance) {
+		const struct itt_guidance *g = req->guidance;
+		gm.heads = (char **)g->heads;
+		gm.n_heads = g->heads ? g->n_heads : 0;
+		gm.head_set = (char *)g->head_set;
+		gm.has_scale = 1;
+		gm.scale = g->scale;
+		gm.has_blend = g->blend >= 0;
+		gm.blend = g->blend;
+		gm.negative_prompt = (char *)g->negative_prompt;
+		for (size_t i = 0; i < gm.n_heads; i++)
+			if (!gm.heads[i]) {
+				set_error(err, ITT__CODE__INVALID_ARGUMENT,
+					  "guidance.heads[%zu] is NULL", i);
+				goto fail;
+			}
+		m.guidance = &gm;
+	}
+	if (req->speculative) {
+		const struct itt_speculative *x = req->speculative;
+		spm.draft = (char *)x->draft;
+		spm.has_max_draft = 1;
+		spm.max_draft = x->max_draft;
+		spm.has_exit_layers = x->exit_layers > 0;
+		spm.exit_layers = x->exit_layers;
+		spm.has_ngram_min = x->ngram_min > 0;
+		spm.ngram_min = x->ngram_min;
+		spm.has_ngram_max = x->ngram_max > 0;
+		spm.ngram_max = x->ngram_max;
+		m.speculative = &spm;
+	}
+	if (req->early_exit) {
+		eem.has_threshold = 1;
+		eem.threshold = req->early_exit->threshold;
+		eem.layers = (uint32_t *)req->early_exit->layers;
+		eem.n_layers = req->early_exit->layers ? req->early_exit->n_layers : 0;
+		m.early_exit = &eem;
+	}
+
 	struct wire_limits lim;
 	char reason[256];
 	wire_limits_default(&lim);

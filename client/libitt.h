@@ -115,8 +115,34 @@ struct itt_sampling {
 	size_t n_logit_bias;
 };
 
+/* Inference-time techniques (PROTOCOL.md, "Techniques"); the broker
+ * validates them at SUBMIT against the model (a bad value ends the stream
+ * with ERROR INVALID_ARGUMENT naming the field). */
+struct itt_guidance {
+	const char *const *heads;    /* "L:H" each, or NULL */
+	size_t n_heads;
+	const char *head_set;        /* a NAME of the broker's --head-sets folder, or NULL */
+	float scale;                 /* s >= 0; 0: off */
+	float blend;                 /* u in [0, 1]; < 0: absent (1) */
+	const char *negative_prompt; /* classifier-free guidance, or NULL */
+};
+
+struct itt_speculative {
+	const char *draft;    /* "ngram" or "exit"; NULL: absent ("ngram") */
+	uint32_t max_draft;   /* 1..16 (always sent: 0 is refused) */
+	uint32_t exit_layers; /* "exit": 1..n_layers-1; 0: absent */
+	uint32_t ngram_min;   /* 0: absent (1) */
+	uint32_t ngram_max;   /* 0: absent (3) */
+};
+
+struct itt_early_exit {
+	float threshold;         /* top-1 minus top-2 probability, [0, 1] */
+	const uint32_t *layers;  /* ascending, each < n_layers - 1 */
+	size_t n_layers;
+};
+
 /* Mirrors GenerateRequest; itt_request_init gives an empty prompt, the
- * default max_tokens and all sampling fields absent. */
+ * default max_tokens, all sampling fields absent and no techniques. */
 struct itt_request {
 	const char *request_id;       /* NULL: generated, unique within the client */
 	const char *model;            /* required */
@@ -130,6 +156,10 @@ struct itt_request {
 	uint32_t deadline_ms; /* 0: the broker's default */
 	int32_t priority;
 	const char *tenant; /* NULL: none */
+	/* techniques, NULL: absent (borrowed during itt_submit) */
+	const struct itt_guidance *guidance;
+	const struct itt_speculative *speculative;
+	const struct itt_early_exit *early_exit;
 };
 
 void itt_request_init(struct itt_request *r);

@@ -108,6 +108,27 @@ _SAMPLING = ("temperature", "top_k", "top_p", "min_p", "typical_p", "repeat_pena
 MAX_MESSAGE = 1 << 20  # the front end's limit (PROTOCOL.md, "Limits")
 
 
+def _fill_message(msg, name, fields):
+    """Sets a technique message's fields from a dict (None: absent)."""
+    if fields is None:
+        return
+    if not isinstance(fields, dict):
+        raise TypeError(f"{name} must be a dict of its fields")
+    msg.SetInParent()
+    for k, v in fields.items():
+        if v is None:
+            continue
+        if k not in msg.DESCRIPTOR.fields_by_name:
+            raise TypeError(f"unknown {name} field {k!r}")
+        f = msg.DESCRIPTOR.fields_by_name[k]
+        if f.label == f.LABEL_REPEATED:
+            if isinstance(v, str):
+                v = [x for x in v.split(",") if x]
+            getattr(msg, k).extend(int(x) if f.type == f.TYPE_UINT32 else x for x in v)
+        else:
+            setattr(msg, k, v)
+
+
 def code_name(code):
     try:
         return pb.Code.Name(code)
@@ -289,11 +310,20 @@ class Client:
 
     def generate(self, model, prompt="", *, prompt_tokens=None, max_tokens=None, stop=(),
                  deadline_ms=None, priority=None, tenant=None, request_id=None,
-                 logit_bias=None, **sampling):
+                 logit_bias=None, guidance=None, speculative=None, early_exit=None,
+                 **sampling):
         """Submits a generation; returns a Stream to iterate.  Sampling keywords:
         temperature, top_k, top_p, min_p, typical_p, repeat_penalty,
         repeat_last_n, presence_penalty, frequency_penalty, seed; logit_bias is
-        a {token: bias} dict.  Absent fields take the broker's defaults."""
+        a {token: bias} dict.  Absent fields take the broker's defaults.
+
+        Techniques (PROTOCOL.md, "Techniques"), dicts of the message's fields:
+          guidance={"heads": ["2:3", ...] | "head_set": NAME | "negative_prompt":
+                    TEXT, "scale": S, "blend": U}  ("heads" may be "2:3,4:0")
+          speculative={"draft": "ngram" | "exit", "max_draft": N,
+                       "exit_layers": K, "ngram_min": A, "ngram_max": B}
+          early_exit={"threshold": T, "layers": [1, 2]}
+        The broker validates them (IttError INVALID_ARGUMENT naming the field)."""
         unknown = set(sampling) - set(_SAMPLING)
         if unknown:
             raise TypeError(f"unknown sampling parameter(s): {', '.join(sorted(unknown))}")
@@ -326,6 +356,9 @@ class Client:
             sp.seed = random.getrandbits(63)  # fixed here, so that re-sends reproduce
         for tok, bias in (logit_bias or {}).items():
             sp.logit_bias.add(token=tok, bias=bias)
+        _fill_message(req.guidance, "guidance", guidance)
+        _fill_message(req.speculative, "speculative", speculative)
+        _fill_message(req.early_exit, "early_exit", early_exit)
         body = req.SerializeToString()
         if len(body) + 5 > MAX_MESSAGE:
             raise IttError(pb.INVALID_ARGUMENT, f"request of {len(body)} bytes exceeds the "
