@@ -669,6 +669,7 @@ struct sched {
 	struct sched_session *pass_exit;             /* the pass's early-exit owner (or NULL) */
 	uint64_t spec_proposed, spec_accepted;       /* since start */
 	uint64_t preemptions;                        /* since start */
+	uint64_t logged_proposed;                    /* spec_proposed at the last summary */
 	uint64_t logged_preemptions, logged_lookups; /* at the last summary line */
 	double logged_ms;                            /* its time */
 
@@ -926,12 +927,15 @@ static void sched_error(sched_t *s, uint64_t id, int code, const char *fmt, ...)
  * again; it is recomputed from its history before its owed result, which
  * is therefore the same token. */
 
-/* Positions a session may take from the prefix index: all but the last
- * token before its first owed result, whose logits must be computed. */
+/* Positions a session may take from the prefix index: none of the rows
+ * whose logits its first owed result needs (the last token; every row of a
+ * speculative step). */
 static uint32_t sched_share_limit(const struct sched_session *ss)
 {
-	uint32_t end = ss->n_marks ? ss->marks[ss->mark_head].end : ss->n_hist;
-	return end > 0 ? end - 1 : 0;
+	if (!ss->n_marks)
+		return ss->n_hist > 0 ? ss->n_hist - 1 : 0;
+	const struct sched_mark *mk = &ss->marks[ss->mark_head];
+	return mk->end >= mk->n_logits ? mk->end - mk->n_logits : 0;
 }
 
 /* True when another running session is computing the next block ss could
@@ -1359,6 +1363,15 @@ static void sched_log_summary(sched_t *s, const char *when)
 	if (!s->e)
 		return;
 	const struct kv_cache *kv = &s->e->kv;
+	if (s->spec_proposed != s->logged_proposed) {
+		s->logged_proposed = s->spec_proposed;
+		SCHED_LOG(SCHED_LOG_INFO,
+		          "speculative (%s): %llu drafts proposed, %llu accepted (%.1f%%) since "
+		          "start",
+		          when, (unsigned long long)s->spec_proposed,
+		          (unsigned long long)s->spec_accepted,
+		          100.0 * (double)s->spec_accepted / (double)s->spec_proposed);
+	}
 	if (kv->stats.lookups == s->logged_lookups && s->preemptions == s->logged_preemptions)
 		return;
 	s->logged_ms = sched_now_ms();
