@@ -14,7 +14,10 @@ parameters are answered INVALID_ARGUMENT at SUBMIT, with a reason, through
 the Python client and through `itt generate --broker` (exit 1).  Early
 exit completes, equals `itt generate --local` with the same exit settings,
 logs where tokens were decided, and its agreement with the full model over
-a 128-token greedy run is printed (a fact, not asserted).
+a 128-token greedy run is printed (a fact, not asserted).  A worker driven
+directly (fakebroker.py) reports n_heads in HELLO, answers a speculative
+OPEN with tokens and drafts, and refuses a STEP whose pos would drop prompt
+positions or leave a gap.
 """
 import json
 import os
@@ -26,6 +29,9 @@ from cluster import Cluster
 from itt_test import Checks, SKIP, model, run, tool
 
 import itt_client
+import fakebroker as fbm
+from fakebroker import FakeBroker, pb
+from workerproc import Workers
 
 PROMPTS = ["Once upon a time", "Lily and Ben"]
 REPETITIVE = ("Tom had a red ball. Tom had a red ball. Tom had a red ball. "
@@ -107,6 +113,43 @@ def staged(path, n_layers):
     return c
 
 
+def worker_protocol(m):
+    """A worker driven directly: HELLO carries n_heads; a speculative OPEN's
+    RESULT carries tokens and drafts; a STEP whose pos would drop prompt
+    positions, or leave a gap, is INVALID_ARGUMENT (the session stays)."""
+    fb = FakeBroker()
+    workers = Workers("test_techniques")
+    p, _ = workers.start(m, fb.endpoint, "direct")
+    try:
+        h = fb.wait_hello(10)
+        assert h is not None, "no HELLO"
+        assert h.body.n_heads == 8, f"HELLO n_heads {h.body.n_heads}"
+        o = pb.SessionOpen(session_id=5, tokens=[1, 403, 407, 261, 378],
+                           sampling=pb.SamplingParams(temperature=0.0, seed=1))
+        o.speculative.draft = "ngram"
+        o.speculative.max_draft = 4
+        fb.send(fbm.OPEN, o)
+        r = fb.recv({fbm.RESULT, fbm.ERROR})
+        assert r is not None and r.cmd == fbm.RESULT, r
+        assert list(r.body.tokens) == [r.body.token] and len(r.body.pieces) == 1, r.body
+        for pos, needle in ((2, "prompt"), (9, "past")):
+            fb.send(fbm.STEP, pb.StepRequest(session_id=5, step=1, tokens=[r.body.token],
+                                             pos=pos))
+            e = fb.recv({fbm.RESULT, fbm.ERROR})
+            assert e is not None and e.cmd == fbm.ERROR, e
+            assert e.body.code == pb.INVALID_ARGUMENT and needle in e.body.reason, e.body
+        fb.send(fbm.STEP, pb.StepRequest(session_id=5, step=1,
+                                         tokens=[r.body.token] + list(r.body.draft), pos=5))
+        r2 = fb.recv({fbm.RESULT, fbm.ERROR})
+        assert r2 is not None and r2.cmd == fbm.RESULT and r2.body.step == 1, r2
+        assert 1 <= len(r2.body.tokens) <= 1 + len(r.body.draft)
+        assert r2.body.n_pos == 5 + len(r2.body.tokens), r2.body
+        fb.close_session(5)
+    finally:
+        workers.stop(p)
+        fb.close()
+
+
 def main():
     m = model("stories260K.gguf")
     if m is None:
@@ -116,6 +159,8 @@ def main():
             print(f"SKIP: {tool(b)} is not built")
             return SKIP
     ck = Checks()
+    ck.check("a worker driven directly: HELLO n_heads, speculative RESULT, STEP pos refused "
+             "before the prompt's end or past the history", lambda: worker_protocol(m))
     ngram = {"draft": "ngram", "max_draft": 6}
     exitd = {"draft": "exit", "max_draft": 4, "exit_layers": 3}
     guided = {"heads": HEADS, "scale": 2.0}
