@@ -45,7 +45,21 @@ static const char generate_help[] =
 	"  --api-key KEY     (default $ITT_API_KEY)   --client-id ID   (default random)\n"
 	"  --tenant NAME     --priority N (higher first)   --deadline-ms MS (broker default)\n"
 	"  --timeout-ms MS   give up when the broker is silent this long (default 30000)\n"
-	"An ERROR from the cluster prints \"itt generate: CODE: reason\" and exits 1.\n";
+	"An ERROR from the cluster prints \"itt generate: CODE: reason\" and exits 1.\n"
+	"Inference-time techniques (PROTOCOL.md \"Techniques\"):\n"
+	"  --guidance-heads L:H,...  perturb these attention heads in a guidance branch\n"
+	"  --head-set X      the heads of a head-set: a file with --local, a name the\n"
+	"                    broker finds in its --head-sets folder with --broker\n"
+	"  --guidance-scale S  guided logits l + s (l - l_branch) (default 0: off)\n"
+	"  --guidance-blend U  the perturbed heads attend to (1-U)A + U I (default 1)\n"
+	"  --negative-prompt TEXT  classifier-free guidance: the branch is this prompt\n"
+	"  --early-exit T --exit-layers L,...  stop a token's layers after layer L when\n"
+	"                    top-1 minus top-2 probability >= T (whole-model workers)\n"
+	"  --compare         (--local) also run the full model: report agreement\n"
+	"  --speculative ngram|exit  (--broker) exact speculative decoding with prompt\n"
+	"                    n-gram drafts or early-exit drafts of the first K layers\n"
+	"  --draft N         at most N drafts a step, 1..16 (default 4)\n"
+	"  --exit-draft-layers K  layers of an exit draft, 1..n_layers-1\n";
 
 int main(int argc, char **argv)
 {
