@@ -453,6 +453,19 @@ static pid_t spawn(char *const *argv)
 	_exit(127);
 }
 
+/* Starts argv as child *c named name; -1 (after saying why) when fork fails. */
+static int start_child(struct child *c, char *const *argv, const char *name)
+{
+	c->pid = spawn(argv);
+	c->alive = c->pid > 0;
+	snprintf(c->name, sizeof c->name, "%s", name);
+	if (c->pid < 0) {
+		fprintf(stderr, "itt up: fork: %s\n", strerror(errno));
+		return -1;
+	}
+	return 0;
+}
+
 static void describe_exit(const struct child *ch, int status)
 {
 	if (WIFSIGNALED(status))
@@ -669,14 +682,9 @@ int cmd_up(int argc, char **argv)
 	for (int i = 0; i < n_bargs; i++)
 		args[k++] = (char *)bargs[i];
 	args[k] = NULL;
-	ch[0].pid = spawn(args);
-	ch[0].alive = ch[0].pid > 0;
-	snprintf(ch[0].name, sizeof ch[0].name, "itt-broker");
-	n_ch = 1;
-	if (ch[0].pid < 0) {
-		fprintf(stderr, "itt up: fork: %s\n", strerror(errno));
+	if (start_child(&ch[0], args, "itt-broker") < 0)
 		return 1;
-	}
+	n_ch = 1;
 	printf("itt up: broker pid %d, front end %s (clients connect to %s), back end %s\n",
 	       (int)ch[0].pid, front, front_conn, back);
 	for (long w = 0; w < n_workers; w++) {
@@ -699,17 +707,13 @@ int cmd_up(int argc, char **argv)
 		for (int i = 0; i < n_wargs; i++)
 			args[k++] = (char *)wargs[i];
 		args[k] = NULL;
-		struct child *c = &ch[n_ch];
-		c->pid = spawn(args);
-		if (c->pid < 0) {
-			fprintf(stderr, "itt up: fork: %s\n", strerror(errno));
+		char cname[32];
+		snprintf(cname, sizeof cname, "itt-worker %ld", w + 1);
+		if (start_child(&ch[n_ch], args, cname) < 0) {
 			rc = 1;
 			goto out;
 		}
-		c->alive = true;
-		snprintf(c->name, sizeof c->name, "itt-worker %ld", w + 1);
-		n_ch++;
-		printf("itt up: worker %ld pid %d, model %s\n", w + 1, (int)c->pid, model);
+		printf("itt up: worker %ld pid %d, model %s\n", w + 1, (int)ch[n_ch++].pid, model);
 	}
 	/* The coordinator last: it is stopped first (stop_children goes
 	 * backwards), so it does not react to the workers leaving. */
@@ -730,14 +734,10 @@ int cmd_up(int argc, char **argv)
 			args[k++] = (char *)cargs[i];
 		args[k] = NULL;
 		struct child *c = &ch[n_ch];
-		c->pid = spawn(args);
-		if (c->pid < 0) {
-			fprintf(stderr, "itt up: fork: %s\n", strerror(errno));
+		if (start_child(c, args, "itt-coordinator") < 0) {
 			rc = 1;
 			goto out;
 		}
-		c->alive = true;
-		snprintf(c->name, sizeof c->name, "itt-coordinator");
 		n_ch++;
 		printf("itt up: coordinator pid %d, broker %s%s%s\n", (int)c->pid, back_conn,
 		       stages ? ", stages " : "", stages ? stages_s : "");
