@@ -925,6 +925,34 @@ void itt_stream_destroy(itt_stream_t **sp)
 
 /* --- stats ----------------------------------------------------------------- */
 
+/* Pumps the socket until ready(c), an error lands in *e, or timeout_ms
+ * passes (< 0: no limit); a socket failure is put in *e. */
+static void client_wait(itt_client_t *c, bool (*ready)(const itt_client_t *), struct itt_error *e,
+			int timeout_ms)
+{
+	uint64_t start = wire_now_ms();
+	for (;;) {
+		uint64_t spent = wire_now_ms() - start;
+		if (ready(c) || e->code || (timeout_ms >= 0 && spent >= (uint64_t)timeout_ms))
+			return;
+		if (client_pump(c, timeout_ms < 0 ? -1 : (int)((uint64_t)timeout_ms - spent),
+				NULL) < 0) {
+			set_error(e, ITT__CODE__INTERNAL, "client socket: %s", zmq_strerror(errno));
+			return;
+		}
+	}
+}
+
+static bool stats_ready(const itt_client_t *c)
+{
+	return c->stats_reply != NULL;
+}
+
+static bool set_ready(const itt_client_t *c)
+{
+	return c->set_reply != NULL;
+}
+
 int itt_stats(itt_client_t *c, Itt__ClusterStats **out, int timeout_ms, struct itt_error *err)
 {
 	*out = NULL;
@@ -937,19 +965,7 @@ int itt_stats(itt_client_t *c, Itt__ClusterStats **out, int timeout_ms, struct i
 				 zmq_strerror(errno));
 	c->last_send_ms = wire_now_ms();
 	c->stats_waiting = true;
-	uint64_t start = wire_now_ms();
-	for (;;) {
-		uint64_t spent = wire_now_ms() - start;
-		if (c->stats_reply || c->stats_err.code ||
-		    (timeout_ms >= 0 && spent >= (uint64_t)timeout_ms))
-			break;
-		if (client_pump(c, timeout_ms < 0 ? -1 : (int)((uint64_t)timeout_ms - spent),
-				NULL) < 0) {
-			set_error(&c->stats_err, ITT__CODE__INTERNAL, "client socket: %s",
-				  zmq_strerror(errno));
-			break;
-		}
-	}
+	client_wait(c, stats_ready, &c->stats_err, timeout_ms);
 	c->stats_waiting = false;
 	if (c->stats_reply) {
 		*out = c->stats_reply;
@@ -1091,19 +1107,7 @@ int itt_client_settings(itt_client_t *c, const struct itt_settings_change *ch,
 		return set_error(err, ITT__CODE__UNAVAILABLE, "cannot send SET: %s",
 				 zmq_strerror(errno));
 	c->set_waiting = true;
-	uint64_t start = wire_now_ms();
-	for (;;) {
-		uint64_t spent = wire_now_ms() - start;
-		if (c->set_reply || c->set_err.code ||
-		    (timeout_ms >= 0 && spent >= (uint64_t)timeout_ms))
-			break;
-		if (client_pump(c, timeout_ms < 0 ? -1 : (int)((uint64_t)timeout_ms - spent),
-				NULL) < 0) {
-			set_error(&c->set_err, ITT__CODE__INTERNAL, "client socket: %s",
-				  zmq_strerror(errno));
-			break;
-		}
-	}
+	client_wait(c, set_ready, &c->set_err, timeout_ms);
 	c->set_waiting = false;
 	if (c->set_reply) {
 		*out = c->set_reply;
