@@ -4,12 +4,14 @@
 Measures, with real itt-broker / itt-worker / itt-coordinator processes on
 this machine (loopback):
 
-1. Per-hop overhead: one greedy stream (`itt bench serve --clients 1`), time
-   per output token (p50) of the whole model on one worker with 1 thread,
-   against 2 and 3 stages of 1 thread each (the stages run one after another
-   for one stream, so the difference is what each hop adds: a RESULT and a
-   STEP through the broker with the activations), and one worker with 2
-   threads (the same total threads as 2 stages).
+1. Per-hop overhead: one greedy stream, time per output token (median) of
+   the whole model on one worker with 1 thread, against 2 and 3 stages of 1
+   thread each (the stages run one after another for one stream, so the
+   difference is what each hop adds: a RESULT and a STEP through the broker
+   with the activations), and one worker with 2 threads (the same total
+   threads as 2 stages).  All four run at once under one broker and the
+   requests alternate between them (ITT_BENCH_ROUNDS rounds, default 8), so
+   the machine's drift does not land on one configuration.
    overhead per hop = (TPOT(k stages) - TPOT(1 stage, 1 thread)) / (k - 1).
 2. Replicas: aggregate tokens/s with C clients of one worker (1 thread)
    against two replicas (1 thread each) and one worker with 2 threads.
@@ -121,40 +123,58 @@ def serve(c, clients, gen=64):
     return json.loads(r.stdout)
 
 
-def cluster_of(path, stages, threads):
-    """A cluster whose one route has `stages` stages of `threads` threads."""
-    n = n_layers_of(path)
-    c = Cluster(path, workers=0, threads=threads, broker_args=["--log-level", "warn"])
-    cuts = [round(i * n / stages) for i in range(stages + 1)]
-    for a, b in zip(cuts, cuts[1:]):
-        c.add_worker(["--layers", f"{a}:{b}", "--log-level", "warn"], wait=False)
-    c.wait_workers(stages, 120)
-    return c
+HOP_CONFIGS = ((1, 1), (2, 1), (3, 1), (1, 2))  # (stages, threads per stage)
+HOP_ROUNDS = int(os.environ.get("ITT_BENCH_ROUNDS", "8"))
 
 
-def hops(path, label):
+def hops(path, label, n_gen=64):
+    """All four configurations at once under one broker, each its own service
+    name; single greedy streams alternate between them round by round, so
+    drift of the shared machine hits every configuration alike (medians of
+    the per-request TPOT)."""
+    import itt_client  # noqa: E402 (cluster.py put client/python on the path)
     size = os.path.getsize(path)
-    rows = []
-    for stages, threads in ((1, 1), (2, 1), (3, 1), (1, 2)):
-        c = cluster_of(path, stages, threads)
+    n = n_layers_of(path)
+    c = Cluster(path, workers=0, broker_args=["--log-level", "warn"])
+    tpots = {cfg: [] for cfg in HOP_CONFIGS}
+    try:
+        names = {}
+        for stages, threads in HOP_CONFIGS:
+            name = f"s{stages}t{threads}"
+            names[(stages, threads)] = name
+            cuts = [round(i * n / stages) for i in range(stages + 1)]
+            for a, b in zip(cuts, cuts[1:]):
+                c.add_worker(["--layers", f"{a}:{b}", "--name", name, "--threads",
+                              str(threads), "--log-level", "warn"], wait=False)
+        c.wait_workers(sum(st for st, _ in HOP_CONFIGS), 120)
+        cl = itt_client.Client(c.front, client_id=f"bench-hops-{os.getpid()}")
         try:
-            d = serve(c, 1)
+            for rnd in range(HOP_ROUNDS + 1):
+                for cfg in HOP_CONFIGS:
+                    r = cl.generate_text(names[cfg], "Once upon a time", max_tokens=n_gen,
+                                         temperature=0.0, deadline_ms=600000)
+                    t = r.timings
+                    if rnd and r.n_tokens > 1:  # round 0 warms up
+                        tpots[cfg].append((t["total_ms"] - t["first_token_ms"])
+                                          / (r.n_tokens - 1))
         finally:
-            c.stop()
-        tpot = d["tpot_ms"]["p50"]
-        rows.append((stages, threads, tpot, d["tokens_per_s"]))
-    base = rows[0][2]
-    print(f"\n(1) per-hop overhead, one greedy stream, {label} ({size / 1e6:.1f} MB of weights)")
+            cl.close()
+    finally:
+        c.stop()
+    base = statistics.median(tpots[(1, 1)])
+    print(f"\n(1) per-hop overhead, one greedy stream ({n_gen} tokens), {label} "
+          f"({size / 1e6:.1f} MB of weights), medians of {HOP_ROUNDS} interleaved rounds")
     print(f"{'stages':>6} {'threads/stage':>13} {'TPOT p50 ms':>12} {'tok/s':>8} "
           f"{'GB/s implied':>12} {'per hop ms':>10}")
-    for stages, threads, tpot, tps in rows:
+    for stages, threads in HOP_CONFIGS:
+        tpot = statistics.median(tpots[(stages, threads)])
         hop = (tpot - base) / (stages - 1) if stages > 1 else None
         gbs = size / (tpot / 1e3) / 1e9 if tpot > 0 else 0
-        print(f"{stages:>6} {threads:>13} {tpot:>12.3f} {tps:>8.1f} {gbs:>12.2f} "
+        print(f"{stages:>6} {threads:>13} {tpot:>12.3f} {1e3 / tpot:>8.1f} {gbs:>12.2f} "
               f"{'-' if hop is None else f'{hop:.3f}':>10}")
         records.append({"bench": "pipeline-hop", "model": label, "stages": stages,
                         "threads_per_stage": threads, "tpot_p50_ms": tpot,
-                        "tokens_per_s": tps, "overhead_per_hop_ms": hop,
+                        "tpot_ms": tpots[(stages, threads)], "overhead_per_hop_ms": hop,
                         "weight_bytes": size, "machine": machine()})
 
 
