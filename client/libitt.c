@@ -943,6 +943,22 @@ static void client_wait(itt_client_t *c, bool (*ready)(const itt_client_t *), st
 	}
 }
 
+/* How a request/reply exchange ended: 0 when the reply came, else the
+ * broker's ERROR (copied to *err), else UNAVAILABLE: no reply in time. */
+static int client_outcome(bool have_reply, const struct itt_error *got, const char *what,
+			  int timeout_ms, struct itt_error *err)
+{
+	if (have_reply)
+		return 0;
+	if (got->code) {
+		if (err)
+			*err = *got;
+		return got->code;
+	}
+	return set_error(err, ITT__CODE__UNAVAILABLE, "no %s from the broker within %d ms", what,
+			 timeout_ms);
+}
+
 static bool stats_ready(const itt_client_t *c)
 {
 	return c->stats_reply != NULL;
@@ -960,25 +976,19 @@ int itt_stats(itt_client_t *c, Itt__ClusterStats **out, int timeout_ms, struct i
 	m.api_key = c->api_key;
 	itt_stats_free(&c->stats_reply);
 	memset(&c->stats_err, 0, sizeof c->stats_err);
-	if (wire_send(c->sock, NULL, 0, WIRE_STATS, &m.base, NULL, 0, ZMQ_DONTWAIT) < 0)
+	if (send_msg(c, WIRE_STATS, &m.base) < 0)
 		return set_error(err, ITT__CODE__UNAVAILABLE, "cannot send STATS: %s",
 				 zmq_strerror(errno));
-	c->last_send_ms = wire_now_ms();
 	c->stats_waiting = true;
 	client_wait(c, stats_ready, &c->stats_err, timeout_ms);
 	c->stats_waiting = false;
-	if (c->stats_reply) {
+	int rc = client_outcome(c->stats_reply != NULL, &c->stats_err, "STATS_REPLY", timeout_ms,
+				err);
+	if (rc == 0) {
 		*out = c->stats_reply;
 		c->stats_reply = NULL;
-		return 0;
 	}
-	if (c->stats_err.code) {
-		if (err)
-			*err = c->stats_err;
-		return c->stats_err.code;
-	}
-	return set_error(err, ITT__CODE__UNAVAILABLE, "no STATS_REPLY from the broker within %d ms",
-			 timeout_ms);
+	return rc;
 }
 
 void itt_stats_free(Itt__ClusterStats **sp)
@@ -1109,18 +1119,12 @@ int itt_client_settings(itt_client_t *c, const struct itt_settings_change *ch,
 	c->set_waiting = true;
 	client_wait(c, set_ready, &c->set_err, timeout_ms);
 	c->set_waiting = false;
-	if (c->set_reply) {
+	int rc = client_outcome(c->set_reply != NULL, &c->set_err, "SET_REPLY", timeout_ms, err);
+	if (rc == 0) {
 		*out = c->set_reply;
 		c->set_reply = NULL;
-		return 0;
 	}
-	if (c->set_err.code) {
-		if (err)
-			*err = c->set_err;
-		return c->set_err.code;
-	}
-	return set_error(err, ITT__CODE__UNAVAILABLE, "no SET_REPLY from the broker within %d ms",
-			 timeout_ms);
+	return rc;
 }
 
 void itt_settings_reply_free(Itt__SettingsReply **rp)
