@@ -327,27 +327,27 @@ static void back_unknown(struct broker *b, const struct wire_msg *m)
 int back_handle(struct broker *b)
 {
 	struct wire_msg m;
-	int code;
-	char reason[256], peer[32];
+	struct itt_err err = {0};
+	char peer[32];
 	int rc =
-	    wire_recv(b->back, true, back_accepts, &m, &code, reason, sizeof reason, ZMQ_DONTWAIT);
+	    wire_recv(b->back, true, back_accepts, &m, &err, ZMQ_DONTWAIT);
 	if (rc < 0)
 		LOG_ERROR("back end: receive failed: %s", zmq_strerror(errno));
 	if (rc <= 0)
 		return 0;
 	broker_clock(b);
-	if (!code && (m.cmd == WIRE_CONTROL_HELLO ||
+	if (!err.code && (m.cmd == WIRE_CONTROL_HELLO ||
 	              control_is_coord(b, m.identity, m.identity_len))) {
 		control_handle(b, &m);
 		goto out;
 	}
 	struct worker *w = map_get(&b->workers, m.identity, m.identity_len);
-	if (code) {
+	if (err.code) {
 		LOG_WARN("back end: %s %s: %s: %s", w ? "worker" : "peer",
 		         w ? w->id
 		           : broker_peer_name(m.identity, m.identity_len, peer, sizeof peer),
-		         wire_code_name(code), reason);
-		back_send_error(b, m.identity, m.identity_len, 0, code, reason);
+		         wire_code_name(err.code), err.msg);
+		back_send_error(b, m.identity, m.identity_len, 0, err.code, err.msg);
 		goto out;
 	}
 	if (w && !w->lost) {

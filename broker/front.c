@@ -191,9 +191,10 @@ static void front_submit(struct broker *b, const struct wire_msg *m)
 	size_t ml = g->model ? strlen(g->model) : 0;
 	struct model *mo =
 	    ml && ml <= b->lim.max_name_len ? map_get(&b->models, g->model, ml) : NULL;
-	int code = validate_generate(g, &b->lim, mo ? mo->vocab : 0, reason, sizeof reason);
+	struct itt_err err;
+	int code = validate_generate(g, &b->lim, mo ? mo->vocab : 0, &err);
 	if (code) {
-		front_refuse(b, m, g->request_id, code, reason);
+		front_refuse(b, m, g->request_id, code, err.msg);
 		goto out;
 	}
 	char key[sizeof((struct request *)0)->key];
@@ -233,8 +234,8 @@ static void front_submit(struct broker *b, const struct wire_msg *m)
 		goto out;
 	}
 	if ((code = validate_techniques(g->guidance, g->speculative, g->early_exit, mo->n_layers,
-	                                mo->n_heads, false, reason, sizeof reason))) {
-		front_refuse(b, m, g->request_id, code, reason);
+	                                mo->n_heads, false, &err))) {
+		front_refuse(b, m, g->request_id, code, err.msg);
 		goto out;
 	}
 	if (g->n_prompt_tokens >= mo->ctx_len) {
@@ -504,9 +505,9 @@ out:
 int front_handle(struct broker *b)
 {
 	struct wire_msg m;
-	int code;
-	char reason[256], peer[32];
-	int rc = wire_recv(b->front, true, front_accepts, &m, &code, reason, sizeof reason,
+	struct itt_err err = {0};
+	char peer[32];
+	int rc = wire_recv(b->front, true, front_accepts, &m, &err,
 	                   ZMQ_DONTWAIT);
 	if (rc < 0)
 		LOG_ERROR("front end: receive failed: %s", zmq_strerror(errno));
@@ -518,11 +519,11 @@ int front_handle(struct broker *b)
 		c->last_recv_ms = b->now_ms;
 		link_push_back(&b->clients_seen, &c->seen_link);
 	}
-	if (code) {
+	if (err.code) {
 		LOG_INFO("front end: client %s: %s: %s",
 		         broker_peer_name(m.identity, m.identity_len, peer, sizeof peer),
-		         wire_code_name(code), reason);
-		front_send_error(b, m.identity, m.identity_len, NULL, code, reason);
+		         wire_code_name(err.code), err.msg);
+		front_send_error(b, m.identity, m.identity_len, NULL, err.code, err.msg);
 		goto out;
 	}
 	switch (m.cmd) {

@@ -36,7 +36,7 @@
 #include <string.h>
 
 #include "log.h"
-#include "sampler.h"
+#include "sampling.h"
 
 bool req_queue_less(const void *a, const void *b)
 {
@@ -639,19 +639,17 @@ void req_on_result_msg(struct broker *b, struct worker *w, const Itt__StepResult
 	if (!last) {
 		uint32_t rows = (res->step == 0 ? r->n_prompt + r->n_gen : 1 + r->n_draft) *
 		                (r->branch_rows ? 2 : 1);
-		int code = 0;
-		if (!r->have_prompt) {
-			snprintf(why, sizeof why, "stage %u RESULT of step 0 lacks prompt_tokens",
-			         r->at);
-			code = ITT__CODE__INVALID_ARGUMENT;
-		} else {
-			code = wire_check_tensor(res->hidden, tensor, tensor_len, rows, rows,
-			                         r->model->dim, "RESULT hidden", why, sizeof why);
-		}
-		if (code) {
+		struct itt_err err = {0};
+		if (!r->have_prompt)
+			itt_err_set(&err, ITT__CODE__INVALID_ARGUMENT,
+			            "stage %u RESULT of step 0 lacks prompt_tokens", r->at);
+		else
+			wire_check_tensor(res->hidden, tensor, tensor_len, rows, rows,
+			                  r->model->dim, "RESULT hidden", &err);
+		if (err.code) {
 			LOG_WARN("worker %s: session %llu: %s; replaying it", w->id,
-			         (unsigned long long)r->session_id, why);
-			req_requeue(b, r, w, true, why);
+			         (unsigned long long)r->session_id, err.msg);
+			req_requeue(b, r, w, true, err.msg);
 			return;
 		}
 		req_forward(b, r, r->at + 1, res->hidden, tensor, tensor_len);

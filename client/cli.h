@@ -8,7 +8,7 @@
 #include <stdint.h>
 #include <stdio.h>
 
-#include "sampler.h"
+#include "sampling.h"
 
 #define CLI_MAX_STOPS 8
 

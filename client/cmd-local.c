@@ -9,6 +9,7 @@
 
 #include "cli.h"
 #include "engine.h"
+#include "sampler.h"
 #include "guidance.h"
 
 static int open_engine(const char *path, int threads, uint32_t kv_seqs, struct engine **e)

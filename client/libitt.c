@@ -28,6 +28,7 @@
 #include <zmq.h>
 
 #include "validate.h"
+#include "clock.h"
 #include "wire.h"
 
 /* The front end drops messages over 1 MiB (PROTOCOL.md, "Limits"). */
@@ -151,7 +152,7 @@ static int send_raw(itt_client_t *c, int cmd, const void *body, size_t len)
 		return -1;
 	if (zmq_send(c->sock, &b, 1, ZMQ_SNDMORE) < 0 || zmq_send(c->sock, body, len, 0) < 0)
 		return -1;
-	c->last_send_ms = wire_now_ms();
+	c->last_send_ms = clock_mono_ms();
 	return 0;
 }
 
@@ -159,7 +160,7 @@ static int send_msg(itt_client_t *c, int cmd, const ProtobufCMessage *m)
 {
 	int rc = wire_send(c->sock, NULL, 0, cmd, m, NULL, 0, ZMQ_DONTWAIT);
 	if (rc == 0)
-		c->last_send_ms = wire_now_ms();
+		c->last_send_ms = clock_mono_ms();
 	return rc;
 }
 
@@ -174,7 +175,7 @@ static void send_cancel(itt_stream_t *s)
 static void resend(itt_stream_t *s)
 {
 	(void)send_raw(s->client, WIRE_SUBMIT, s->submit, s->submit_len);
-	s->quiet_since_ms = wire_now_ms();
+	s->quiet_since_ms = clock_mono_ms();
 }
 
 /* --- client ---------------------------------------------------------------- */
@@ -565,15 +566,13 @@ static void fail_all(itt_client_t *c, int e)
  * -1 on a socket error (the open streams have then been failed). */
 static int client_pump(itt_client_t *c, int timeout_ms, itt_stream_t *want)
 {
-	uint64_t start = wire_now_ms();
+	uint64_t start = clock_mono_ms();
 	for (;;) {
 		/* Drain everything that is already here. */
 		for (;;) {
 			struct wire_msg w;
-			int code;
-			char reason[256];
-			int rc = wire_recv(c->sock, false, client_accepts, &w, &code, reason,
-					   sizeof reason, ZMQ_DONTWAIT);
+			struct itt_err err = {0};
+			int rc = wire_recv(c->sock, false, client_accepts, &w, &err, ZMQ_DONTWAIT);
 			if (rc == 0)
 				break;
 			if (rc < 0) {
@@ -581,14 +580,14 @@ static int client_pump(itt_client_t *c, int timeout_ms, itt_stream_t *want)
 				fail_all(c, e);
 				return -1;
 			}
-			uint64_t now = wire_now_ms();
+			uint64_t now = clock_mono_ms();
 			for (itt_stream_t *s = c->streams; s; s = s->next)
 				s->heard_ms = s->quiet_since_ms = now;
-			if (!code)
+			if (!err.code)
 				on_message(c, &w);
 			wire_msg_close(&w);
 		}
-		uint64_t now = wire_now_ms();
+		uint64_t now = clock_mono_ms();
 		int wait = duties(c, now);
 		if ((want && want->head) ||
 		    (c->stats_waiting && (c->stats_reply || c->stats_err.code)) ||
@@ -751,11 +750,11 @@ itt_stream_t *itt_submit(itt_client_t *c, const struct itt_request *req, struct 
 	}
 
 	struct wire_limits lim;
-	char reason[256];
+	struct itt_err verr;
 	wire_limits_default(&lim);
-	int code = validate_generate(&m, &lim, 0, reason, sizeof reason);
+	int code = validate_generate(&m, &lim, 0, &verr);
 	if (code) {
-		set_error(err, code, "%s", reason);
+		set_error(err, code, "%s", verr.msg);
 		goto fail;
 	}
 	size_t len = itt__generate_request__get_packed_size(&m);
@@ -774,7 +773,7 @@ itt_stream_t *itt_submit(itt_client_t *c, const struct itt_request *req, struct 
 	snprintf(s->id, sizeof s->id, "%s", id);
 	s->submit = buf;
 	s->submit_len = len;
-	s->heard_ms = s->quiet_since_ms = wire_now_ms();
+	s->heard_ms = s->quiet_since_ms = clock_mono_ms();
 	if (send_raw(c, WIRE_SUBMIT, buf, len) < 0 && errno != EAGAIN) {
 		/* EAGAIN: the queue to the broker is full; the silence timer
 		 * re-sends it. */
@@ -930,9 +929,9 @@ void itt_stream_destroy(itt_stream_t **sp)
 static void client_wait(itt_client_t *c, bool (*ready)(const itt_client_t *), struct itt_error *e,
 			int timeout_ms)
 {
-	uint64_t start = wire_now_ms();
+	uint64_t start = clock_mono_ms();
 	for (;;) {
-		uint64_t spent = wire_now_ms() - start;
+		uint64_t spent = clock_mono_ms() - start;
 		if (ready(c) || e->code || (timeout_ms >= 0 && spent >= (uint64_t)timeout_ms))
 			return;
 		if (client_pump(c, timeout_ms < 0 ? -1 : (int)((uint64_t)timeout_ms - spent),

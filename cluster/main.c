@@ -19,6 +19,7 @@
 #include <unistd.h>
 
 #include "log.h"
+#include "clock.h"
 #include "wire.h"
 
 #define MAIN_HB_DEFAULT_MS    500
@@ -145,9 +146,8 @@ static void main_drain(struct coord *c)
 {
 	for (;;) {
 		struct wire_msg m;
-		int code = 0;
-		char reason[256];
-		int rc = wire_recv(c->sock, false, main_accepts, &m, &code, reason, sizeof reason,
+		struct itt_err err = {0};
+		int rc = wire_recv(c->sock, false, main_accepts, &m, &err,
 		                   ZMQ_DONTWAIT);
 		if (rc <= 0) {
 			if (rc < 0 && errno != EAGAIN && errno != EINTR)
@@ -155,11 +155,11 @@ static void main_drain(struct coord *c)
 				         zmq_strerror(errno));
 			return;
 		}
-		c->now_ms = wire_now_ms();
+		c->now_ms = clock_mono_ms();
 		c->last_recv_ms = c->now_ms;
-		if (code) {
+		if (err.code) {
 			LOG_WARN("broker %s sent a bad message (%s): %s; dropped", c->cfg.broker,
-			         wire_code_name(code), reason);
+			         wire_code_name(err.code), err.msg);
 		} else if (m.cmd == WIRE_WELCOME) {
 			main_welcome(c, &m);
 		} else if (m.cmd == WIRE_ERROR && main_unknown_peer(&m)) {
@@ -181,10 +181,10 @@ static uint64_t main_min(uint64_t a, uint64_t b)
 static int main_loop(struct coord *c)
 {
 	c->backoff_ms = COORD_BACKOFF_MIN_MS;
-	c->now_ms = wire_now_ms();
+	c->now_ms = clock_mono_ms();
 	c->reconnect_at_ms = c->now_ms;
 	while (!main_stop) {
-		c->now_ms = wire_now_ms();
+		c->now_ms = clock_mono_ms();
 		if (!c->sock && c->now_ms >= c->reconnect_at_ms && main_connect(c) < 0) {
 			if (c->sock)
 				zmq_close(c->sock);
@@ -206,7 +206,7 @@ static int main_loop(struct coord *c)
 			LOG_ERROR("zmq_poll: %s", zmq_strerror(errno));
 			return 1;
 		}
-		c->now_ms = wire_now_ms();
+		c->now_ms = clock_mono_ms();
 		if (!c->sock)
 			continue;
 		if (rc > 0)
@@ -254,7 +254,7 @@ int main(int argc, char **argv)
 		return rc == 1 ? 0 : 2;
 	log_set_program("itt-coordinator");
 	log_level_now = c.cfg.log_level;
-	srand((unsigned)(wire_now_ms() ^ (uint64_t)getpid()));
+	srand((unsigned)(clock_mono_ms() ^ (uint64_t)getpid()));
 
 	struct sigaction sa;
 	memset(&sa, 0, sizeof sa);

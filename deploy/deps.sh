@@ -6,7 +6,7 @@ set -euo pipefail
 ITT_PACKAGES=(
     build-essential cmake pkg-config clang
     libzmq3-dev libuv1-dev libprotobuf-c-dev protobuf-c-compiler protobuf-compiler
-    libopenblas-dev libcmocka-dev
+    libopenblas-dev libcmocka-dev libjansson-dev
     python3 python3-numpy python3-zmq python3-protobuf python3-sentencepiece
     iproute2 curl ca-certificates
 )

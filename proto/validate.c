@@ -23,19 +23,12 @@ void wire_limits_default(struct wire_limits *l)
 	l->deadline_max_ms = 3600000;
 }
 
-static int bad(char *reason, size_t cap, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
-static int bad(char *reason, size_t cap, const char *fmt, ...)
-{
-	va_list ap;
-	va_start(ap, fmt);
-	vsnprintf(reason, cap, fmt, ap);
-	va_end(ap);
-	return ITT__CODE__INVALID_ARGUMENT;
-}
+/* Every check here fails INVALID_ARGUMENT with a reason naming the field. */
+#define bad(err, ...) itt_err_set((err), ITT__CODE__INVALID_ARGUMENT, __VA_ARGS__)
 
 int validate_sampling(const Itt__SamplingParams *p, uint32_t vocab, const struct wire_limits *l,
 		      struct sampler_params *out, struct sampler_bias *bias_buf, size_t bias_cap,
-		      char *reason, size_t cap)
+		      struct itt_err *err)
 {
 	sampler_params_default(out);
 	if (!p)
@@ -61,77 +54,75 @@ int validate_sampling(const Itt__SamplingParams *p, uint32_t vocab, const struct
 	if (p->has_seed)
 		out->seed = p->seed;
 	if (p->n_logit_bias > l->max_bias || p->n_logit_bias > bias_cap)
-		return bad(reason, cap, "sampling.logit_bias has %zu entries; at most %u",
+		return bad(err, "sampling.logit_bias has %zu entries; at most %u",
 			   p->n_logit_bias, l->max_bias);
 	for (size_t i = 0; i < p->n_logit_bias; i++) {
 		const Itt__LogitBias *b = p->logit_bias[i];
 		if (b->token < 0 || (vocab && (uint32_t)b->token >= vocab))
-			return bad(reason, cap, "sampling.logit_bias[%zu].token %d is not a token id",
+			return bad(err, "sampling.logit_bias[%zu].token %d is not a token id",
 				   i, b->token);
 		if (isnan(b->bias) || b->bias == INFINITY)
-			return bad(reason, cap, "sampling.logit_bias[%zu].bias must be finite or -inf",
+			return bad(err, "sampling.logit_bias[%zu].bias must be finite or -inf",
 				   i);
 		bias_buf[i].token = b->token;
 		bias_buf[i].bias = b->bias;
 	}
 	out->bias = p->n_logit_bias ? bias_buf : NULL;
 	out->n_bias = p->n_logit_bias;
-	struct itt_err err = {0};
+	struct itt_err se = {0};
 	/* vocab unknown (broker): let every token id pass the sampler check */
-	if (sampler_params_validate(out, vocab ? vocab : INT32_MAX, &err) < 0)
-		return bad(reason, cap, "sampling: %s", err.msg);
+	if (sampler_params_validate(out, vocab ? vocab : INT32_MAX, &se) < 0)
+		return bad(err, "sampling: %s", se.msg);
 	return 0;
 }
 
-static int check_str(const char *s, const char *field, uint32_t lo, uint32_t hi, char *reason,
-		     size_t cap)
+static int check_str(const char *s, const char *field, uint32_t lo, uint32_t hi, struct itt_err *err)
 {
 	size_t n = s ? strlen(s) : 0;
 	if (n < lo || n > hi)
-		return bad(reason, cap, "%s has %zu bytes; it must have %u..%u", field, n, lo, hi);
+		return bad(err, "%s has %zu bytes; it must have %u..%u", field, n, lo, hi);
 	return 0;
 }
 
 int validate_generate(const Itt__GenerateRequest *r, const struct wire_limits *l, uint32_t vocab,
-		      char *reason, size_t cap)
+		      struct itt_err *err)
 {
 	int rc;
-	if ((rc = check_str(r->request_id, "request_id", 1, l->max_id_len, reason, cap)) ||
-	    (rc = check_str(r->client_id, "client_id", 1, l->max_id_len, reason, cap)) ||
-	    (rc = check_str(r->model, "model", 1, l->max_name_len, reason, cap)) ||
-	    (rc = check_str(r->tenant, "tenant", 0, l->max_name_len, reason, cap)) ||
-	    (rc = check_str(r->api_key, "api_key", 0, l->max_name_len, reason, cap)))
+	if ((rc = check_str(r->request_id, "request_id", 1, l->max_id_len, err)) ||
+	    (rc = check_str(r->client_id, "client_id", 1, l->max_id_len, err)) ||
+	    (rc = check_str(r->model, "model", 1, l->max_name_len, err)) ||
+	    (rc = check_str(r->tenant, "tenant", 0, l->max_name_len, err)) ||
+	    (rc = check_str(r->api_key, "api_key", 0, l->max_name_len, err)))
 		return rc;
 	size_t plen = r->prompt ? strlen(r->prompt) : 0;
 	if (plen > l->max_prompt_bytes)
-		return bad(reason, cap, "prompt has %zu bytes; at most %u", plen, l->max_prompt_bytes);
+		return bad(err, "prompt has %zu bytes; at most %u", plen, l->max_prompt_bytes);
 	if (plen && r->n_prompt_tokens)
-		return bad(reason, cap, "prompt and prompt_tokens are exclusive");
+		return bad(err, "prompt and prompt_tokens are exclusive");
 	if (r->n_prompt_tokens > l->max_prompt_tokens)
-		return bad(reason, cap, "prompt_tokens has %zu ids; at most %u", r->n_prompt_tokens,
+		return bad(err, "prompt_tokens has %zu ids; at most %u", r->n_prompt_tokens,
 			   l->max_prompt_tokens);
 	for (size_t i = 0; i < r->n_prompt_tokens; i++)
 		if (r->prompt_tokens[i] < 0 || (vocab && (uint32_t)r->prompt_tokens[i] >= vocab))
-			return bad(reason, cap, "prompt_tokens[%zu] = %d is not a token id", i,
+			return bad(err, "prompt_tokens[%zu] = %d is not a token id", i,
 				   r->prompt_tokens[i]);
 	if (r->has_max_tokens && (r->max_tokens < 0 || r->max_tokens > l->max_tokens_limit))
-		return bad(reason, cap, "max_tokens %d out of range [0, %d]", r->max_tokens,
+		return bad(err, "max_tokens %d out of range [0, %d]", r->max_tokens,
 			   l->max_tokens_limit);
 	if (r->n_stop > l->max_stops)
-		return bad(reason, cap, "stop has %zu strings; at most %u", r->n_stop, l->max_stops);
+		return bad(err, "stop has %zu strings; at most %u", r->n_stop, l->max_stops);
 	for (size_t i = 0; i < r->n_stop; i++) {
 		char field[32];
 		snprintf(field, sizeof field, "stop[%zu]", i);
-		if ((rc = check_str(r->stop[i], field, 1, l->max_stop_len, reason, cap)))
+		if ((rc = check_str(r->stop[i], field, 1, l->max_stop_len, err)))
 			return rc;
 	}
 	if (r->has_deadline_ms && r->deadline_ms > l->deadline_max_ms)
-		return bad(reason, cap, "deadline_ms %u exceeds the limit of %u", r->deadline_ms,
+		return bad(err, "deadline_ms %u exceeds the limit of %u", r->deadline_ms,
 			   l->deadline_max_ms);
 	struct sampler_params sp;
 	struct sampler_bias bias[1024];
-	return validate_sampling(r->sampling, vocab, l, &sp, bias, sizeof bias / sizeof bias[0],
-				 reason, cap);
+	return validate_sampling(r->sampling, vocab, l, &sp, bias, sizeof bias / sizeof bias[0], err);
 }
 
 int validate_parse_head(const char *s, uint32_t *layer, uint32_t *head)
@@ -158,83 +149,81 @@ int validate_parse_head(const char *s, uint32_t *layer, uint32_t *head)
 }
 
 static int validate_guidance(const Itt__Guidance *g, uint32_t n_layers, uint32_t n_heads,
-			     bool allow_head_set, char *reason, size_t cap)
+			     bool allow_head_set, struct itt_err *err)
 {
 	bool has_set = g->head_set && *g->head_set;
 	bool has_neg = g->negative_prompt && *g->negative_prompt;
 	if ((g->n_heads > 0) + has_set + has_neg > 1)
-		return bad(reason, cap, "guidance: heads, head_set and negative_prompt are exclusive");
+		return bad(err, "guidance: heads, head_set and negative_prompt are exclusive");
 	if (has_set && !allow_head_set)
-		return bad(reason, cap, "guidance.head_set %.64s was not expanded", g->head_set);
+		return bad(err, "guidance.head_set %.64s was not expanded", g->head_set);
 	if (g->has_scale && !(g->scale >= 0.0f && g->scale <= VALIDATE_MAX_SCALE))
-		return bad(reason, cap, "guidance.scale must be in [0, %g], got %g",
+		return bad(err, "guidance.scale must be in [0, %g], got %g",
 			   (double)VALIDATE_MAX_SCALE, (double)g->scale);
 	if (g->has_blend && !(g->blend >= 0.0f && g->blend <= 1.0f))
-		return bad(reason, cap, "guidance.blend must be in [0, 1], got %g", (double)g->blend);
+		return bad(err, "guidance.blend must be in [0, 1], got %g", (double)g->blend);
 	if (g->scale > 0 && !g->n_heads && !has_set && !has_neg)
-		return bad(reason, cap,
+		return bad(err,
 			   "guidance.scale > 0 needs heads, a head_set or a negative_prompt");
 	if (has_neg && strlen(g->negative_prompt) > 262144)
-		return bad(reason, cap, "guidance.negative_prompt has more than 262144 bytes");
+		return bad(err, "guidance.negative_prompt has more than 262144 bytes");
 	if (g->n_heads > VALIDATE_MAX_HEADS)
-		return bad(reason, cap, "guidance.heads has %zu entries; at most %d", g->n_heads,
+		return bad(err, "guidance.heads has %zu entries; at most %d", g->n_heads,
 			   VALIDATE_MAX_HEADS);
 	for (size_t i = 0; i < g->n_heads; i++) {
 		uint32_t l, h;
 		if (validate_parse_head(g->heads[i], &l, &h) < 0)
-			return bad(reason, cap, "guidance.heads[%zu] = \"%.32s\" is not LAYER:HEAD", i,
+			return bad(err, "guidance.heads[%zu] = \"%.32s\" is not LAYER:HEAD", i,
 				   g->heads[i]);
 		if ((n_layers && l >= n_layers) || (n_heads && h >= n_heads))
-			return bad(reason, cap,
+			return bad(err,
 				   "guidance.heads[%zu] = %u:%u: no such head (the model has %u "
 				   "layers of %u heads)",
 				   i, l, h, n_layers, n_heads);
 		for (size_t j = 0; j < i; j++) {
 			uint32_t l2, h2;
 			if (validate_parse_head(g->heads[j], &l2, &h2) == 0 && l2 == l && h2 == h)
-				return bad(reason, cap, "guidance.heads: %u:%u is listed twice", l, h);
+				return bad(err, "guidance.heads: %u:%u is listed twice", l, h);
 		}
 	}
 	return 0;
 }
 
-static int validate_speculative(const Itt__Speculative *s, uint32_t n_layers, char *reason,
-				size_t cap)
+static int validate_speculative(const Itt__Speculative *s, uint32_t n_layers, struct itt_err *err)
 {
 	const char *d = s->draft ? s->draft : "ngram";
 	bool ngram = !strcmp(d, "ngram"), exitd = !strcmp(d, "exit");
 	if (!ngram && !exitd)
-		return bad(reason, cap, "speculative.draft must be \"ngram\" or \"exit\", got \"%.32s\"",
+		return bad(err, "speculative.draft must be \"ngram\" or \"exit\", got \"%.32s\"",
 			   d);
 	if (!s->has_max_draft || s->max_draft < 1 || s->max_draft > VALIDATE_MAX_DRAFT)
-		return bad(reason, cap, "speculative.max_draft must be in [1, %d], got %u",
+		return bad(err, "speculative.max_draft must be in [1, %d], got %u",
 			   VALIDATE_MAX_DRAFT, s->has_max_draft ? s->max_draft : 0);
 	if (exitd && (!s->has_exit_layers || s->exit_layers < 1 ||
 		      (n_layers && s->exit_layers >= n_layers)))
-		return bad(reason, cap, "speculative.exit_layers must be in [1, %u), got %u",
+		return bad(err, "speculative.exit_layers must be in [1, %u), got %u",
 			   n_layers, s->exit_layers);
 	uint32_t lo = s->has_ngram_min ? s->ngram_min : 1, hi = s->has_ngram_max ? s->ngram_max : 3;
 	if (lo < 1 || hi < lo || hi > VALIDATE_MAX_NGRAM)
-		return bad(reason, cap,
+		return bad(err,
 			   "speculative: need 1 <= ngram_min <= ngram_max <= %d, got %u and %u",
 			   VALIDATE_MAX_NGRAM, lo, hi);
 	return 0;
 }
 
-static int validate_early_exit(const Itt__EarlyExit *e, uint32_t n_layers, char *reason,
-			       size_t cap)
+static int validate_early_exit(const Itt__EarlyExit *e, uint32_t n_layers, struct itt_err *err)
 {
 	if (!e->has_threshold || !(e->threshold >= 0.0f && e->threshold <= 1.0f))
-		return bad(reason, cap, "early_exit.threshold must be in [0, 1]");
+		return bad(err, "early_exit.threshold must be in [0, 1]");
 	if (e->n_layers < 1 || e->n_layers > VALIDATE_MAX_EXITS)
-		return bad(reason, cap, "early_exit.layers has %zu entries; 1..%d", e->n_layers,
+		return bad(err, "early_exit.layers has %zu entries; 1..%d", e->n_layers,
 			   VALIDATE_MAX_EXITS);
 	for (size_t i = 0; i < e->n_layers; i++) {
 		if (i && e->layers[i] <= e->layers[i - 1])
-			return bad(reason, cap, "early_exit.layers must ascend (%u after %u)",
+			return bad(err, "early_exit.layers must ascend (%u after %u)",
 				   e->layers[i], e->layers[i - 1]);
 		if (n_layers && e->layers[i] + 1 >= n_layers)
-			return bad(reason, cap,
+			return bad(err,
 				   "early_exit.layers[%zu] = %u: must be below %u (the last layer "
 				   "is the full model)",
 				   i, e->layers[i], n_layers ? n_layers - 1 : 0);
@@ -244,14 +233,14 @@ static int validate_early_exit(const Itt__EarlyExit *e, uint32_t n_layers, char 
 
 int validate_techniques(const Itt__Guidance *g, const Itt__Speculative *sp,
 			const Itt__EarlyExit *ee, uint32_t n_layers, uint32_t n_heads,
-			bool allow_head_set, char *reason, size_t cap)
+			bool allow_head_set, struct itt_err *err)
 {
 	int rc;
-	if (g && (rc = validate_guidance(g, n_layers, n_heads, allow_head_set, reason, cap)))
+	if (g && (rc = validate_guidance(g, n_layers, n_heads, allow_head_set, err)))
 		return rc;
-	if (sp && (rc = validate_speculative(sp, n_layers, reason, cap)))
+	if (sp && (rc = validate_speculative(sp, n_layers, err)))
 		return rc;
-	if (ee && (rc = validate_early_exit(ee, n_layers, reason, cap)))
+	if (ee && (rc = validate_early_exit(ee, n_layers, err)))
 		return rc;
 	return 0;
 }

@@ -1,7 +1,7 @@
 /* validate: field-by-field checks of protocol bodies against the limits of
  * PROTOCOL.md, shared by the broker (SUBMIT) and the worker (OPEN).  Every
- * failure returns an itt code (ITT__CODE__INVALID_ARGUMENT) and a reason
- * naming the field and the offending value. */
+ * failure returns ITT__CODE__INVALID_ARGUMENT and fills the struct itt_err
+ * (when not NULL) with that code and a reason naming the field and value. */
 #ifndef ITT_VALIDATE_H
 #define ITT_VALIDATE_H
 
@@ -9,8 +9,9 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "err.h"
 #include "itt.pb-c.h"
-#include "sampler.h"
+#include "sampling.h"
 
 struct wire_limits {
 	uint32_t max_id_len;          /* request_id, client_id: 64 */
@@ -32,14 +33,14 @@ void wire_limits_default(struct wire_limits *l);
  * stop strings, deadline, sampling).  vocab 0 skips token range checks
  * (the worker repeats them). */
 int validate_generate(const Itt__GenerateRequest *r, const struct wire_limits *l, uint32_t vocab,
-		      char *reason, size_t cap);
+		      struct itt_err *err);
 
 /* Fills out from p (NULL: all defaults) with llama.cpp's defaults for
  * absent fields, and validates it; the bias entries are copied into
  * bias_buf (bias_cap entries), which out->bias then points to. */
 int validate_sampling(const Itt__SamplingParams *p, uint32_t vocab, const struct wire_limits *l,
 		      struct sampler_params *out, struct sampler_bias *bias_buf, size_t bias_cap,
-		      char *reason, size_t cap);
+		      struct itt_err *err);
 
 /* Limits of the techniques (PROTOCOL.md, "Techniques"). */
 #define VALIDATE_MAX_HEADS     4096
@@ -59,6 +60,6 @@ int validate_parse_head(const char *s, uint32_t *layer, uint32_t *head);
  * 0, or ITT__CODE__INVALID_ARGUMENT with a reason naming the field. */
 int validate_techniques(const Itt__Guidance *g, const Itt__Speculative *sp,
 			const Itt__EarlyExit *ee, uint32_t n_layers, uint32_t n_heads,
-			bool allow_head_set, char *reason, size_t cap);
+			bool allow_head_set, struct itt_err *err);
 
 #endif

@@ -60,47 +60,48 @@ size_t wire_dtype_size(int dtype)
 	return 0;
 }
 
-int wire_check_tensor(const Itt__TensorInfo *ti, const void *data, size_t len, uint32_t want_rows,
-		      uint32_t max_rows, uint32_t cols, const char *what, char *reason, size_t cap)
+int wire_code(int code)
 {
-	if (!ti) {
-		snprintf(reason, cap, "%s: no tensor description", what);
-		return ITT__CODE__INVALID_ARGUMENT;
+	if (code >= 0)
+		return code; /* already a protocol code (0: OK) */
+	switch (code) {
+	case ITT_E_INVALID:
+	case ITT_E_RANGE:
+	case ITT_E_FORMAT:
+	case ITT_E_UNSUPPORTED: return ITT__CODE__INVALID_ARGUMENT;
+	case ITT_E_NOTFOUND: return ITT__CODE__NOT_FOUND;
+	case ITT_E_FULL: return ITT__CODE__OVERLOADED;
+	case ITT_E_IO:
+	case ITT_E_NOMEM:
+	default: return ITT__CODE__INTERNAL;
 	}
+}
+
+int wire_check_tensor(const Itt__TensorInfo *ti, const void *data, size_t len, uint32_t want_rows,
+		      uint32_t max_rows, uint32_t cols, const char *what, struct itt_err *err)
+{
+	const int bad = ITT__CODE__INVALID_ARGUMENT;
+	if (!ti)
+		return itt_err_set(err, bad, "%s: no tensor description", what);
 	size_t es = wire_dtype_size(ti->dtype);
-	if (!es) {
-		snprintf(reason, cap, "%s: unknown dtype %d", what, (int)ti->dtype);
-		return ITT__CODE__INVALID_ARGUMENT;
-	}
-	if (ti->cols != cols) {
-		snprintf(reason, cap, "%s: %u columns, expected %u", what, ti->cols, cols);
-		return ITT__CODE__INVALID_ARGUMENT;
-	}
-	if (want_rows ? ti->rows != want_rows : ti->rows == 0 || ti->rows > max_rows) {
-		if (want_rows)
-			snprintf(reason, cap, "%s: %u rows, expected %u", what, ti->rows, want_rows);
-		else
-			snprintf(reason, cap, "%s: %u rows, expected 1..%u", what, ti->rows, max_rows);
-		return ITT__CODE__INVALID_ARGUMENT;
-	}
-	if (!data || len != (size_t)ti->rows * cols * es) {
-		snprintf(reason, cap, "%s: tensor frame has %zu bytes, %u x %u %s need %zu", what,
-			 data ? len : 0, ti->rows, cols, es == 4 ? "F32" : "F16",
-			 (size_t)ti->rows * cols * es);
-		return ITT__CODE__INVALID_ARGUMENT;
-	}
+	if (!es)
+		return itt_err_set(err, bad, "%s: unknown dtype %d", what, (int)ti->dtype);
+	if (ti->cols != cols)
+		return itt_err_set(err, bad, "%s: %u columns, expected %u", what, ti->cols, cols);
+	if (want_rows && ti->rows != want_rows)
+		return itt_err_set(err, bad, "%s: %u rows, expected %u", what, ti->rows, want_rows);
+	if (!want_rows && (ti->rows == 0 || ti->rows > max_rows))
+		return itt_err_set(err, bad, "%s: %u rows, expected 1..%u", what, ti->rows,
+		                   max_rows);
+	if (!data || len != (size_t)ti->rows * cols * es)
+		return itt_err_set(err, bad, "%s: tensor frame has %zu bytes, %u x %u %s need %zu",
+		                   what, data ? len : 0, ti->rows, cols, es == 4 ? "F32" : "F16",
+		                   (size_t)ti->rows * cols * es);
 	return 0;
 }
 
-uint64_t wire_now_ms(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
-}
-
-int wire_recv(void *sock, bool router, const int *accepts, struct wire_msg *m, int *code,
-	      char *reason, size_t cap, int flags)
+int wire_recv(void *sock, bool router, const int *accepts, struct wire_msg *m,
+	      struct itt_err *err, int flags)
 {
 	zmq_msg_t extra;
 	int total = 0;
@@ -108,9 +109,8 @@ int wire_recv(void *sock, bool router, const int *accepts, struct wire_msg *m, i
 	memset(m, 0, offsetof(struct wire_msg, parts));
 	m->cmd = -1;
 	m->n_parts = 0;
-	*code = 0;
-	if (reason && cap)
-		reason[0] = 0;
+	err->code = 0;
+	err->msg[0] = 0;
 
 	/* Identity frame on a ROUTER. */
 	if (router) {
@@ -128,8 +128,7 @@ int wire_recv(void *sock, bool router, const int *accepts, struct wire_msg *m, i
 		bool has_more = zmq_msg_more(&id);
 		zmq_msg_close(&id);
 		if (!has_more) {
-			*code = ITT__CODE__INVALID_ARGUMENT;
-			snprintf(reason, cap, "expected 3 or 4 frames, got 0");
+			itt_err_set(err, ITT__CODE__INVALID_ARGUMENT, "expected 3 or 4 frames, got 0");
 			return 1;
 		}
 		flags = 0; /* the rest of a multipart message is already here */
@@ -157,8 +156,7 @@ int wire_recv(void *sock, bool router, const int *accepts, struct wire_msg *m, i
 			break;
 	}
 	if (total < 3 || total > 4) {
-		*code = ITT__CODE__INVALID_ARGUMENT;
-		snprintf(reason, cap, "expected 3 or 4 frames, got %d", total);
+		itt_err_set(err, ITT__CODE__INVALID_ARGUMENT, "expected 3 or 4 frames, got %d", total);
 		return 1;
 	}
 	if (zmq_msg_size(&m->parts[0]) != WIRE_SIGNATURE_LEN ||
@@ -170,14 +168,12 @@ int wire_recv(void *sock, bool router, const int *accepts, struct wire_msg *m, i
 			snprintf(hex + 2 * i, 3, "%02x", p[i]);
 		if (n > 8)
 			strcat(hex, "...");
-		*code = ITT__CODE__VERSION_MISMATCH;
-		snprintf(reason, cap, "signature %s is not ITT version 1 (49545401)",
+		itt_err_set(err, ITT__CODE__VERSION_MISMATCH, "signature %s is not ITT version 1 (49545401)",
 			 n ? hex : "(empty)");
 		return 1;
 	}
 	if (zmq_msg_size(&m->parts[1]) != 1) {
-		*code = ITT__CODE__INVALID_ARGUMENT;
-		snprintf(reason, cap, "command frame has %zu bytes; expected 1",
+		itt_err_set(err, ITT__CODE__INVALID_ARGUMENT, "command frame has %zu bytes; expected 1",
 			 zmq_msg_size(&m->parts[1]));
 		return 1;
 	}
@@ -186,12 +182,11 @@ int wire_recv(void *sock, bool router, const int *accepts, struct wire_msg *m, i
 	for (const int *a = accepts; a && *a; a++)
 		ok |= *a == cmd;
 	if (!ok) {
-		*code = ITT__CODE__UNIMPLEMENTED;
 		if (wire_cmd_name(cmd))
-			snprintf(reason, cap, "command %s (0x%02x) is not accepted here",
-				 wire_cmd_name(cmd), cmd);
+			itt_err_set(err, ITT__CODE__UNIMPLEMENTED,
+			            "command %s (0x%02x) is not accepted here", wire_cmd_name(cmd), cmd);
 		else
-			snprintf(reason, cap, "unknown command 0x%02x", cmd);
+			itt_err_set(err, ITT__CODE__UNIMPLEMENTED, "unknown command 0x%02x", cmd);
 		return 1;
 	}
 	m->cmd = cmd;
@@ -199,8 +194,7 @@ int wire_recv(void *sock, bool router, const int *accepts, struct wire_msg *m, i
 	m->body_len = zmq_msg_size(&m->parts[2]);
 	if (total == 4) {
 		if (!wire_cmd_has_tensor(cmd)) {
-			*code = ITT__CODE__INVALID_ARGUMENT;
-			snprintf(reason, cap, "command %s carries no tensor frame", wire_cmd_name(cmd));
+			itt_err_set(err, ITT__CODE__INVALID_ARGUMENT, "command %s carries no tensor frame", wire_cmd_name(cmd));
 			return 1;
 		}
 		m->tensor = zmq_msg_data(&m->parts[3]);

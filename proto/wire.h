@@ -16,6 +16,7 @@
 
 #include <zmq.h>
 
+#include "err.h"
 #include "itt.pb-c.h"
 
 #define WIRE_SIGNATURE "ITT\x01"
@@ -50,13 +51,20 @@ enum wire_cmd {
 	WIRE_SET_REPLY = 0x26,
 };
 
+/* The protocol code (Itt__Code) of any code a struct itt_err can hold: a
+ * protocol code is itself, an engine code (ITT_E_*, negative) maps by the
+ * one table of PROTOCOL.md "Errors": invalid, range, format and unsupported
+ * input are INVALID_ARGUMENT, not found NOT_FOUND, a full bounded resource
+ * OVERLOADED, i/o and memory failures INTERNAL. */
+int wire_code(int code);
+
 /* Bytes of one element of a tensor frame of this dtype (0: unknown). */
 size_t wire_dtype_size(int dtype);
 /* Checks a tensor frame against its description: dtype known, rows and
  * cols as expected (want_rows 0: any 1..max_rows), byte length exact.
  * 0, or ITT__CODE__INVALID_ARGUMENT with a reason naming `what`. */
 int wire_check_tensor(const Itt__TensorInfo *ti, const void *data, size_t len, uint32_t want_rows,
-		      uint32_t max_rows, uint32_t cols, const char *what, char *reason, size_t cap);
+		      uint32_t max_rows, uint32_t cols, const char *what, struct itt_err *err);
 
 /* Name of a command ("SUBMIT"), or NULL if unknown. */
 const char *wire_cmd_name(int cmd);
@@ -80,15 +88,15 @@ struct wire_msg {
 
 /* Receives one whole message from sock (router: an identity frame comes
  * first).  flags: 0 or ZMQ_DONTWAIT.  Returns:
- *   1   a message arrived; if it is malformed, *code and reason (cap bytes)
- *       are set (ITT__CODE__INVALID_ARGUMENT, VERSION_MISMATCH,
- *       UNIMPLEMENTED) and m->cmd may be -1; otherwise *code is 0;
+ *   1   a message arrived; if it is malformed, *err is set (code
+ *       ITT__CODE__INVALID_ARGUMENT, VERSION_MISMATCH or UNIMPLEMENTED, and
+ *       a reason) and m->cmd may be -1; otherwise err->code is 0;
  *   0   nothing to read (ZMQ_DONTWAIT) or interrupted;
  *  -1   socket error (errno set).
  * `accepts` lists the commands this receiver handles in this direction,
  * terminated by 0; others are UNIMPLEMENTED. */
-int wire_recv(void *sock, bool router, const int *accepts, struct wire_msg *m, int *code,
-	      char *reason, size_t cap, int flags);
+int wire_recv(void *sock, bool router, const int *accepts, struct wire_msg *m,
+	      struct itt_err *err, int flags);
 void wire_msg_close(struct wire_msg *m);
 
 /* Sends [identity] signature, cmd, packed body (NULL: empty), [tensor].
@@ -103,6 +111,5 @@ int wire_send_error(void *sock, const void *identity, size_t identity_len,
 	__attribute__((format(printf, 7, 8)));
 
 /* Milliseconds on a monotonic clock. */
-uint64_t wire_now_ms(void);
 
 #endif

@@ -66,17 +66,6 @@ int sched_log_parse(const char *name)
 
 /* ---- decoders ----------------------------------------------------------- */
 
-static int sched_bad(char *reason, size_t cap, int code, const char *fmt, ...)
-    __attribute__((format(printf, 4, 5)));
-static int sched_bad(char *reason, size_t cap, int code, const char *fmt, ...)
-{
-	va_list ap;
-	va_start(ap, fmt);
-	vsnprintf(reason, cap, fmt, ap);
-	va_end(ap);
-	return code;
-}
-
 struct sched_cmd *sched_cmd_new(enum sched_cmd_kind kind)
 {
 	struct sched_cmd *c = calloc(1, sizeof *c);
@@ -103,16 +92,16 @@ void sched_cmd_free(struct sched_cmd **cp)
 
 /* Checks ids against the vocabulary and copies them into a new array. */
 static int sched_copy_tokens(const int32_t *ids, size_t n, uint32_t vocab, const char *field,
-                             int32_t **out, char *reason, size_t cap)
+                             int32_t **out, struct itt_err *err)
 {
 	for (size_t i = 0; i < n; i++)
 		if (ids[i] < 0 || (uint32_t)ids[i] >= vocab)
-			return sched_bad(reason, cap, ITT__CODE__INVALID_ARGUMENT,
+			return itt_err_set(err, ITT__CODE__INVALID_ARGUMENT,
 			                 "%s[%zu] = %d is not a token id (vocab %u)", field, i,
 			                 ids[i], vocab);
 	*out = malloc((n ? n : 1) * sizeof **out);
 	if (!*out)
-		return sched_bad(reason, cap, ITT__CODE__INTERNAL, "out of memory for %zu tokens",
+		return itt_err_set(err, ITT__CODE__INTERNAL, "out of memory for %zu tokens",
 		                 n);
 	memcpy(*out, ids, n * sizeof **out);
 	return 0;
@@ -125,14 +114,13 @@ static int sched_copy_tokens(const int32_t *ids, size_t n, uint32_t vocab, const
 static int sched_decode_hidden(const Itt__TensorInfo *ti, const void *tensor, size_t tensor_len,
                                uint32_t n_tokens, uint32_t alt_rows,
                                const struct sched_info *info, float **out, uint32_t *rows_out,
-                               char *reason, size_t cap)
+                               struct itt_err *err)
 {
 	*out = NULL;
 	*rows_out = 0;
 	if (info->first == 0) {
 		if (ti || tensor)
-			return sched_bad(
-			    reason, cap, ITT__CODE__INVALID_ARGUMENT,
+			return itt_err_set(err, ITT__CODE__INVALID_ARGUMENT,
 			    "hidden: this worker holds layers [0, %u), the first stage, "
 			    "which takes no tensor",
 			    info->last);
@@ -140,14 +128,13 @@ static int sched_decode_hidden(const Itt__TensorInfo *ti, const void *tensor, si
 	}
 	if (alt_rows && ti && ti->has_rows && ti->rows == alt_rows)
 		n_tokens = alt_rows;
-	int rc = wire_check_tensor(ti, tensor, tensor_len, n_tokens, 0, info->dim, "hidden", reason,
-	                           cap);
+	int rc = wire_check_tensor(ti, tensor, tensor_len, n_tokens, 0, info->dim, "hidden", err);
 	if (rc)
 		return rc;
 	*rows_out = n_tokens;
 	size_t n = (size_t)n_tokens * info->dim;
 	if (!(*out = malloc(n * sizeof **out)))
-		return sched_bad(reason, cap, ITT__CODE__INTERNAL,
+		return itt_err_set(err, ITT__CODE__INTERNAL,
 		                 "out of memory for %u hidden rows", n_tokens);
 	if (ti->dtype == ITT__DTYPE__F32) {
 		memcpy(*out, tensor, n * sizeof **out);
@@ -158,7 +145,7 @@ static int sched_decode_hidden(const Itt__TensorInfo *ti, const void *tensor, si
 	if (!h) {
 		free(*out);
 		*out = NULL;
-		return sched_bad(reason, cap, ITT__CODE__INTERNAL,
+		return itt_err_set(err, ITT__CODE__INTERNAL,
 		                 "out of memory for %u hidden rows", n_tokens);
 	}
 	memcpy(h, tensor, n * sizeof *h);
@@ -170,11 +157,11 @@ static int sched_decode_hidden(const Itt__TensorInfo *ti, const void *tensor, si
 /* A stage after the first computes on the previous stage's output: it
  * needs token ids (for the history) and cannot tokenize a prompt. */
 static int sched_check_stage_input(const struct sched_info *info, size_t prompt_len,
-                                   size_t n_tokens, char *reason, size_t cap)
+                                   size_t n_tokens, struct itt_err *err)
 {
 	if (info->first == 0 || (prompt_len == 0 && n_tokens > 0))
 		return 0;
-	return sched_bad(reason, cap, ITT__CODE__INVALID_ARGUMENT,
+	return itt_err_set(err, ITT__CODE__INVALID_ARGUMENT,
 	                 "this worker holds layers [%u, %u) of %u: a stage after the first takes "
 	                 "tokens with their hidden states, not a text prompt",
 	                 info->first, info->last, info->n_layers);
@@ -184,10 +171,10 @@ static int sched_check_stage_input(const struct sched_info *info, size_t prompt_
  * did so against the model's, this repeats it for this worker), then what
  * this worker's range can run. */
 static int sched_decode_tech(const Itt__SessionOpen *m, const struct sched_info *info,
-                             struct sched_tech *t, char *reason, size_t cap)
+                             struct sched_tech *t, struct itt_err *err)
 {
 	int rc = validate_techniques(m->guidance, m->speculative, m->early_exit, info->n_layers,
-	                             info->n_heads, false, reason, cap);
+	                             info->n_heads, false, err);
 	if (rc)
 		return rc;
 	const bool whole = info->first == 0 && info->last == info->n_layers;
@@ -197,27 +184,27 @@ static int sched_decode_tech(const Itt__SessionOpen *m, const struct sched_info 
 		t->g_blend = g->has_blend ? g->blend : 1.0f;
 		if (g->negative_prompt && *g->negative_prompt) {
 			if (!whole)
-				return sched_bad(reason, cap, ITT__CODE__INVALID_ARGUMENT,
+				return itt_err_set(err, ITT__CODE__INVALID_ARGUMENT,
 				                 "guidance.negative_prompt needs a whole-model worker; "
 				                 "this one holds layers [%u, %u) of %u",
 				                 info->first, info->last, info->n_layers);
 			if (!info->tok)
-				return sched_bad(reason, cap, ITT__CODE__INVALID_ARGUMENT,
+				return itt_err_set(err, ITT__CODE__INVALID_ARGUMENT,
 				                 "guidance.negative_prompt: this model has no tokenizer");
 			if (!(t->g_neg = strdup(g->negative_prompt)))
-				return sched_bad(reason, cap, ITT__CODE__INTERNAL, "out of memory");
+				return itt_err_set(err, ITT__CODE__INTERNAL, "out of memory");
 		} else {
 			if (!info->n_heads || !g->n_heads)
-				return sched_bad(reason, cap, ITT__CODE__INVALID_ARGUMENT,
+				return itt_err_set(err, ITT__CODE__INVALID_ARGUMENT,
 				                 "guidance.heads: none given (or the model's head "
 				                 "count is unknown)");
 			if (!(t->g_mask = calloc((size_t)info->n_layers * info->n_heads, 1)))
-				return sched_bad(reason, cap, ITT__CODE__INTERNAL, "out of memory");
+				return itt_err_set(err, ITT__CODE__INTERNAL, "out of memory");
 			for (size_t i = 0; i < g->n_heads; i++) {
 				uint32_t l, h;
 				if (validate_parse_head(g->heads[i], &l, &h) < 0 ||
 				    l >= info->n_layers || h >= info->n_heads)
-					return sched_bad(reason, cap, ITT__CODE__INVALID_ARGUMENT,
+					return itt_err_set(err, ITT__CODE__INVALID_ARGUMENT,
 					                 "guidance.heads[%zu] is not a head of this "
 					                 "model",
 					                 i);
@@ -234,7 +221,7 @@ static int sched_decode_tech(const Itt__SessionOpen *m, const struct sched_info 
 		t->ngram_min = sp->has_ngram_min ? sp->ngram_min : 1;
 		t->ngram_max = sp->has_ngram_max ? sp->ngram_max : 3;
 		if (t->spec_exit && !whole)
-			return sched_bad(reason, cap, ITT__CODE__INVALID_ARGUMENT,
+			return itt_err_set(err, ITT__CODE__INVALID_ARGUMENT,
 			                 "speculative.draft \"exit\" needs a whole-model worker; this "
 			                 "one holds layers [%u, %u) of %u",
 			                 info->first, info->last, info->n_layers);
@@ -242,12 +229,12 @@ static int sched_decode_tech(const Itt__SessionOpen *m, const struct sched_info 
 	if (m->early_exit) {
 		const Itt__EarlyExit *ee = m->early_exit;
 		if (!whole)
-			return sched_bad(reason, cap, ITT__CODE__INVALID_ARGUMENT,
+			return itt_err_set(err, ITT__CODE__INVALID_ARGUMENT,
 			                 "early_exit needs a whole-model worker; this one holds layers "
 			                 "[%u, %u) of %u",
 			                 info->first, info->last, info->n_layers);
 		if (t->g_scale > 0)
-			return sched_bad(reason, cap, ITT__CODE__INVALID_ARGUMENT,
+			return itt_err_set(err, ITT__CODE__INVALID_ARGUMENT,
 			                 "early_exit does not combine with guidance (scale > 0)");
 		t->ee = true;
 		t->ee_threshold = ee->threshold;
@@ -259,7 +246,7 @@ static int sched_decode_tech(const Itt__SessionOpen *m, const struct sched_info 
 
 int sched_decode_open(const uint8_t *body, size_t len, const void *tensor, size_t tensor_len,
                       const struct sched_info *info, struct sched_cmd **out, uint64_t *session_id,
-                      char *reason, size_t cap)
+                      struct itt_err *err)
 {
 	struct wire_limits lim;
 	struct sched_cmd *c = NULL;
@@ -270,35 +257,35 @@ int sched_decode_open(const uint8_t *body, size_t len, const void *tensor, size_
 	wire_limits_default(&lim);
 	Itt__SessionOpen *m = itt__session_open__unpack(NULL, len, body);
 	if (!m)
-		return sched_bad(reason, cap, ITT__CODE__INVALID_ARGUMENT,
+		return itt_err_set(err, ITT__CODE__INVALID_ARGUMENT,
 		                 "malformed SessionOpen body");
 	*session_id = m->session_id;
 	size_t plen = m->prompt ? strlen(m->prompt) : 0;
 	if (m->has_reply_dtype && !wire_dtype_size(m->reply_dtype)) {
-		rc = sched_bad(reason, cap, ITT__CODE__INVALID_ARGUMENT,
+		rc = itt_err_set(err, ITT__CODE__INVALID_ARGUMENT,
 		               "reply_dtype %d is not F32 or F16", (int)m->reply_dtype);
 		goto out;
 	}
-	if ((rc = sched_check_stage_input(info, plen, m->n_tokens, reason, cap)))
+	if ((rc = sched_check_stage_input(info, plen, m->n_tokens, err)))
 		goto out;
 	if (plen && m->n_tokens) {
-		rc = sched_bad(reason, cap, ITT__CODE__INVALID_ARGUMENT,
+		rc = itt_err_set(err, ITT__CODE__INVALID_ARGUMENT,
 		               "prompt and tokens are exclusive");
 		goto out;
 	}
 	if (plen > lim.max_prompt_bytes) {
-		rc = sched_bad(reason, cap, ITT__CODE__INVALID_ARGUMENT,
+		rc = itt_err_set(err, ITT__CODE__INVALID_ARGUMENT,
 		               "prompt has %zu bytes; at most %u", plen, lim.max_prompt_bytes);
 		goto out;
 	}
 	if (m->n_tokens > lim.max_prompt_tokens) {
 		rc =
-		    sched_bad(reason, cap, ITT__CODE__INVALID_ARGUMENT,
+		    itt_err_set(err, ITT__CODE__INVALID_ARGUMENT,
 		              "tokens has %zu ids; at most %u", m->n_tokens, lim.max_prompt_tokens);
 		goto out;
 	}
 	if (!(c = sched_cmd_new(SCHED_CMD_OPEN))) {
-		rc = sched_bad(reason, cap, ITT__CODE__INTERNAL, "out of memory");
+		rc = itt_err_set(err, ITT__CODE__INTERNAL, "out of memory");
 		goto out;
 	}
 	c->session_id = m->session_id;
@@ -307,24 +294,23 @@ int sched_decode_open(const uint8_t *body, size_t len, const void *tensor, size_
 	size_t nb = m->sampling ? m->sampling->n_logit_bias : 0;
 	size_t bias_cap = nb <= lim.max_bias ? nb : 0;
 	if (!(c->bias = malloc((bias_cap ? bias_cap : 1) * sizeof *c->bias))) {
-		rc = sched_bad(reason, cap, ITT__CODE__INTERNAL, "out of memory");
+		rc = itt_err_set(err, ITT__CODE__INTERNAL, "out of memory");
 		goto out;
 	}
-	rc = validate_sampling(m->sampling, info->vocab, &lim, &c->sp, c->bias, bias_cap, reason,
-	                       cap);
+	rc = validate_sampling(m->sampling, info->vocab, &lim, &c->sp, c->bias, bias_cap, err);
 	if (rc)
 		goto out;
-	if ((rc = sched_decode_tech(m, info, &c->tech, reason, cap)))
+	if ((rc = sched_decode_tech(m, info, &c->tech, err)))
 		goto out;
 	/* a perturbation branch travels with the main rows across stages */
 	const uint32_t mult = c->tech.g_mask ? 2 : 1;
 	if (m->n_tokens) {
 		if ((rc = sched_copy_tokens(m->tokens, m->n_tokens, info->vocab, "tokens",
-		                            &c->tokens, reason, cap)))
+		                            &c->tokens, err)))
 			goto out;
 		c->n_tokens = (uint32_t)m->n_tokens;
 		if (m->n_prompt > c->n_tokens) {
-			rc = sched_bad(reason, cap, ITT__CODE__INVALID_ARGUMENT,
+			rc = itt_err_set(err, ITT__CODE__INVALID_ARGUMENT,
 			               "n_prompt %u exceeds the %u tokens", m->n_prompt,
 			               c->n_tokens);
 			goto out;
@@ -332,7 +318,7 @@ int sched_decode_open(const uint8_t *body, size_t len, const void *tensor, size_
 		c->n_prompt = m->n_prompt ? m->n_prompt : c->n_tokens;
 		if (c->n_tokens < info->ctx_len &&
 		    (rc = sched_decode_hidden(m->hidden, tensor, tensor_len, c->n_tokens * mult, 0,
-		                              info, &c->hidden, &c->hidden_rows, reason, cap)))
+		                              info, &c->hidden, &c->hidden_rows, err)))
 			goto out;
 	} else {
 		/* A text prompt (or none: BOS alone), tokenized later on the
@@ -340,23 +326,22 @@ int sched_decode_open(const uint8_t *body, size_t len, const void *tensor, size_
 		 * of milliseconds, which the loop thread must not spend.  Only
 		 * stage 0 gets here (sched_check_stage_input). */
 		if ((rc = sched_decode_hidden(m->hidden, tensor, tensor_len, 0, 0, info, &c->hidden,
-		                              &c->hidden_rows, reason, cap)))
+		                              &c->hidden_rows, err)))
 			goto out;
 		if (!info->tok) {
-			rc = sched_bad(
-			    reason, cap, ITT__CODE__INVALID_ARGUMENT,
+			rc = itt_err_set(err, ITT__CODE__INVALID_ARGUMENT,
 			    "this model has no tokenizer; send tokens instead of a prompt");
 			goto out;
 		}
 		if (!(c->prompt = malloc(plen + 1))) {
-			rc = sched_bad(reason, cap, ITT__CODE__INTERNAL, "out of memory");
+			rc = itt_err_set(err, ITT__CODE__INTERNAL, "out of memory");
 			goto out;
 		}
 		memcpy(c->prompt, plen ? m->prompt : "", plen + 1);
 		c->prompt_len = plen;
 	}
 	if (!c->prompt && c->n_tokens >= info->ctx_len) {
-		rc = sched_bad(reason, cap, ITT__CODE__INVALID_ARGUMENT,
+		rc = itt_err_set(err, ITT__CODE__INVALID_ARGUMENT,
 		               "tokens: %u ids do not fit the context of %u (at most %u)",
 		               c->n_tokens, info->ctx_len, info->ctx_len ? info->ctx_len - 1 : 0);
 		goto out;
@@ -371,25 +356,25 @@ out:
 
 /* Tokenizes the negative prompt of a guidance (BOS first). */
 static int sched_prepare_negative(const struct sched_info *info, struct sched_tech *t,
-                                  char *reason, size_t cap)
+                                  struct itt_err *err)
 {
-	struct itt_err err = {0};
+	struct itt_err te = {0};
 	size_t n = 0;
 	if (!t->g_neg)
 		return 0;
 	if (!info->tok)
-		return sched_bad(reason, cap, ITT__CODE__INVALID_ARGUMENT,
+		return itt_err_set(err, ITT__CODE__INVALID_ARGUMENT,
 		                 "guidance.negative_prompt: this model has no tokenizer");
 	free(t->g_neg_tokens);
 	if (!(t->g_neg_tokens = malloc(((size_t)info->ctx_len + 1) * sizeof *t->g_neg_tokens)))
-		return sched_bad(reason, cap, ITT__CODE__INTERNAL, "out of memory");
+		return itt_err_set(err, ITT__CODE__INTERNAL, "out of memory");
 	int trc = tokenizer_encode(info->tok, t->g_neg, strlen(t->g_neg), true, t->g_neg_tokens,
-	                           info->ctx_len, &n, &err);
+	                           info->ctx_len, &n, &te);
 	if (trc < 0 && trc != ITT_E_FULL)
-		return sched_bad(reason, cap, ITT__CODE__INVALID_ARGUMENT,
-		                 "guidance.negative_prompt: %s", err.msg);
+		return itt_err_set(err, ITT__CODE__INVALID_ARGUMENT,
+		                 "guidance.negative_prompt: %s", te.msg);
 	if (n == 0 || n >= info->ctx_len)
-		return sched_bad(reason, cap, ITT__CODE__INVALID_ARGUMENT,
+		return itt_err_set(err, ITT__CODE__INVALID_ARGUMENT,
 		                 "guidance.negative_prompt of %zu tokens does not fit the context "
 		                 "of %u",
 		                 n, info->ctx_len);
@@ -399,32 +384,32 @@ static int sched_prepare_negative(const struct sched_info *info, struct sched_te
 	return 0;
 }
 
-int sched_prepare_open(const struct sched_info *info, struct sched_cmd *c, char *reason, size_t cap)
+int sched_prepare_open(const struct sched_info *info, struct sched_cmd *c, struct itt_err *err)
 {
-	struct itt_err err = {0};
+	struct itt_err te = {0};
 	size_t n = 0;
 	int rc;
 
-	if ((rc = sched_prepare_negative(info, &c->tech, reason, cap)))
+	if ((rc = sched_prepare_negative(info, &c->tech, err)))
 		return rc;
 	if (!c->prompt)
 		return 0;
 	if (!info->tok)
-		return sched_bad(reason, cap, ITT__CODE__INVALID_ARGUMENT,
+		return itt_err_set(err, ITT__CODE__INVALID_ARGUMENT,
 		                 "this model has no tokenizer; send tokens instead of a prompt");
 	free(c->tokens);
 	if (!(c->tokens = malloc(((size_t)info->ctx_len + 1) * sizeof *c->tokens)))
-		return sched_bad(reason, cap, ITT__CODE__INTERNAL, "out of memory");
+		return itt_err_set(err, ITT__CODE__INTERNAL, "out of memory");
 	int trc = tokenizer_encode(info->tok, c->prompt, c->prompt_len, true, c->tokens,
-	                           info->ctx_len, &n, &err);
+	                           info->ctx_len, &n, &te);
 	if (trc < 0 && trc != ITT_E_FULL)
-		return sched_bad(reason, cap, ITT__CODE__INVALID_ARGUMENT, "prompt: %s", err.msg);
+		return itt_err_set(err, ITT__CODE__INVALID_ARGUMENT, "prompt: %s", te.msg);
 	if (n >= info->ctx_len)
-		return sched_bad(reason, cap, ITT__CODE__INVALID_ARGUMENT,
+		return itt_err_set(err, ITT__CODE__INVALID_ARGUMENT,
 		                 "prompt of %zu tokens does not fit the context of %u", n,
 		                 info->ctx_len);
 	if (n == 0)
-		return sched_bad(reason, cap, ITT__CODE__INVALID_ARGUMENT,
+		return itt_err_set(err, ITT__CODE__INVALID_ARGUMENT,
 		                 "prompt: no tokens (the vocabulary has no BOS)");
 	c->n_tokens = c->n_prompt = (uint32_t)n;
 	c->tokenized = true;
@@ -436,7 +421,7 @@ int sched_prepare_open(const struct sched_info *info, struct sched_cmd *c, char 
 
 int sched_decode_step(const uint8_t *body, size_t len, const void *tensor, size_t tensor_len,
                       const struct sched_info *info, struct sched_cmd **out, uint64_t *session_id,
-                      char *reason, size_t cap)
+                      struct itt_err *err)
 {
 	struct sched_cmd *c = NULL;
 	int rc;
@@ -445,39 +430,38 @@ int sched_decode_step(const uint8_t *body, size_t len, const void *tensor, size_
 	*session_id = 0;
 	Itt__StepRequest *m = itt__step_request__unpack(NULL, len, body);
 	if (!m)
-		return sched_bad(reason, cap, ITT__CODE__INVALID_ARGUMENT,
+		return itt_err_set(err, ITT__CODE__INVALID_ARGUMENT,
 		                 "malformed StepRequest body");
 	*session_id = m->session_id;
 	if (m->step == 0) {
-		rc = sched_bad(reason, cap, ITT__CODE__INVALID_ARGUMENT,
+		rc = itt_err_set(err, ITT__CODE__INVALID_ARGUMENT,
 		               "step must be 1 or more (OPEN is step 0)");
 		goto out;
 	}
 	if (m->n_tokens == 0 || m->n_tokens >= info->ctx_len) {
-		rc = sched_bad(reason, cap, ITT__CODE__INVALID_ARGUMENT,
+		rc = itt_err_set(err, ITT__CODE__INVALID_ARGUMENT,
 		               "tokens has %zu ids; a step takes 1..%u", m->n_tokens,
 		               info->ctx_len ? info->ctx_len - 1 : 0);
 		goto out;
 	}
 	if (!(c = sched_cmd_new(SCHED_CMD_STEP))) {
-		rc = sched_bad(reason, cap, ITT__CODE__INTERNAL, "out of memory");
+		rc = itt_err_set(err, ITT__CODE__INTERNAL, "out of memory");
 		goto out;
 	}
 	c->session_id = m->session_id;
 	c->step = m->step;
-	if ((rc = sched_copy_tokens(m->tokens, m->n_tokens, info->vocab, "tokens", &c->tokens,
-	                            reason, cap)))
+	if ((rc = sched_copy_tokens(m->tokens, m->n_tokens, info->vocab, "tokens", &c->tokens, err)))
 		goto out;
 	c->n_tokens = (uint32_t)m->n_tokens;
 	c->has_pos = m->has_pos;
 	c->pos = m->pos;
 	if (c->has_pos && c->pos >= info->ctx_len) {
-		rc = sched_bad(reason, cap, ITT__CODE__INVALID_ARGUMENT,
+		rc = itt_err_set(err, ITT__CODE__INVALID_ARGUMENT,
 		               "pos %u is outside the context of %u", c->pos, info->ctx_len);
 		goto out;
 	}
 	if ((rc = sched_decode_hidden(m->hidden, tensor, tensor_len, c->n_tokens, 2 * c->n_tokens,
-	                              info, &c->hidden, &c->hidden_rows, reason, cap)))
+	                              info, &c->hidden, &c->hidden_rows, err)))
 		goto out;
 	*out = c;
 	c = NULL;
@@ -488,26 +472,26 @@ out:
 }
 
 int sched_decode_settings(const uint8_t *body, size_t len, uint32_t max_batch_tokens,
-                          struct sched_cmd **out, char *reason, size_t cap)
+                          struct sched_cmd **out, struct itt_err *err)
 {
 	int rc = 0;
 	*out = NULL;
 	Itt__Settings *m = itt__settings__unpack(NULL, len, body);
 	if (!m)
-		return sched_bad(reason, cap, ITT__CODE__INVALID_ARGUMENT,
+		return itt_err_set(err, ITT__CODE__INVALID_ARGUMENT,
 		                 "malformed Settings body");
 	if (m->has_threads && (m->threads < 1 || m->threads > SCHED_MAX_THREADS))
-		rc = sched_bad(reason, cap, ITT__CODE__INVALID_ARGUMENT,
+		rc = itt_err_set(err, ITT__CODE__INVALID_ARGUMENT,
 		               "threads must be in [1, %u], got %u", SCHED_MAX_THREADS, m->threads);
 	else if (m->has_batch_tokens && (m->batch_tokens < 1 || m->batch_tokens > max_batch_tokens))
-		rc = sched_bad(reason, cap, ITT__CODE__INVALID_ARGUMENT,
+		rc = itt_err_set(err, ITT__CODE__INVALID_ARGUMENT,
 		               "batch_tokens must be in [1, %u] (max_batch_tokens), got %u",
 		               max_batch_tokens, m->batch_tokens);
 	else if (m->has_slow_ms && m->slow_ms > SCHED_MAX_SLOW_MS)
-		rc = sched_bad(reason, cap, ITT__CODE__INVALID_ARGUMENT,
+		rc = itt_err_set(err, ITT__CODE__INVALID_ARGUMENT,
 		               "slow_ms must be in [0, %u], got %u", SCHED_MAX_SLOW_MS, m->slow_ms);
 	else if (!(*out = sched_cmd_new(SCHED_CMD_SETTINGS)))
-		rc = sched_bad(reason, cap, ITT__CODE__INTERNAL, "out of memory");
+		rc = itt_err_set(err, ITT__CODE__INTERNAL, "out of memory");
 	if (*out) {
 		(*out)->has_threads = m->has_threads;
 		(*out)->has_batch_tokens = m->has_batch_tokens;
@@ -519,24 +503,24 @@ int sched_decode_settings(const uint8_t *body, size_t len, uint32_t max_batch_to
 }
 
 int sched_decode_assign(const uint8_t *body, size_t len, const struct sched_info *info,
-                        const char *model, struct sched_cmd **out, char *reason, size_t cap)
+                        const char *model, struct sched_cmd **out, struct itt_err *err)
 {
 	int rc = 0;
 	*out = NULL;
 	Itt__Assign *m = itt__assign__unpack(NULL, len, body);
 	if (!m)
-		return sched_bad(reason, cap, ITT__CODE__INVALID_ARGUMENT, "malformed Assign body");
+		return itt_err_set(err, ITT__CODE__INVALID_ARGUMENT, "malformed Assign body");
 	if (!m->model || strcmp(m->model, model))
-		rc = sched_bad(reason, cap, ITT__CODE__INVALID_ARGUMENT,
+		rc = itt_err_set(err, ITT__CODE__INVALID_ARGUMENT,
 		               "model %.128s: this worker holds %s", m->model ? m->model : "(none)",
 		               model);
 	else if (!m->has_layer_last || m->layer_first >= m->layer_last ||
 	         m->layer_last > info->n_layers)
-		rc = sched_bad(reason, cap, ITT__CODE__INVALID_ARGUMENT,
+		rc = itt_err_set(err, ITT__CODE__INVALID_ARGUMENT,
 		               "layers [%u, %u): expected 0 <= layer_first < layer_last <= %u",
 		               m->layer_first, m->layer_last, info->n_layers);
 	else if (!(*out = sched_cmd_new(SCHED_CMD_ASSIGN)))
-		rc = sched_bad(reason, cap, ITT__CODE__INTERNAL, "out of memory");
+		rc = itt_err_set(err, ITT__CODE__INTERNAL, "out of memory");
 	else {
 		(*out)->first = m->layer_first;
 		(*out)->last = m->layer_last;
@@ -546,18 +530,18 @@ int sched_decode_assign(const uint8_t *body, size_t len, const struct sched_info
 }
 
 int sched_decode_close(const uint8_t *body, size_t len, struct sched_cmd **out,
-                       uint64_t *session_id, char *reason, size_t cap)
+                       uint64_t *session_id, struct itt_err *err)
 {
 	*out = NULL;
 	*session_id = 0;
 	Itt__SessionClose *m = itt__session_close__unpack(NULL, len, body);
 	if (!m)
-		return sched_bad(reason, cap, ITT__CODE__INVALID_ARGUMENT,
+		return itt_err_set(err, ITT__CODE__INVALID_ARGUMENT,
 		                 "malformed SessionClose body");
 	*session_id = m->session_id;
 	itt__session_close__free_unpacked(m, NULL);
 	if (!(*out = sched_cmd_new(SCHED_CMD_CLOSE)))
-		return sched_bad(reason, cap, ITT__CODE__INTERNAL, "out of memory");
+		return itt_err_set(err, ITT__CODE__INTERNAL, "out of memory");
 	(*out)->session_id = *session_id;
 	return 0;
 }
@@ -1055,12 +1039,11 @@ static bool sched_input_fits(sched_t *s, const struct sched_cmd *c)
 static void sched_apply_open(sched_t *s, struct sched_cmd *c)
 {
 	struct itt_err err = {0};
-	char reason[SCHED_MAX_REASON];
 	if (!sched_input_fits(s, c))
 		return;
-	int code = sched_prepare_open(&s->info, c, reason, sizeof reason);
+	int code = sched_prepare_open(&s->info, c, &err);
 	if (code) {
-		sched_error(s, c->session_id, code, "%s", reason);
+		sched_error(s, c->session_id, code, "%s", err.msg);
 		return;
 	}
 	if (sched_find(s, c->session_id, NULL)) {

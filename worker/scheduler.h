@@ -235,25 +235,24 @@ struct sched_cmd {
  * whole-model worker (else INVALID_ARGUMENT). */
 int sched_decode_open(const uint8_t *body, size_t len, const void *tensor, size_t tensor_len,
                       const struct sched_info *info, struct sched_cmd **out, uint64_t *session_id,
-                      char *reason, size_t cap);
+                      struct itt_err *err);
 int sched_decode_step(const uint8_t *body, size_t len, const void *tensor, size_t tensor_len,
                       const struct sched_info *info, struct sched_cmd **out, uint64_t *session_id,
-                      char *reason, size_t cap);
+                      struct itt_err *err);
 /* SETTINGS: threads 1..SCHED_MAX_THREADS, batch_tokens 1..max_batch_tokens,
  * slow_ms 0..SCHED_MAX_SLOW_MS; any value out of range refuses the whole
  * message (INVALID_ARGUMENT naming the knob). */
 int sched_decode_settings(const uint8_t *body, size_t len, uint32_t max_batch_tokens,
-                          struct sched_cmd **out, char *reason, size_t cap);
+                          struct sched_cmd **out, struct itt_err *err);
 /* ASSIGN: model must be `model` and 0 <= first < last <= info->n_layers. */
 int sched_decode_assign(const uint8_t *body, size_t len, const struct sched_info *info,
-                        const char *model, struct sched_cmd **out, char *reason, size_t cap);
+                        const char *model, struct sched_cmd **out, struct itt_err *err);
 int sched_decode_close(const uint8_t *body, size_t len, struct sched_cmd **out,
-                       uint64_t *session_id, char *reason, size_t cap);
+                       uint64_t *session_id, struct itt_err *err);
 /* Tokenizes an OPEN's text prompt (BOS first) into its tokens, on the
  * compute thread; 0 (also when there is no prompt), or a code with reason
  * (INVALID_ARGUMENT when the prompt does not fit the context). */
-int sched_prepare_open(const struct sched_info *info, struct sched_cmd *c, char *reason,
-                       size_t cap);
+int sched_prepare_open(const struct sched_info *info, struct sched_cmd *c, struct itt_err *err);
 struct sched_cmd *sched_cmd_new(enum sched_cmd_kind kind);
 void sched_cmd_free(struct sched_cmd **c);
 

@@ -28,6 +28,7 @@
 #include <zmq.h>
 
 #include "itt.pb-c.h"
+#include "clock.h"
 #include "wire.h"
 
 /* Messages read per wake before yielding to the other handles. */
@@ -206,7 +207,7 @@ static void server_hello(struct server *s)
 	h.mem_available = server_mem_available();
 	h.weight_bytes = in->weight_bytes;
 	s->state = SERVER_REGISTERING;
-	s->last_hello_ms = wire_now_ms();
+	s->last_hello_ms = clock_mono_ms();
 	if (server_send(s, WIRE_HELLO, &h.base) == 0)
 		SCHED_LOG(SCHED_LOG_INFO,
 		          "HELLO to %s as %s (model %s, layers [%u, %u) of %u, registration %u)",
@@ -266,25 +267,25 @@ static void server_on_error(struct server *s, const struct wire_msg *m)
 	 * are no reason for another one (each HELLO drops every session); one
 	 * heartbeat interval later they are (that HELLO may have been lost). */
 	if (code == ITT__CODE__NOT_FOUND && sid == 0 &&
-	    (s->state != SERVER_REGISTERING || wire_now_ms() - s->last_hello_ms >= s->heartbeat_ms))
+	    (s->state != SERVER_REGISTERING || clock_mono_ms() - s->last_hello_ms >= s->heartbeat_ms))
 		server_hello(s);
 }
 
 static void server_on_session(struct server *s, const struct wire_msg *m)
 {
-	char reason[SCHED_MAX_REASON];
+	struct itt_err err = {0};
 	struct sched_cmd *c = NULL;
 	uint64_t sid = 0;
 	int code;
 
 	if (m->cmd == WIRE_OPEN)
 		code = sched_decode_open(m->body, m->body_len, m->tensor, m->tensor_len, &s->info,
-		                         &c, &sid, reason, sizeof reason);
+		                         &c, &sid, &err);
 	else if (m->cmd == WIRE_STEP)
 		code = sched_decode_step(m->body, m->body_len, m->tensor, m->tensor_len, &s->info,
-		                         &c, &sid, reason, sizeof reason);
+		                         &c, &sid, &err);
 	else
-		code = sched_decode_close(m->body, m->body_len, &c, &sid, reason, sizeof reason);
+		code = sched_decode_close(m->body, m->body_len, &c, &sid, &err);
 	if (s->loading && m->cmd != WIRE_CLOSE) {
 		/* The sessions went with the ASSIGN; the new range is not there yet. */
 		sched_cmd_free(&c);
@@ -293,10 +294,10 @@ static void server_on_session(struct server *s, const struct wire_msg *m)
 	}
 	if (code) {
 		SCHED_LOG(SCHED_LOG_INFO, "%s for session %llu refused: %s", wire_cmd_name(m->cmd),
-		          (unsigned long long)sid, reason);
+		          (unsigned long long)sid, err.msg);
 		/* CLOSE gets no answer, not even to a malformed one. */
 		if (m->cmd != WIRE_CLOSE)
-			server_send_error(s, sid, code, reason);
+			server_send_error(s, sid, code, err.msg);
 		return;
 	}
 	sched_push(s->sched, c);
@@ -304,13 +305,12 @@ static void server_on_session(struct server *s, const struct wire_msg *m)
 
 static void server_on_settings(struct server *s, const struct wire_msg *m)
 {
-	char reason[SCHED_MAX_REASON];
+	struct itt_err err = {0};
 	struct sched_cmd *c = NULL;
-	int code = sched_decode_settings(m->body, m->body_len, s->cfg.max_batch_tokens, &c, reason,
-	                                 sizeof reason);
+	int code = sched_decode_settings(m->body, m->body_len, s->cfg.max_batch_tokens, &c, &err);
 	if (code) {
-		SCHED_LOG(SCHED_LOG_INFO, "SETTINGS refused: %s", reason);
-		server_send_error(s, 0, code, reason);
+		SCHED_LOG(SCHED_LOG_INFO, "SETTINGS refused: %s", err.msg);
+		server_send_error(s, 0, code, err.msg);
 		return;
 	}
 	sched_push(s->sched, c);
@@ -320,17 +320,17 @@ static void server_on_settings(struct server *s, const struct wire_msg *m)
  * results are dropped from now), and let the compute thread load. */
 static void server_on_assign(struct server *s, const struct wire_msg *m)
 {
-	char reason[SCHED_MAX_REASON];
+	struct itt_err err = {0};
 	struct sched_cmd *c = NULL;
 	int code = s->loading ? ITT__CODE__UNAVAILABLE : 0;
 	if (code)
-		snprintf(reason, sizeof reason, "loading layers already");
+		snprintf(err.msg, sizeof err.msg, "loading layers already");
 	else
 		code = sched_decode_assign(m->body, m->body_len, &s->info, s->cfg.model_name, &c,
-		                           reason, sizeof reason);
+		                           &err);
 	if (code) {
-		SCHED_LOG(SCHED_LOG_INFO, "ASSIGN refused: %s", reason);
-		server_send_error(s, 0, code, reason);
+		SCHED_LOG(SCHED_LOG_INFO, "ASSIGN refused: %s", err.msg);
+		server_send_error(s, 0, code, err.msg);
 		return;
 	}
 	SCHED_LOG(SCHED_LOG_INFO, "ASSIGN layers [%u, %u) (holding [%u, %u))", c->first, c->last,
@@ -344,7 +344,7 @@ static void server_on_assign(struct server *s, const struct wire_msg *m)
 static void server_handle(struct server *s, struct wire_msg *m, int code, const char *reason)
 {
 	s->n_recv++;
-	s->last_recv_ms = wire_now_ms(); /* any message is a sign of life */
+	s->last_recv_ms = clock_mono_ms(); /* any message is a sign of life */
 	if (code) {
 		/* A worker drops garbage: there is nobody to answer but the broker. */
 		s->n_bad++;
@@ -380,9 +380,8 @@ static void server_pump(struct server *s)
 			return;
 		}
 		struct wire_msg m;
-		char reason[256];
-		int code = 0;
-		int rc = wire_recv(s->sock, false, server_accepts, &m, &code, reason, sizeof reason,
+		struct itt_err err = {0};
+		int rc = wire_recv(s->sock, false, server_accepts, &m, &err,
 		                   ZMQ_DONTWAIT);
 		if (rc < 0) {
 			SCHED_LOG(SCHED_LOG_WARN, "receive from %s: %s", s->cfg.broker,
@@ -394,7 +393,7 @@ static void server_pump(struct server *s)
 			wire_msg_close(&m);
 			return;
 		}
-		server_handle(s, &m, code, reason);
+		server_handle(s, &m, err.code, err.msg);
 		wire_msg_close(&m);
 	}
 }
@@ -465,7 +464,7 @@ static int server_connect(struct server *s)
 	}
 	s->poll->data = s;
 	uv_poll_start(s->poll, UV_READABLE, server_on_poll);
-	s->last_recv_ms = wire_now_ms();
+	s->last_recv_ms = clock_mono_ms();
 	server_hello(s);
 	return 0;
 fail:
@@ -505,7 +504,7 @@ static void server_on_heartbeat(uv_timer_t *t)
 	struct server *s = t->data;
 	if (!s->sock || s->stopping)
 		return;
-	uint64_t now = wire_now_ms(), silent = now - s->last_recv_ms;
+	uint64_t now = clock_mono_ms(), silent = now - s->last_recv_ms;
 	if (silent > (uint64_t)s->liveness * s->heartbeat_ms) {
 		uint32_t d = server_next_delay(s);
 		SCHED_LOG(
@@ -553,7 +552,7 @@ static uint64_t server_rss_bytes(void)
 static void server_sample_now(struct server *s, struct server_sample *x, struct sched_stats *st)
 {
 	sched_get_stats(s->sched, st);
-	x->ms = wire_now_ms();
+	x->ms = clock_mono_ms();
 	x->steps = st->steps;
 	x->rows = st->rows;
 	x->step_ms = st->step_ms;
@@ -774,7 +773,7 @@ int server_run(const struct server_config *c, sched_t *sched)
 	s->liveness = c->liveness;
 	s->backoff_ms = c->reconnect_min_ms;
 	server_host_info(s);
-	srand((unsigned)(getpid() ^ wire_now_ms()));
+	srand((unsigned)(getpid() ^ clock_mono_ms()));
 	if (uv_loop_init(&s->loop) < 0) {
 		free(s);
 		return 1;

@@ -18,6 +18,7 @@
 #include "scheduler.h"
 #include "server.h"
 #include "sha256.h"
+#include "clock.h"
 #include "wire.h"
 
 struct worker_opts {
@@ -360,14 +361,14 @@ int main(int argc, char **argv)
 	struct itt_err err = {0};
 	sched_t *sched = NULL;
 	char sha[SHA256_HEX];
-	uint64_t file_bytes = 0, t0 = wire_now_ms();
+	uint64_t file_bytes = 0, t0 = clock_mono_ms();
 	if (sha256_file(w.model, sha, &file_bytes, &err) < 0) {
 		SCHED_LOG(SCHED_LOG_ERROR, "cannot read %s: %s", w.model, err.msg);
 		return 1;
 	}
 	SCHED_LOG(SCHED_LOG_INFO, "sha256 of %s (%llu bytes) in %llu ms: %s", w.model,
-	          (unsigned long long)file_bytes, (unsigned long long)(wire_now_ms() - t0), sha);
-	t0 = wire_now_ms();
+	          (unsigned long long)file_bytes, (unsigned long long)(clock_mono_ms() - t0), sha);
+	t0 = clock_mono_ms();
 	if (sched_new(&sc, &sched, &err) < 0) {
 		SCHED_LOG(SCHED_LOG_ERROR, "cannot load %s: %s: %s", w.model,
 		          itt_strerror(err.code), err.msg);
@@ -377,7 +378,7 @@ int main(int argc, char **argv)
 	SCHED_LOG(SCHED_LOG_INFO,
 	          "loaded %s as %s in %llu ms: layers [%u, %u) of %u, vocab %u, ctx %u, "
 	          "%ld threads, batch %ld tokens, kv %g MiB %s (%u blocks of %u), prefix cache %s",
-	          w.model, w.name, (unsigned long long)(wire_now_ms() - t0), in->first, in->last,
+	          w.model, w.name, (unsigned long long)(clock_mono_ms() - t0), in->first, in->last,
 	          in->n_layers, in->vocab, in->ctx_len, w.threads, w.batch_tokens, w.kv_mb,
 	          kv_type_name(kv_type), in->kv_blocks, in->kv_block,
 	          !w.prefix_cache                              ? "off"

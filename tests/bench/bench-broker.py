@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """bench-broker: what itt-broker costs, measured with trivial C peers
-(itt-bench-peer, built from broker/bench-peer.c) on 127.0.0.1.
+(itt-bench-peer, built from tests/bench/bench-peer.c) on 127.0.0.1.
 
 1. Added latency of the broker hop, p50/p99 over --n round trips:
    direct      client -> trivial worker (STEP -> RESULT), no broker;

@@ -80,20 +80,19 @@ static void fuzz_sampling(const Itt__SamplingParams *p, const struct wire_limits
 {
 	static struct sampler_bias bias[1024];
 	struct sampler_params sp;
-	char reason[256] = "";
-	int rc = validate_sampling(p, 512, l, &sp, bias, sizeof bias / sizeof bias[0], reason,
-	                           sizeof reason);
-	FUZZ_CHECK(rc == 0 || (rc == ITT__CODE__INVALID_ARGUMENT && reason[0]));
+	struct itt_err err = {0};
+	int rc = validate_sampling(p, 512, l, &sp, bias, sizeof bias / sizeof bias[0], &err);
+	FUZZ_CHECK(rc == 0 || (rc == ITT__CODE__INVALID_ARGUMENT && err.msg[0]));
 	if (rc == 0)
 		FUZZ_CHECK(sp.n_bias == (p ? p->n_logit_bias : 0));
 }
 
 static void fuzz_generate(const Itt__GenerateRequest *r, const struct wire_limits *l)
 {
-	char reason[384] = "";
-	int rc = validate_generate(r, l, 0, reason, sizeof reason);
-	FUZZ_CHECK(rc == 0 || (rc == ITT__CODE__INVALID_ARGUMENT && reason[0]));
-	int rc512 = validate_generate(r, l, 512, reason, sizeof reason);
+	struct itt_err err = {0};
+	int rc = validate_generate(r, l, 0, &err);
+	FUZZ_CHECK(rc == 0 || (rc == ITT__CODE__INVALID_ARGUMENT && err.msg[0]));
+	int rc512 = validate_generate(r, l, 512, &err);
 	FUZZ_CHECK(rc512 == 0 || rc512 == ITT__CODE__INVALID_ARGUMENT);
 	/* a known vocabulary can only add failures */
 	FUZZ_CHECK(!(rc != 0 && rc512 == 0));

@@ -1,5 +1,5 @@
 """spm_reference: token ids from Google's SentencePiece, as a reference for
-the C tokenizer (worker/tokenizer.c).
+the C tokenizer (worker/engine/tokenizer.c).
 
 The vocabulary is read here, independently of the C code: from a GGUF file
 (a minimal metadata parser written from the public GGUF specification) or

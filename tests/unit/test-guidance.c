@@ -1,5 +1,5 @@
 /* test-guidance: head lists, head-set files, the guidance combination and
- * the technique parameter checks (worker/guidance.c). */
+ * the technique parameter checks (worker/engine/guidance.c). */
 #include <math.h>
 #include <setjmp.h>
 #include <stdarg.h>

@@ -107,16 +107,16 @@ static void expect_invalid(bool open, const struct packed *p, const void *t, siz
 {
 	struct sched_cmd *c = (struct sched_cmd *)1;
 	uint64_t sid = 0;
-	char reason[SCHED_MAX_REASON] = "";
+	struct itt_err err = {0};
 	int rc =
 	    open
-	        ? sched_decode_open(p->buf, p->len, t, tlen, info, &c, &sid, reason, sizeof reason)
-	        : sched_decode_step(p->buf, p->len, t, tlen, info, &c, &sid, reason, sizeof reason);
+	        ? sched_decode_open(p->buf, p->len, t, tlen, info, &c, &sid, &err)
+	        : sched_decode_step(p->buf, p->len, t, tlen, info, &c, &sid, &err);
 	assert_int_equal(rc, ITT__CODE__INVALID_ARGUMENT);
 	assert_null(c);
 	assert_int_equal(sid, 9);
-	if (!strstr(reason, needle))
-		fail_msg("reason \"%s\" lacks \"%s\"", reason, needle);
+	if (!strstr(err.msg, needle))
+		fail_msg("reason \"%s\" lacks \"%s\"", err.msg, needle);
 }
 
 static void test_stage_needs_hidden_of_the_right_shape(void **state)
@@ -193,11 +193,10 @@ static void test_f32_and_f16_rows_decode(void **state)
 	struct packed p;
 	struct sched_cmd *c = NULL;
 	uint64_t sid = 0;
-	char reason[SCHED_MAX_REASON] = "";
+	struct itt_err err = {0};
 
 	open_body(3, ITT__DTYPE__F32, 3, DIM, NULL, &p);
-	assert_int_equal(sched_decode_open(p.buf, p.len, f32, sizeof f32, &stage1, &c, &sid, reason,
-	                                   sizeof reason),
+	assert_int_equal(sched_decode_open(p.buf, p.len, f32, sizeof f32, &stage1, &c, &sid, &err),
 	                 0);
 	assert_non_null(c->hidden);
 	assert_int_equal(c->n_tokens, 3);
@@ -210,7 +209,7 @@ static void test_f32_and_f16_rows_decode(void **state)
 	memcpy(buf + 1, f16, sizeof f16);
 	step_body(3, ITT__DTYPE__F16, 3, DIM, &p);
 	assert_int_equal(sched_decode_step(p.buf, p.len, buf + 1, sizeof f16, &stage1, &c, &sid,
-	                                   reason, sizeof reason),
+	                                   &err),
 	                 0);
 	free(buf);
 	assert_non_null(c->hidden);
@@ -221,7 +220,7 @@ static void test_f32_and_f16_rows_decode(void **state)
 	/* stage 0: tokens and no tensor, as before */
 	open_body(3, -1, 0, 0, NULL, &p);
 	assert_int_equal(
-	    sched_decode_open(p.buf, p.len, NULL, 0, &stage0, &c, &sid, reason, sizeof reason), 0);
+	    sched_decode_open(p.buf, p.len, NULL, 0, &stage0, &c, &sid, &err), 0);
 	assert_null(c->hidden);
 	sched_cmd_free(&c);
 }
@@ -233,7 +232,7 @@ static void test_reply_dtype(void **state)
 	struct packed p;
 	struct sched_cmd *c = NULL;
 	uint64_t sid = 0;
-	char reason[SCHED_MAX_REASON] = "";
+	struct itt_err err = {0};
 	o.has_session_id = 1;
 	o.session_id = 9;
 	o.tokens = toks;
@@ -242,7 +241,7 @@ static void test_reply_dtype(void **state)
 	o.reply_dtype = ITT__DTYPE__F16;
 	pack(&o.base, &p);
 	assert_int_equal(
-	    sched_decode_open(p.buf, p.len, NULL, 0, &stage0, &c, &sid, reason, sizeof reason), 0);
+	    sched_decode_open(p.buf, p.len, NULL, 0, &stage0, &c, &sid, &err), 0);
 	assert_int_equal(c->reply_dtype, ITT__DTYPE__F16);
 	sched_cmd_free(&c);
 	o.reply_dtype = (Itt__DType)9;
@@ -250,7 +249,7 @@ static void test_reply_dtype(void **state)
 	expect_invalid(true, &p, NULL, 0, &stage0, "reply_dtype");
 }
 
-static int settings(int threads, int batch, int slow, struct sched_cmd **c, char *reason)
+static int settings(int threads, int batch, int slow, struct sched_cmd **c, struct itt_err *err)
 {
 	Itt__Settings m = ITT__SETTINGS__INIT;
 	struct packed p;
@@ -261,19 +260,19 @@ static int settings(int threads, int batch, int slow, struct sched_cmd **c, char
 	m.has_slow_ms = slow >= 0;
 	m.slow_ms = (uint32_t)slow;
 	pack(&m.base, &p);
-	return sched_decode_settings(p.buf, p.len, 128, c, reason, SCHED_MAX_REASON);
+	return sched_decode_settings(p.buf, p.len, 128, c, err);
 }
 
 static void test_settings_bounds(void **state)
 {
 	struct sched_cmd *c = NULL;
-	char reason[SCHED_MAX_REASON];
-	assert_int_equal(settings(2, 8, 5, &c, reason), 0);
+	struct itt_err err = {0};
+	assert_int_equal(settings(2, 8, 5, &c, &err), 0);
 	assert_true(c->kind == SCHED_CMD_SETTINGS && c->has_threads && c->has_batch_tokens &&
 	            c->has_slow_ms);
 	assert_true(c->set.threads == 2 && c->set.batch_tokens == 8 && c->set.slow_ms == 5);
 	sched_cmd_free(&c);
-	assert_int_equal(settings(-1, 128, -1, &c, reason), 0);
+	assert_int_equal(settings(-1, 128, -1, &c, &err), 0);
 	assert_true(!c->has_threads && c->has_batch_tokens && !c->has_slow_ms);
 	sched_cmd_free(&c);
 	static const struct {
@@ -283,10 +282,10 @@ static void test_settings_bounds(void **state)
 	           {-1, 0, -1, "batch_tokens"}, {-1, 129, -1, "batch_tokens"},
 	           {-1, -1, 10001, "slow_ms"},  {4, 8, 20000, "slow_ms"}};
 	for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
-		assert_int_equal(settings(bad[i].threads, bad[i].batch, bad[i].slow, &c, reason),
+		assert_int_equal(settings(bad[i].threads, bad[i].batch, bad[i].slow, &c, &err),
 		                 ITT__CODE__INVALID_ARGUMENT);
 		assert_null(c);
-		assert_non_null(strstr(reason, bad[i].field));
+		assert_non_null(strstr(err.msg, bad[i].field));
 	}
 }
 
@@ -307,17 +306,17 @@ static void test_assign_bounds(void **state)
 		Itt__Assign a = ITT__ASSIGN__INIT;
 		struct packed p;
 		struct sched_cmd *c = NULL;
-		char reason[SCHED_MAX_REASON] = "";
+		struct itt_err err = {0};
 		a.model = (char *)cases[i].model;
 		a.has_layer_first = a.has_layer_last = 1;
 		a.layer_first = cases[i].first;
 		a.layer_last = cases[i].last;
 		pack(&a.base, &p);
-		int rc = sched_decode_assign(p.buf, p.len, &stage0, "m", &c, reason, sizeof reason);
+		int rc = sched_decode_assign(p.buf, p.len, &stage0, "m", &c, &err);
 		assert_int_equal(rc, cases[i].rc);
 		if (rc) {
 			assert_null(c);
-			assert_true(reason[0]);
+			assert_true(err.msg[0]);
 		} else {
 			assert_true(c->kind == SCHED_CMD_ASSIGN && c->first == cases[i].first &&
 			            c->last == cases[i].last);
@@ -330,7 +329,7 @@ static void test_assign_bounds(void **state)
  * tensor of `rows` rows on a stage > 0; returns the decoder's code (and the
  * command, or NULL). */
 static int open_tech(const struct sched_info *info, Itt__Guidance *g, Itt__Speculative *sp,
-                     Itt__EarlyExit *ee, uint32_t rows, struct sched_cmd **c, char *reason)
+                     Itt__EarlyExit *ee, uint32_t rows, struct sched_cmd **c, struct itt_err *err)
 {
 	int32_t toks[2] = {1, 2};
 	float t[4 * DIM] = {0};
@@ -353,10 +352,10 @@ static int open_tech(const struct sched_info *info, Itt__Guidance *g, Itt__Specu
 		o.hidden = &ti;
 	}
 	pack(&o.base, &p);
-	reason[0] = 0;
+	err->msg[0] = 0;
 	return sched_decode_open(p.buf, p.len, info->first > 0 ? t : NULL,
 	                         info->first > 0 ? rows * DIM * sizeof(float) : 0, info, c, &sid,
-	                         reason, SCHED_MAX_REASON);
+	                         err);
 }
 
 static void expect_tech_invalid(const struct sched_info *info, Itt__Guidance *g,
@@ -364,11 +363,11 @@ static void expect_tech_invalid(const struct sched_info *info, Itt__Guidance *g,
                                 const char *needle)
 {
 	struct sched_cmd *c = NULL;
-	char reason[SCHED_MAX_REASON];
-	assert_int_equal(open_tech(info, g, sp, ee, rows, &c, reason), ITT__CODE__INVALID_ARGUMENT);
+	struct itt_err err = {0};
+	assert_int_equal(open_tech(info, g, sp, ee, rows, &c, &err), ITT__CODE__INVALID_ARGUMENT);
 	assert_null(c);
-	if (!strstr(reason, needle))
-		fail_msg("reason \"%s\" lacks \"%s\"", reason, needle);
+	if (!strstr(err.msg, needle))
+		fail_msg("reason \"%s\" lacks \"%s\"", err.msg, needle);
 }
 
 static void test_techniques_checked_against_the_worker(void **state)
@@ -383,7 +382,7 @@ static void test_techniques_checked_against_the_worker(void **state)
 	                                        .eos = 2,
 	                                        .bos = 1};
 	struct sched_cmd *c = NULL;
-	char reason[SCHED_MAX_REASON];
+	struct itt_err err = {0};
 	char *bad_head[] = {"9:0"}, *bad_qhead[] = {"1:4"}, *heads[] = {"1:2", "4:3"};
 	uint32_t layers[] = {1, 2}, high[] = {4};
 
@@ -405,7 +404,7 @@ static void test_techniques_checked_against_the_worker(void **state)
 	expect_tech_invalid(&whole, &g, NULL, NULL, 2, "scale");
 	g.scale = 2.0f;
 	/* heads: the mask of the whole model */
-	assert_int_equal(open_tech(&whole, &g, NULL, NULL, 2, &c, reason), 0);
+	assert_int_equal(open_tech(&whole, &g, NULL, NULL, 2, &c, &err), 0);
 	assert_non_null(c->tech.g_mask);
 	for (uint32_t i = 0; i < 5 * 4; i++)
 		assert_int_equal(c->tech.g_mask[i], i == 1 * 4 + 2 || i == 4 * 4 + 3);
@@ -413,12 +412,12 @@ static void test_techniques_checked_against_the_worker(void **state)
 	sched_cmd_free(&c);
 	/* across stages the branch rows follow the main rows: 2 x tokens */
 	expect_tech_invalid(&stage1, &g, NULL, NULL, 2, "rows");
-	assert_int_equal(open_tech(&stage1, &g, NULL, NULL, 4, &c, reason), 0);
+	assert_int_equal(open_tech(&stage1, &g, NULL, NULL, 4, &c, &err), 0);
 	assert_int_equal(c->hidden_rows, 4);
 	sched_cmd_free(&c);
 	/* scale 0: no branch, plain rows */
 	g.scale = 0.0f;
-	assert_int_equal(open_tech(&stage1, &g, NULL, NULL, 2, &c, reason), 0);
+	assert_int_equal(open_tech(&stage1, &g, NULL, NULL, 2, &c, &err), 0);
 	assert_null(c->tech.g_mask);
 	sched_cmd_free(&c);
 	/* a negative prompt needs the whole model */
@@ -438,7 +437,7 @@ static void test_techniques_checked_against_the_worker(void **state)
 	sp.max_draft = 0;
 	expect_tech_invalid(&whole, NULL, &sp, NULL, 2, "max_draft");
 	sp.max_draft = 4;
-	assert_int_equal(open_tech(&stage1, NULL, &sp, NULL, 2, &c, reason), 0);
+	assert_int_equal(open_tech(&stage1, NULL, &sp, NULL, 2, &c, &err), 0);
 	assert_true(c->tech.spec && !c->tech.spec_exit && c->tech.spec_max == 4 &&
 	            c->tech.ngram_min == 1 && c->tech.ngram_max == 3);
 	sched_cmd_free(&c);
@@ -448,7 +447,7 @@ static void test_techniques_checked_against_the_worker(void **state)
 	expect_tech_invalid(&whole, NULL, &sp, NULL, 2, "exit_layers");
 	sp.exit_layers = 2;
 	expect_tech_invalid(&stage0, NULL, &sp, NULL, 2, "whole-model");
-	assert_int_equal(open_tech(&whole, NULL, &sp, NULL, 2, &c, reason), 0);
+	assert_int_equal(open_tech(&whole, NULL, &sp, NULL, 2, &c, &err), 0);
 	assert_true(c->tech.spec_exit && c->tech.spec_exit_layers == 2);
 	sched_cmd_free(&c);
 
@@ -463,7 +462,7 @@ static void test_techniques_checked_against_the_worker(void **state)
 	expect_tech_invalid(&stage1, NULL, NULL, &ee, 2, "whole-model");
 	g.scale = 2.0f;
 	expect_tech_invalid(&whole, &g, NULL, &ee, 2, "does not combine");
-	assert_int_equal(open_tech(&whole, NULL, NULL, &ee, 2, &c, reason), 0);
+	assert_int_equal(open_tech(&whole, NULL, NULL, &ee, 2, &c, &err), 0);
 	assert_true(c->tech.ee && c->tech.n_ee == 2 && c->tech.ee_layers[1] == 2 &&
 	            c->tech.ee_threshold == 0.5f);
 	sched_cmd_free(&c);
@@ -476,7 +475,7 @@ static void test_step_pos_and_branch_rows(void **state)
 	struct packed p;
 	struct sched_cmd *c = NULL;
 	uint64_t sid = 0;
-	char reason[SCHED_MAX_REASON];
+	struct itt_err err = {0};
 	Itt__StepRequest r = ITT__STEP_REQUEST__INIT;
 	Itt__TensorInfo ti = ITT__TENSOR_INFO__INIT;
 	r.has_session_id = r.has_step = r.has_pos = 1;
@@ -487,7 +486,7 @@ static void test_step_pos_and_branch_rows(void **state)
 	r.pos = 7;
 	pack(&r.base, &p);
 	assert_int_equal(
-	    sched_decode_step(p.buf, p.len, NULL, 0, &stage0, &c, &sid, reason, sizeof reason), 0);
+	    sched_decode_step(p.buf, p.len, NULL, 0, &stage0, &c, &sid, &err), 0);
 	assert_true(c->has_pos && c->pos == 7 && c->n_tokens == 2);
 	sched_cmd_free(&c);
 	r.pos = 64; /* the context */
@@ -502,7 +501,7 @@ static void test_step_pos_and_branch_rows(void **state)
 		ti.rows = rows;
 		pack(&r.base, &p);
 		int rc = sched_decode_step(p.buf, p.len, t, rows * DIM * sizeof(float), &stage1, &c,
-		                           &sid, reason, sizeof reason);
+		                           &sid, &err);
 		if (rows == 2 || rows == 4) {
 			assert_int_equal(rc, 0);
 			assert_int_equal(c->hidden_rows, rows);

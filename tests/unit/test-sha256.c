@@ -1,4 +1,4 @@
-/* test-sha256: pins down worker/sha256.c against the FIPS 180-4 example
+/* test-sha256: pins down worker/engine/sha256.c against the FIPS 180-4 example
  * vectors ("abc", the empty message, the 448-bit two-block message, a
  * million 'a'), against its own result when the message is fed in pieces
  * of every length around the block boundary, and against the system's

@@ -1,4 +1,4 @@
-/* test-tokenizer: the SentencePiece BPE tokenizer (worker/tokenizer.c).
+/* test-tokenizer: the SentencePiece BPE tokenizer (worker/engine/tokenizer.c).
  *
  * Pinned ids come from tests/ref/spm_reference.py (Google's sentencepiece
  * on the same vocabularies); tests/integration/test_tokenizer_reference.py

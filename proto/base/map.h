@@ -6,8 +6,8 @@
  * (and then keeps the old key pointer).  Linear probing with backward-shift
  * deletion, so there are no tombstones and lookups stay short after churn.
  * Invariants: cap is 0 or a power of two; n * 2 <= cap. */
-#ifndef ITT_BROKER_MAP_H
-#define ITT_BROKER_MAP_H
+#ifndef ITT_MAP_H
+#define ITT_MAP_H
 
 #include <stdbool.h>
 #include <stddef.h>

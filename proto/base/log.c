@@ -1,12 +1,13 @@
 /* log: see log.h. */
 #include "log.h"
 
+#include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
 #include <time.h>
 
-int log_level_now = LOG_LEVEL_INFO;
+_Atomic int log_level_now = LOG_LEVEL_INFO;
 
 static const char *const log_names[] = {"error", "warn", "info", "debug"};
 
@@ -30,13 +31,17 @@ static void log_stderr(int level, const char *line, void *ud)
 	        log_level_name(level), line);
 }
 
+/* One lock orders whole lines from every thread and guards the sink. */
+static pthread_mutex_t log_mu = PTHREAD_MUTEX_INITIALIZER;
 static log_sink_fn log_sink = log_stderr;
 static void *log_sink_ud;
 
 void log_set_sink(log_sink_fn fn, void *ud)
 {
+	pthread_mutex_lock(&log_mu);
 	log_sink = fn ? fn : log_stderr;
 	log_sink_ud = ud;
+	pthread_mutex_unlock(&log_mu);
 }
 
 void log_write(int level, const char *fmt, ...)
@@ -46,7 +51,9 @@ void log_write(int level, const char *fmt, ...)
 	va_start(ap, fmt);
 	vsnprintf(line, sizeof line, fmt, ap);
 	va_end(ap);
+	pthread_mutex_lock(&log_mu);
 	log_sink(level, line, log_sink_ud);
+	pthread_mutex_unlock(&log_mu);
 }
 
 int log_parse_level(const char *s)

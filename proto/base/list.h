@@ -6,8 +6,8 @@
  * unlinked link points at itself, so link_remove is safe to call twice.
  * Every operation is O(1), which is what keeps "move to the tail on each
  * message" expiry orders cheap with thousands of peers. */
-#ifndef ITT_BROKER_LIST_H
-#define ITT_BROKER_LIST_H
+#ifndef ITT_LIST_H
+#define ITT_LIST_H
 
 #include <stdbool.h>
 #include <stddef.h>

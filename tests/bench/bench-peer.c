@@ -331,12 +331,10 @@ static int peer_worker_run(const struct peer_opts *o, void *ctx)
 		for (int k = 0; k < w.n; k++) {
 			for (int i = 0; i < 256; i++) {
 				struct wire_msg m;
-				int code;
-				char reason[128];
-				if (wire_recv(w.socks[k], w.router, accepts, &m, &code, reason,
-				              sizeof reason, ZMQ_DONTWAIT) <= 0)
+				struct itt_err err = {0};
+				if (wire_recv(w.socks[k], w.router, accepts, &m, &err, ZMQ_DONTWAIT) <= 0)
 					break;
-				if (!code)
+				if (!err.code)
 					peer_worker_msg(&w, k, &m);
 				wire_msg_close(&m);
 			}
@@ -430,14 +428,12 @@ static int peer_wait(void *sock, int want1, int want2, struct wire_msg *m, long 
 {
 	uint64_t end = peer_now_us() + (uint64_t)timeout_ms * 1000;
 	for (;;) {
-		int code;
-		char reason[256];
-		int rc = wire_recv(sock, false, peer_client_accepts, m, &code, reason,
-		                   sizeof reason, ZMQ_DONTWAIT);
+		struct itt_err err = {0};
+		int rc = wire_recv(sock, false, peer_client_accepts, m, &err, ZMQ_DONTWAIT);
 		if (rc > 0) {
-			if (!code && (m->cmd == want1 || m->cmd == want2))
+			if (!err.code && (m->cmd == want1 || m->cmd == want2))
 				return m->cmd;
-			if (!code && m->cmd == WIRE_ERROR) {
+			if (!err.code && m->cmd == WIRE_ERROR) {
 				Itt__Error *e = itt__error__unpack(NULL, m->body_len, m->body);
 				fprintf(stderr, "itt-bench-peer: ERROR %s: %s\n",
 				        e ? wire_code_name(e->code) : "?",
@@ -657,14 +653,12 @@ static int peer_load(const struct peer_opts *o, void *ctx)
 		for (c = 0; c < o->clients; c++) {
 			for (int i = 0; i < 1024; i++) {
 				struct wire_msg m;
-				int code;
-				char reason[128];
-				if (wire_recv(s[c], false, peer_client_accepts, &m, &code, reason,
-				              sizeof reason, ZMQ_DONTWAIT) <= 0)
+				struct itt_err err = {0};
+				if (wire_recv(s[c], false, peer_client_accepts, &m, &err, ZMQ_DONTWAIT) <= 0)
 					break;
-				if (!code && m.cmd == WIRE_CHUNK) {
+				if (!err.code && m.cmd == WIRE_CHUNK) {
 					chunks++;
-				} else if (!code && (m.cmd == WIRE_DONE || m.cmd == WIRE_ERROR)) {
+				} else if (!err.code && (m.cmd == WIRE_DONE || m.cmd == WIRE_ERROR)) {
 					if (m.cmd == WIRE_DONE)
 						done++;
 					else

@@ -1,13 +1,13 @@
-/* log: levelled log lines for the broker and the coordinator, written to a
- * pluggable sink.
+/* log: levelled log lines for every process, written to a pluggable sink.
  *
  * Contract: LOG_ERROR/WARN/INFO/DEBUG(fmt, ...) do not evaluate their
  * arguments when the level is filtered out.  Each line names the call, the
  * peer and the error (the caller's job); the default sink writes
- * "PROGRAM LEVEL message" with a UTC timestamp to stderr.  Not thread
- * safe (both processes are single-threaded). */
-#ifndef ITT_BROKER_LOG_H
-#define ITT_BROKER_LOG_H
+ * "PROGRAM LEVEL message" with a UTC timestamp to stderr.  Thread safe:
+ * whole lines from any thread, one at a time, through the sink (called under
+ * the logger's lock; a sink must not log). */
+#ifndef ITT_LOG_H
+#define ITT_LOG_H
 
 enum log_level {
 	LOG_LEVEL_ERROR = 0,
@@ -18,7 +18,7 @@ enum log_level {
 
 typedef void (*log_sink_fn)(int level, const char *line, void *ud);
 
-extern int log_level_now;
+extern _Atomic int log_level_now;
 
 /* The program name in stderr lines (default "itt"); a static string. */
 void log_set_program(const char *name);

@@ -5,8 +5,8 @@
  * heap_remove of an arbitrary item is O(log n).  An item not in the heap has
  * HEAP_NONE in that slot (set by heap_remove/heap_pop; set it yourself when
  * creating an item).  Items are borrowed. */
-#ifndef ITT_BROKER_HEAP_H
-#define ITT_BROKER_HEAP_H
+#ifndef ITT_HEAP_H
+#define ITT_HEAP_H
 
 #include <stdbool.h>
 #include <stddef.h>
