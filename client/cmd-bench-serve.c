@@ -169,7 +169,7 @@ static bool grow(void **p, size_t *cap, size_t need, size_t elem)
 }
 
 static itt_client_t *serve_connect(const struct serve_opts *o, const char *client_id,
-                                   struct itt_error *err)
+                                   struct itt_err *err)
 {
 	struct itt_client_options opt;
 	itt_client_options_default(&opt);
@@ -185,14 +185,14 @@ static itt_client_t *serve_connect(const struct serve_opts *o, const char *clien
 static int serve_run_one(itt_client_t *cl, struct serve_client *c, const struct itt_request *req,
                          struct serve_rec *rec, char *why, size_t why_cap)
 {
-	struct itt_error err = {0};
+	struct itt_err err = {0};
 	rec->t_submit = cli_now_ms();
 	rec->t_first = rec->t_last = 0;
 	rec->n_tokens = 0;
 	rec->early = false;
 	itt_stream_t *s = itt_submit(cl, req, &err);
 	if (!s) {
-		snprintf(why, why_cap, "%s", err.reason);
+		snprintf(why, why_cap, "%s", err.msg);
 		rec->t_end = rec->t_submit;
 		return rec->code = err.code ? err.code : ITT__CODE__INTERNAL;
 	}
@@ -268,13 +268,13 @@ static void *serve_client_main(void *arg)
 	struct serve *sv = c->sv;
 	const struct serve_opts *o = sv->o;
 	char id[64];
-	struct itt_error err = {0};
+	struct itt_err err = {0};
 	snprintf(id, sizeof id, "bench-%ld-%d", (long)getpid(), c->index);
 	itt_client_t *cl = serve_connect(o, id, &err);
 	if (!cl) {
 		c->errors[code_slot(err.code)]++;
 		snprintf(c->last_error, sizeof c->last_error, "%s: %s", itt_code_name(err.code),
-		         err.reason);
+		         err.msg);
 		return NULL;
 	}
 	int32_t *ids = malloc((size_t)o->n_prompt * sizeof *ids);
@@ -584,16 +584,16 @@ int cmd_bench_serve(int argc, char **argv)
 	if (rc)
 		return rc == 1 ? 0 : rc;
 
-	struct itt_error err = {0};
+	struct itt_err err = {0};
 	itt_client_t *probe = serve_connect(&o, NULL, &err);
 	if (!probe) {
-		fprintf(stderr, "itt bench serve: %s: %s\n", itt_code_name(err.code), err.reason);
+		fprintf(stderr, "itt bench serve: %s: %s\n", itt_code_name(err.code), err.msg);
 		return 2;
 	}
 	Itt__ClusterStats *st = NULL;
 	if (itt_stats(probe, &st, 5000, &err)) {
 		fprintf(stderr, "itt bench serve: STATS: %s: %s (broker %s)\n",
-		        itt_code_name(err.code), err.reason, o.broker);
+		        itt_code_name(err.code), err.msg, o.broker);
 		itt_client_destroy(&probe);
 		return 1;
 	}

@@ -153,7 +153,7 @@ itt_client_t *open_client(const char *endpoint, const struct cluster_opts *co,
 				 const char *cmd)
 {
 	struct itt_client_options opt;
-	struct itt_error err = {0};
+	struct itt_err err = {0};
 	itt_client_options_default(&opt);
 	opt.api_key = co->api_key ? co->api_key : getenv("ITT_API_KEY");
 	opt.client_id = co->client_id;
@@ -161,7 +161,7 @@ itt_client_t *open_client(const char *endpoint, const struct cluster_opts *co,
 		opt.give_up_ms = (int)co->timeout_ms;
 	itt_client_t *c = itt_client_new(endpoint, &opt, &err);
 	if (!c)
-		fprintf(stderr, "itt %s: %s: %s\n", cmd, itt_code_name(err.code), err.reason);
+		fprintf(stderr, "itt %s: %s: %s\n", cmd, itt_code_name(err.code), err.msg);
 	return c;
 }
 
@@ -252,7 +252,7 @@ int cmd_generate_broker(int argc, char **argv)
 {
 	struct cluster_opts co = {.timeout_ms = -1};
 	struct gen_opts o;
-	struct itt_error err = {0};
+	struct itt_err err = {0};
 	int rc = 1;
 
 	argc = take_cluster_opts(argc, argv, &co, "generate");
@@ -291,7 +291,7 @@ int cmd_generate_broker(int argc, char **argv)
 	itt_stream_t *s = itt_submit(c, &req, &err);
 	broker_tech_free(&bt);
 	if (!s) {
-		fprintf(stderr, "itt generate: %s: %s\n", itt_code_name(err.code), err.reason);
+		fprintf(stderr, "itt generate: %s: %s\n", itt_code_name(err.code), err.msg);
 		itt_client_destroy(&c);
 		return err.code == ITT__CODE__INVALID_ARGUMENT ? 2 : 1;
 	}

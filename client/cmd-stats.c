@@ -659,7 +659,7 @@ struct watch {
 static int watch_frame(const struct watch *wt, long frame_no)
 {
 	Itt__ClusterStats *st = NULL;
-	struct itt_error err = {0};
+	struct itt_err err = {0};
 	int rc = itt_stats(wt->client, &st, (int)wt->timeout_ms, &err);
 	if (g_stop) {
 		itt_stats_free(&st);
@@ -668,7 +668,7 @@ static int watch_frame(const struct watch *wt, long frame_no)
 	if (wt->json) {
 		if (rc)
 			fprintf(stderr, "itt stats: %s: %s (broker %s)\n", itt_code_name(err.code),
-				err.reason, wt->broker);
+				err.msg, wt->broker);
 		else
 			print_stats_json(st);
 		fflush(stdout);
@@ -693,7 +693,7 @@ static int watch_frame(const struct watch *wt, long frame_no)
 		snprintf(line, sizeof line, "broker %s  at %s", wt->broker, clock);
 		put_line(f, line, width);
 		snprintf(line, sizeof line, "no answer: %s: %s", itt_code_name(err.code),
-			 err.reason);
+			 err.msg);
 		put_line(f, line, width);
 	} else {
 		render_frame(f, st, &o);
@@ -813,10 +813,10 @@ int cmd_stats(int argc, char **argv)
 		return rc;
 	}
 	Itt__ClusterStats *st = NULL;
-	struct itt_error err = {0};
+	struct itt_err err = {0};
 	if (itt_stats(c, &st, (int)co.timeout_ms, &err)) {
 		fprintf(stderr, "itt stats: %s: %s (broker %s)\n", itt_code_name(err.code),
-			err.reason, broker);
+			err.msg, broker);
 		rc = 1;
 	} else if (json) {
 		print_stats_json(st);
@@ -884,10 +884,10 @@ static int settings_get(itt_client_t *c, const char *broker, const char *worker,
 			int timeout_ms)
 {
 	Itt__ClusterStats *st = NULL;
-	struct itt_error err = {0};
+	struct itt_err err = {0};
 	if (itt_stats(c, &st, timeout_ms, &err)) {
 		fprintf(stderr, "itt settings get: %s: %s (broker %s)\n", itt_code_name(err.code),
-			err.reason, broker);
+			err.msg, broker);
 		return 1;
 	}
 	size_t shown = 0, idw = 6;
@@ -1026,7 +1026,7 @@ int cmd_settings(int argc, char **argv)
 			name[eq - a] = 0;
 			unsigned k = itt_knob_parse(name);
 			long val;
-			struct itt_error err = {0};
+			struct itt_err err = {0};
 			if (!k) {
 				fprintf(stderr, "itt %s: unknown knob \"%s\" (knobs: %s)\n", cmd, name,
 					knob_list);
@@ -1042,7 +1042,7 @@ int cmd_settings(int argc, char **argv)
 				return 2;
 			}
 			if (itt_knob_check(k, val, &err)) {
-				fprintf(stderr, "itt %s: %s\n", cmd, err.reason);
+				fprintf(stderr, "itt %s: %s\n", cmd, err.msg);
 				return 2;
 			}
 			ch.set |= k;
@@ -1092,11 +1092,11 @@ int cmd_settings(int argc, char **argv)
 	if (!c)
 		return 2;
 	Itt__SettingsReply *rep = NULL;
-	struct itt_error err = {0};
+	struct itt_err err = {0};
 	int code = itt_client_settings(c, &ch, &rep, (int)co.timeout_ms, &err);
 	int rc = 0;
 	if (code) {
-		fprintf(stderr, "itt %s: %s: %s\n", cmd, itt_code_name(err.code), err.reason);
+		fprintf(stderr, "itt %s: %s: %s\n", cmd, itt_code_name(err.code), err.msg);
 		rc = 1;
 	} else if (json) {
 		printf("{\"worker_id\":");

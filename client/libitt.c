@@ -76,27 +76,27 @@ struct itt_client {
 	/* itt_stats in progress */
 	bool stats_waiting;
 	Itt__ClusterStats *stats_reply;
-	struct itt_error stats_err;
+	struct itt_err stats_err;
 	/* itt_client_settings in progress */
 	bool set_waiting;
 	char set_id[32];
 	uint64_t n_sets;
 	Itt__SettingsReply *set_reply;
-	struct itt_error set_err;
+	struct itt_err set_err;
 };
 
 static const int client_accepts[] = {WIRE_CHUNK,       WIRE_DONE,      WIRE_ERROR, WIRE_HEARTBEAT,
 				     WIRE_STATS_REPLY, WIRE_SET_REPLY, 0};
 
-static int set_error(struct itt_error *err, int code, const char *fmt, ...)
+static int set_error(struct itt_err *err, int code, const char *fmt, ...)
 	__attribute__((format(printf, 3, 4)));
-static int set_error(struct itt_error *err, int code, const char *fmt, ...)
+static int set_error(struct itt_err *err, int code, const char *fmt, ...)
 {
 	if (err) {
 		va_list ap;
 		va_start(ap, fmt);
 		err->code = code;
-		vsnprintf(err->reason, sizeof err->reason, fmt, ap);
+		vsnprintf(err->msg, sizeof err->msg, fmt, ap);
 		va_end(ap);
 	}
 	return code;
@@ -186,7 +186,7 @@ static int sockopt(void *sock, int opt, int v)
 }
 
 itt_client_t *itt_client_new(const char *endpoint, const struct itt_client_options *opts,
-			     struct itt_error *err)
+			     struct itt_err *err)
 {
 	struct itt_client_options def;
 	if (!opts) {
@@ -617,7 +617,7 @@ int itt_client_poll(itt_client_t *c, int timeout_ms)
 
 /* --- submit ---------------------------------------------------------------- */
 
-itt_stream_t *itt_submit(itt_client_t *c, const struct itt_request *req, struct itt_error *err)
+itt_stream_t *itt_submit(itt_client_t *c, const struct itt_request *req, struct itt_err *err)
 {
 	char idbuf[32];
 	const char *id = req->request_id;
@@ -926,7 +926,7 @@ void itt_stream_destroy(itt_stream_t **sp)
 
 /* Pumps the socket until ready(c), an error lands in *e, or timeout_ms
  * passes (< 0: no limit); a socket failure is put in *e. */
-static void client_wait(itt_client_t *c, bool (*ready)(const itt_client_t *), struct itt_error *e,
+static void client_wait(itt_client_t *c, bool (*ready)(const itt_client_t *), struct itt_err *e,
 			int timeout_ms)
 {
 	uint64_t start = clock_mono_ms();
@@ -944,8 +944,8 @@ static void client_wait(itt_client_t *c, bool (*ready)(const itt_client_t *), st
 
 /* How a request/reply exchange ended: 0 when the reply came, else the
  * broker's ERROR (copied to *err), else UNAVAILABLE: no reply in time. */
-static int client_outcome(bool have_reply, const struct itt_error *got, const char *what,
-			  int timeout_ms, struct itt_error *err)
+static int client_outcome(bool have_reply, const struct itt_err *got, const char *what,
+			  int timeout_ms, struct itt_err *err)
 {
 	if (have_reply)
 		return 0;
@@ -968,7 +968,7 @@ static bool set_ready(const itt_client_t *c)
 	return c->set_reply != NULL;
 }
 
-int itt_stats(itt_client_t *c, Itt__ClusterStats **out, int timeout_ms, struct itt_error *err)
+int itt_stats(itt_client_t *c, Itt__ClusterStats **out, int timeout_ms, struct itt_err *err)
 {
 	*out = NULL;
 	Itt__StatsRequest m = ITT__STATS_REQUEST__INIT;
@@ -1027,7 +1027,7 @@ unsigned itt_knob_parse(const char *name)
 	return 0;
 }
 
-int itt_knob_check(unsigned knob, long value, struct itt_error *err)
+int itt_knob_check(unsigned knob, long value, struct itt_err *err)
 {
 	for (size_t i = 0; i < N_KNOBS; i++) {
 		if (knobs[i].bit != knob)
@@ -1058,7 +1058,7 @@ static size_t knob_names(unsigned mask, char **v)
 }
 
 int itt_client_settings(itt_client_t *c, const struct itt_settings_change *ch,
-			Itt__SettingsReply **out, int timeout_ms, struct itt_error *err)
+			Itt__SettingsReply **out, int timeout_ms, struct itt_err *err)
 {
 	*out = NULL;
 	if (!ch->worker_id || !*ch->worker_id || strlen(ch->worker_id) > 128)

@@ -37,16 +37,14 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "err.h"
 #include "itt.pb-c.h"
 
 typedef struct itt_client itt_client_t;
 typedef struct itt_stream itt_stream_t;
 
-/* An error: code is an Itt__Code (0 = none), reason names the condition. */
-struct itt_error {
-	int code;
-	char reason[512];
-};
+/* Errors are the project's one record, struct itt_err (err.h): code is an
+ * Itt__Code (0 = none), msg names the condition. */
 
 /* Name of a code ("INVALID_ARGUMENT"); never NULL. */
 const char *itt_code_name(int code);
@@ -69,7 +67,7 @@ void itt_client_options_default(struct itt_client_options *o);
  * yet is not an error.  opts NULL: defaults.  Returns NULL with *err set
  * (INVALID_ARGUMENT: a bad option or endpoint; INTERNAL: ZeroMQ failed). */
 itt_client_t *itt_client_new(const char *endpoint, const struct itt_client_options *opts,
-			     struct itt_error *err);
+			     struct itt_err *err);
 
 /* Destroys open streams (cancelling those that have not ended), closes the
  * socket and frees the client; accepts NULL and nulls *client_p.  Streams of
@@ -169,7 +167,7 @@ void itt_request_init(struct itt_request *r);
  * request the broker would refuse; INTERNAL when the send failed).  The
  * stream belongs to the caller (itt_stream_destroy). */
 itt_stream_t *itt_submit(itt_client_t *client, const struct itt_request *req,
-			 struct itt_error *err);
+			 struct itt_err *err);
 
 enum itt_event_type {
 	ITT_EVENT_NONE = 0, /* timeout: nothing yet */
@@ -229,7 +227,7 @@ int itt_client_poll(itt_client_t *client, int timeout_ms);
 /* Asks the broker for STATS and waits up to timeout_ms for STATS_REPLY.
  * Returns 0 with *out set (free with itt_stats_free), or an Itt__Code with
  * *err set: the broker's ERROR, or UNAVAILABLE when no reply came in time. */
-int itt_stats(itt_client_t *client, Itt__ClusterStats **out, int timeout_ms, struct itt_error *err);
+int itt_stats(itt_client_t *client, Itt__ClusterStats **out, int timeout_ms, struct itt_err *err);
 
 void itt_stats_free(Itt__ClusterStats **stats_p);
 
@@ -249,7 +247,7 @@ unsigned itt_knob_parse(const char *name);
 /* Checks a knob's value against the protocol's range (batch_tokens: only
  * >= 1 here; its upper bound is the worker's).  0, or INVALID_ARGUMENT with
  * *err naming the knob and its range. */
-int itt_knob_check(unsigned knob, long value, struct itt_error *err);
+int itt_knob_check(unsigned knob, long value, struct itt_err *err);
 
 /* Mirrors SettingsChange (client -> broker, SET): set the knobs in `set`
  * (values in the fields of the same name); with `pin` also pin them;
@@ -274,7 +272,7 @@ struct itt_settings_change {
  * unknown worker, INVALID_ARGUMENT for a bad value or a pinned knob), or
  * UNAVAILABLE when no reply came in time. */
 int itt_client_settings(itt_client_t *client, const struct itt_settings_change *change,
-			Itt__SettingsReply **out, int timeout_ms, struct itt_error *err);
+			Itt__SettingsReply **out, int timeout_ms, struct itt_err *err);
 
 void itt_settings_reply_free(Itt__SettingsReply **reply_p);
 

@@ -142,7 +142,7 @@ struct sched_config {
 #define SCHED_MAX_INFLIGHT 16
 /* Longest piece sent in a RESULT. */
 #define SCHED_MAX_PIECE  256
-#define SCHED_MAX_REASON 256
+#define SCHED_MAX_REASON ITT_ERR_MSG
 /* Bounds of the live knobs (SETTINGS). */
 #define SCHED_MAX_THREADS 64
 #define SCHED_MAX_SLOW_MS 10000

@@ -20,7 +20,7 @@ enum itt_errcode {
 	ITT_E_FULL = -8,        /* a bounded resource is exhausted */
 };
 
-#define ITT_ERR_MSG 256
+#define ITT_ERR_MSG 512
 
 struct itt_err {
 	int code;
