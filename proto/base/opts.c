@@ -264,8 +264,8 @@ void opts_usage(const struct opt_spec *spec, FILE *f)
 		else
 			snprintf(head, sizeof head, "--%s%s%s", o->name, *an ? " " : "", an);
 		if (o->type == OPT_INT || o->type == OPT_LONG)
-			snprintf(extra, sizeof extra, "[default %s, %g..%g]", o->def ? o->def : "none",
-			         o->lo, o->hi);
+			snprintf(extra, sizeof extra, "[default %s, %ld..%ld]", o->def ? o->def : "none",
+			         opts_bound(o->lo), opts_bound(o->hi));
 		else if (o->type == OPT_DOUBLE || o->type == OPT_FLOAT)
 			snprintf(extra, sizeof extra, "[default %s, %s%g..%g]",
 			         o->def ? o->def : "none", (o->flags & OPT_LO_OPEN) ? ">" : "",

@@ -109,25 +109,6 @@ static void bbuf_str(struct bbuf *b, const char *s, uint64_t len)
 	bbuf_put(b, s, (size_t)len);
 }
 
-/* Size in bytes of a scalar GGUF type; 0 for STRING, ARRAY and unknown. */
-static size_t scalar_size(uint32_t type)
-{
-	switch (type) {
-	case GGUF_TYPE_UINT8:
-	case GGUF_TYPE_INT8:
-	case GGUF_TYPE_BOOL: return 1;
-	case GGUF_TYPE_UINT16:
-	case GGUF_TYPE_INT16: return 2;
-	case GGUF_TYPE_UINT32:
-	case GGUF_TYPE_INT32:
-	case GGUF_TYPE_FLOAT32: return 4;
-	case GGUF_TYPE_UINT64:
-	case GGUF_TYPE_INT64:
-	case GGUF_TYPE_FLOAT64: return 8;
-	}
-	return 0;
-}
-
 int gguf_writer_new(gguf_writer_t **out, struct itt_err *err)
 {
 	if (!out)
@@ -256,7 +237,7 @@ static int add_scalar(gguf_writer_t *w, const char *key, uint32_t type, const vo
 	}
 	struct bbuf b = {0};
 	begin_kv(&b, key, type);
-	bbuf_put(&b, v, scalar_size(type));
+	bbuf_put(&b, v, gguf_scalar_size(type));
 	rc = finish_kv(w, key, &b, err);
 	if (rc == 0 && strcmp(key, "general.alignment") == 0)
 		memcpy(&w->alignment, v, 4);
@@ -350,7 +331,7 @@ int gguf_writer_add_arr(gguf_writer_t *w, const char *key, uint32_t elem_type, c
 	int rc = check_key(w, key, err);
 	if (rc)
 		return rc;
-	size_t es = scalar_size(elem_type);
+	size_t es = gguf_scalar_size(elem_type);
 	if (es == 0)
 		return itt_err_set(err, ITT_E_INVALID,
 		                   "gguf_writer: key %s: array element type %u is not a scalar",
@@ -449,9 +430,9 @@ int gguf_writer_copy_kv(gguf_writer_t *w, const gguf_t *g, const struct gguf_kv 
 		rc = gguf_get_arr(g, key, &et, &n, &data, err);
 		if (rc == 0)
 			rc = gguf_writer_add_arr(w, key, et, data, n, err);
-	} else if (scalar_size(kv->type) != 0) {
+	} else if (gguf_scalar_size(kv->type) != 0) {
 		uint8_t v[8];
-		memcpy(v, kv->data, scalar_size(kv->type));
+		memcpy(v, kv->data, gguf_scalar_size(kv->type));
 		rc = add_scalar(w, key, kv->type, v, err);
 	} else {
 		rc = itt_err_set(err, ITT_E_UNSUPPORTED, "gguf_writer_copy_kv: key %s: type %u",

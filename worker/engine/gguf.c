@@ -126,7 +126,7 @@ static const char *const gguf_type_names[GGUF_TYPE_COUNT] = {
 };
 
 /* Encoded size of a scalar value type; 0 for STRING, ARRAY and unknown. */
-static uint32_t gguf_scalar_size(uint32_t type)
+uint32_t gguf_scalar_size(uint32_t type)
 {
 	switch (type) {
 	case GGUF_TYPE_UINT8:

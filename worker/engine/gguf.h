@@ -134,5 +134,8 @@ uint32_t ggml_blck_size(uint32_t type);
 uint32_t ggml_type_size(uint32_t type);
 const char *ggml_type_name(uint32_t type);
 const char *gguf_type_name(uint32_t type);
+/* Encoded size of a scalar metadata value type; 0 for STRING, ARRAY and
+ * unknown types. */
+uint32_t gguf_scalar_size(uint32_t type);
 
 #endif

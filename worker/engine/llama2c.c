@@ -277,23 +277,6 @@ const struct llama2c_weights *llama2c_get_weights(const llama2c_t *m)
 
 /* ---- tokenizer ---- */
 
-static int hexval(uint8_t c)
-{
-	if (c >= '0' && c <= '9')
-		return c - '0';
-	if (c >= 'A' && c <= 'F')
-		return c - 'A' + 10;
-	if (c >= 'a' && c <= 'f')
-		return c - 'a' + 10;
-	return -1;
-}
-
-static bool is_byte_token(const uint8_t *s, size_t n)
-{
-	return n == 6 && s[0] == '<' && s[1] == '0' && s[2] == 'x' && hexval(s[3]) >= 0 &&
-	       hexval(s[4]) >= 0 && s[5] == '>';
-}
-
 void llama2c_vocab_destroy(struct llama2c_vocab **vp)
 {
 	if (!vp || !*vp)
@@ -392,7 +375,7 @@ int llama2c_vocab_load_mem(const void *buf, size_t size, uint32_t n_vocab,
 			memcpy(t, special[i], n);
 			t += n;
 			v->types[i] = special_type[i];
-		} else if (is_byte_token(s, len)) {
+		} else if (tokenizer_byte_of_text((const char *)s, len) >= 0) {
 			memcpy(t, s, len);
 			t += len;
 			v->types[i] = TOKENIZER_TYPE_BYTE;

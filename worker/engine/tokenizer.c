@@ -97,8 +97,7 @@ static int hex_val(char c)
 	return -1;
 }
 
-/* The byte b of a "<0xXX>" text, or -1 when the text has another form. */
-static int byte_of_text(const char *s, size_t n)
+int tokenizer_byte_of_text(const char *s, size_t n)
 {
 	if (n != 6 || memcmp(s, "<0x", 3) != 0 || s[5] != '>')
 		return -1;
@@ -145,7 +144,7 @@ int tokenizer_new_from_vocab(const struct tokenizer_vocab *v, tokenizer_t **out,
 			return itt_err_set(err, ITT_E_FORMAT,
 			                   "tokenizer: token_type[%u] = %d is not a known type", i,
 			                   type);
-		if (type == TOKENIZER_TYPE_BYTE && byte_of_text(s->ptr, (size_t)s->len) < 0)
+		if (type == TOKENIZER_TYPE_BYTE && tokenizer_byte_of_text(s->ptr, (size_t)s->len) < 0)
 			return itt_err_set(err, ITT_E_FORMAT,
 			                   "tokenizer: tokens[%u] has type BYTE but is not <0xXX>",
 			                   i);
@@ -194,7 +193,7 @@ int tokenizer_new_from_vocab(const struct tokenizer_vocab *v, tokenizer_t **out,
 		t->scores[i] = v->scores ? v->scores[i] : 0.0f;
 		t->types[i] = (uint8_t)(v->types ? v->types[i] : TOKENIZER_TYPE_NORMAL);
 		if (t->types[i] == TOKENIZER_TYPE_BYTE) {
-			int b = byte_of_text(t->blob + t->off[i], n);
+			int b = tokenizer_byte_of_text(t->blob + t->off[i], n);
 			t->byte_fallback = true;
 			if (t->byte_id[b] < 0)
 				t->byte_id[b] = (int32_t)i;
@@ -673,7 +672,7 @@ int tokenizer_decode_piece(const tokenizer_t *t, int32_t prev, int32_t id, char 
 	case TOKENIZER_TYPE_BYTE:
 		if (cap == 0)
 			return 0;
-		buf[0] = (char)byte_of_text(s, n);
+		buf[0] = (char)tokenizer_byte_of_text(s, n);
 		return 1;
 	default: break;
 	}

@@ -73,4 +73,8 @@ int tokenizer_decode_piece(const tokenizer_t *t, int32_t prev, int32_t id, char 
 const char *tokenizer_token_text(const tokenizer_t *t, int32_t id, size_t *len);
 int tokenizer_token_type(const tokenizer_t *t, int32_t id);
 
+/* The byte b of a byte token's text "<0xXX>" (hex digits of either case),
+ * or -1 when the text has another form. */
+int tokenizer_byte_of_text(const char *s, size_t n);
+
 #endif

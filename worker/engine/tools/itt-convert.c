@@ -11,22 +11,29 @@
 
 #include "gguf-write.h"
 #include "llama2c.h"
+#include "opts.h"
 
-static void usage(FILE *f)
-{
-	fprintf(f, "usage: itt-convert CHECKPOINT.bin TOKENIZER.bin OUT.gguf [--name NAME] "
-	           "[--fsync]\n"
-	           "\n"
-	           "Converts a llama2.c checkpoint (legacy export, version 0) and its\n"
-	           "tokenizer file into a llama GGUF with F32 tensors.\n"
-	           "\n"
-	           "  --name NAME  general.name (default: the checkpoint's file name without\n"
-	           "               directory and extension)\n"
-	           "  --fsync      flush the file to disk before returning\n"
-	           "  -h, --help   this text\n"
-	           "\n"
-	           "Exit status: 0 done, 1 bad input or failure, 2 usage error.\n");
-}
+struct convert_args {
+	const char *name;
+	bool sync;
+};
+
+static const struct opt convert_opts[] = {
+    {"name", 0, OPT_STR, NULL, 1, 255, offsetof(struct convert_args, name), "NAME",
+     "general.name (default: the checkpoint file name, no folder or extension)"},
+    {"fsync", 0, OPT_FLAG, NULL, 0, 0, offsetof(struct convert_args, sync), NULL,
+     "flush the file to disk before returning"},
+};
+
+static const struct opt_spec convert_spec = {
+    .prog = "itt-convert",
+    .usage = "CHECKPOINT.bin TOKENIZER.bin OUT.gguf [--name NAME] [--fsync]",
+    .about = "\nConverts a llama2.c checkpoint (legacy export, version 0) and its\n"
+             "tokenizer file into a llama GGUF with F32 tensors.",
+    .opts = convert_opts,
+    .n_opts = OPTS_N(convert_opts),
+    .epilog = "Exit status: 0 done, 1 bad input or failure, 2 usage error.",
+};
 
 /* The checkpoint's base name without its extension, in buf. */
 static const char *default_name(const char *path, char *buf, size_t cap)
@@ -42,37 +49,18 @@ static const char *default_name(const char *path, char *buf, size_t cap)
 
 int main(int argc, char **argv)
 {
-	const char *pos[3];
+	struct convert_args ca = {0};
 	int n_pos = 0;
-	const char *name = NULL;
-	bool sync = false;
-	for (int i = 1; i < argc; i++) {
-		if (strcmp(argv[i], "-h") == 0 || strcmp(argv[i], "--help") == 0) {
-			usage(stdout);
-			return 0;
-		} else if (strcmp(argv[i], "--name") == 0) {
-			if (i + 1 >= argc || !*argv[i + 1]) {
-				fprintf(stderr, "itt-convert: --name needs a non-empty value\n");
-				return 2;
-			}
-			name = argv[++i];
-		} else if (strcmp(argv[i], "--fsync") == 0) {
-			sync = true;
-		} else if (argv[i][0] == '-' && argv[i][1]) {
-			fprintf(stderr, "itt-convert: unknown option %s (try --help)\n", argv[i]);
-			return 2;
-		} else if (n_pos < 3) {
-			pos[n_pos++] = argv[i];
-		} else {
-			fprintf(stderr, "itt-convert: unexpected argument %s (try --help)\n",
-			        argv[i]);
-			return 2;
-		}
-	}
+	int prc = opts_parse(&convert_spec, argc, argv, &ca, &n_pos);
+	if (prc != OPTS_OK)
+		return prc == OPTS_HELP ? 0 : 2;
 	if (n_pos != 3) {
-		usage(stderr);
+		opts_usage(&convert_spec, stderr);
 		return 2;
 	}
+	const char *pos[3] = {argv[1], argv[2], argv[3]};
+	const char *name = ca.name;
+	bool sync = ca.sync;
 	char name_buf[256];
 	if (!name)
 		name = default_name(pos[0], name_buf, sizeof name_buf);

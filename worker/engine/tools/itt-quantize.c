@@ -15,6 +15,7 @@
 #include <strings.h>
 
 #include "gguf-write.h"
+#include "opts.h"
 #include "gguf.h"
 #include "quant.h"
 
@@ -54,20 +55,26 @@ static int fill_rows(void *ctx, const void **chunk, size_t *len, struct itt_err 
 	return 0;
 }
 
-static void usage(FILE *f)
-{
-	fprintf(f, "usage: itt-quantize IN.gguf OUT.gguf TYPE [--fsync]\n"
-	           "\n"
-	           "TYPE is f16, q8_0 or q4_0.  Every 2-D F32 tensor whose row length is a\n"
-	           "multiple of 32 (any row length for f16) becomes TYPE; 1-D tensors (norms)\n"
-	           "and everything else are copied unchanged.  Metadata is copied and\n"
-	           "general.file_type is set (f16 1, q4_0 2, q8_0 7).\n"
-	           "\n"
-	           "  --fsync     flush the file to disk before returning\n"
-	           "  -h, --help  this text\n"
-	           "\n"
-	           "Exit status: 0 done, 1 bad input or failure, 2 usage error.\n");
-}
+struct quantize_args {
+	bool sync;
+};
+
+static const struct opt quantize_opts[] = {
+    {"fsync", 0, OPT_FLAG, NULL, 0, 0, offsetof(struct quantize_args, sync), NULL,
+     "flush the file to disk before returning"},
+};
+
+static const struct opt_spec quantize_spec = {
+    .prog = "itt-quantize",
+    .usage = "IN.gguf OUT.gguf TYPE [--fsync]",
+    .about = "\nTYPE is f16, q8_0 or q4_0.  Every 2-D F32 tensor whose row length is a\n"
+             "multiple of 32 (any row length for f16) becomes TYPE; 1-D tensors (norms)\n"
+             "and everything else are copied unchanged.  Metadata is copied and\n"
+             "general.file_type is set (f16 1, q4_0 2, q8_0 7).",
+    .opts = quantize_opts,
+    .n_opts = OPTS_N(quantize_opts),
+    .epilog = "Exit status: 0 done, 1 bad input or failure, 2 usage error.",
+};
 
 static int parse_type(const char *s, uint32_t *type, uint32_t *ftype)
 {
@@ -220,30 +227,17 @@ out:
 
 int main(int argc, char **argv)
 {
-	const char *pos[3];
+	struct quantize_args qa;
 	int n_pos = 0;
-	bool sync = false;
-	for (int i = 1; i < argc; i++) {
-		if (strcmp(argv[i], "-h") == 0 || strcmp(argv[i], "--help") == 0) {
-			usage(stdout);
-			return 0;
-		} else if (strcmp(argv[i], "--fsync") == 0) {
-			sync = true;
-		} else if (argv[i][0] == '-' && argv[i][1]) {
-			fprintf(stderr, "itt-quantize: unknown option %s (try --help)\n", argv[i]);
-			return 2;
-		} else if (n_pos < 3) {
-			pos[n_pos++] = argv[i];
-		} else {
-			fprintf(stderr, "itt-quantize: unexpected argument %s (try --help)\n",
-			        argv[i]);
-			return 2;
-		}
-	}
+	int prc = opts_parse(&quantize_spec, argc, argv, &qa, &n_pos);
+	if (prc != OPTS_OK)
+		return prc == OPTS_HELP ? 0 : 2;
 	if (n_pos != 3) {
-		usage(stderr);
+		opts_usage(&quantize_spec, stderr);
 		return 2;
 	}
+	const char *pos[3] = {argv[1], argv[2], argv[3]};
+	bool sync = qa.sync;
 	uint32_t type, ftype;
 	if (parse_type(pos[2], &type, &ftype) != 0) {
 		fprintf(stderr, "itt-quantize: TYPE %s is not one of f16, q8_0, q4_0\n", pos[2]);

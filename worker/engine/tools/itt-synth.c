@@ -22,6 +22,7 @@
 
 #include "gguf-write.h"
 #include "llama2c.h"
+#include "opts.h"
 #include "tokenizer.h"
 
 #define SYNTH_MIN_VOCAB  259          /* specials + 256 byte tokens */
@@ -231,144 +232,84 @@ static void free_vocab(struct vocab_build *b)
 
 /* ---- arguments ---- */
 
-static void usage(FILE *f)
+static int synth_parse_seed(void *out, const char *v, char *reason, size_t cap)
 {
-	fprintf(f,
-	        "usage: itt-synth OUT.gguf [options]\n"
-	        "\n"
-	        "Writes a llama GGUF with deterministic random F32 weights and a valid\n"
-	        "SentencePiece-style tokenizer.\n"
-	        "\n"
-	        "  --dim N       embedding width (768)\n"
-	        "  --layers N    blocks (12)\n"
-	        "  --heads N     query heads (12); dim must be a multiple, head_dim even\n"
-	        "  --kv-heads N  key/value heads (12); must divide heads\n"
-	        "  --ffn N       FFN width (2048)\n"
-	        "  --vocab N     tokens (32000), at least %d\n"
-	        "  --ctx N       llama.context_length (2048)\n"
-	        "  --seed N      random seed (1)\n"
-	        "  --tied        no output.weight: the head is the token embedding\n"
-	        "  --name NAME   general.name (itt-synth)\n"
-	        "  -h, --help    this text\n"
-	        "\n"
-	        "Exit status: 0 done, 1 failure, 2 usage error.\n",
-	        SYNTH_MIN_VOCAB);
-}
-
-static int parse_long(const char *flag, const char *s, long *out)
-{
-	if (!s) {
-		fprintf(stderr, "itt-synth: %s needs a value\n", flag);
-		return -1;
-	}
+	struct synth_args *a = out;
 	char *end;
 	errno = 0;
-	long v = strtol(s, &end, 10);
-	if (errno || end == s || *end) {
-		fprintf(stderr, "itt-synth: %s: \"%s\" is not an integer\n", flag, s);
-		return -1;
-	}
-	*out = v;
-	return 0;
-}
-
-static int check_bound(const char *flag, long v, long lo, long hi)
-{
-	if (v < lo || v > hi) {
-		fprintf(stderr, "itt-synth: %s %ld is out of range [%ld, %ld]\n", flag, v, lo, hi);
+	if (*v == '-' || (a->seed = strtoull(v, &end, 10), errno) || end == v || *end) {
+		snprintf(reason, cap, "expected an unsigned integer");
 		return -1;
 	}
 	return 0;
 }
 
+#define SYNTH_AT(f) offsetof(struct synth_args, f)
+
+/* Bounds that depend on other flags (heads <= dim, kv_heads <= heads) are
+ * checked after parsing. */
+static const struct opt synth_opts[] = {
+    {"dim", 0, OPT_LONG, "768", 1, LLAMA2C_MAX_DIM, SYNTH_AT(dim), NULL, "embedding width"},
+    {"layers", 0, OPT_LONG, "12", 1, LLAMA2C_MAX_LAYERS, SYNTH_AT(layers), NULL, "blocks"},
+    {"heads", 0, OPT_LONG, "12", 1, LLAMA2C_MAX_DIM, SYNTH_AT(heads), NULL,
+     "query heads; dim must be a multiple, head_dim even"},
+    {"kv-heads", 0, OPT_LONG, "12", 1, LLAMA2C_MAX_DIM, SYNTH_AT(kv_heads), NULL,
+     "key/value heads; must divide heads"},
+    {"ffn", 0, OPT_LONG, "2048", 1, LLAMA2C_MAX_HIDDEN, SYNTH_AT(ffn), NULL, "FFN width"},
+    {"vocab", 0, OPT_LONG, "32000", SYNTH_MIN_VOCAB, LLAMA2C_MAX_VOCAB, SYNTH_AT(vocab), NULL,
+     "tokens"},
+    {"ctx", 0, OPT_LONG, "2048", 1, LLAMA2C_MAX_SEQ, SYNTH_AT(ctx), NULL,
+     "llama.context_length"},
+    {"seed", 0, OPT_FN, "1", 0, 0, 0, NULL, "random seed", synth_parse_seed},
+    {"tied", 0, OPT_FLAG, NULL, 0, 0, SYNTH_AT(tied), NULL,
+     "no output.weight: the head is the token embedding"},
+    {"name", 0, OPT_STR, "itt-synth", 1, 255, SYNTH_AT(name), "NAME", "general.name"},
+};
+
+static const struct opt_spec synth_spec = {
+    .prog = "itt-synth",
+    .usage = "OUT.gguf [options]",
+    .about = "\nWrites a llama GGUF with deterministic random F32 weights and a valid\n"
+             "SentencePiece-style tokenizer.",
+    .opts = synth_opts,
+    .n_opts = OPTS_N(synth_opts),
+    .epilog = "Exit status: 0 done, 1 failure, 2 usage error.",
+};
+
+/* OPTS_OK, OPTS_HELP or OPTS_ERROR (a line on stderr). */
 static int parse_args(int argc, char **argv, struct synth_args *a)
 {
-	*a = (struct synth_args){.dim = 768,
-	                         .layers = 12,
-	                         .heads = 12,
-	                         .kv_heads = 12,
-	                         .ffn = 2048,
-	                         .vocab = 32000,
-	                         .ctx = 2048,
-	                         .seed = 1,
-	                         .name = "itt-synth"};
-	for (int i = 1; i < argc; i++) {
-		const char *f = argv[i];
-		const char *val = i + 1 < argc ? argv[i + 1] : NULL;
-		struct {
-			const char *flag;
-			long *dst;
-		} num[] = {{"--dim", &a->dim},     {"--layers", &a->layers},
-		           {"--heads", &a->heads}, {"--kv-heads", &a->kv_heads},
-		           {"--ffn", &a->ffn},     {"--vocab", &a->vocab},
-		           {"--ctx", &a->ctx}};
-		bool done = false;
-		for (size_t k = 0; k < sizeof num / sizeof num[0] && !done; k++) {
-			if (strcmp(f, num[k].flag) == 0) {
-				if (parse_long(f, val, num[k].dst))
-					return -1;
-				i++;
-				done = true;
-			}
-		}
-		if (done)
-			continue;
-		if (strcmp(f, "--seed") == 0) {
-			char *end;
-			errno = 0;
-			if (!val || *val == '-' || (a->seed = strtoull(val, &end, 10), errno) ||
-			    end == val || *end) {
-				fprintf(stderr, "itt-synth: --seed needs an unsigned integer\n");
-				return -1;
-			}
-			i++;
-		} else if (strcmp(f, "--name") == 0) {
-			if (!val || !*val) {
-				fprintf(stderr, "itt-synth: --name needs a non-empty value\n");
-				return -1;
-			}
-			a->name = val;
-			i++;
-		} else if (strcmp(f, "--tied") == 0) {
-			a->tied = true;
-		} else if (f[0] == '-' && f[1]) {
-			fprintf(stderr, "itt-synth: unknown option %s (try --help)\n", f);
-			return -1;
-		} else if (!a->out) {
-			a->out = f;
-		} else {
-			fprintf(stderr, "itt-synth: unexpected argument %s (try --help)\n", f);
-			return -1;
-		}
+	int n_pos = 0;
+	*a = (struct synth_args){0};
+	int rc = opts_parse(&synth_spec, argc, argv, a, &n_pos);
+	if (rc != OPTS_OK)
+		return rc;
+	if (n_pos != 1) {
+		fprintf(stderr, "itt-synth: %s (try --help)\n",
+		        n_pos ? "one OUT.gguf expected" : "OUT.gguf is missing");
+		return OPTS_ERROR;
 	}
-	if (!a->out) {
-		fprintf(stderr, "itt-synth: OUT.gguf is missing (try --help)\n");
-		return -1;
+	a->out = argv[1];
+	if (a->heads > a->dim || a->kv_heads > a->heads) {
+		fprintf(stderr, "itt-synth: --heads must be <= --dim and --kv-heads <= --heads\n");
+		return OPTS_ERROR;
 	}
-	if (check_bound("--dim", a->dim, 1, LLAMA2C_MAX_DIM) ||
-	    check_bound("--layers", a->layers, 1, LLAMA2C_MAX_LAYERS) ||
-	    check_bound("--heads", a->heads, 1, a->dim) ||
-	    check_bound("--kv-heads", a->kv_heads, 1, a->heads) ||
-	    check_bound("--ffn", a->ffn, 1, LLAMA2C_MAX_HIDDEN) ||
-	    check_bound("--vocab", a->vocab, SYNTH_MIN_VOCAB, LLAMA2C_MAX_VOCAB) ||
-	    check_bound("--ctx", a->ctx, 1, LLAMA2C_MAX_SEQ))
-		return -1;
 	if (a->dim % a->heads != 0) {
 		fprintf(stderr, "itt-synth: --dim %ld is not a multiple of --heads %ld\n", a->dim,
 		        a->heads);
-		return -1;
+		return OPTS_ERROR;
 	}
 	if (a->heads % a->kv_heads != 0) {
 		fprintf(stderr, "itt-synth: --heads %ld is not a multiple of --kv-heads %ld\n",
 		        a->heads, a->kv_heads);
-		return -1;
+		return OPTS_ERROR;
 	}
 	if ((a->dim / a->heads) % 2 != 0) {
 		fprintf(stderr, "itt-synth: head_dim %ld (--dim / --heads) must be even\n",
 		        a->dim / a->heads);
-		return -1;
+		return OPTS_ERROR;
 	}
-	return 0;
+	return OPTS_OK;
 }
 
 /* ---- the model ---- */
@@ -485,15 +426,10 @@ out:
 
 int main(int argc, char **argv)
 {
-	for (int i = 1; i < argc; i++) {
-		if (strcmp(argv[i], "-h") == 0 || strcmp(argv[i], "--help") == 0) {
-			usage(stdout);
-			return 0;
-		}
-	}
 	struct synth_args a;
-	if (parse_args(argc, argv, &a) != 0)
-		return 2;
+	int prc = parse_args(argc, argv, &a);
+	if (prc != OPTS_OK)
+		return prc == OPTS_HELP ? 0 : 2;
 	struct itt_err err = {0};
 	int rc = synth(&a, &err);
 	if (rc) {
