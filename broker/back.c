@@ -109,6 +109,13 @@ void back_lose_worker(struct broker *b, struct worker *w, const char *why)
 		req_requeue(b, LINK_ENTRY(w->sessions.next, struct stage, link)->r, w, true, why);
 	if (!w->reregister)
 		control_worker_down(b, w, why);
+	worker_destroy(w);
+}
+
+void worker_destroy(struct worker *w)
+{
+	if (!w)
+		return;
 	if (w->hello)
 		itt__worker_hello__free_unpacked(w->hello, NULL);
 	if (w->telemetry)
@@ -118,51 +125,55 @@ void back_lose_worker(struct broker *b, struct worker *w, const char *why)
 	free(w);
 }
 
-static int back_check_str(const char *s, const char *field, size_t lo, size_t hi, char *why,
-                          size_t cap)
+void model_destroy(struct model *m)
+{
+	if (!m)
+		return;
+	heap_free(&m->queue);
+	route_clear(m);
+	free(m->name);
+	free(m);
+}
+
+static int back_check_str(const char *s, const char *field, size_t lo, size_t hi,
+                          struct itt_err *err)
 {
 	size_t n = s ? strlen(s) : 0;
-	if (n < lo || n > hi) {
-		snprintf(why, cap, "%s has %zu bytes; it must have %zu..%zu", field, n, lo, hi);
-		return -1;
-	}
+	if (n < lo || n > hi)
+		return itt_err_set(err, ITT__CODE__INVALID_ARGUMENT,
+		                   "%s has %zu bytes; it must have %zu..%zu", field, n, lo, hi);
 	return 0;
 }
 
-static int back_check_hello(const struct broker *b, Itt__WorkerHello *h, char *why, size_t cap)
+/* 0, or INVALID_ARGUMENT with the reason in *err. */
+static int back_check_hello(const struct broker *b, Itt__WorkerHello *h, struct itt_err *err)
 {
+	const int bad = ITT__CODE__INVALID_ARGUMENT;
 	size_t nl = b->lim.max_name_len;
-	if (back_check_str(h->worker_id, "worker_id", 1, nl, why, cap) < 0 ||
-	    back_check_str(h->host, "host", 0, nl, why, cap) < 0 ||
-	    back_check_str(h->model, "model", 1, nl, why, cap) < 0)
-		return -1;
-	if (h->vocab < 1 || h->vocab > BACK_MAX_VOCAB) {
-		snprintf(why, cap, "vocab %u out of range [1, %u]", h->vocab, BACK_MAX_VOCAB);
-		return -1;
-	}
-	if (h->ctx_len < 2 || h->ctx_len > BACK_MAX_CTX) {
-		snprintf(why, cap, "ctx_len %u out of range [2, %u]", h->ctx_len, BACK_MAX_CTX);
-		return -1;
-	}
+	if (back_check_str(h->worker_id, "worker_id", 1, nl, err) ||
+	    back_check_str(h->host, "host", 0, nl, err) ||
+	    back_check_str(h->model, "model", 1, nl, err))
+		return bad;
+	if (h->vocab < 1 || h->vocab > BACK_MAX_VOCAB)
+		return itt_err_set(err, bad, "vocab %u out of range [1, %u]", h->vocab,
+		                   BACK_MAX_VOCAB);
+	if (h->ctx_len < 2 || h->ctx_len > BACK_MAX_CTX)
+		return itt_err_set(err, bad, "ctx_len %u out of range [2, %u]", h->ctx_len,
+		                   BACK_MAX_CTX);
 	if (!h->has_eos_token)
 		h->eos_token = -1; /* absent: the model has none */
-	if (h->eos_token < -1 || (h->eos_token >= 0 && (uint32_t)h->eos_token >= h->vocab)) {
-		snprintf(why, cap, "eos_token %d is neither -1 nor a token id", h->eos_token);
-		return -1;
-	}
-	if (h->max_sessions < 1) {
-		snprintf(why, cap, "max_sessions must be at least 1");
-		return -1;
-	}
-	if (h->n_layers < 1 || h->layer_first >= h->layer_last || h->layer_last > h->n_layers) {
-		snprintf(why, cap, "layers [%u, %u) of %u: not a non-empty range of the model",
-		         h->layer_first, h->layer_last, h->n_layers);
-		return -1;
-	}
-	if (h->dim < 1 || h->dim > BROKER_MAX_DIM) {
-		snprintf(why, cap, "dim %u out of range [1, %u]", h->dim, BROKER_MAX_DIM);
-		return -1;
-	}
+	if (h->eos_token < -1 || (h->eos_token >= 0 && (uint32_t)h->eos_token >= h->vocab))
+		return itt_err_set(err, bad, "eos_token %d is neither -1 nor a token id",
+		                   h->eos_token);
+	if (h->max_sessions < 1)
+		return itt_err_set(err, bad, "max_sessions must be at least 1");
+	if (h->n_layers < 1 || h->layer_first >= h->layer_last || h->layer_last > h->n_layers)
+		return itt_err_set(err, bad,
+		                   "layers [%u, %u) of %u: not a non-empty range of the model",
+		                   h->layer_first, h->layer_last, h->n_layers);
+	if (h->dim < 1 || h->dim > BROKER_MAX_DIM)
+		return itt_err_set(err, bad, "dim %u out of range [1, %u]", h->dim,
+		                   BROKER_MAX_DIM);
 	return 0;
 }
 
@@ -172,23 +183,22 @@ static struct model *back_model(struct broker *b, const char *name)
 	if (m)
 		return m;
 	m = calloc(1, sizeof *m);
-	if (!m || !(m->name = strdup(name))) {
-		free(m);
-		return NULL;
-	}
+	if (!m || !(m->name = strdup(name)))
+		goto fail;
 	link_init(&m->workers);
 	heap_init(&m->queue, req_queue_less, offsetof(struct request, queue_idx));
-	if (map_put(&b->models, m->name, strlen(m->name), m) < 0) {
-		free(m->name);
-		free(m);
-		return NULL;
-	}
+	if (map_put(&b->models, m->name, strlen(m->name), m) < 0)
+		goto fail;
 	return m;
+fail:
+	model_destroy(m);
+	return NULL;
 }
 
 static void back_hello(struct broker *b, const struct wire_msg *msg, struct worker *old)
 {
 	char why[320], peer[32];
+	struct itt_err err;
 	broker_peer_name(msg->identity, msg->identity_len, peer, sizeof peer);
 	Itt__WorkerHello *h = itt__worker_hello__unpack(NULL, msg->body_len, msg->body);
 	if (!h) {
@@ -197,10 +207,9 @@ static void back_hello(struct broker *b, const struct wire_msg *msg, struct work
 		                "malformed WorkerHello body");
 		return;
 	}
-	if (back_check_hello(b, h, why, sizeof why) < 0) {
-		LOG_WARN("back end: peer %s: HELLO refused: %s", peer, why);
-		back_send_error(b, msg->identity, msg->identity_len, 0, ITT__CODE__INVALID_ARGUMENT,
-		                why);
+	if (back_check_hello(b, h, &err)) {
+		LOG_WARN("back end: peer %s: HELLO refused: %s", peer, err.msg);
+		back_send_error(b, msg->identity, msg->identity_len, 0, err.code, err.msg);
 		goto out;
 	}
 	/* A HELLO from a known identity or a known worker_id is a worker that
@@ -218,11 +227,8 @@ static void back_hello(struct broker *b, const struct wire_msg *msg, struct work
 		}
 	}
 	struct model *m = back_model(b, h->model);
-	if (!m) {
-		back_send_error(b, msg->identity, msg->identity_len, 0, ITT__CODE__INTERNAL,
-		                "out of memory");
-		goto out;
-	}
+	if (!m)
+		goto oom;
 	if (m->n_workers && (m->vocab != h->vocab || m->ctx_len != h->ctx_len ||
 	                     m->eos != h->eos_token || m->n_layers != h->n_layers ||
 	                     m->dim != h->dim || (h->n_heads && m->n_heads != h->n_heads))) {
@@ -237,24 +243,12 @@ static void back_hello(struct broker *b, const struct wire_msg *msg, struct work
 		goto out;
 	}
 	struct worker *w = calloc(1, sizeof *w);
-	if (!w || !(w->id = strdup(h->worker_id)) || !(w->host = strdup(h->host ? h->host : ""))) {
-		if (w)
-			free(w->id);
-		free(w);
-		back_send_error(b, msg->identity, msg->identity_len, 0, ITT__CODE__INTERNAL,
-		                "out of memory");
-		goto out;
-	}
+	if (!w || !(w->id = strdup(h->worker_id)) || !(w->host = strdup(h->host ? h->host : "")))
+		goto oom_worker;
 	memcpy(w->ident, msg->identity, msg->identity_len);
 	w->ident_len = msg->identity_len;
-	if (map_put(&b->workers, w->ident, w->ident_len, w) < 0) {
-		free(w->id);
-		free(w->host);
-		free(w);
-		back_send_error(b, msg->identity, msg->identity_len, 0, ITT__CODE__INTERNAL,
-		                "out of memory");
-		goto out;
-	}
+	if (map_put(&b->workers, w->ident, w->ident_len, w) < 0)
+		goto oom_worker;
 	w->serial = ++b->next_worker_serial;
 	w->pid = h->pid;
 	w->layer_first = h->layer_first;
@@ -310,9 +304,24 @@ static void back_hello(struct broker *b, const struct wire_msg *msg, struct work
 	         w->n_layers, m->vocab, m->ctx_len, m->eos, w->max_sessions, w->threads);
 	control_worker_up(b, w);
 	req_dispatch(b, m);
+	return;
+oom_worker:
+	worker_destroy(w);
+oom:
+	back_send_error(b, msg->identity, msg->identity_len, 0, ITT__CODE__INTERNAL, "out of memory");
 out:
 	if (h)
 		itt__worker_hello__free_unpacked(h, NULL);
+}
+
+/* A body that does not decode: logged and answered. */
+static void back_malformed(struct broker *b, const struct wire_msg *m, const struct worker *w,
+                           const char *type)
+{
+	char why[64];
+	snprintf(why, sizeof why, "malformed %s body", type);
+	LOG_WARN("back end: worker %s: %s", w->id, why);
+	back_send_error(b, m->identity, m->identity_len, 0, ITT__CODE__INVALID_ARGUMENT, why);
 }
 
 static void back_unknown(struct broker *b, const struct wire_msg *m)
@@ -354,45 +363,31 @@ int back_handle(struct broker *b)
 		w->last_recv_ms = b->now_ms;
 		link_push_back(&b->workers_seen, &w->seen_link);
 	}
+	if (!w && (m.cmd == WIRE_HEARTBEAT || m.cmd == WIRE_RESULT || m.cmd == WIRE_TELEMETRY)) {
+		back_unknown(b, &m);
+		goto out;
+	}
 	switch (m.cmd) {
 	case WIRE_HELLO: back_hello(b, &m, w); break;
 	case WIRE_HEARTBEAT: {
-		if (!w) {
-			back_unknown(b, &m);
-			break;
-		}
 		Itt__Heartbeat *h = itt__heartbeat__unpack(NULL, m.body_len, m.body);
-		if (!h) {
-			LOG_WARN("back end: worker %s: malformed Heartbeat body", w->id);
-			back_send_error(b, m.identity, m.identity_len, 0,
-			                ITT__CODE__INVALID_ARGUMENT, "malformed Heartbeat body");
-			break;
-		}
-		itt__heartbeat__free_unpacked(h, NULL);
+		if (!h)
+			back_malformed(b, &m, w, "Heartbeat");
+		else
+			itt__heartbeat__free_unpacked(h, NULL);
 		break;
 	}
 	case WIRE_RESULT: {
-		if (!w) {
-			back_unknown(b, &m);
-			break;
-		}
 		Itt__StepResult *res = itt__step_result__unpack(NULL, m.body_len, m.body);
 		if (!res) {
-			LOG_WARN("back end: worker %s: malformed StepResult body", w->id);
-			back_send_error(b, m.identity, m.identity_len, 0,
-			                ITT__CODE__INVALID_ARGUMENT, "malformed StepResult body");
+			back_malformed(b, &m, w, "StepResult");
 			break;
 		}
 		req_on_result_msg(b, w, res, m.tensor, m.tensor_len);
 		itt__step_result__free_unpacked(res, NULL);
 		break;
 	}
-	case WIRE_TELEMETRY:
-		if (!w)
-			back_unknown(b, &m);
-		else
-			control_telemetry(b, w, &m);
-		break;
+	case WIRE_TELEMETRY: control_telemetry(b, w, &m); break;
 	case WIRE_PLACE:
 	case WIRE_ROUTES:
 	case WIRE_SET:
@@ -429,6 +424,7 @@ int back_handle(struct broker *b)
 	}
 out:
 	wire_msg_close(&m);
+	BROKER_CHECK(b);
 	return 1;
 }
 

@@ -14,7 +14,9 @@
  *   route.c    routes: published by the coordinator, or formed from the
  *              workers' layer ranges; the least loaded is picked;
  *   control.c  telemetry, settings and pins, decisions, the coordinator;
- *   main.c     sockets, loop, tick, signals.
+ *   broker.c   the state: set-up, sockets, teardown, clock, reaping, and
+ *              broker_check (the invariants below, with ITT_CHECKS);
+ *   main.c     loop, tick, signals (the only file not in itt_broker_core).
  *
  * Ownership: the broker owns models, workers, clients and requests.  A
  * request is in `requests` from SUBMIT until it has been ended for
@@ -26,7 +28,12 @@
  * Failure rule: a send that fails (EHOSTUNREACH: peer gone; EAGAIN: its
  * queue is full) marks the peer for reaping and never recurses; reaping runs
  * after the message being handled (broker_reap), so handlers never see a
- * peer vanish under them. */
+ * peer vanish under them.
+ *
+ * Checks: built with ITT_CHECKS (Debug, sanitizer builds, the unit tests),
+ * broker_check() walks every structure after each handled message and tick
+ * and aborts on a broken invariant.  Only internal invariants are asserted:
+ * input from the network is checked, logged and refused, never asserted. */
 #ifndef ITT_BROKER_H
 #define ITT_BROKER_H
 
@@ -35,11 +42,22 @@
 #include <stdint.h>
 #include <stdio.h>
 
+#include "err.h"
 #include "heap.h"
 #include "list.h"
 #include "map.h"
 #include "validate.h"
 #include "wire.h"
+
+/* BROKER_ASSERT: an internal invariant (never a property of input). */
+#if ITT_CHECKS
+#define BROKER_ASSERT(cond) \
+	((cond) ? (void)0 : broker_assert_fail(#cond, __FILE__, __LINE__, __func__))
+#define BROKER_CHECK(b) broker_check(b)
+#else
+#define BROKER_ASSERT(cond) ((void)0)
+#define BROKER_CHECK(b)     ((void)0)
+#endif
 
 #define BROKER_TICK_MS       10
 #define BROKER_MAX_PIECE     1024 /* bytes of text one RESULT may carry */
@@ -253,15 +271,26 @@ struct pin {
 	unsigned mask; /* enum knob bits */
 };
 
-/* main.c */
+/* broker.c */
+/* Empty indices and lists, the clock and the seed source; no sockets. */
+void broker_init(struct broker *b);
+/* The ZeroMQ context and the two ROUTER sockets of b->cfg; 0 or -1 (logged). */
+int broker_bind(struct broker *b);
+/* Closes the sockets and frees every object, then every index. */
+void broker_free(struct broker *b);
 void broker_clock(struct broker *b);
 void broker_reap(struct broker *b);
 const char *broker_peer_name(const uint8_t *ident, size_t len, char *buf, size_t cap);
+/* Asserts every invariant of this header and of the containers (aborts on
+ * the first broken one, naming it); the unit tests call it directly. */
+void broker_check(const struct broker *b);
+void broker_assert_fail(const char *what, const char *file, int line, const char *func)
+	__attribute__((noreturn));
 
 /* heads.c: expands GenerateRequest.guidance.head_set into heads from
- * --head-sets DIR (NAME.heads: one "L:H" per line, '#' comments); 0 or
- * INVALID_ARGUMENT with a reason. */
-int heads_expand(const struct broker *b, Itt__Guidance *g, char *reason, size_t cap);
+ * --head-sets DIR (NAME.heads: one "L:H" per line, '#' comments); 0, or
+ * INVALID_ARGUMENT or INTERNAL (out of memory) with the reason in *err. */
+int heads_expand(const struct broker *b, Itt__Guidance *g, struct itt_err *err);
 
 /* front.c */
 bool front_authorized(const struct broker *b, const char *key);
@@ -284,6 +313,10 @@ int back_send_tensor(struct broker *b, struct worker *w, int cmd, const Protobuf
                      const void *tensor, size_t len);
 struct worker *back_find_id(struct broker *b, const char *id);
 void back_lose_worker(struct broker *b, struct worker *w, const char *why);
+/* Frees a worker or a model and what it owns; it must be on no structure
+ * any more (or the whole broker is going). */
+void worker_destroy(struct worker *w);
+void model_destroy(struct model *m);
 void back_tick(struct broker *b);
 
 /* route.c: which workers run a session.  Fills stages[0..n) with a usable
@@ -335,6 +368,10 @@ void req_on_result_msg(struct broker *b, struct worker *w, const Itt__StepResult
                        const void *tensor, size_t tensor_len);
 void req_resend(struct broker *b, struct request *r, const uint8_t *ident, size_t len);
 void req_tick(struct broker *b);
+/* Forgets an ended request (its idempotency entry) and frees it. */
 void req_free(struct broker *b, struct request *r);
+/* Frees a request and what it owns; it must be on no structure any more
+ * (or the whole broker is going). */
+void req_destroy(struct request *r);
 
 #endif

@@ -19,19 +19,12 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
+#include "clock.h"
 #include "log.h"
 
 #define CONTROL_MAX_THREADS 64
 #define CONTROL_MAX_SLOW_MS 10000
-
-static uint64_t control_unix_ms(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_REALTIME, &ts);
-	return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
-}
 
 /* ---- decisions and pins ------------------------------------------------- */
 
@@ -49,7 +42,7 @@ void control_decide(struct broker *b, const char *target, const char *knob, cons
 		d = &b->decisions[b->dec_head];
 		b->dec_head = (b->dec_head + 1) % BROKER_DECISIONS;
 	}
-	d->time_ms = control_unix_ms();
+	d->time_ms = clock_wall_ms(); /* a time of day, shown to people */
 	snprintf(d->target, sizeof d->target, "%s", target);
 	snprintf(d->knob, sizeof d->knob, "%s", knob);
 	snprintf(d->old_value, sizeof d->old_value, "%s", old_value);
@@ -135,25 +128,21 @@ static unsigned control_settings_mask(const Itt__Settings *s)
 	       (s->has_slow_ms ? KNOB_SLOW_MS : 0);
 }
 
-static int control_check_settings(const struct worker *w, const Itt__Settings *s, char *why,
-                                  size_t cap)
+/* 0, or INVALID_ARGUMENT with the reason in *err. */
+static int control_check_settings(const struct worker *w, const Itt__Settings *s,
+                                  struct itt_err *err)
 {
+	const int bad = ITT__CODE__INVALID_ARGUMENT;
 	uint32_t max_bt = w->max_batch_tokens ? w->max_batch_tokens : 65536;
-	if (s->has_threads && (s->threads < 1 || s->threads > CONTROL_MAX_THREADS)) {
-		snprintf(why, cap, "threads %u out of range [1, %d]", s->threads,
-		         CONTROL_MAX_THREADS);
-		return -1;
-	}
-	if (s->has_batch_tokens && (s->batch_tokens < 1 || s->batch_tokens > max_bt)) {
-		snprintf(why, cap, "batch_tokens %u out of range [1, %u] for worker %s",
-		         s->batch_tokens, max_bt, w->id);
-		return -1;
-	}
-	if (s->has_slow_ms && s->slow_ms > CONTROL_MAX_SLOW_MS) {
-		snprintf(why, cap, "slow_ms %u out of range [0, %d]", s->slow_ms,
-		         CONTROL_MAX_SLOW_MS);
-		return -1;
-	}
+	if (s->has_threads && (s->threads < 1 || s->threads > CONTROL_MAX_THREADS))
+		return itt_err_set(err, bad, "threads %u out of range [1, %d]", s->threads,
+		                   CONTROL_MAX_THREADS);
+	if (s->has_batch_tokens && (s->batch_tokens < 1 || s->batch_tokens > max_bt))
+		return itt_err_set(err, bad, "batch_tokens %u out of range [1, %u] for worker %s",
+		                   s->batch_tokens, max_bt, w->id);
+	if (s->has_slow_ms && s->slow_ms > CONTROL_MAX_SLOW_MS)
+		return itt_err_set(err, bad, "slow_ms %u out of range [0, %d]", s->slow_ms,
+		                   CONTROL_MAX_SLOW_MS);
 	return 0;
 }
 
@@ -335,6 +324,18 @@ static void control_hello(struct broker *b, const struct wire_msg *m)
 		control_worker_up(b, LINK_ENTRY(l, struct worker, seen_link));
 }
 
+/* The worker a coordinator's command names, or NULL after refusing it. */
+static struct worker *control_find(struct broker *b, const char *cmd, const char *id)
+{
+	char why[160];
+	struct worker *w = id ? back_find_id(b, id) : NULL;
+	if (!w) {
+		snprintf(why, sizeof why, "%s: unknown worker %.128s", cmd, id ? id : "(none)");
+		control_error(b, ITT__CODE__NOT_FOUND, why);
+	}
+	return w;
+}
+
 static void control_place(struct broker *b, const struct wire_msg *m)
 {
 	char why[320], o[32], n[32];
@@ -343,13 +344,9 @@ static void control_place(struct broker *b, const struct wire_msg *m)
 		control_error(b, ITT__CODE__INVALID_ARGUMENT, "malformed Placement body");
 		return;
 	}
-	struct worker *w = p->worker_id ? back_find_id(b, p->worker_id) : NULL;
-	if (!w) {
-		snprintf(why, sizeof why, "PLACE: unknown worker %.128s",
-		         p->worker_id ? p->worker_id : "(none)");
-		control_error(b, ITT__CODE__NOT_FOUND, why);
+	struct worker *w = control_find(b, "PLACE", p->worker_id);
+	if (!w)
 		goto out;
-	}
 	if (!p->model || strcmp(p->model, w->model->name)) {
 		snprintf(why, sizeof why, "PLACE: worker %s serves model %s, not %.128s", w->id,
 		         w->model->name, p->model ? p->model : "(none)");
@@ -460,13 +457,9 @@ static void control_coord_set(struct broker *b, const struct wire_msg *m)
 		control_error(b, ITT__CODE__INVALID_ARGUMENT, "malformed SettingsChange body");
 		return;
 	}
-	struct worker *w = c->worker_id ? back_find_id(b, c->worker_id) : NULL;
-	if (!w) {
-		snprintf(why, sizeof why, "SET: unknown worker %.128s",
-		         c->worker_id ? c->worker_id : "(none)");
-		control_error(b, ITT__CODE__NOT_FOUND, why);
+	struct worker *w = control_find(b, "SET", c->worker_id);
+	if (!w)
 		goto out;
-	}
 	unsigned want = control_settings_mask(c->settings), pinned = control_pins(b, w->id) & want;
 	if (pinned) {
 		const char *names[CONTROL_N_KNOBS + 1];
@@ -477,8 +470,9 @@ static void control_coord_set(struct broker *b, const struct wire_msg *m)
 	}
 	if (!want)
 		goto out;
-	if (control_check_settings(w, c->settings, why, sizeof why) < 0) {
-		control_error(b, ITT__CODE__INVALID_ARGUMENT, why);
+	struct itt_err err;
+	if (control_check_settings(w, c->settings, &err)) {
+		control_error(b, err.code, err.msg);
 		goto out;
 	}
 	control_apply(b, w, c->settings, c->reason ? c->reason : "", "coordinator");
@@ -576,9 +570,9 @@ void control_front_set(struct broker *b, const struct wire_msg *m)
 			unpin |= bit;
 	}
 	unsigned set = control_settings_mask(c->settings);
-	if (set && control_check_settings(w, c->settings, why, sizeof why) < 0) {
-		front_send_error(b, m->identity, m->identity_len, rid, ITT__CODE__INVALID_ARGUMENT,
-		                 why);
+	struct itt_err err;
+	if (set && control_check_settings(w, c->settings, &err)) {
+		front_send_error(b, m->identity, m->identity_len, rid, err.code, err.msg);
 		goto out;
 	}
 	if (c->pin)

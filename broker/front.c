@@ -176,7 +176,7 @@ bool front_authorized(const struct broker *b, const char *key)
 
 static void front_submit(struct broker *b, const struct wire_msg *m)
 {
-	char reason[384];
+	struct itt_err err;
 	Itt__GenerateRequest *g = itt__generate_request__unpack(NULL, m->body_len, m->body);
 	if (!g) {
 		front_refuse(b, m, NULL, ITT__CODE__INVALID_ARGUMENT,
@@ -191,12 +191,8 @@ static void front_submit(struct broker *b, const struct wire_msg *m)
 	size_t ml = g->model ? strlen(g->model) : 0;
 	struct model *mo =
 	    ml && ml <= b->lim.max_name_len ? map_get(&b->models, g->model, ml) : NULL;
-	struct itt_err err;
-	int code = validate_generate(g, &b->lim, mo ? mo->vocab : 0, &err);
-	if (code) {
-		front_refuse(b, m, g->request_id, code, err.msg);
-		goto out;
-	}
+	if (validate_generate(g, &b->lim, mo ? mo->vocab : 0, &err))
+		goto refuse;
 	char key[sizeof((struct request *)0)->key];
 	size_t cl = strlen(g->client_id), rl = strlen(g->request_id);
 	memcpy(key, g->client_id, cl);
@@ -225,32 +221,26 @@ static void front_submit(struct broker *b, const struct wire_msg *m)
 		goto out;
 	}
 	if (!mo) {
-		snprintf(reason, sizeof reason, "model %s: no worker has registered it", g->model);
-		front_refuse(b, m, g->request_id, ITT__CODE__MODEL_NOT_FOUND, reason);
-		goto out;
+		itt_err_set(&err, ITT__CODE__MODEL_NOT_FOUND, "model %s: no worker has registered it",
+		            g->model);
+		goto refuse;
 	}
-	if (g->guidance && (code = heads_expand(b, g->guidance, reason, sizeof reason))) {
-		front_refuse(b, m, g->request_id, code, reason);
-		goto out;
-	}
-	if ((code = validate_techniques(g->guidance, g->speculative, g->early_exit, mo->n_layers,
-	                                mo->n_heads, false, &err))) {
-		front_refuse(b, m, g->request_id, code, err.msg);
-		goto out;
-	}
+	if (g->guidance && heads_expand(b, g->guidance, &err))
+		goto refuse;
+	if (validate_techniques(g->guidance, g->speculative, g->early_exit, mo->n_layers,
+	                        mo->n_heads, false, &err))
+		goto refuse;
 	if (g->n_prompt_tokens >= mo->ctx_len) {
-		snprintf(reason, sizeof reason,
-		         "prompt_tokens has %zu ids; model %s has a context of %u tokens",
-		         g->n_prompt_tokens, mo->name, mo->ctx_len);
-		front_refuse(b, m, g->request_id, ITT__CODE__UNAVAILABLE, reason);
-		goto out;
+		itt_err_set(&err, ITT__CODE__UNAVAILABLE,
+		            "prompt_tokens has %zu ids; model %s has a context of %u tokens",
+		            g->n_prompt_tokens, mo->name, mo->ctx_len);
+		goto refuse;
 	}
 	struct worker *route[BROKER_MAX_STAGES];
 	if (mo->queue.n >= (size_t)b->cfg.queue_limit && !route_pick(b, mo, 0, route)) {
-		snprintf(reason, sizeof reason, "model %s: queue full (%zu waiting)", mo->name,
-		         mo->queue.n);
-		front_refuse(b, m, g->request_id, ITT__CODE__OVERLOADED, reason);
-		goto out;
+		itt_err_set(&err, ITT__CODE__OVERLOADED, "model %s: queue full (%zu waiting)",
+		            mo->name, mo->queue.n);
+		goto refuse;
 	}
 	struct client *c = front_client(b, m->identity, m->identity_len);
 	if (!c || !(r = req_new(b, g, mo, c))) {
@@ -262,13 +252,15 @@ static void front_submit(struct broker *b, const struct wire_msg *m)
 	          mo->queue.n);
 	req_dispatch(b, mo);
 	return; /* g is the request's now */
+refuse:
+	front_refuse(b, m, g->request_id, err.code, err.msg);
 out:
 	itt__generate_request__free_unpacked(g, NULL);
 }
 
 static void front_cancel(struct broker *b, const struct wire_msg *m)
 {
-	char reason[256];
+	struct itt_err err;
 	Itt__Cancel *x = itt__cancel__unpack(NULL, m->body_len, m->body);
 	if (!x) {
 		front_refuse(b, m, NULL, ITT__CODE__INVALID_ARGUMENT, "malformed Cancel body");
@@ -277,11 +269,10 @@ static void front_cancel(struct broker *b, const struct wire_msg *m)
 	size_t cl = x->client_id ? strlen(x->client_id) : 0;
 	size_t rl = x->request_id ? strlen(x->request_id) : 0;
 	if (cl < 1 || cl > b->lim.max_id_len || rl < 1 || rl > b->lim.max_id_len) {
-		snprintf(reason, sizeof reason, "%s has %zu bytes; it must have 1..%u",
-		         cl < 1 || cl > b->lim.max_id_len ? "client_id" : "request_id",
-		         cl < 1 || cl > b->lim.max_id_len ? cl : rl, b->lim.max_id_len);
-		front_refuse(b, m, x->request_id, ITT__CODE__INVALID_ARGUMENT, reason);
-		goto out;
+		itt_err_set(&err, ITT__CODE__INVALID_ARGUMENT, "%s has %zu bytes; it must have 1..%u",
+		            cl < 1 || cl > b->lim.max_id_len ? "client_id" : "request_id",
+		            cl < 1 || cl > b->lim.max_id_len ? cl : rl, b->lim.max_id_len);
+		goto refuse;
 	}
 	char key[sizeof((struct request *)0)->key];
 	memcpy(key, x->client_id, cl);
@@ -289,10 +280,9 @@ static void front_cancel(struct broker *b, const struct wire_msg *m)
 	memcpy(key + cl + 1, x->request_id, rl);
 	struct request *r = map_get(&b->requests, key, cl + 1 + rl);
 	if (!r || r->state == REQ_ENDED) {
-		snprintf(reason, sizeof reason, "request %s of client %s is not running",
-		         x->request_id, x->client_id);
-		front_refuse(b, m, x->request_id, ITT__CODE__NOT_FOUND, reason);
-		goto out;
+		itt_err_set(&err, ITT__CODE__NOT_FOUND, "request %s of client %s is not running",
+		            x->request_id, x->client_id);
+		goto refuse;
 	}
 	/* the owner's stream gets the ERROR; a different canceller gets it too */
 	bool other = !r->client || r->client->ident_len != m->identity_len ||
@@ -301,6 +291,9 @@ static void front_cancel(struct broker *b, const struct wire_msg *m)
 	if (other)
 		front_send_error(b, m->identity, m->identity_len, x->request_id,
 		                 ITT__CODE__CANCELLED, "cancelled by the client");
+	goto out;
+refuse:
+	front_refuse(b, m, x->request_id, err.code, err.msg);
 out:
 	itt__cancel__free_unpacked(x, NULL);
 }
@@ -543,6 +536,7 @@ int front_handle(struct broker *b)
 	}
 out:
 	wire_msg_close(&m);
+	BROKER_CHECK(b);
 	return 1;
 }
 

@@ -28,31 +28,27 @@ static bool heads_name_ok(const char *n)
 	return true;
 }
 
-int heads_expand(const struct broker *b, Itt__Guidance *g, char *reason, size_t cap)
+int heads_expand(const struct broker *b, Itt__Guidance *g, struct itt_err *err)
 {
 	char path[512], line[256];
 	if (!g->head_set || !*g->head_set)
 		return 0;
-	if (!heads_name_ok(g->head_set)) {
-		snprintf(reason, cap, "guidance.head_set \"%.64s\" is not a name of 1..64 [A-Za-z0-9._-]",
-		         g->head_set);
-		return ITT__CODE__INVALID_ARGUMENT;
-	}
-	if (g->n_heads) {
-		snprintf(reason, cap, "guidance: heads and head_set are exclusive");
-		return ITT__CODE__INVALID_ARGUMENT;
-	}
-	if (!b->cfg.head_sets[0]) {
-		snprintf(reason, cap, "guidance.head_set %s: this broker has no --head-sets folder",
-		         g->head_set);
-		return ITT__CODE__INVALID_ARGUMENT;
-	}
+	if (!heads_name_ok(g->head_set))
+		return itt_err_set(err, ITT__CODE__INVALID_ARGUMENT,
+		                   "guidance.head_set \"%.64s\" is not a name of 1..64 [A-Za-z0-9._-]",
+		                   g->head_set);
+	if (g->n_heads)
+		return itt_err_set(err, ITT__CODE__INVALID_ARGUMENT,
+		                   "guidance: heads and head_set are exclusive");
+	if (!b->cfg.head_sets[0])
+		return itt_err_set(err, ITT__CODE__INVALID_ARGUMENT,
+		                   "guidance.head_set %s: this broker has no --head-sets folder",
+		                   g->head_set);
 	snprintf(path, sizeof path, "%s/%s.heads", b->cfg.head_sets, g->head_set);
 	FILE *f = fopen(path, "r");
-	if (!f) {
-		snprintf(reason, cap, "guidance.head_set %s: no such head set", g->head_set);
-		return ITT__CODE__INVALID_ARGUMENT;
-	}
+	if (!f)
+		return itt_err_set(err, ITT__CODE__INVALID_ARGUMENT,
+		                   "guidance.head_set %s: no such head set", g->head_set);
 	char **heads = NULL;
 	size_t n = 0, capn = 0, total = 0;
 	int code = 0, lineno = 0;
@@ -60,9 +56,9 @@ int heads_expand(const struct broker *b, Itt__Guidance *g, char *reason, size_t 
 		lineno++;
 		total += strlen(line);
 		if (total > HEADS_MAX_FILE) {
-			snprintf(reason, cap, "head set %s: larger than %d bytes", g->head_set,
-			         HEADS_MAX_FILE);
-			code = ITT__CODE__INVALID_ARGUMENT;
+			code = itt_err_set(err, ITT__CODE__INVALID_ARGUMENT,
+			                   "head set %s: larger than %d bytes", g->head_set,
+			                   HEADS_MAX_FILE);
 			break;
 		}
 		char *hash = strchr(line, '#');
@@ -78,33 +74,30 @@ int heads_expand(const struct broker *b, Itt__Guidance *g, char *reason, size_t 
 			continue;
 		uint32_t l, h;
 		if (validate_parse_head(s, &l, &h) < 0 || n >= VALIDATE_MAX_HEADS) {
-			snprintf(reason, cap, "head set %s line %d: \"%.32s\" is not LAYER:HEAD",
-			         g->head_set, lineno, s);
-			code = ITT__CODE__INVALID_ARGUMENT;
+			code = itt_err_set(err, ITT__CODE__INVALID_ARGUMENT,
+			                   "head set %s line %d: \"%.32s\" is not LAYER:HEAD",
+			                   g->head_set, lineno, s);
 			break;
 		}
 		if (n == capn) {
 			capn = capn ? 2 * capn : 16;
 			char **nh = realloc(heads, capn * sizeof *nh);
 			if (!nh) {
-				code = ITT__CODE__INTERNAL;
-				snprintf(reason, cap, "out of memory");
+				code = itt_err_set(err, ITT__CODE__INTERNAL, "out of memory");
 				break;
 			}
 			heads = nh;
 		}
 		if (!(heads[n] = strdup(s))) {
-			code = ITT__CODE__INTERNAL;
-			snprintf(reason, cap, "out of memory");
+			code = itt_err_set(err, ITT__CODE__INTERNAL, "out of memory");
 			break;
 		}
 		n++;
 	}
 	fclose(f);
-	if (!code && n == 0) {
-		snprintf(reason, cap, "head set %s lists no heads", g->head_set);
-		code = ITT__CODE__INVALID_ARGUMENT;
-	}
+	if (!code && n == 0)
+		code = itt_err_set(err, ITT__CODE__INVALID_ARGUMENT, "head set %s lists no heads",
+		                   g->head_set);
 	if (code) {
 		for (size_t i = 0; i < n; i++)
 			free(heads[i]);

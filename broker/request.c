@@ -127,18 +127,15 @@ fail_requests:
 	map_del(&b->requests, r->key, r->key_len);
 fail_alloc:
 	if (r)
-		free(r->prompt);
-	free(r);
+		r->req = NULL; /* g stays the caller's */
+	req_destroy(r);
 	return NULL;
 }
 
-void req_free(struct broker *b, struct request *r)
+void req_destroy(struct request *r)
 {
-	map_del(&b->requests, r->key, r->key_len);
-	if (link_linked(&r->ended_link)) {
-		link_remove(&r->ended_link);
-		b->n_ended--;
-	}
+	if (!r)
+		return;
 	if (r->req)
 		itt__generate_request__free_unpacked(r->req, NULL);
 	free(r->prompt);
@@ -147,6 +144,17 @@ void req_free(struct broker *b, struct request *r)
 	free(r->chunk_tok_end);
 	free(r->chunk_text_end);
 	free(r);
+}
+
+void req_free(struct broker *b, struct request *r)
+{
+	BROKER_ASSERT(r->state == REQ_ENDED && link_linked(&r->ended_link));
+	map_del(&b->requests, r->key, r->key_len);
+	if (link_linked(&r->ended_link)) {
+		link_remove(&r->ended_link);
+		b->n_ended--;
+	}
+	req_destroy(r);
 }
 
 /* Takes r off its route (no CLOSE: see req_close_stages). */
@@ -424,72 +432,56 @@ void req_requeue(struct broker *b, struct request *r, struct worker *culprit, bo
 	req_dispatch(b, m);
 }
 
-/* Checks a RESULT against the limits; -1 with a reason when it is bad.
- * A non-last stage's RESULT carries activations, not a token. */
+/* Checks a RESULT against the limits; 0, or INVALID_ARGUMENT with the
+ * reason in *err.  A non-last stage's RESULT carries activations, not a
+ * token. */
 static int req_check_result(const struct request *r, const Itt__StepResult *res, bool last,
-                            char *why, size_t cap)
+                            struct itt_err *err)
 {
+	const int bad = ITT__CODE__INVALID_ARGUMENT;
 	const struct model *m = r->model;
 	if (!last)
 		goto common;
-	if (!res->has_token) {
-		snprintf(why, cap, "RESULT has no token");
-		return -1;
-	}
-	if (res->token < 0 || (uint32_t)res->token >= m->vocab) {
-		snprintf(why, cap, "RESULT token %d is not in [0, %u)", res->token, m->vocab);
-		return -1;
-	}
-	if (res->piece.len > BROKER_MAX_PIECE) {
-		snprintf(why, cap, "RESULT piece has %zu bytes; at most %d", res->piece.len,
-		         BROKER_MAX_PIECE);
-		return -1;
-	}
+	if (!res->has_token)
+		return itt_err_set(err, bad, "RESULT has no token");
+	if (res->token < 0 || (uint32_t)res->token >= m->vocab)
+		return itt_err_set(err, bad, "RESULT token %d is not in [0, %u)", res->token,
+		                   m->vocab);
+	if (res->piece.len > BROKER_MAX_PIECE)
+		return itt_err_set(err, bad, "RESULT piece has %zu bytes; at most %d",
+		                   res->piece.len, BROKER_MAX_PIECE);
 	if (res->n_tokens) {
 		if (res->n_tokens > 1 + (size_t)r->n_draft || res->n_pieces != res->n_tokens ||
-		    res->tokens[res->n_tokens - 1] != res->token) {
-			snprintf(why, cap,
-			         "RESULT has %zu tokens and %zu pieces for a step of %u drafts (token "
-			         "must be the last)",
-			         res->n_tokens, res->n_pieces, r->n_draft);
-			return -1;
-		}
+		    res->tokens[res->n_tokens - 1] != res->token)
+			return itt_err_set(err, bad,
+			                   "RESULT has %zu tokens and %zu pieces for a step of %u "
+			                   "drafts (token must be the last)",
+			                   res->n_tokens, res->n_pieces, r->n_draft);
 		for (size_t i = 0; i < res->n_tokens; i++)
 			if (res->tokens[i] < 0 || (uint32_t)res->tokens[i] >= m->vocab ||
-			    res->pieces[i].len > BROKER_MAX_PIECE) {
-				snprintf(why, cap, "RESULT tokens[%zu] = %d or its piece is out of range",
-				         i, res->tokens[i]);
-				return -1;
-			}
+			    res->pieces[i].len > BROKER_MAX_PIECE)
+				return itt_err_set(err, bad,
+				                   "RESULT tokens[%zu] = %d or its piece is out of range",
+				                   i, res->tokens[i]);
 	}
-	if (res->n_draft > sizeof r->draft / sizeof r->draft[0]) {
-		snprintf(why, cap, "RESULT has %zu drafts; at most %zu", res->n_draft,
-		         sizeof r->draft / sizeof r->draft[0]);
-		return -1;
-	}
+	if (res->n_draft > sizeof r->draft / sizeof r->draft[0])
+		return itt_err_set(err, bad, "RESULT has %zu drafts; at most %zu", res->n_draft,
+		                   sizeof r->draft / sizeof r->draft[0]);
 	for (size_t i = 0; i < res->n_draft; i++)
-		if (res->draft[i] < 0 || (uint32_t)res->draft[i] >= m->vocab) {
-			snprintf(why, cap, "RESULT draft[%zu] = %d is not a token id", i, res->draft[i]);
-			return -1;
-		}
+		if (res->draft[i] < 0 || (uint32_t)res->draft[i] >= m->vocab)
+			return itt_err_set(err, bad, "RESULT draft[%zu] = %d is not a token id", i,
+			                   res->draft[i]);
 common:
-	if (res->n_pos > m->ctx_len) {
-		snprintf(why, cap, "RESULT n_pos %u exceeds the context %u", res->n_pos,
-		         m->ctx_len);
-		return -1;
-	}
-	if (res->n_prompt_tokens >= m->ctx_len) {
-		snprintf(why, cap, "RESULT has %zu prompt tokens for a context of %u",
-		         res->n_prompt_tokens, m->ctx_len);
-		return -1;
-	}
-	for (size_t i = 0; i < res->n_prompt_tokens; i++) {
-		if (res->prompt_tokens[i] < 0 || (uint32_t)res->prompt_tokens[i] >= m->vocab) {
-			snprintf(why, cap, "RESULT prompt_tokens[%zu] = %d is not a token id", i,
-			         res->prompt_tokens[i]);
-			return -1;
-		}
-	}
+	if (res->n_pos > m->ctx_len)
+		return itt_err_set(err, bad, "RESULT n_pos %u exceeds the context %u", res->n_pos,
+		                   m->ctx_len);
+	if (res->n_prompt_tokens >= m->ctx_len)
+		return itt_err_set(err, bad, "RESULT has %zu prompt tokens for a context of %u",
+		                   res->n_prompt_tokens, m->ctx_len);
+	for (size_t i = 0; i < res->n_prompt_tokens; i++)
+		if (res->prompt_tokens[i] < 0 || (uint32_t)res->prompt_tokens[i] >= m->vocab)
+			return itt_err_set(err, bad, "RESULT prompt_tokens[%zu] = %d is not a token id",
+			                   i, res->prompt_tokens[i]);
 	return 0;
 }
 
@@ -602,7 +594,7 @@ void req_on_result_msg(struct broker *b, struct worker *w, const Itt__StepResult
                        const void *tensor, size_t tensor_len)
 {
 	struct request *r = map_get(&b->sessions, &res->session_id, sizeof res->session_id);
-	char why[256];
+	struct itt_err err = {0};
 	if (!r || !r->n_stages || r->stages[r->at].w != w) {
 		/* a late answer from a previous owner, or a session that ended */
 		LOG_DEBUG("worker %s: RESULT for session %llu it does not own; dropped", w->id,
@@ -620,12 +612,8 @@ void req_on_result_msg(struct broker *b, struct worker *w, const Itt__StepResult
 	w->steps++;
 	req_count_token(b, w);
 	bool last = r->at + 1 == r->n_stages;
-	if (req_check_result(r, res, last, why, sizeof why) < 0) {
-		LOG_WARN("worker %s: session %llu: %s; replaying it", w->id,
-		         (unsigned long long)r->session_id, why);
-		req_requeue(b, r, w, true, why);
-		return;
-	}
+	if (req_check_result(r, res, last, &err))
+		goto bad;
 	if (res->step == 0 && !r->have_prompt && res->n_prompt_tokens) {
 		r->prompt = malloc(res->n_prompt_tokens * sizeof *r->prompt);
 		if (!r->prompt) {
@@ -639,19 +627,14 @@ void req_on_result_msg(struct broker *b, struct worker *w, const Itt__StepResult
 	if (!last) {
 		uint32_t rows = (res->step == 0 ? r->n_prompt + r->n_gen : 1 + r->n_draft) *
 		                (r->branch_rows ? 2 : 1);
-		struct itt_err err = {0};
 		if (!r->have_prompt)
 			itt_err_set(&err, ITT__CODE__INVALID_ARGUMENT,
 			            "stage %u RESULT of step 0 lacks prompt_tokens", r->at);
 		else
 			wire_check_tensor(res->hidden, tensor, tensor_len, rows, rows,
 			                  r->model->dim, "RESULT hidden", &err);
-		if (err.code) {
-			LOG_WARN("worker %s: session %llu: %s; replaying it", w->id,
-			         (unsigned long long)r->session_id, err.msg);
-			req_requeue(b, r, w, true, err.msg);
-			return;
-		}
+		if (err.code)
+			goto bad;
 		req_forward(b, r, r->at + 1, res->hidden, tensor, tensor_len);
 		return;
 	}
@@ -690,6 +673,11 @@ void req_on_result_msg(struct broker *b, struct worker *w, const Itt__StepResult
 	r->awaiting = true;
 	r->stages[0].w->in_flight++;
 	back_send(b, r->stages[0].w, WIRE_STEP, &s.base);
+	return;
+bad:
+	LOG_WARN("worker %s: session %llu: %s; replaying it", w->id,
+	         (unsigned long long)r->session_id, err.msg);
+	req_requeue(b, r, w, true, err.msg);
 }
 
 void req_on_worker_error(struct broker *b, struct worker *w, const Itt__Error *e)

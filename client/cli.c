@@ -1,4 +1,5 @@
-/* cli: shared option parsing and JSON output for the itt subcommands. */
+/* cli: the options of itt generate, shared number parsing and JSON output
+ * for the itt subcommands. */
 #include "cli.h"
 
 #include <errno.h>
@@ -7,173 +8,168 @@
 #include <string.h>
 #include <time.h>
 
-double cli_now_ms(void)
+
+void sleep_ms(long ms)
 {
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (double)ts.tv_sec * 1e3 + (double)ts.tv_nsec / 1e6;
+	struct timespec ts = {ms / 1000, (ms % 1000) * 1000000L};
+	nanosleep(&ts, NULL);
 }
 
-bool cli_parse_long(const char *s, long lo, long hi, long *out)
+/* --- itt generate ------------------------------------------------------------ */
+
+static int gen_seed(void *out, const char *v, char *reason, size_t cap)
 {
+	struct gen_opts *o = out;
 	char *end;
 	errno = 0;
-	long v = strtol(s, &end, 10);
-	if (!*s || *end || errno || v < lo || v > hi)
-		return false;
-	*out = v;
-	return true;
+	unsigned long long s = strtoull(v, &end, 10);
+	if (*v < '0' || *v > '9' || *end || errno) {
+		snprintf(reason, cap, "expected an integer in [0, 18446744073709551615]");
+		return -1;
+	}
+	o->sp.seed = s;
+	o->seed_set = true;
+	return 0;
 }
 
-bool cli_parse_float(const char *s, float *out)
+static int gen_stop(void *out, const char *v, char *reason, size_t cap)
 {
-	char *end;
-	errno = 0;
-	float v = strtof(s, &end);
-	if (!*s || *end || errno || isnan(v))
-		return false;
-	*out = v;
-	return true;
+	struct gen_opts *o = out;
+	if (o->n_stops == CLI_MAX_STOPS) {
+		snprintf(reason, cap, "at most %d stop strings", CLI_MAX_STOPS);
+		return -1;
+	}
+	o->stops[o->n_stops++] = v;
+	return 0;
 }
 
-int cli_parse_gen(int argc, char **argv, struct gen_opts *o, const char *cmd)
+#define GEN_AT(f) offsetof(struct gen_opts, f)
+
+/* The sampling defaults are sampler_params_default()'s (llama.cpp's). */
+static const struct opt gen_opts_table[] = {
+	{"local", 0, OPT_STR, NULL, 1, 4096, GEN_AT(local), "MODEL.gguf",
+	 "run the engine in this process"},
+	{"broker", 0, OPT_STR, NULL, 1, 4096, GEN_AT(broker), "ENDPOINT",
+	 "ask a cluster (e.g. tcp://127.0.0.1:5555); the text streams"},
+	{"model", 0, OPT_STR, NULL, 1, 4096, GEN_AT(model), "NAME", "the model at the broker"},
+	{"prompt", 'p', OPT_STR, "", 0, 1e9, GEN_AT(prompt), "TEXT", "the prompt"},
+	{"max-tokens", 'n', OPT_INT, "128", 0, 1 << 20, GEN_AT(n_predict), NULL,
+	 "generate at most N tokens"},
+	{"temperature", 0, OPT_FLOAT, "0.8", CLI_ANY_LO, CLI_ANY_HI, GEN_AT(sp.temperature), "T",
+	 "<= 0: greedy"},
+	{"temp", 0, OPT_FLOAT, NULL, CLI_ANY_LO, CLI_ANY_HI, GEN_AT(sp.temperature), "T",
+	 "--temperature", .flags = OPT_HIDDEN},
+	{"top-k", 0, OPT_INT, "40", -1, 1 << 30, GEN_AT(sp.top_k), "K", "<= 0: off"},
+	{"top-p", 0, OPT_FLOAT, "0.95", CLI_ANY_LO, CLI_ANY_HI, GEN_AT(sp.top_p), "P",
+	 "in (0, 1]; 1: off"},
+	{"min-p", 0, OPT_FLOAT, "0.05", CLI_ANY_LO, CLI_ANY_HI, GEN_AT(sp.min_p), "P",
+	 "in [0, 1]; 0: off"},
+	{"typical", 0, OPT_FLOAT, "1", CLI_ANY_LO, CLI_ANY_HI, GEN_AT(sp.typical_p), "P",
+	 "in (0, 1]; 1: off"},
+	{"repeat-penalty", 0, OPT_FLOAT, "1", CLI_ANY_LO, CLI_ANY_HI, GEN_AT(sp.repeat_penalty),
+	 "R", "> 0; 1: off"},
+	{"repeat-last-n", 0, OPT_INT, "64", -1, 1 << 30, GEN_AT(sp.penalty_last_n), NULL,
+	 "the penalties' window; 0: off, -1: everything"},
+	{"presence-penalty", 0, OPT_FLOAT, "0", CLI_ANY_LO, CLI_ANY_HI,
+	 GEN_AT(sp.presence_penalty), "X", "0: off"},
+	{"frequency-penalty", 0, OPT_FLOAT, "0", CLI_ANY_LO, CLI_ANY_HI,
+	 GEN_AT(sp.frequency_penalty), "X", "0: off"},
+	{"seed", 0, OPT_FN, NULL, 0, 0, 0, "S", "sampling seed (default random, and reported)",
+	 gen_seed},
+	{"stop", 0, OPT_FN, NULL, 0, 0, 0, "STR", "stop at this text (repeatable, at most 8)",
+	 gen_stop},
+	{"threads", 't', OPT_INT, "1", 1, 256, GEN_AT(threads), NULL,
+	 "compute threads (--local)"},
+	{"json", 0, OPT_FLAG, NULL, 0, 0, GEN_AT(json), NULL, "print one JSON object"},
+	CLUSTER_CONN_OPTS(struct gen_opts, co, "30000",
+			  "give up when the broker is silent this long"),
+	CLUSTER_REQ_OPTS(struct gen_opts, co, 0),
+	/* techniques */
+	{"guidance-heads", 0, OPT_STR, NULL, 1, 1e6, GEN_AT(tech.heads), "L:H,...",
+	 "perturb these attention heads in a guidance branch"},
+	{"head-set", 0, OPT_STR, NULL, 1, 4096, GEN_AT(tech.head_set), "X",
+	 "a head-set: a file (--local), a name in the broker's --head-sets"},
+	{"guidance-scale", 0, OPT_FLOAT, "0", CLI_ANY_LO, CLI_ANY_HI, GEN_AT(tech.scale), "S",
+	 "guided logits l + s (l - l_branch); 0: off"},
+	{"guidance-blend", 0, OPT_FLOAT, "1", CLI_ANY_LO, CLI_ANY_HI, GEN_AT(tech.blend), "U",
+	 "the perturbed heads attend to (1-U)A + U I"},
+	{"negative-prompt", 0, OPT_STR, NULL, 0, 1e9, GEN_AT(tech.negative_prompt), "TEXT",
+	 "classifier-free guidance: the branch is this prompt"},
+	{"early-exit", 0, OPT_FLOAT, NULL, 0, CLI_ANY_HI, GEN_AT(tech.exit_threshold), "T",
+	 "stop a token's layers when top-1 minus top-2 probability >= T"},
+	{"exit-layers", 0, OPT_STR, NULL, 1, 4096, GEN_AT(tech.exit_layers), "L,...",
+	 "the layers after which --early-exit may stop"},
+	{"compare", 0, OPT_FLAG, NULL, 0, 0, GEN_AT(tech.compare), NULL,
+	 "(--local) also run the full model: report agreement"},
+	{"speculative", 0, OPT_STR, NULL, 1, 64, GEN_AT(tech.draft), "ngram|exit",
+	 "(--broker) speculative decoding: n-gram or early-exit drafts"},
+	{"draft", 0, OPT_LONG, NULL, 0, 1000000, GEN_AT(tech.max_draft), NULL,
+	 "(--broker) at most N drafts a step, 1..16 (default 4)"},
+	{"exit-draft-layers", 0, OPT_LONG, NULL, 1, 1000000, GEN_AT(tech.exit_draft_layers), "K",
+	 "(--broker) layers of an exit draft, 1..n_layers-1"},
+};
+
+static const struct opt_spec gen_spec = {
+	.prog = "itt generate",
+	.usage = "(--local MODEL.gguf | --broker ENDPOINT --model NAME) [options]",
+	.about = "\n"
+		 "Prints the prompt and its continuation (at most N tokens; generation also\n"
+		 "stops at end-of-sequence, a stop string or the context length). Sampling\n"
+		 "follows llama.cpp's chain and defaults: penalties, top-k, typical, top-p,\n"
+		 "min-p, temperature. Without --seed a random seed is used and reported.\n"
+		 "--json prints one object: prompt, prompt_tokens (ids, BOS included), tokens,\n"
+		 "text, stop_reason, seed and timings.\n"
+		 "With --broker the request goes to a cluster for the model NAME and the text is\n"
+		 "printed as it arrives; --threads does not apply. An ERROR from the cluster\n"
+		 "prints \"itt generate: CODE: reason\" and exits 1.",
+	.opts = gen_opts_table,
+	.n_opts = OPTS_N(gen_opts_table),
+	.epilog = "Inference-time techniques: PROTOCOL.md \"Techniques\". --early-exit needs\n"
+		  "--exit-layers (whole-model workers); --api-key, --client-id, --timeout-ms,\n"
+		  "--tenant, --priority and --deadline-ms apply to --broker.",
+};
+
+/* OPTS_OK, OPTS_HELP or OPTS_ERROR (a line on stderr). */
+static int parse_gen(int argc, char **argv, struct gen_opts *o)
 {
 	memset(o, 0, sizeof *o);
 	sampler_params_default(&o->sp);
-	o->prompt = "";
-	o->n_predict = 128;
-	o->threads = 1;
-	o->tech.blend = 1.0f;
 	o->tech.exit_threshold = -1.0f;
 	o->tech.max_draft = -1;
-	for (int i = 0; i < argc; i++) {
-		const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
-		long l;
-		bool ok = true;
-#define NEEDV()                                                                                   \
-	do {                                                                                      \
-		if (!v) {                                                                         \
-			fprintf(stderr, "itt %s: %s needs a value\n", cmd, a);                    \
-			return 2;                                                                 \
-		}                                                                                 \
-		i++;                                                                              \
-	} while (0)
-		if (!strcmp(a, "--local")) {
-			NEEDV();
-			o->local = v;
-		} else if (!strcmp(a, "--broker")) {
-			NEEDV();
-			o->broker = v;
-		} else if (!strcmp(a, "--model")) {
-			NEEDV();
-			o->model = v;
-		} else if (!strcmp(a, "--prompt") || !strcmp(a, "-p")) {
-			NEEDV();
-			o->prompt = v;
-		} else if (!strcmp(a, "-n") || !strcmp(a, "--max-tokens")) {
-			NEEDV();
-			ok = cli_parse_long(v, 0, 1 << 20, &l);
-			o->n_predict = (int32_t)l;
-		} else if (!strcmp(a, "--temperature") || !strcmp(a, "--temp")) {
-			NEEDV();
-			ok = cli_parse_float(v, &o->sp.temperature);
-		} else if (!strcmp(a, "--top-k")) {
-			NEEDV();
-			ok = cli_parse_long(v, -1, 1 << 30, &l);
-			o->sp.top_k = (int32_t)l;
-		} else if (!strcmp(a, "--top-p")) {
-			NEEDV();
-			ok = cli_parse_float(v, &o->sp.top_p);
-		} else if (!strcmp(a, "--min-p")) {
-			NEEDV();
-			ok = cli_parse_float(v, &o->sp.min_p);
-		} else if (!strcmp(a, "--typical")) {
-			NEEDV();
-			ok = cli_parse_float(v, &o->sp.typical_p);
-		} else if (!strcmp(a, "--repeat-penalty")) {
-			NEEDV();
-			ok = cli_parse_float(v, &o->sp.repeat_penalty);
-		} else if (!strcmp(a, "--repeat-last-n")) {
-			NEEDV();
-			ok = cli_parse_long(v, -1, 1 << 30, &l);
-			o->sp.penalty_last_n = (int32_t)l;
-		} else if (!strcmp(a, "--presence-penalty")) {
-			NEEDV();
-			ok = cli_parse_float(v, &o->sp.presence_penalty);
-		} else if (!strcmp(a, "--frequency-penalty")) {
-			NEEDV();
-			ok = cli_parse_float(v, &o->sp.frequency_penalty);
-		} else if (!strcmp(a, "--seed")) {
-			NEEDV();
-			char *end;
-			errno = 0;
-			o->sp.seed = strtoull(v, &end, 10);
-			ok = *v && !*end && !errno;
-			o->seed_set = true;
-		} else if (!strcmp(a, "--stop")) {
-			NEEDV();
-			if (o->n_stops == CLI_MAX_STOPS) {
-				fprintf(stderr, "itt %s: at most %d --stop strings\n", cmd,
-					CLI_MAX_STOPS);
-				return 2;
-			}
-			o->stops[o->n_stops++] = v;
-		} else if (!strcmp(a, "--threads") || !strcmp(a, "-t")) {
-			NEEDV();
-			ok = cli_parse_long(v, 1, 256, &l);
-			o->threads = (int)l;
-		} else if (!strcmp(a, "--json")) {
-			o->json = true;
-		} else if (!strcmp(a, "--guidance-heads")) {
-			NEEDV();
-			o->tech.heads = v;
-		} else if (!strcmp(a, "--head-set")) {
-			NEEDV();
-			o->tech.head_set = v;
-		} else if (!strcmp(a, "--guidance-scale")) {
-			NEEDV();
-			ok = cli_parse_float(v, &o->tech.scale);
-		} else if (!strcmp(a, "--guidance-blend")) {
-			NEEDV();
-			ok = cli_parse_float(v, &o->tech.blend);
-		} else if (!strcmp(a, "--negative-prompt")) {
-			NEEDV();
-			o->tech.negative_prompt = v;
-		} else if (!strcmp(a, "--early-exit")) {
-			NEEDV();
-			ok = cli_parse_float(v, &o->tech.exit_threshold) && o->tech.exit_threshold >= 0;
-		} else if (!strcmp(a, "--exit-layers")) {
-			NEEDV();
-			o->tech.exit_layers = v;
-		} else if (!strcmp(a, "--compare")) {
-			o->tech.compare = true;
-		} else if (!strcmp(a, "--speculative")) {
-			NEEDV();
-			o->tech.draft = v;
-		} else if (!strcmp(a, "--draft")) {
-			NEEDV();
-			ok = cli_parse_long(v, 0, 1000000, &o->tech.max_draft);
-		} else if (!strcmp(a, "--exit-draft-layers")) {
-			NEEDV();
-			ok = cli_parse_long(v, 1, 1000000, &o->tech.exit_draft_layers);
-		} else {
-			fprintf(stderr, "itt %s: unknown option %s (see itt %s --help)\n", cmd, a, cmd);
-			return 2;
-		}
-#undef NEEDV
-		if (!ok) {
-			fprintf(stderr, "itt %s: bad value for %s: \"%s\"\n", cmd, a, v);
-			return 2;
-		}
+	int rc = opts_parse(&gen_spec, argc, argv, o, NULL);
+	if (rc != OPTS_OK)
+		return rc;
+	const char *why = NULL;
+	if (o->local && o->broker)
+		why = "--local and --broker are exclusive";
+	else if (!o->local && !o->broker)
+		why = "--local MODEL.gguf or --broker ENDPOINT is required";
+	else if (o->broker && !o->model)
+		why = "--broker ENDPOINT needs --model NAME";
+	else if (o->local && (o->tech.draft || o->tech.max_draft >= 0 || o->tech.exit_draft_layers))
+		why = "--speculative, --draft and --exit-draft-layers need --broker";
+	else if (o->local &&
+		 (o->co.client_id || o->co.tenant || o->co.priority || o->co.deadline_ms))
+		why = "--client-id, --tenant, --priority and --deadline-ms need --broker";
+	if (why) {
+		fprintf(stderr, "itt generate: %s (see --help)\n", why);
+		return OPTS_ERROR;
 	}
-	if (o->local && (o->tech.draft || o->tech.max_draft >= 0 || o->tech.exit_draft_layers)) {
-		fprintf(stderr, "itt %s: --speculative, --draft and --exit-draft-layers need "
-		                "--broker\n",
-		        cmd);
-		return 2;
-	}
-	return 0;
+	return OPTS_OK;
 }
+
+int cmd_generate(int argc, char **argv)
+{
+	struct gen_opts o;
+	int rc = parse_gen(argc, argv, &o);
+	if (rc != OPTS_OK)
+		return cli_exit(rc);
+	return o.broker ? cmd_generate_broker(&o) : cmd_generate_local(&o);
+}
+
+/* --- JSON ---------------------------------------------------------------------- */
+
+#define CLI_JSON_FLAGS (JSON_COMPACT | JSON_REAL_PRECISION(15))
 
 /* Length of a valid UTF-8 sequence at s (n bytes left), or 0. */
 static size_t utf8_len(const unsigned char *s, size_t n)
@@ -203,49 +199,121 @@ static size_t utf8_len(const unsigned char *s, size_t n)
 	return len;
 }
 
-void json_str(FILE *f, const char *s, size_t len)
+json_t *cli_json_text(const char *s, size_t len)
 {
 	const unsigned char *p = (const unsigned char *)s;
-	fputc('"', f);
-	for (size_t i = 0; i < len;) {
-		unsigned char c = p[i];
-		if (c == '"' || c == '\\') {
-			fputc('\\', f);
-			fputc(c, f);
-			i++;
-		} else if (c == '\n') {
-			fputs("\\n", f);
-			i++;
-		} else if (c == '\t') {
-			fputs("\\t", f);
-			i++;
-		} else if (c == '\r') {
-			fputs("\\r", f);
-			i++;
-		} else if (c < 0x20 || c == 0x7F) {
-			fprintf(f, "\\u%04x", c);
-			i++;
-		} else if (c < 0x80) {
-			fputc(c, f);
-			i++;
+	size_t bad = 0;
+	for (size_t i = 0, n; i < len; i += n ? n : 1)
+		bad += (n = utf8_len(p + i, len - i)) == 0;
+	if (!bad)
+		return json_stringn(s, len);
+	/* each invalid byte becomes U+FFFD (3 bytes) */
+	char *t = malloc(len + 2 * bad + 1);
+	if (!t)
+		return NULL;
+	size_t k = 0;
+	for (size_t i = 0, n; i < len; i += n ? n : 1) {
+		n = utf8_len(p + i, len - i);
+		if (n) {
+			memcpy(t + k, p + i, n);
+			k += n;
 		} else {
-			size_t n = utf8_len(p + i, len - i);
-			if (n == 0) {
-				fputs("\\ufffd", f);
-				i++;
-			} else {
-				fwrite(p + i, 1, n, f);
-				i += n;
-			}
+			memcpy(t + k, "\xEF\xBF\xBD", 3);
+			k += 3;
 		}
 	}
-	fputc('"', f);
+	json_t *j = json_stringn(t, k);
+	free(t);
+	return j;
 }
 
-void json_ids(FILE *f, const int32_t *ids, size_t n)
+json_t *cli_json_str(const char *s)
 {
-	fputc('[', f);
-	for (size_t i = 0; i < n; i++)
-		fprintf(f, "%s%d", i ? "," : "", ids[i]);
-	fputc(']', f);
+	return cli_json_text(s ? s : "", s ? strlen(s) : 0);
+}
+
+json_t *cli_json_ids(const int32_t *ids, size_t n)
+{
+	json_t *a = json_array();
+	for (size_t i = 0; a && i < n; i++)
+		json_array_append_new(a, json_integer(ids[i]));
+	return a;
+}
+
+json_t *cli_json_num(double v, const char *fmt)
+{
+	char buf[64];
+	if (!isfinite(v))
+		return json_null();
+	snprintf(buf, sizeof buf, fmt, v);
+	return json_real(strtod(buf, NULL));
+}
+
+/* jansson's integers are signed 64-bit: a cli_json_u64 above INT64_MAX is
+ * a real placeholder remembered here, and cli_json_print writes its value
+ * exactly.  The table is emptied by every cli_json_print. */
+static struct json_big {
+	const json_t *j;
+	uint64_t v;
+} json_big[16];
+static size_t n_json_big;
+
+json_t *cli_json_u64(uint64_t v)
+{
+	if (v <= (uint64_t)INT64_MAX)
+		return json_integer((json_int_t)v);
+	json_t *j = json_real((double)v);
+	if (j && n_json_big < sizeof json_big / sizeof json_big[0])
+		json_big[n_json_big++] = (struct json_big){j, v};
+	return j;
+}
+
+/* json_dumpf, except for the values in json_big. */
+static int json_write(const json_t *j, FILE *f)
+{
+	const char *key;
+	json_t *v;
+	size_t i;
+	for (i = 0; i < n_json_big; i++)
+		if (json_big[i].j == j && json_is_real(j) &&
+		    json_real_value(j) == (double)json_big[i].v)
+			return fprintf(f, "%llu", (unsigned long long)json_big[i].v) < 0 ? -1 : 0;
+	if (json_is_object(j)) {
+		int rc = fputc('{', f) == EOF ? -1 : 0;
+		bool first = true;
+		json_object_foreach((json_t *)j, key, v) {
+			json_t *k = json_string(key);
+			if (!first)
+				fputc(',', f);
+			first = false;
+			rc |= json_dumpf(k, f, CLI_JSON_FLAGS | JSON_ENCODE_ANY);
+			json_decref(k);
+			fputc(':', f);
+			rc |= json_write(v, f);
+		}
+		return rc | (fputc('}', f) == EOF ? -1 : 0);
+	}
+	if (json_is_array(j)) {
+		int rc = fputc('[', f) == EOF ? -1 : 0;
+		json_array_foreach(j, i, v) {
+			if (i)
+				fputc(',', f);
+			rc |= json_write(v, f);
+		}
+		return rc | (fputc(']', f) == EOF ? -1 : 0);
+	}
+	return json_dumpf(j, f, CLI_JSON_FLAGS | JSON_ENCODE_ANY);
+}
+
+int cli_json_print(json_t *v, FILE *f)
+{
+	int rc = -1;
+	if (v) {
+		rc = n_json_big ? json_write(v, f)
+				: json_dumpf(v, f, CLI_JSON_FLAGS | JSON_ENCODE_ANY);
+		rc |= fputc('\n', f) == EOF ? -1 : 0;
+		json_decref(v);
+	}
+	n_json_big = 0;
+	return rc;
 }

@@ -37,16 +37,15 @@
  * 130 after SIGINT or SIGTERM (the results so far are still printed). */
 #include <math.h>
 #include <pthread.h>
-#include <signal.h>
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 #include <unistd.h>
 
 #include "cli.h"
+#include "clock.h"
 #include "libitt.h"
-
+#include "sig.h"
 
 #define SERVE_MAX_CLIENTS 4096
 #define SERVE_N_CODES     16 /* slot per Itt__Code; larger codes share the last */
@@ -55,42 +54,67 @@
 #define SERVE_MAX_PROBE   (1l << 30)
 #define SERVE_REASON      640 /* holds an itt_error reason (512) and a code name */
 
-static const char serve_help[] =
-    "usage: itt bench serve --broker ENDPOINT --model NAME [--clients C]\n"
-    "                       [--prompt-tokens P] [--gen-tokens G]\n"
-    "                       [--duration S | --requests N] [--warmup S] [--seed S]\n"
-    "                       [--temperature T] [--vocab V] [--api-key KEY]\n"
-    "                       [--timeout-ms MS] [--json]\n"
-    "A closed-loop load generator: C client threads (default 1), each with its own\n"
-    "connection and one request at a time, submit the next request as soon as the\n"
-    "previous ends. A request is P prompt token ids (default 32: BOS, then pseudo-random\n"
-    "ids in [3, vocab) from --seed, default 1) and asks for G tokens (default 64);\n"
-    "requests that end before G tokens (end of sequence, context) are counted as early.\n"
-    "Clients start spread over the warmup (default 2 s), whose requests are not\n"
-    "measured; then either --duration S seconds (default 10) or the next --requests N\n"
-    "are, and requests in flight at the end are drained. Reports requests\n"
-    "completed, aggregate generated tokens/s over the measured window, time to first\n"
-    "token and time per output token (p50, p90, p99, mean; ms), and errors by code, with\n"
-    "the workers serving the model (from STATS) and this machine. --json prints one\n"
-    "object instead of the table.\n"
-    "  --temperature T  sampling temperature (default: the cluster's, 0.8)\n"
-    "  --vocab V        the model's vocabulary size (default: probed at the broker)\n"
-    "  --api-key KEY    (default $ITT_API_KEY)\n"
-    "  --timeout-ms MS  a request fails UNAVAILABLE after this much broker silence\n"
-    "                   (default 30000)\n"
-    "Exit status: 0 when requests completed or tokens arrived in the window, 1 when\n"
-    "nothing did, 2 on bad arguments.\n";
-
 struct serve_opts {
 	const char *broker, *model, *api_key;
-	long clients, n_prompt, n_gen, requests, vocab, timeout_ms;
+	long clients, n_prompt, n_gen, requests, vocab, timeout_ms, seed;
 	double duration_s, warmup_s;
-	unsigned long long seed;
-	float temperature;
+	float temperature; /* NAN: the cluster's */
 	bool temperature_set, json;
 };
 
-/* One request's outcome; times are absolute cli_now_ms values. */
+#define SERVE_AT(f) offsetof(struct serve_opts, f)
+
+static const struct opt serve_opts_table[] = {
+	{"broker", 0, OPT_STR, NULL, 1, 4096, SERVE_AT(broker), "ENDPOINT",
+	 "the cluster's front end (required)"},
+	{"model", 0, OPT_STR, NULL, 1, 4096, SERVE_AT(model), "NAME", "the model (required)"},
+	{"clients", 0, OPT_LONG, "1", 1, SERVE_MAX_CLIENTS, SERVE_AT(clients), "C",
+	 "client threads, each with one request at a time"},
+	{"prompt-tokens", 0, OPT_LONG, "32", 1, 65536, SERVE_AT(n_prompt), "P",
+	 "prompt ids of a request: BOS, then pseudo-random ids in [3, vocab)"},
+	{"gen-tokens", 0, OPT_LONG, "64", 1, 65536, SERVE_AT(n_gen), "G",
+	 "tokens a request asks for"},
+	{"duration", 0, OPT_DOUBLE, NULL, 0, 86400, SERVE_AT(duration_s), "S",
+	 "measure what is submitted in S s after the warmup (default 10)",
+	 .flags = OPT_LO_OPEN},
+	{"requests", 0, OPT_LONG, NULL, 1, 100000000, SERVE_AT(requests), "N",
+	 "measure the next N requests after the warmup instead"},
+	{"warmup", 0, OPT_DOUBLE, "2", 0, 86400, SERVE_AT(warmup_s), "S",
+	 "seconds not measured; clients start spread over them"},
+	{"seed", 0, OPT_LONG, "1", 0, 0x7fffffffffffffff, SERVE_AT(seed), "S",
+	 "seed of the prompt ids and sampling seeds"},
+	{"temperature", 0, OPT_FLOAT, NULL, CLI_ANY_LO, CLI_ANY_HI, SERVE_AT(temperature), "T",
+	 "sampling temperature (default: the cluster's, 0.8)"},
+	{"vocab", 0, OPT_LONG, NULL, SERVE_FIRST_ID + 1, SERVE_MAX_PROBE, SERVE_AT(vocab), "V",
+	 "the model's vocabulary size (default: probed at the broker)"},
+	{"api-key", 0, OPT_STR, NULL, 0, 4096, SERVE_AT(api_key), "KEY", "the broker's API key",
+	 .env = "ITT_API_KEY"},
+	{"timeout-ms", 0, OPT_LONG, "30000", 100, 86400000, SERVE_AT(timeout_ms), "MS",
+	 "a request fails UNAVAILABLE after this much broker silence"},
+	{"json", 0, OPT_FLAG, NULL, 0, 0, SERVE_AT(json), NULL, "print one JSON object"},
+};
+
+static const struct opt_spec serve_spec = {
+	.prog = "itt bench serve",
+	.usage = "--broker ENDPOINT --model NAME [options]",
+	.about = "\n"
+		 "A closed-loop load generator: C client threads, each with its own connection\n"
+		 "and one request at a time, submit the next request as soon as the previous\n"
+		 "ends. Requests that end before G tokens (end of sequence, context) are counted\n"
+		 "as early. Clients start spread over the warmup, whose requests are not\n"
+		 "measured; then either --duration S seconds or the next --requests N are, and\n"
+		 "requests in flight at the end are drained. Reports requests completed,\n"
+		 "aggregate generated tokens/s over the measured window, time to first token and\n"
+		 "time per output token (p50, p90, p99, mean; ms), and errors by code, with the\n"
+		 "workers serving the model (from STATS) and this machine. --json prints one\n"
+		 "object instead of the table.",
+	.opts = serve_opts_table,
+	.n_opts = OPTS_N(serve_opts_table),
+	.epilog = "Exit status: 0 when requests completed or tokens arrived in the window, 1 when\n"
+		  "nothing did, 2 on bad arguments, 130 after SIGINT or SIGTERM.",
+};
+
+/* One request's outcome; times are absolute monotonic milliseconds. */
 struct serve_rec {
 	double t_submit, t_first, t_last, t_end; /* t_end: the final event read */
 	uint32_t n_tokens;
@@ -125,19 +149,6 @@ struct serve {
 	atomic_long measured_left;      /* requests mode: measured submissions still to make */
 	struct serve_client *clients;
 };
-
-static volatile sig_atomic_t serve_signal;
-
-static void serve_on_signal(int sig)
-{
-	serve_signal = sig;
-}
-
-static void sleep_ms(long ms)
-{
-	struct timespec ts = {ms / 1000, (ms % 1000) * 1000000L};
-	nanosleep(&ts, NULL);
-}
 
 /* splitmix64: the ids and seeds of a request depend only on its inputs. */
 static uint64_t mix64(uint64_t x)
@@ -186,7 +197,7 @@ static int serve_run_one(itt_client_t *cl, struct serve_client *c, const struct 
                          struct serve_rec *rec, char *why, size_t why_cap)
 {
 	struct itt_err err = {0};
-	rec->t_submit = cli_now_ms();
+	rec->t_submit = clock_mono_us() / 1e3;
 	rec->t_first = rec->t_last = 0;
 	rec->n_tokens = 0;
 	rec->early = false;
@@ -196,28 +207,19 @@ static int serve_run_one(itt_client_t *cl, struct serve_client *c, const struct 
 		rec->t_end = rec->t_submit;
 		return rec->code = err.code ? err.code : ITT__CODE__INTERNAL;
 	}
-	bool cancelled = false;
-	double t_cancel = 0;
+	struct stream_wait wait = {0};
 	rec->code = ITT__CODE__INTERNAL;
 	for (;;) {
 		struct itt_event ev;
-		if (serve_signal && !cancelled) {
-			itt_stream_cancel(s);
-			cancelled = true;
-			t_cancel = cli_now_ms();
-		}
-		int r = itt_stream_next(s, &ev, 200);
+		int r = stream_next_or_cancel(s, &ev, &wait);
 		if (r < 0)
 			break;
 		if (r == 0) {
-			if (cancelled && cli_now_ms() - t_cancel > 2000) {
-				rec->code = ITT__CODE__CANCELLED;
-				snprintf(why, why_cap, "interrupted");
-				break;
-			}
-			continue;
+			rec->code = ITT__CODE__CANCELLED;
+			snprintf(why, why_cap, "interrupted");
+			break;
 		}
-		double t = cli_now_ms();
+		double t = clock_mono_us() / 1e3;
 		if (ev.type == ITT_EVENT_CHUNK) {
 			if (!ev.n_tokens)
 				continue; /* held-back text only */
@@ -244,7 +246,7 @@ static int serve_run_one(itt_client_t *cl, struct serve_client *c, const struct 
 			break;
 		}
 	}
-	rec->t_end = cli_now_ms();
+	rec->t_end = clock_mono_us() / 1e3;
 	itt_stream_destroy(&s);
 	return rec->code;
 }
@@ -252,7 +254,7 @@ static int serve_run_one(itt_client_t *cl, struct serve_client *c, const struct 
 /* Fills ids[0..n) for request k of client ci and returns its sampling seed. */
 static uint64_t serve_prompt(const struct serve_opts *o, int ci, uint64_t k, int32_t *ids)
 {
-	uint64_t h = mix64(o->seed ^ mix64(((uint64_t)ci << 40) ^ k));
+	uint64_t h = mix64((uint64_t)o->seed ^ mix64(((uint64_t)ci << 40) ^ k));
 	uint64_t span = (uint64_t)o->vocab - SERVE_FIRST_ID;
 	ids[0] = SERVE_BOS;
 	for (long i = 1; i < o->n_prompt; i++) {
@@ -286,10 +288,10 @@ static void *serve_client_main(void *arg)
 	/* Ramp-up: client i starts at i/C of the warmup, so that equal-length
 	 * requests do not start and end in lockstep waves. */
 	double t_first = sv->t_start + o->warmup_s * 1e3 * c->index / (double)o->clients;
-	while (!serve_signal && cli_now_ms() < t_first)
+	while (!sig_stop && clock_mono_us() / 1e3 < t_first)
 		sleep_ms(10);
-	for (uint64_t k = 0; !serve_signal; k++) {
-		double now = cli_now_ms();
+	for (uint64_t k = 0; !sig_stop; k++) {
+		double now = clock_mono_us() / 1e3;
 		if (o->requests == 0 && now >= sv->t_stop)
 			break;
 		bool measured = now >= sv->t_warm;
@@ -315,7 +317,7 @@ static void *serve_client_main(void *arg)
 		char why[SERVE_REASON] = "";
 		int code = serve_run_one(cl, c, &req, rec, why, sizeof why);
 		rec->measured = measured;
-		if (code && !(serve_signal && code == ITT__CODE__CANCELLED)) {
+		if (code && !(sig_stop && code == ITT__CODE__CANCELLED)) {
 			c->errors[code_slot(code)]++;
 			snprintf(c->last_error, sizeof c->last_error, "%s: %s", itt_code_name(code),
 			         why);
@@ -385,83 +387,18 @@ static long serve_probe_vocab(itt_client_t *cl, const struct serve_opts *o, char
 	return ok + 1;
 }
 
-static void cpu_model(char *buf, size_t cap)
-{
-	FILE *f = fopen("/proc/cpuinfo", "r");
-	char line[512];
-	snprintf(buf, cap, "unknown");
-	while (f && fgets(line, sizeof line, f)) {
-		char *c = strchr(line, ':');
-		if (c && !strncmp(line, "model name", 10)) {
-			c += 1 + (c[1] == ' ');
-			c[strcspn(c, "\n")] = 0;
-			snprintf(buf, cap, "%s", c);
-			break;
-		}
-	}
-	if (f)
-		fclose(f);
-}
-
 /* --- after the run: figures -------------------------------------------------- */
 
-static int cmp_double(const void *a, const void *b)
+/* {"n":..,"p50":..,"p90":..,"p99":..,"mean":..} (ms) */
+static json_t *json_dist(const struct dist *d)
 {
-	double x = *(const double *)a, y = *(const double *)b;
-	return (x > y) - (x < y);
-}
-
-struct dist {
-	size_t n;
-	double p50, p90, p99, mean;
-};
-
-/* Percentiles with linear interpolation between order statistics; sorts v. */
-static struct dist dist_of(double *v, size_t n)
-{
-	struct dist d = {n, NAN, NAN, NAN, NAN};
-	if (!n)
-		return d;
-	qsort(v, n, sizeof *v, cmp_double);
-	double sum = 0;
-	for (size_t i = 0; i < n; i++)
-		sum += v[i];
-	d.mean = sum / (double)n;
-	double q[3] = {0.50, 0.90, 0.99}, *out[3] = {&d.p50, &d.p90, &d.p99};
-	for (int k = 0; k < 3; k++) {
-		double pos = q[k] * (double)(n - 1);
-		size_t lo = (size_t)pos;
-		size_t hi = lo + 1 < n ? lo + 1 : lo;
-		*out[k] = v[lo] + (pos - (double)lo) * (v[hi] - v[lo]);
-	}
-	return d;
-}
-
-static void json_num(FILE *f, double x)
-{
-	if (isfinite(x))
-		fprintf(f, "%.3f", x);
-	else
-		fputs("null", f);
-}
-
-static void json_dist(FILE *f, const char *name, const struct dist *d)
-{
-	fprintf(f, ",\"%s\":{\"n\":%zu,\"p50\":", name, d->n);
-	json_num(f, d->p50);
-	fputs(",\"p90\":", f);
-	json_num(f, d->p90);
-	fputs(",\"p99\":", f);
-	json_num(f, d->p99);
-	fputs(",\"mean\":", f);
-	json_num(f, d->mean);
-	fputs("}", f);
-}
-
-static void json_string(FILE *f, const char *s)
-{
-	s = s ? s : "";
-	json_str(f, s, strlen(s));
+	json_t *j = json_object();
+	json_object_set_new(j, "n", json_integer((json_int_t)d->n));
+	json_object_set_new(j, "p50", cli_json_num(d->p50, "%.3f"));
+	json_object_set_new(j, "p90", cli_json_num(d->p90, "%.3f"));
+	json_object_set_new(j, "p99", cli_json_num(d->p99, "%.3f"));
+	json_object_set_new(j, "mean", cli_json_num(d->mean, "%.3f"));
+	return j;
 }
 
 static void table_dist(const char *name, const struct dist *d)
@@ -476,88 +413,27 @@ static void table_dist(const char *name, const struct dist *d)
 
 /* --- the command ------------------------------------------------------------- */
 
-static int serve_usage(const char *fmt, const char *arg)
-{
-	fputs("itt bench serve: ", stderr);
-	fprintf(stderr, fmt, arg);
-	fputs("\n", stderr);
-	fputs(serve_help, stderr);
-	return 2;
-}
-
+/* OPTS_OK, OPTS_HELP or OPTS_ERROR (a line on stderr). */
 static int serve_parse(int argc, char **argv, struct serve_opts *o)
 {
 	memset(o, 0, sizeof *o);
-	o->clients = 1;
-	o->n_prompt = 32;
-	o->n_gen = 64;
-	o->seed = 1;
-	o->timeout_ms = 30000;
-	o->warmup_s = 2;
-	o->api_key = getenv("ITT_API_KEY");
-	bool have_duration = false;
-	for (int i = 0; i < argc; i++) {
-		const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
-		bool ok = true;
-		long l;
-		float f;
-		if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
-			fputs(serve_help, stdout);
-			return 1;
-		}
-		if (!strcmp(a, "--json")) {
-			o->json = true;
-			continue;
-		}
-		if (!v)
-			return serve_usage("unknown option or missing value: %s", a);
-		i++;
-		if (!strcmp(a, "--broker"))
-			o->broker = v;
-		else if (!strcmp(a, "--model"))
-			o->model = v;
-		else if (!strcmp(a, "--api-key"))
-			o->api_key = v;
-		else if (!strcmp(a, "--clients"))
-			ok = cli_parse_long(v, 1, SERVE_MAX_CLIENTS, &o->clients);
-		else if (!strcmp(a, "--prompt-tokens"))
-			ok = cli_parse_long(v, 1, 65536, &o->n_prompt);
-		else if (!strcmp(a, "--gen-tokens"))
-			ok = cli_parse_long(v, 1, 65536, &o->n_gen);
-		else if (!strcmp(a, "--requests"))
-			ok = cli_parse_long(v, 1, 100000000, &o->requests);
-		else if (!strcmp(a, "--vocab"))
-			ok = cli_parse_long(v, SERVE_FIRST_ID + 1, SERVE_MAX_PROBE, &o->vocab);
-		else if (!strcmp(a, "--timeout-ms"))
-			ok = cli_parse_long(v, 100, 86400000, &o->timeout_ms);
-		else if (!strcmp(a, "--seed")) {
-			ok = cli_parse_long(v, 0, 0x7fffffffffffffffl, &l);
-			o->seed = (unsigned long long)l;
-		} else if (!strcmp(a, "--temperature")) {
-			ok = cli_parse_float(v, &f) && isfinite(f);
-			o->temperature = f;
-			o->temperature_set = true;
-		} else if (!strcmp(a, "--duration")) {
-			ok = cli_parse_float(v, &f) && f > 0 && f <= 86400;
-			o->duration_s = f;
-			have_duration = true;
-		} else if (!strcmp(a, "--warmup")) {
-			ok = cli_parse_float(v, &f) && f >= 0 && f <= 86400;
-			o->warmup_s = f;
-		} else
-			return serve_usage("unknown option %s", a);
-		if (!ok) {
-			fprintf(stderr, "itt bench serve: bad value for %s: \"%s\"\n", a, v);
-			return 2;
-		}
-	}
+	o->temperature = NAN;
+	int rc = opts_parse(&serve_spec, argc, argv, o, NULL);
+	if (rc != OPTS_OK)
+		return rc;
+	const char *why = NULL;
 	if (!o->broker || !o->model)
-		return serve_usage("%s", "--broker ENDPOINT and --model NAME are required");
-	if (have_duration && o->requests)
-		return serve_usage("%s", "--duration and --requests are exclusive");
-	if (!have_duration && !o->requests)
+		why = "--broker ENDPOINT and --model NAME are required";
+	else if (o->duration_s > 0 && o->requests)
+		why = "--duration and --requests are exclusive";
+	if (why) {
+		fprintf(stderr, "itt bench serve: %s (see --help)\n", why);
+		return OPTS_ERROR;
+	}
+	o->temperature_set = !isnan(o->temperature);
+	if (!o->requests && !(o->duration_s > 0))
 		o->duration_s = 10;
-	return 0;
+	return OPTS_OK;
 }
 
 /* The live workers of the model in STATS: the first cap in out[]; returns
@@ -581,8 +457,8 @@ int cmd_bench_serve(int argc, char **argv)
 {
 	struct serve_opts o;
 	int rc = serve_parse(argc, argv, &o);
-	if (rc)
-		return rc == 1 ? 0 : rc;
+	if (rc != OPTS_OK)
+		return cli_exit(rc);
 
 	struct itt_err err = {0};
 	itt_client_t *probe = serve_connect(&o, NULL, &err);
@@ -636,21 +512,16 @@ int cmd_bench_serve(int argc, char **argv)
 		}
 	}
 
-	struct sigaction sa, old_int, old_term;
-	memset(&sa, 0, sizeof sa);
-	sa.sa_handler = serve_on_signal;
-	sigemptyset(&sa.sa_mask);
-	sigaction(SIGINT, &sa, &old_int);
-	sigaction(SIGTERM, &sa, &old_term);
+	sig_stop_install();
 
 	struct serve sv = {.o = &o};
 	sv.clients = calloc((size_t)o.clients, sizeof *sv.clients);
 	if (!sv.clients) {
 		fprintf(stderr, "itt bench serve: out of memory\n");
 		rc = 1;
-		goto out_signals;
+		goto out_stats;
 	}
-	sv.t_start = cli_now_ms();
+	sv.t_start = clock_mono_us() / 1e3;
 	sv.t_warm = sv.t_start + o.warmup_s * 1e3;
 	sv.t_stop = sv.t_warm + o.duration_s * 1e3;
 	atomic_init(&sv.measured_left, o.requests);
@@ -661,14 +532,14 @@ int cmd_bench_serve(int argc, char **argv)
 		c->index = (int)i;
 		if (pthread_create(&c->thread, NULL, serve_client_main, c)) {
 			fprintf(stderr, "itt bench serve: cannot start client thread %ld\n", i);
-			serve_signal = SIGTERM;
+			sig_stop = SIGTERM;
 			break;
 		}
 		started++;
 	}
 	for (long i = 0; i < started; i++)
 		pthread_join(sv.clients[i].thread, NULL);
-	double t_end_run = cli_now_ms();
+	double t_end_run = clock_mono_us() / 1e3;
 
 	/* The window, and what fell into it. */
 	double w_lo = sv.t_warm, w_hi = o.requests ? sv.t_warm : sv.t_stop;
@@ -698,7 +569,7 @@ int cmd_bench_serve(int argc, char **argv)
 			n_early += rec->early;
 		}
 	}
-	if (serve_signal && !o.requests)
+	if (sig_stop && !o.requests)
 		w_hi = t_end_run < w_hi ? t_end_run : w_hi;
 	double *ttft = malloc((n_done + 1) * sizeof *ttft);
 	double *tpot = malloc((n_done + 1) * sizeof *tpot);
@@ -733,61 +604,61 @@ int cmd_bench_serve(int argc, char **argv)
 	struct dist d_ttft = dist_of(ttft, n_ttft), d_tpot = dist_of(tpot, n_tpot);
 
 	char cpu[256];
-	cpu_model(cpu, sizeof cpu);
+	cpu_name(cpu, sizeof cpu);
 	long cores = sysconf(_SC_NPROCESSORS_ONLN);
 	if (o.json) {
-		printf("{\"bench\":\"serve\",\"broker\":");
-		json_string(stdout, o.broker);
-		printf(",\"model\":");
-		json_string(stdout, o.model);
-		printf(",\"machine\":{\"cpu\":");
-		json_string(stdout, cpu);
-		printf(",\"cores\":%ld},\"workers\":[", cores);
+		json_t *j = json_object(), *mach = json_object(), *ws = json_array();
+		json_t *errs = json_object();
+		json_object_set_new(j, "bench", json_string("serve"));
+		json_object_set_new(j, "broker", cli_json_str(o.broker));
+		json_object_set_new(j, "model", cli_json_str(o.model));
+		json_object_set_new(mach, "cpu", cli_json_str(cpu));
+		json_object_set_new(mach, "cores", json_integer(cores));
+		json_object_set_new(j, "machine", mach);
 		for (size_t i = 0; i < shown; i++) {
-			const Itt__WorkerStats *w = workers[i];
-			printf("%s{\"id\":", i ? "," : "");
-			json_string(stdout, w->id);
-			printf(",\"host\":");
-			json_string(stdout, w->host);
-			printf(",\"threads\":%u,\"max_sessions\":%u}", w->threads, w->max_sessions);
+			json_t *w = json_object();
+			json_object_set_new(w, "id", cli_json_str(workers[i]->id));
+			json_object_set_new(w, "host", cli_json_str(workers[i]->host));
+			json_object_set_new(w, "threads", json_integer(workers[i]->threads));
+			json_object_set_new(w, "max_sessions",
+					    json_integer(workers[i]->max_sessions));
+			json_array_append_new(ws, w);
 		}
-		printf("],\"n_workers\":%zu,\"worker_threads\":%ld,\"clients\":%ld,"
-		       "\"prompt_tokens\":%ld,\"gen_tokens\":%ld,\"vocab\":%ld,\"vocab_probed\":%s,"
-		       "\"seed\":%llu,\"temperature\":",
-		       n_workers, threads_total, o.clients, o.n_prompt, o.n_gen, o.vocab,
-		       probed ? "true" : "false", o.seed);
-		json_num(stdout, o.temperature_set ? o.temperature : NAN);
-		printf(",\"warmup_s\":%.3f,\"duration_s\":", o.warmup_s);
-		json_num(stdout, o.requests ? NAN : o.duration_s);
-		printf(",\"requests\":");
-		if (o.requests)
-			printf("%ld", o.requests);
-		else
-			printf("null");
-		printf(",\"window_s\":%.3f,\"requests_measured\":%zu,\"requests_completed\":%zu,"
-		       "\"requests_early\":%zu,\"measured_tokens\":%llu,\"window_tokens\":%llu,"
-		       "\"tokens_per_s\":",
-		       window_s, n_meas, n_done, n_early, (unsigned long long)measured_tokens,
-		       (unsigned long long)window_tokens);
-		json_num(stdout, tok_s);
-		printf(",\"requests_per_s\":");
-		json_num(stdout, req_s);
-		json_dist(stdout, "ttft_ms", &d_ttft);
-		json_dist(stdout, "tpot_ms", &d_tpot);
-		printf(",\"errors_total\":%ld,\"errors\":{", n_errors);
-		bool first = true;
+		json_object_set_new(j, "workers", ws);
+		json_object_set_new(j, "n_workers", json_integer((json_int_t)n_workers));
+		json_object_set_new(j, "worker_threads", json_integer(threads_total));
+		json_object_set_new(j, "clients", json_integer(o.clients));
+		json_object_set_new(j, "prompt_tokens", json_integer(o.n_prompt));
+		json_object_set_new(j, "gen_tokens", json_integer(o.n_gen));
+		json_object_set_new(j, "vocab", json_integer(o.vocab));
+		json_object_set_new(j, "vocab_probed", json_boolean(probed));
+		json_object_set_new(j, "seed", json_integer(o.seed));
+		json_object_set_new(j, "temperature", cli_json_num(o.temperature, "%.3f"));
+		json_object_set_new(j, "warmup_s", cli_json_num(o.warmup_s, "%.3f"));
+		json_object_set_new(j, "duration_s",
+				    cli_json_num(o.requests ? NAN : o.duration_s, "%.3f"));
+		json_object_set_new(j, "requests",
+				    o.requests ? json_integer(o.requests) : json_null());
+		json_object_set_new(j, "window_s", cli_json_num(window_s, "%.3f"));
+		json_object_set_new(j, "requests_measured", json_integer((json_int_t)n_meas));
+		json_object_set_new(j, "requests_completed", json_integer((json_int_t)n_done));
+		json_object_set_new(j, "requests_early", json_integer((json_int_t)n_early));
+		json_object_set_new(j, "measured_tokens", cli_json_u64(measured_tokens));
+		json_object_set_new(j, "window_tokens", cli_json_u64(window_tokens));
+		json_object_set_new(j, "tokens_per_s", cli_json_num(tok_s, "%.3f"));
+		json_object_set_new(j, "requests_per_s", cli_json_num(req_s, "%.3f"));
+		json_object_set_new(j, "ttft_ms", json_dist(&d_ttft));
+		json_object_set_new(j, "tpot_ms", json_dist(&d_tpot));
+		json_object_set_new(j, "errors_total", json_integer(n_errors));
 		for (int k = 0; k < SERVE_N_CODES; k++)
-			if (errors[k]) {
-				printf("%s\"%s\":%ld", first ? "" : ",", itt_code_name(k),
-				       errors[k]);
-				first = false;
-			}
-		printf("},\"last_error\":");
-		if (last_error)
-			json_string(stdout, last_error);
-		else
-			printf("null");
-		printf(",\"interrupted\":%s}\n", serve_signal ? "true" : "false");
+			if (errors[k])
+				json_object_set_new(errs, itt_code_name(k),
+						    json_integer(errors[k]));
+		json_object_set_new(j, "errors", errs);
+		json_object_set_new(j, "last_error",
+				    last_error ? cli_json_str(last_error) : json_null());
+		json_object_set_new(j, "interrupted", json_boolean(sig_stop));
+		cli_json_print(j, stdout);
 	} else {
 		printf("bench serve  model %s at %s\n", o.model, o.broker);
 		printf("machine      %s, %ld cores (this load generator)\n", cpu, cores);
@@ -803,7 +674,7 @@ int cmd_bench_serve(int argc, char **argv)
 		       "%ld%s), "
 		       "%ld generated; seed %llu; temperature ",
 		       o.clients, o.clients == 1 ? "" : "s", o.n_prompt, o.vocab,
-		       probed ? ", probed" : "", o.n_gen, o.seed);
+		       probed ? ", probed" : "", o.n_gen, (unsigned long long)o.seed);
 		if (o.temperature_set)
 			printf("%g\n", o.temperature);
 		else
@@ -832,9 +703,9 @@ int cmd_bench_serve(int argc, char **argv)
 		printf("\n");
 		if (last_error)
 			printf("last error   %s\n", last_error);
-		if (serve_signal)
+		if (sig_stop)
 			printf("interrupted  by signal %d; the figures cover what had ended\n",
-			       (int)serve_signal);
+			       (int)sig_stop);
 	}
 	fflush(stdout);
 	if (oom)
@@ -842,8 +713,8 @@ int cmd_bench_serve(int argc, char **argv)
 		                "incomplete\n");
 	if (n_errors && last_error)
 		fprintf(stderr, "itt bench serve: %ld errors; last %s\n", n_errors, last_error);
-	rc = serve_signal ? 130 : n_done || window_tokens ? 0 : 1;
-	if (!n_done && !serve_signal)
+	rc = sig_stop ? 130 : n_done || window_tokens ? 0 : 1;
+	if (!n_done && !sig_stop)
 		fprintf(stderr, "itt bench serve: no measured request completed%s\n",
 		        window_tokens ? " (requests outlast the warmup and window; lengthen them)"
 		                      : "");
@@ -855,9 +726,6 @@ out_clients:
 		free(sv.clients[i].ticks);
 	}
 	free(sv.clients);
-out_signals:
-	sigaction(SIGINT, &old_int, NULL);
-	sigaction(SIGTERM, &old_term, NULL);
 out_stats:
 	itt_stats_free(&st);
 	itt_client_destroy(&probe);

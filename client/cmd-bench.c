@@ -12,19 +12,17 @@
 #endif
 
 #include "cli.h"
+#include "clock.h"
 #include "engine.h"
 
 /* cmd-bench-serve.c: `itt bench serve`, the closed-loop cluster load generator. */
 
 static const char bench_help[] =
-	"usage: itt bench engine --local MODEL.gguf [--threads T] [--prompt-tokens N]\n"
-	"                        [--gen-tokens N] [--reps R] [--json]\n"
-	"Measures prefill and decode tokens/s and, in the same run, the rooflines they are\n"
-	"compared with: for decode, streaming read bandwidth (weight and KV bytes per token /\n"
-	"bandwidth); for prefill, OpenBLAS sgemm (its own threads, F32) alone on the same\n"
-	"layer matrix products. Figures are medians of R runs.\n"
-	"`itt bench serve --broker ENDPOINT --model NAME ...` loads a cluster with concurrent\n"
-	"clients instead (`itt bench serve --help`).\n";
+	"usage: itt bench engine --local MODEL.gguf [options]\n"
+	"       itt bench serve --broker ENDPOINT --model NAME [options]\n"
+	"`itt bench engine` measures the engine in this process beside the rooflines measured\n"
+	"in the same run; `itt bench serve` loads a cluster with concurrent clients.\n"
+	"`itt bench engine --help` and `itt bench serve --help` describe their options.\n";
 
 static int cmp_double(const void *a, const void *b)
 {
@@ -32,10 +30,29 @@ static int cmp_double(const void *a, const void *b)
 	return (x > y) - (x < y);
 }
 
+struct dist dist_of(double *v, size_t n)
+{
+	struct dist d = {n, NAN, NAN, NAN, NAN};
+	if (!n)
+		return d;
+	qsort(v, n, sizeof *v, cmp_double);
+	double sum = 0;
+	for (size_t i = 0; i < n; i++)
+		sum += v[i];
+	d.mean = sum / (double)n;
+	double q[3] = {0.50, 0.90, 0.99}, *out[3] = {&d.p50, &d.p90, &d.p99};
+	for (int k = 0; k < 3; k++) {
+		double pos = q[k] * (double)(n - 1);
+		size_t lo = (size_t)pos;
+		size_t hi = lo + 1 < n ? lo + 1 : lo;
+		*out[k] = v[lo] + (pos - (double)lo) * (v[hi] - v[lo]);
+	}
+	return d;
+}
+
 static double median(double *v, int n)
 {
-	qsort(v, (size_t)n, sizeof *v, cmp_double);
-	return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
+	return dist_of(v, (size_t)n).p50;
 }
 
 struct bw_job {
@@ -93,9 +110,9 @@ static double measure_bandwidth(threadpool_t *pool, int reps)
 	double t[32];
 	threadpool_run(pool, bw_worker, &j); /* warm */
 	for (int r = 0; r < reps; r++) {
-		double t0 = cli_now_ms();
+		double t0 = clock_mono_us() / 1e3;
 		threadpool_run(pool, bw_worker, &j);
-		t[r] = cli_now_ms() - t0;
+		t[r] = clock_mono_us() / 1e3 - t0;
 	}
 	free(buf);
 	return (double)n * sizeof(float) / (median(t, reps) / 1e3) / 1e9;
@@ -120,10 +137,10 @@ static double time_sgemm(int M, int N, int K, int threads, int reps)
 		cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, M, N, K, 1, A, K, B, K, 0, C,
 			    N);
 		for (int r = 0; r < reps; r++) {
-			double t0 = cli_now_ms();
+			double t0 = clock_mono_us() / 1e3;
 			cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, M, N, K, 1, A, K, B, K,
 				    0, C, N);
-			t[r] = cli_now_ms() - t0;
+			t[r] = clock_mono_us() / 1e3 - t0;
 		}
 		openblas_set_num_threads(1);
 		ms = median(t, reps);
@@ -146,19 +163,17 @@ static double time_layer_gemms(const struct model *m, int M, int threads, int re
 	return ms * (m->last - m->first);
 }
 
-static void cpu_name(char *buf, size_t cap)
+void cpu_name(char *buf, size_t cap)
 {
 	FILE *f = fopen("/proc/cpuinfo", "r");
 	char line[512];
 	snprintf(buf, cap, "unknown");
 	while (f && fgets(line, sizeof line, f)) {
-		if (!strncmp(line, "model name", 10)) {
-			char *c = strchr(line, ':');
-			if (c) {
-				c += 2;
-				c[strcspn(c, "\n")] = 0;
-				snprintf(buf, cap, "%s", c);
-			}
+		char *c = strchr(line, ':');
+		if (c && !strncmp(line, "model name", 10)) {
+			c += 1 + (c[1] == ' ');
+			c[strcspn(c, "\n")] = 0;
+			snprintf(buf, cap, "%s", c);
 			break;
 		}
 	}
@@ -166,41 +181,51 @@ static void cpu_name(char *buf, size_t cap)
 		fclose(f);
 }
 
+struct engine_bench_opts {
+	const char *model;
+	long threads, n_prompt, n_gen, reps;
+	bool json;
+};
+
+#define EB_AT(f) offsetof(struct engine_bench_opts, f)
+
+static const struct opt engine_bench_opts_table[] = {
+	{"local", 0, OPT_STR, NULL, 1, 4096, EB_AT(model), "MODEL.gguf", "the model (required)"},
+	{"threads", 't', OPT_LONG, "1", 1, 256, EB_AT(threads), NULL, "compute threads"},
+	{"prompt-tokens", 0, OPT_LONG, "128", 1, 65536, EB_AT(n_prompt), NULL,
+	 "tokens of the prefill"},
+	{"gen-tokens", 0, OPT_LONG, "64", 1, 65536, EB_AT(n_gen), NULL,
+	 "tokens decoded one at a time"},
+	{"reps", 0, OPT_LONG, "5", 1, 31, EB_AT(reps), "R", "runs; figures are their medians"},
+	{"json", 0, OPT_FLAG, NULL, 0, 0, EB_AT(json), NULL, "print one JSON object"},
+};
+
+static const struct opt_spec engine_bench_spec = {
+	.prog = "itt bench engine",
+	.usage = "--local MODEL.gguf [options]",
+	.about = "\n"
+		 "Measures prefill and decode tokens/s and, in the same run, the rooflines they\n"
+		 "are compared with: for decode, streaming read bandwidth (weight and KV bytes\n"
+		 "per token / bandwidth); for prefill, OpenBLAS sgemm (its own threads, F32)\n"
+		 "alone on the same layer matrix products. Figures are medians of R runs.",
+	.opts = engine_bench_opts_table,
+	.n_opts = OPTS_N(engine_bench_opts_table),
+	.epilog = "`itt bench serve --broker ENDPOINT --model NAME ...` loads a cluster with\n"
+		  "concurrent clients instead (`itt bench serve --help`).",
+};
+
 static int bench_engine(int argc, char **argv)
 {
-	const char *model = NULL;
-	long threads = 1, n_prompt = 128, n_gen = 64, reps = 5;
-	bool json = false;
-	for (int i = 0; i < argc; i++) {
-		const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
-		bool ok = true;
-		if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
-			fputs(bench_help, stdout);
-			return 0;
-		} else if (!strcmp(a, "--local") && v)
-			model = argv[++i];
-		else if (!strcmp(a, "--threads") && v)
-			ok = cli_parse_long(argv[++i], 1, 256, &threads);
-		else if (!strcmp(a, "--prompt-tokens") && v)
-			ok = cli_parse_long(argv[++i], 1, 65536, &n_prompt);
-		else if (!strcmp(a, "--gen-tokens") && v)
-			ok = cli_parse_long(argv[++i], 1, 65536, &n_gen);
-		else if (!strcmp(a, "--reps") && v)
-			ok = cli_parse_long(argv[++i], 1, 31, &reps);
-		else if (!strcmp(a, "--json"))
-			json = true;
-		else
-			ok = false;
-		if (!ok) {
-			fprintf(stderr, "itt bench engine: bad argument %s\n", a);
-			fputs(bench_help, stderr);
-			return 2;
-		}
-	}
-	if (!model) {
-		fputs(bench_help, stderr);
+	struct engine_bench_opts bo = {0};
+	int prc = opts_parse(&engine_bench_spec, argc, argv, &bo, NULL);
+	if (prc != OPTS_OK)
+		return cli_exit(prc);
+	if (!bo.model) {
+		fprintf(stderr, "itt bench engine: --local MODEL.gguf is required (see --help)\n");
 		return 2;
 	}
+	const char *model = bo.model;
+	long threads = bo.threads, n_prompt = bo.n_prompt, n_gen = bo.n_gen, reps = bo.reps;
 
 	struct engine_config c;
 	struct itt_err err = {0};
@@ -232,12 +257,12 @@ static int bench_engine(int argc, char **argv)
 	for (long r = 0; r < reps; r++) {
 		struct kv_seq seq;
 		kv_seq_init(&seq);
-		double t0 = cli_now_ms();
+		double t0 = clock_mono_us() / 1e3;
 		if (engine_prefill(e, &seq, toks, (uint32_t)n_prompt, NULL, logits, &err) < 0) {
 			fprintf(stderr, "itt bench engine: %s\n", err.msg);
 			return 1;
 		}
-		double t1 = cli_now_ms();
+		double t1 = clock_mono_us() / 1e3;
 		for (long g = 0; g < n_gen; g++) {
 			int32_t best = 0;
 			for (uint32_t j = 1; j < V; j++)
@@ -251,7 +276,7 @@ static int bench_engine(int argc, char **argv)
 				return 1;
 			}
 		}
-		double t2 = cli_now_ms();
+		double t2 = clock_mono_us() / 1e3;
 		tp[r] = t1 - t0;
 		td[r] = t2 - t1;
 		kv_seq_free(&e->kv, &seq);
@@ -288,18 +313,31 @@ static int bench_engine(int argc, char **argv)
 	char cpu[128];
 	cpu_name(cpu, sizeof cpu);
 	const char *tname = ggml_type_name(m->layers[0].wq.type);
-	if (json) {
-		printf("{\"machine\":{\"cpu\":\"%s\",\"cores\":%ld},\"model\":\"%s\",\"type\":\"%s\","
-		       "\"params\":%llu,\"weight_bytes\":%llu,\"threads\":%ld,\"prompt_tokens\":%ld,"
-		       "\"gen_tokens\":%ld,\"prefill_tok_s\":%.2f,\"decode_tok_s\":%.2f,"
-		       "\"bandwidth_gb_s\":%.2f,\"decode_roofline_tok_s\":%.2f,"
-		       "\"decode_fraction\":%.3f,\"sgemm_gflops\":%.2f,\"prefill_gflops\":%.2f,"
-		       "\"prefill_roofline_tok_s\":%.2f,\"prefill_fraction\":%.3f}\n",
-		       cpu, sysconf(_SC_NPROCESSORS_ONLN), model, tname,
-		       (unsigned long long)(layer_params + 2ull * V * hp->dim),
-		       (unsigned long long)m->weight_bytes, threads, n_prompt, n_gen, prefill_tps,
-		       decode_tps, bw, roof_tps, decode_tps / roof_tps, sgemm, prefill_gflops,
-		       prefill_roof_tps, prefill_tps / prefill_roof_tps);
+	if (bo.json) {
+		json_t *j = json_object(), *mach = json_object();
+		json_object_set_new(mach, "cpu", cli_json_str(cpu));
+		json_object_set_new(mach, "cores", json_integer(sysconf(_SC_NPROCESSORS_ONLN)));
+		json_object_set_new(j, "machine", mach);
+		json_object_set_new(j, "model", cli_json_str(model));
+		json_object_set_new(j, "type", cli_json_str(tname));
+		json_object_set_new(j, "params", cli_json_u64(layer_params + 2ull * V * hp->dim));
+		json_object_set_new(j, "weight_bytes", cli_json_u64(m->weight_bytes));
+		json_object_set_new(j, "threads", json_integer(threads));
+		json_object_set_new(j, "prompt_tokens", json_integer(n_prompt));
+		json_object_set_new(j, "gen_tokens", json_integer(n_gen));
+		json_object_set_new(j, "prefill_tok_s", cli_json_num(prefill_tps, "%.2f"));
+		json_object_set_new(j, "decode_tok_s", cli_json_num(decode_tps, "%.2f"));
+		json_object_set_new(j, "bandwidth_gb_s", cli_json_num(bw, "%.2f"));
+		json_object_set_new(j, "decode_roofline_tok_s", cli_json_num(roof_tps, "%.2f"));
+		json_object_set_new(j, "decode_fraction",
+				    cli_json_num(decode_tps / roof_tps, "%.3f"));
+		json_object_set_new(j, "sgemm_gflops", cli_json_num(sgemm, "%.2f"));
+		json_object_set_new(j, "prefill_gflops", cli_json_num(prefill_gflops, "%.2f"));
+		json_object_set_new(j, "prefill_roofline_tok_s",
+				    cli_json_num(prefill_roof_tps, "%.2f"));
+		json_object_set_new(j, "prefill_fraction",
+				    cli_json_num(prefill_tps / prefill_roof_tps, "%.3f"));
+		cli_json_print(j, stdout);
 	} else {
 		printf("machine   %s, %ld cores; OpenBLAS %s\n", cpu, sysconf(_SC_NPROCESSORS_ONLN),
 		       openblas_get_config());
@@ -327,10 +365,12 @@ static int bench_engine(int argc, char **argv)
 
 int cmd_bench(int argc, char **argv)
 {
-	if (argc >= 1 && !strcmp(argv[0], "engine"))
+	const char *sub = argc >= 2 ? argv[1] : "";
+	if (!strcmp(sub, "engine"))
 		return bench_engine(argc - 1, argv + 1);
-	if (argc >= 1 && !strcmp(argv[0], "serve"))
+	if (!strcmp(sub, "serve"))
 		return cmd_bench_serve(argc - 1, argv + 1);
-	fputs(bench_help, argc >= 1 && !strcmp(argv[0], "--help") ? stdout : stderr);
-	return argc >= 1 && !strcmp(argv[0], "--help") ? 0 : 2;
+	bool help = !strcmp(sub, "--help") || !strcmp(sub, "-h");
+	fputs(bench_help, help ? stdout : stderr);
+	return help ? 0 : 2;
 }

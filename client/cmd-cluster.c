@@ -20,38 +20,16 @@
 #include <string.h>
 #include <sys/prctl.h>
 #include <sys/wait.h>
-#include <time.h>
 #include <unistd.h>
 
 #include "cli.h"
+#include "clock.h"
 #include "libitt.h"
+#include "log.h"
+#include "sig.h"
 
 #define UP_MAX_WORKERS 256
 #define UP_MAX_EXTRA   32
-
-volatile sig_atomic_t g_stop;
-
-static void on_signal(int sig)
-{
-	g_stop = sig;
-}
-
-/* SIGINT/SIGTERM set g_stop and interrupt blocking calls (no SA_RESTART). */
-void install_signals(void)
-{
-	struct sigaction sa;
-	memset(&sa, 0, sizeof sa);
-	sa.sa_handler = on_signal;
-	sigemptyset(&sa.sa_mask);
-	sigaction(SIGINT, &sa, NULL);
-	sigaction(SIGTERM, &sa, NULL);
-}
-
-const char *env_or(const char *name, const char *def)
-{
-	const char *v = getenv(name);
-	return v && *v ? v : def;
-}
 
 /* --- generate --broker ------------------------------------------------------ */
 
@@ -108,49 +86,7 @@ static int buf_add(struct buf *b, const void *data, size_t n)
 	return 0;
 }
 
-/* Removes the options only the broker path knows from argv (in place) and
- * stores them in co; returns the new argc, or -1 after a usage error. */
-int take_cluster_opts(int argc, char **argv, struct cluster_opts *co, const char *cmd)
-{
-	int n = 0;
-	for (int i = 0; i < argc; i++) {
-		const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
-		const char **str = NULL;
-		long *num = NULL, lo = 0, hi = 0;
-		if (!strcmp(a, "--api-key"))
-			str = &co->api_key;
-		else if (!strcmp(a, "--client-id"))
-			str = &co->client_id;
-		else if (!strcmp(a, "--tenant"))
-			str = &co->tenant;
-		else if (!strcmp(a, "--deadline-ms"))
-			num = &co->deadline_ms, lo = 0, hi = 3600000;
-		else if (!strcmp(a, "--priority"))
-			num = &co->priority, lo = -1000000, hi = 1000000;
-		else if (!strcmp(a, "--timeout-ms"))
-			num = &co->timeout_ms, lo = 0, hi = 86400000;
-		if (!str && !num) {
-			argv[n++] = argv[i];
-			continue;
-		}
-		if (!v) {
-			fprintf(stderr, "itt %s: %s needs a value\n", cmd, a);
-			return -1;
-		}
-		if (str)
-			*str = v;
-		else if (!cli_parse_long(v, lo, hi, num)) {
-			fprintf(stderr, "itt %s: bad value for %s: \"%s\" (%ld..%ld)\n", cmd, a, v,
-				lo, hi);
-			return -1;
-		}
-		i++;
-	}
-	return n;
-}
-
-itt_client_t *open_client(const char *endpoint, const struct cluster_opts *co,
-				 const char *cmd)
+itt_client_t *open_client(const char *endpoint, const struct cluster_opts *co, const char *cmd)
 {
 	struct itt_client_options opt;
 	struct itt_err err = {0};
@@ -163,6 +99,23 @@ itt_client_t *open_client(const char *endpoint, const struct cluster_opts *co,
 	if (!c)
 		fprintf(stderr, "itt %s: %s: %s\n", cmd, itt_code_name(err.code), err.msg);
 	return c;
+}
+
+int stream_next_or_cancel(itt_stream_t *s, struct itt_event *ev, struct stream_wait *w)
+{
+	for (;;) {
+		if (sig_stop && !w->cancelled) {
+			/* Ctrl-C: cancel, and give the broker a moment to confirm. */
+			itt_stream_cancel(s);
+			w->cancelled = true;
+			w->t_cancel_ms = clock_mono_ms();
+		}
+		int r = itt_stream_next(s, ev, 200);
+		if (r != 0)
+			return r;
+		if (w->cancelled && clock_mono_ms() - w->t_cancel_ms > 2000)
+			return 0;
+	}
 }
 
 /* The techniques of `itt generate --broker` (checked by the broker, which
@@ -248,42 +201,30 @@ static void broker_tech_free(struct broker_tech *bt)
 	free(bt->heads);
 }
 
-int cmd_generate_broker(int argc, char **argv)
+int cmd_generate_broker(struct gen_opts *o)
 {
-	struct cluster_opts co = {.timeout_ms = -1};
-	struct gen_opts o;
+	const struct cluster_opts *co = &o->co;
 	struct itt_err err = {0};
 	int rc = 1;
 
-	argc = take_cluster_opts(argc, argv, &co, "generate");
-	if (argc < 0 || cli_parse_gen(argc, argv, &o, "generate"))
-		return 2;
-	if (o.local) {
-		fprintf(stderr, "itt generate: --local and --broker are exclusive\n");
-		return 2;
-	}
-	if (!o.broker || !o.model) {
-		fprintf(stderr, "itt generate: --broker ENDPOINT needs --model NAME\n");
-		return 2;
-	}
 	struct itt_request req;
 	itt_request_init(&req);
-	req.model = o.model;
-	req.prompt = o.prompt;
-	req.max_tokens = o.n_predict;
-	fill_sampling(&o, &req.sampling);
-	req.stop = o.stops;
-	req.n_stop = (size_t)o.n_stops;
-	req.deadline_ms = (uint32_t)co.deadline_ms;
-	req.priority = (int32_t)co.priority;
-	req.tenant = co.tenant;
+	req.model = o->model;
+	req.prompt = o->prompt;
+	req.max_tokens = o->n_predict;
+	fill_sampling(o, &req.sampling);
+	req.stop = o->stops;
+	req.n_stop = (size_t)o->n_stops;
+	req.deadline_ms = (uint32_t)co->deadline_ms;
+	req.priority = (int32_t)co->priority;
+	req.tenant = co->tenant;
 	struct broker_tech bt;
-	if (broker_tech_fill(&o.tech, &bt, &req)) {
+	if (broker_tech_fill(&o->tech, &bt, &req)) {
 		broker_tech_free(&bt);
 		return 2;
 	}
 
-	itt_client_t *c = open_client(o.broker, &co, "generate");
+	itt_client_t *c = open_client(o->broker, co, "generate");
 	if (!c) {
 		broker_tech_free(&bt);
 		return 2;
@@ -295,31 +236,21 @@ int cmd_generate_broker(int argc, char **argv)
 		itt_client_destroy(&c);
 		return err.code == ITT__CODE__INVALID_ARGUMENT ? 2 : 1;
 	}
-	install_signals();
-	if (!o.json) {
-		fputs(o.prompt, stdout);
+	sig_stop_install();
+	if (!o->json) {
+		fputs(o->prompt, stdout);
 		fflush(stdout);
 	}
 	struct buf text = {0}, ids = {0};
-	double t0 = cli_now_ms();
-	bool cancelled = false;
+	struct stream_wait wait = {0};
 	for (;;) {
 		struct itt_event ev;
-		if (g_stop && !cancelled) {
-			/* Ctrl-C: cancel, and give the broker a moment to confirm. */
-			itt_stream_cancel(s);
-			cancelled = true;
-			t0 = cli_now_ms();
-		}
-		int r = itt_stream_next(s, &ev, 200);
+		int r = stream_next_or_cancel(s, &ev, &wait);
 		if (r < 0)
 			break;
 		if (r == 0) {
-			if (cancelled && cli_now_ms() - t0 > 2000) {
-				rc = 130;
-				break;
-			}
-			continue;
+			rc = 130;
+			break;
 		}
 		if (ev.type == ITT_EVENT_CHUNK) {
 			if (buf_add(&text, ev.text, ev.text_len) < 0 ||
@@ -327,43 +258,45 @@ int cmd_generate_broker(int argc, char **argv)
 				fprintf(stderr, "itt generate: out of memory\n");
 				break;
 			}
-			if (!o.json) {
+			if (!o->json) {
 				fwrite(ev.text, 1, ev.text_len, stdout);
 				fflush(stdout);
 			}
 			continue;
 		}
 		if (ev.type == ITT_EVENT_ERROR) {
-			if (!o.json)
+			if (!o->json)
 				printf("\n");
 			fprintf(stderr, "itt generate: %s: %s\n", itt_code_name(ev.code),
 				ev.reason);
-			rc = cancelled ? 130 : 1;
+			rc = wait.cancelled ? 130 : 1;
 			break;
 		}
 		/* DONE */
 		size_t n_gen = ids.len / sizeof(int32_t);
 		double gen_s = (ev.total_ms - ev.first_token_ms) / 1e3;
 		double tok_s = n_gen > 1 && gen_s > 0 ? (double)(n_gen - 1) / gen_s : 0;
-		if (o.json) {
-			printf("{\"prompt\":");
-			json_str(stdout, o.prompt, strlen(o.prompt));
-			printf(",\"prompt_tokens\":");
-			json_ids(stdout, ev.prompt_tokens, ev.n_prompt_tokens);
-			printf(",\"tokens\":");
-			json_ids(stdout, (const int32_t *)ids.p, n_gen);
-			printf(",\"text\":");
-			json_str(stdout, text.p ? text.p : "", text.len);
-			printf(",\"stop_reason\":");
-			json_str(stdout, ev.stop_reason, strlen(ev.stop_reason));
-			printf(",\"seed\":%llu,\"model\":", (unsigned long long)ev.seed);
-			json_str(stdout, o.model, strlen(o.model));
-			printf(",\"request_id\":");
-			json_str(stdout, itt_stream_id(s), strlen(itt_stream_id(s)));
-			printf(",\"replays\":%u,\"timings\":{\"queue_ms\":%.3f,\"first_token_ms\":%"
-			       ".3f,"
-			       "\"total_ms\":%.3f,\"gen_tok_s\":%.2f}}\n",
-			       ev.replays, ev.queue_ms, ev.first_token_ms, ev.total_ms, tok_s);
+		if (o->json) {
+			json_t *j = json_object(), *t = json_object();
+			json_object_set_new(j, "prompt", cli_json_str(o->prompt));
+			json_object_set_new(j, "prompt_tokens",
+					    cli_json_ids(ev.prompt_tokens, ev.n_prompt_tokens));
+			json_object_set_new(j, "tokens",
+					    cli_json_ids((const int32_t *)ids.p, n_gen));
+			json_object_set_new(j, "text",
+					    cli_json_text(text.p ? text.p : "", text.len));
+			json_object_set_new(j, "stop_reason", cli_json_str(ev.stop_reason));
+			json_object_set_new(j, "seed", cli_json_u64(ev.seed));
+			json_object_set_new(j, "model", cli_json_str(o->model));
+			json_object_set_new(j, "request_id", cli_json_str(itt_stream_id(s)));
+			json_object_set_new(j, "replays", json_integer(ev.replays));
+			json_object_set_new(t, "queue_ms", cli_json_num(ev.queue_ms, "%.3f"));
+			json_object_set_new(t, "first_token_ms",
+					    cli_json_num(ev.first_token_ms, "%.3f"));
+			json_object_set_new(t, "total_ms", cli_json_num(ev.total_ms, "%.3f"));
+			json_object_set_new(t, "gen_tok_s", cli_json_num(tok_s, "%.2f"));
+			json_object_set_new(j, "timings", t);
+			cli_json_print(j, stdout);
 		} else {
 			printf("\n");
 			fflush(stdout);
@@ -374,7 +307,7 @@ int cmd_generate_broker(int argc, char **argv)
 			    ev.n_prompt_tokens, n_gen, ev.total_ms, ev.first_token_ms, tok_s,
 			    ev.stop_reason, (unsigned long long)ev.seed, ev.replays);
 		}
-		rc = cancelled ? 130 : 0;
+		rc = wait.cancelled ? 130 : 0;
 		break;
 	}
 	fflush(stdout);
@@ -387,31 +320,88 @@ int cmd_generate_broker(int argc, char **argv)
 
 /* --- up --------------------------------------------------------------------- */
 
-static const char up_help[] =
-	"usage: itt up --model FILE [--workers N] [--name NAME] [--front ENDPOINT]\n"
-	"              [--back ENDPOINT] [--threads T] [--ready-timeout-ms MS]\n"
-	"              [--stages N | --no-coordinator] [--log-level LEVEL]\n"
-	"              [--worker-arg ARG]... [--broker-arg ARG]... [--coordinator-arg ARG]...\n"
-	"Starts itt-broker, N itt-worker processes and itt-coordinator (all found beside this\n"
-	"itt executable; the coordinator only when it is there) as children, prints the\n"
-	"endpoints, and a line \"itt up: ready: ...\" once all N workers have registered with\n"
-	"the broker (and the coordinator has connected, or 5 s more have passed; the line\n"
-	"says which). Ctrl-C or SIGTERM stops them all (exit 0). When a child dies\n"
-	"unexpectedly it is reported, the others are stopped, and itt up exits 1.\n"
-	"  --model FILE          GGUF model every worker loads (required)\n"
-	"  --workers N           worker processes, 1..256 (default 1)\n"
-	"  --name NAME           model name the workers serve (default: the worker's own)\n"
-	"  --front ENDPOINT      broker front end, for clients (default tcp://*:5555)\n"
-	"  --back ENDPOINT       broker back end, for workers (default tcp://*:5556)\n"
-	"  --threads T           compute threads per worker (default 1)\n"
-	"  --ready-timeout-ms MS give up when the workers have not registered (default 60000)\n"
-	"  --worker-arg ARG      pass ARG to every worker (repeatable)\n"
-	"  --broker-arg ARG      pass ARG to the broker (repeatable)\n"
-	"  --no-coordinator      start no itt-coordinator (the broker forms routes itself)\n"
-	"  --stages N            pass --stages N to the coordinator: split the model into\n"
-	"                        N pipeline stages (1..256; default: the coordinator's)\n"
-	"  --coordinator-arg ARG pass ARG to the coordinator (repeatable)\n"
-	"  --log-level LEVEL     error, warn, info or debug, for every child (default: theirs)\n";
+struct up_opts {
+	const char *model, *name, *front, *back;
+	long n_workers, threads, ready_ms, stages; /* stages 0: the coordinator's */
+	int log_level;                             /* -1: the children's own */
+	bool no_coordinator;
+	const char *wargs[UP_MAX_EXTRA], *bargs[UP_MAX_EXTRA], *cargs[UP_MAX_EXTRA];
+	int n_wargs, n_bargs, n_cargs;
+};
+
+static int up_extra(const char **list, int *n, const char *v, char *reason, size_t cap)
+{
+	if (*n == UP_MAX_EXTRA) {
+		snprintf(reason, cap, "at most %d of these", UP_MAX_EXTRA);
+		return -1;
+	}
+	list[(*n)++] = v;
+	return 0;
+}
+
+static int up_worker_arg(void *out, const char *v, char *reason, size_t cap)
+{
+	struct up_opts *u = out;
+	return up_extra(u->wargs, &u->n_wargs, v, reason, cap);
+}
+
+static int up_broker_arg(void *out, const char *v, char *reason, size_t cap)
+{
+	struct up_opts *u = out;
+	return up_extra(u->bargs, &u->n_bargs, v, reason, cap);
+}
+
+static int up_coordinator_arg(void *out, const char *v, char *reason, size_t cap)
+{
+	struct up_opts *u = out;
+	return up_extra(u->cargs, &u->n_cargs, v, reason, cap);
+}
+
+#define UP_AT(f) offsetof(struct up_opts, f)
+
+static const struct opt up_opts_table[] = {
+	{"model", 0, OPT_STR, NULL, 1, 4096, UP_AT(model), "FILE",
+	 "GGUF model every worker loads (required)"},
+	{"workers", 0, OPT_LONG, "1", 1, UP_MAX_WORKERS, UP_AT(n_workers), NULL,
+	 "worker processes"},
+	{"name", 0, OPT_STR, NULL, 1, 4096, UP_AT(name), "NAME",
+	 "model name the workers serve (default: the worker's own)"},
+	{"front", 0, OPT_STR, "tcp://*:5555", 1, 4096, UP_AT(front), "ENDPOINT",
+	 "broker front end, for clients"},
+	{"back", 0, OPT_STR, "tcp://*:5556", 1, 4096, UP_AT(back), "ENDPOINT",
+	 "broker back end, for workers"},
+	{"threads", 't', OPT_LONG, "1", 1, 256, UP_AT(threads), NULL,
+	 "compute threads per worker"},
+	{"ready-timeout-ms", 0, OPT_LONG, "60000", 100, 3600000, UP_AT(ready_ms), "MS",
+	 "give up when the workers have not registered"},
+	{"worker-arg", 0, OPT_FN, NULL, 0, 0, 0, "ARG", "pass ARG to every worker (repeatable)",
+	 up_worker_arg},
+	{"broker-arg", 0, OPT_FN, NULL, 0, 0, 0, "ARG", "pass ARG to the broker (repeatable)",
+	 up_broker_arg},
+	{"no-coordinator", 0, OPT_FLAG, NULL, 0, 0, UP_AT(no_coordinator), NULL,
+	 "start no itt-coordinator (the broker forms routes itself)"},
+	{"stages", 0, OPT_LONG, NULL, 1, UP_MAX_WORKERS, UP_AT(stages), NULL,
+	 "N pipeline stages, passed to the coordinator (default: its own)"},
+	{"coordinator-arg", 0, OPT_FN, NULL, 0, 0, 0, "ARG",
+	 "pass ARG to the coordinator (repeatable)", up_coordinator_arg},
+	{"log-level", 0, OPT_LEVEL, NULL, 0, 0, UP_AT(log_level), NULL,
+	 "error, warn, info or debug, for every child (default: theirs)"},
+};
+
+static const struct opt_spec up_spec = {
+	.prog = "itt up",
+	.usage = "--model FILE [options]",
+	.about = "\n"
+		 "Starts itt-broker, N itt-worker processes and itt-coordinator (all found\n"
+		 "beside this itt executable; the coordinator only when it is there) as\n"
+		 "children, prints the endpoints, and a line \"itt up: ready: ...\" once all N\n"
+		 "workers have registered with the broker (and the coordinator has connected, or\n"
+		 "5 s more have passed; the line says which). Ctrl-C or SIGTERM stops them all\n"
+		 "(exit 0). When a child dies unexpectedly it is reported, the others are\n"
+		 "stopped, and itt up exits 1.",
+	.opts = up_opts_table,
+	.n_opts = OPTS_N(up_opts_table),
+};
 
 struct child {
 	pid_t pid;
@@ -432,6 +422,31 @@ static void connect_form(const char *bind_ep, char *out, size_t cap)
 		}
 	}
 	snprintf(out, cap, "%s", bind_ep);
+}
+
+/* A child's argv: its binary, options with their values, --log-level, the
+ * extra arguments given to itt up, NULL. */
+struct child_argv {
+	char *v[16 + UP_MAX_EXTRA];
+	int n;
+};
+
+/* Adds "name value", unless value is NULL. */
+static void arg_opt(struct child_argv *a, const char *name, const char *value)
+{
+	if (value) {
+		a->v[a->n++] = (char *)name;
+		a->v[a->n++] = (char *)value;
+	}
+}
+
+static void arg_tail(struct child_argv *a, const char *log_level, const char *const *extra,
+		     int n_extra)
+{
+	arg_opt(a, "--log-level", log_level);
+	for (int i = 0; i < n_extra; i++)
+		a->v[a->n++] = (char *)extra[i];
+	a->v[a->n] = NULL;
 }
 
 static pid_t spawn(char *const *argv)
@@ -495,12 +510,6 @@ static int reap(struct child *ch, int n, bool stopping)
 	return died;
 }
 
-static void sleep_ms(long ms)
-{
-	struct timespec ts = {ms / 1000, (ms % 1000) * 1000000L};
-	nanosleep(&ts, NULL);
-}
-
 /* SIGTERM to every live child, SIGKILL after 5 s; reaps them all. */
 static void stop_children(struct child *ch, int n)
 {
@@ -508,7 +517,8 @@ static void stop_children(struct child *ch, int n)
 	for (int i = n - 1; i >= 0; i--)
 		if (ch[i].alive)
 			kill(ch[i].pid, SIGTERM);
-	double t0 = cli_now_ms();
+	uint64_t t0 = clock_mono_ms();
+	bool killed = false;
 	for (;;) {
 		reap(ch, n, true);
 		int left = 0;
@@ -516,7 +526,7 @@ static void stop_children(struct child *ch, int n)
 			left += ch[i].alive;
 		if (!left)
 			return;
-		if (cli_now_ms() - t0 > 5000) {
+		if (!killed && clock_mono_ms() - t0 > 5000) {
 			for (int i = 0; i < n; i++)
 				if (ch[i].alive) {
 					fprintf(stderr,
@@ -524,7 +534,7 @@ static void stop_children(struct child *ch, int n)
 						ch[i].name, (int)ch[i].pid);
 					kill(ch[i].pid, SIGKILL);
 				}
-			t0 = cli_now_ms() + 1e9; /* once */
+			killed = true;
 		}
 		sleep_ms(20);
 	}
@@ -554,72 +564,19 @@ static int count_ready(itt_client_t *c, const char *name, bool *coord)
 
 int cmd_up(int argc, char **argv)
 {
-	const char *model = NULL, *name = NULL, *front = "tcp://*:5555", *back = "tcp://*:5556";
-	long n_workers = 1, threads = 1, ready_ms = 60000, stages = 0;
-	const char *wargs[UP_MAX_EXTRA], *bargs[UP_MAX_EXTRA], *cargs[UP_MAX_EXTRA];
-	const char *log_level = NULL;
-	int n_wargs = 0, n_bargs = 0, n_cargs = 0;
-	bool coordinator = true;
-
-	for (int i = 0; i < argc; i++) {
-		const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
-		bool ok = true;
-		if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
-			fputs(up_help, stdout);
-			return 0;
-		}
-		if (!strcmp(a, "--no-coordinator")) {
-			coordinator = false;
-			continue;
-		}
-		if (!v) {
-			fprintf(stderr, "itt up: unknown option or missing value: %s\n%s", a,
-				up_help);
-			return 2;
-		}
-		i++;
-		if (!strcmp(a, "--model"))
-			model = v;
-		else if (!strcmp(a, "--name"))
-			name = v;
-		else if (!strcmp(a, "--front"))
-			front = v;
-		else if (!strcmp(a, "--back"))
-			back = v;
-		else if (!strcmp(a, "--workers"))
-			ok = cli_parse_long(v, 1, UP_MAX_WORKERS, &n_workers);
-		else if (!strcmp(a, "--threads") || !strcmp(a, "-t"))
-			ok = cli_parse_long(v, 1, 256, &threads);
-		else if (!strcmp(a, "--ready-timeout-ms"))
-			ok = cli_parse_long(v, 100, 3600000, &ready_ms);
-		else if (!strcmp(a, "--worker-arg") && n_wargs < UP_MAX_EXTRA)
-			wargs[n_wargs++] = v;
-		else if (!strcmp(a, "--broker-arg") && n_bargs < UP_MAX_EXTRA)
-			bargs[n_bargs++] = v;
-		else if (!strcmp(a, "--coordinator-arg") && n_cargs < UP_MAX_EXTRA)
-			cargs[n_cargs++] = v;
-		else if (!strcmp(a, "--stages"))
-			ok = cli_parse_long(v, 1, UP_MAX_WORKERS, &stages);
-		else if (!strcmp(a, "--log-level")) {
-			log_level = v;
-			ok = !strcmp(v, "error") || !strcmp(v, "warn") || !strcmp(v, "info") ||
-			     !strcmp(v, "debug");
-		} else {
-			fprintf(stderr,
-				"itt up: unknown option %s (or more than %d extra args)\n%s", a,
-				UP_MAX_EXTRA, up_help);
-			return 2;
-		}
-		if (!ok) {
-			fprintf(stderr, "itt up: bad value for %s: \"%s\"\n", a, v);
-			return 2;
-		}
-	}
+	struct up_opts u = {.log_level = -1};
+	int prc = opts_parse(&up_spec, argc, argv, &u, NULL);
+	if (prc != OPTS_OK)
+		return cli_exit(prc);
+	const char *model = u.model, *name = u.name, *front = u.front, *back = u.back;
+	const char *log_level = u.log_level >= 0 ? log_level_name(u.log_level) : NULL;
+	long n_workers = u.n_workers, stages = u.stages, ready_ms = u.ready_ms;
+	bool coordinator = !u.no_coordinator;
 	if (!model) {
-		fprintf(stderr, "itt up: --model FILE is required\n%s", up_help);
+		fprintf(stderr, "itt up: --model FILE is required (see --help)\n");
 		return 2;
 	}
-	if (!coordinator && (stages || n_cargs)) {
+	if (!coordinator && (stages || u.n_cargs)) {
 		fprintf(stderr, "itt up: --stages and --coordinator-arg need the coordinator; "
 				"drop --no-coordinator\n");
 		return 2;
@@ -649,7 +606,7 @@ int cmd_up(int argc, char **argv)
 		return 1;
 	}
 	if (coordinator && access(coord_bin, X_OK)) {
-		if (stages || n_cargs) {
+		if (stages || u.n_cargs) {
 			fprintf(stderr, "itt up: --stages and --coordinator-arg need %s, which is "
 					"not built\n", coord_bin);
 			return 1;
@@ -660,56 +617,33 @@ int cmd_up(int argc, char **argv)
 	char back_conn[512], front_conn[512], threads_s[16], stages_s[16];
 	connect_form(back, back_conn, sizeof back_conn);
 	connect_form(front, front_conn, sizeof front_conn);
-	snprintf(threads_s, sizeof threads_s, "%ld", threads);
+	snprintf(threads_s, sizeof threads_s, "%ld", u.threads);
 	snprintf(stages_s, sizeof stages_s, "%ld", stages);
 
 	/* Signals are caught before the first child exists, so that a stop
 	 * request can never leave one behind. */
-	install_signals();
+	sig_stop_install();
 	struct child ch[2 + UP_MAX_WORKERS];
 	int n_ch = 0, rc = 0;
-	char *args[16 + 2 * UP_MAX_EXTRA];
-	int k = 0;
-	args[k++] = broker_bin;
-	args[k++] = "--front";
-	args[k++] = (char *)front;
-	args[k++] = "--back";
-	args[k++] = (char *)back;
-	if (log_level) {
-		args[k++] = "--log-level";
-		args[k++] = (char *)log_level;
-	}
-	for (int i = 0; i < n_bargs; i++)
-		args[k++] = (char *)bargs[i];
-	args[k] = NULL;
-	if (start_child(&ch[0], args, "itt-broker") < 0)
+	struct child_argv a = {{broker_bin}, 1};
+	arg_opt(&a, "--front", front);
+	arg_opt(&a, "--back", back);
+	arg_tail(&a, log_level, u.bargs, u.n_bargs);
+	if (start_child(&ch[0], a.v, "itt-broker") < 0)
 		return 1;
 	n_ch = 1;
 	printf("itt up: broker pid %d, front end %s (clients connect to %s), back end %s\n",
 	       (int)ch[0].pid, front, front_conn, back);
 	for (long w = 0; w < n_workers; w++) {
-		k = 0;
-		args[k++] = worker_bin;
-		args[k++] = "--broker";
-		args[k++] = back_conn;
-		args[k++] = "--model";
-		args[k++] = (char *)model;
-		args[k++] = "--threads";
-		args[k++] = threads_s;
-		if (name) {
-			args[k++] = "--name";
-			args[k++] = (char *)name;
-		}
-		if (log_level) {
-			args[k++] = "--log-level";
-			args[k++] = (char *)log_level;
-		}
-		for (int i = 0; i < n_wargs; i++)
-			args[k++] = (char *)wargs[i];
-		args[k] = NULL;
+		a = (struct child_argv){{worker_bin}, 1};
+		arg_opt(&a, "--broker", back_conn);
+		arg_opt(&a, "--model", model);
+		arg_opt(&a, "--threads", threads_s);
+		arg_opt(&a, "--name", name);
+		arg_tail(&a, log_level, u.wargs, u.n_wargs);
 		char cname[32];
 		snprintf(cname, sizeof cname, "itt-worker %ld", w + 1);
-		if (start_child(&ch[n_ch], args, cname) < 0) {
+		if (start_child(&ch[n_ch], a.v, cname) < 0) {
 			rc = 1;
 			goto out;
 		}
@@ -718,23 +652,12 @@ int cmd_up(int argc, char **argv)
 	/* The coordinator last: it is stopped first (stop_children goes
 	 * backwards), so it does not react to the workers leaving. */
 	if (coordinator) {
-		k = 0;
-		args[k++] = coord_bin;
-		args[k++] = "--broker";
-		args[k++] = back_conn;
-		if (stages) {
-			args[k++] = "--stages";
-			args[k++] = stages_s;
-		}
-		if (log_level) {
-			args[k++] = "--log-level";
-			args[k++] = (char *)log_level;
-		}
-		for (int i = 0; i < n_cargs; i++)
-			args[k++] = (char *)cargs[i];
-		args[k] = NULL;
+		a = (struct child_argv){{coord_bin}, 1};
+		arg_opt(&a, "--broker", back_conn);
+		arg_opt(&a, "--stages", stages ? stages_s : NULL);
+		arg_tail(&a, log_level, u.cargs, u.n_cargs);
 		struct child *c = &ch[n_ch];
-		if (start_child(c, args, "itt-coordinator") < 0) {
+		if (start_child(c, a.v, "itt-coordinator") < 0) {
 			rc = 1;
 			goto out;
 		}
@@ -751,10 +674,10 @@ int cmd_up(int argc, char **argv)
 		rc = 1;
 		goto out;
 	}
-	double t0 = cli_now_ms(), t_workers = 0;
+	uint64_t t0 = clock_mono_ms(), t_workers = 0;
 	int ready = 0;
 	bool coord_up = false;
-	while (!g_stop) {
+	while (!sig_stop) {
 		if (reap(ch, n_ch, false)) {
 			rc = 1;
 			break;
@@ -763,13 +686,13 @@ int cmd_up(int argc, char **argv)
 		if (ready >= n_workers) {
 			/* then up to 5 s more for the coordinator to connect */
 			if (!t_workers)
-				t_workers = cli_now_ms();
-			if (!coordinator || coord_up || cli_now_ms() - t_workers > 5000)
+				t_workers = clock_mono_ms();
+			if (!coordinator || coord_up || clock_mono_ms() - t_workers > 5000)
 				break;
 			sleep_ms(100);
 			continue;
 		}
-		if (cli_now_ms() - t0 > (double)ready_ms) {
+		if (clock_mono_ms() - t0 > (uint64_t)ready_ms) {
 			fprintf(stderr, "itt up: only %d of %ld workers registered within %ld ms\n",
 				ready < 0 ? 0 : ready, n_workers, ready_ms);
 			rc = 1;
@@ -778,7 +701,7 @@ int cmd_up(int argc, char **argv)
 		sleep_ms(100);
 	}
 	itt_client_destroy(&cl);
-	if (rc || g_stop)
+	if (rc || sig_stop)
 		goto out;
 	printf("itt up: ready: %ld worker%s registered%s; clients connect to %s\n", n_workers,
 	       n_workers == 1 ? "" : "s",
@@ -788,7 +711,7 @@ int cmd_up(int argc, char **argv)
 	       front_conn);
 	fflush(stdout);
 
-	while (!g_stop) {
+	while (!sig_stop) {
 		if (reap(ch, n_ch, false)) {
 			rc = 1;
 			break;
@@ -796,8 +719,8 @@ int cmd_up(int argc, char **argv)
 		sleep_ms(100);
 	}
 out:
-	if (g_stop)
-		printf("itt up: %s: stopping\n", strsignal((int)g_stop));
+	if (sig_stop)
+		printf("itt up: %s: stopping\n", strsignal((int)sig_stop));
 	else if (rc)
 		printf("itt up: stopping the remaining processes\n");
 	fflush(stdout);

@@ -8,6 +8,7 @@
 #include <unistd.h>
 
 #include "cli.h"
+#include "clock.h"
 #include "engine.h"
 #include "sampler.h"
 #include "guidance.h"
@@ -271,18 +272,18 @@ int cmd_generate_local(struct gen_opts *o)
 		fwrite(o->prompt, 1, plen, stdout);
 		fflush(stdout);
 	}
-	double t0 = cli_now_ms();
+	double t0 = clock_mono_us() / 1e3;
 	if (feed(e, br, nb, t.exit ? &t.ex : NULL, &exit_layer, &err) < 0) {
 		fprintf(stderr, "itt generate: %s\n", err.msg);
 		goto out;
 	}
-	double t1 = cli_now_ms();
+	double t1 = clock_mono_us() / 1e3;
 	if (o->tech.compare) {
 		if (feed(e, &br[1], 1, NULL, NULL, &err) < 0) {
 			fprintf(stderr, "itt generate: %s\n", err.msg);
 			goto out;
 		}
-		t1 = cli_now_ms(); /* the twin's prompt counts as neither */
+		t1 = clock_mono_us() / 1e3; /* the twin's prompt counts as neither */
 	}
 	size_t n = n_prompt;
 	const char *stop_reason = "length";
@@ -349,70 +350,80 @@ int cmd_generate_local(struct gen_opts *o)
 			goto out;
 		}
 		if (o->tech.compare) {
-			double c0 = cli_now_ms();
+			double c0 = clock_mono_us() / 1e3;
 			if (feed(e, &br[1], 1, NULL, NULL, &err) < 0) {
 				fprintf(stderr, "itt generate: %s\n", err.msg);
 				goto out;
 			}
-			cmp_ms += cli_now_ms() - c0;
+			cmp_ms += clock_mono_us() / 1e3 - c0;
 		}
 	}
-	double t2 = cli_now_ms() - cmp_ms; /* without the full-model twin */
+	double t2 = clock_mono_us() / 1e3 - cmp_ms; /* without the full-model twin */
 	size_t n_gen = n - n_prompt;
 	if (o->json) {
-		printf("{\"prompt\":");
-		json_str(stdout, o->prompt, plen);
-		printf(",\"prompt_tokens\":");
-		json_ids(stdout, hist, n_prompt);
-		printf(",\"tokens\":");
-		json_ids(stdout, hist + n_prompt, n_gen);
-		printf(",\"text\":");
-		json_str(stdout, text, text_len);
-		printf(",\"stop_reason\":\"%s\",\"seed\":%llu,\"threads\":%d,"
-		       "\"timings\":{\"prompt_ms\":%.3f,\"gen_ms\":%.3f,\"prompt_tok_s\":%.2f,"
-		       "\"gen_tok_s\":%.2f}",
-		       stop_reason, (unsigned long long)o->sp.seed, o->threads, t1 - t0, t2 - t1,
-		       n_prompt / ((t1 - t0) / 1e3 + 1e-12),
-		       n_gen / ((t2 - t1) / 1e3 + 1e-12));
+		json_t *j = json_object(), *tm = json_object();
+		json_object_set_new(j, "prompt", cli_json_text(o->prompt, plen));
+		json_object_set_new(j, "prompt_tokens", cli_json_ids(hist, n_prompt));
+		json_object_set_new(j, "tokens", cli_json_ids(hist + n_prompt, n_gen));
+		json_object_set_new(j, "text", cli_json_text(text, text_len));
+		json_object_set_new(j, "stop_reason", json_string(stop_reason));
+		json_object_set_new(j, "seed", cli_json_u64(o->sp.seed));
+		json_object_set_new(j, "threads", json_integer(o->threads));
+		json_object_set_new(tm, "prompt_ms", cli_json_num(t1 - t0, "%.3f"));
+		json_object_set_new(tm, "gen_ms", cli_json_num(t2 - t1, "%.3f"));
+		json_object_set_new(tm, "prompt_tok_s",
+				    cli_json_num(n_prompt / ((t1 - t0) / 1e3 + 1e-12), "%.2f"));
+		json_object_set_new(tm, "gen_tok_s",
+				    cli_json_num(n_gen / ((t2 - t1) / 1e3 + 1e-12), "%.2f"));
+		json_object_set_new(j, "timings", tm);
 		if (t.mode) {
-			printf(",\"guidance\":{\"mode\":\"%s\",\"scale\":%g",
-			       t.mode == 1 ? "heads" : "negative_prompt", (double)t.scale);
+			json_t *g = json_object();
+			json_object_set_new(g, "mode",
+					    json_string(t.mode == 1 ? "heads" : "negative_prompt"));
+			json_object_set_new(g, "scale", cli_json_num(t.scale, "%g"));
 			if (t.mode == 1) {
 				size_t need = guidance_format_heads(t.mask, L, m->hp.n_heads, NULL, 0);
 				char *hs = malloc(need + 1);
 				if (hs) {
 					guidance_format_heads(t.mask, L, m->hp.n_heads, hs, need + 1);
-					printf(",\"heads\":");
-					json_str(stdout, hs, need);
+					json_object_set_new(g, "heads", cli_json_text(hs, need));
 					free(hs);
 				}
-				printf(",\"blend\":%g", (double)t.pt.blend);
+				json_object_set_new(g, "blend", cli_json_num(t.pt.blend, "%g"));
 			} else {
-				printf(",\"negative_prompt_tokens\":%zu", n_neg);
+				json_object_set_new(g, "negative_prompt_tokens",
+						    json_integer((json_int_t)n_neg));
 			}
-			printf("}");
+			json_object_set_new(j, "guidance", g);
 		}
 		if (t.exit) {
 			uint64_t tot = 0, sum = 0;
-			printf(",\"early_exit\":{\"threshold\":%g,\"layers\":[", (double)t.ex.threshold);
+			json_t *x = json_object(), *layers = json_array(), *ex = json_object();
+			json_object_set_new(x, "threshold", cli_json_num(t.ex.threshold, "%g"));
 			for (uint32_t i = 0; i < t.n_exit; i++)
-				printf("%s%u", i ? "," : "", t.exit_layers[i]);
-			printf("],\"exits\":{");
-			for (uint32_t l = 0, k = 0; l < L; l++) {
+				json_array_append_new(layers, json_integer(t.exit_layers[i]));
+			json_object_set_new(x, "layers", layers);
+			for (uint32_t l = 0; l < L; l++) {
 				if (!exits[l])
 					continue;
-				printf("%s\"%u\":%llu", k++ ? "," : "", l, (unsigned long long)exits[l]);
+				char key[16];
+				snprintf(key, sizeof key, "%u", l);
+				json_object_set_new(ex, key, cli_json_u64(exits[l]));
 				tot += exits[l];
 				sum += exits[l] * (l + 1);
 			}
-			printf("},\"tokens\":%llu,\"mean_layers\":%.3f", (unsigned long long)tot,
-			       tot ? (double)sum / (double)tot : 0.0);
-			if (o->tech.compare)
-				printf(",\"agreement\":%.4f,\"compared\":%zu",
-				       n_cmp ? (double)agree / (double)n_cmp : 0.0, n_cmp);
-			printf("}");
+			json_object_set_new(x, "exits", ex);
+			json_object_set_new(x, "tokens", cli_json_u64(tot));
+			double mean = tot ? (double)sum / (double)tot : 0.0;
+			json_object_set_new(x, "mean_layers", cli_json_num(mean, "%.3f"));
+			if (o->tech.compare) {
+				double ag = n_cmp ? (double)agree / (double)n_cmp : 0.0;
+				json_object_set_new(x, "agreement", cli_json_num(ag, "%.4f"));
+				json_object_set_new(x, "compared", json_integer((json_int_t)n_cmp));
+			}
+			json_object_set_new(j, "early_exit", x);
 		}
-		printf("}\n");
+		cli_json_print(j, stdout);
 	} else {
 		if (text_len > emitted)
 			fwrite(text + emitted, 1, text_len - emitted, stdout);
@@ -453,13 +464,34 @@ out:
 
 /* --- perplexity ---------------------------------------------------------- */
 
-static const char perplexity_help[] =
-	"usage: itt perplexity --local MODEL.gguf --text FILE [--max-paragraphs N] [--threads T] "
-	"[--json]\n"
-	"Splits FILE on blank lines, strips each paragraph, encodes it with BOS and sums\n"
-	"-log softmax of each next token over positions 0..n-2 (paragraphs longer than the\n"
-	"model's context are truncated to it). Prints paragraphs, predicted tokens, mean NLL\n"
-	"and perplexity.\n";
+struct perplexity_opts {
+	const char *model, *text;
+	long max_par, threads;
+	bool json;
+};
+
+#define PPL_AT(f) offsetof(struct perplexity_opts, f)
+
+static const struct opt perplexity_opts_table[] = {
+	{"local", 0, OPT_STR, NULL, 1, 4096, PPL_AT(model), "MODEL.gguf", "the model (required)"},
+	{"text", 0, OPT_STR, NULL, 1, 4096, PPL_AT(text), "FILE", "the text (required)"},
+	{"max-paragraphs", 0, OPT_LONG, "0", 0, 1L << 40, PPL_AT(max_par), NULL,
+	 "score the first N paragraphs; 0: all"},
+	{"threads", 't', OPT_LONG, "1", 1, 256, PPL_AT(threads), NULL, "compute threads"},
+	{"json", 0, OPT_FLAG, NULL, 0, 0, PPL_AT(json), NULL, "print one JSON object"},
+};
+
+static const struct opt_spec perplexity_spec = {
+	.prog = "itt perplexity",
+	.usage = "--local MODEL.gguf --text FILE [options]",
+	.about = "\n"
+		 "Splits FILE on blank lines, strips each paragraph, encodes it with BOS and\n"
+		 "sums -log softmax of each next token over positions 0..n-2 (paragraphs longer\n"
+		 "than the model's context are truncated to it). Prints paragraphs, predicted\n"
+		 "tokens, mean NLL and perplexity.",
+	.opts = perplexity_opts_table,
+	.n_opts = OPTS_N(perplexity_opts_table),
+};
 
 static bool is_space(char c)
 {
@@ -468,33 +500,17 @@ static bool is_space(char c)
 
 int cmd_perplexity(int argc, char **argv)
 {
-	const char *model = NULL, *text_path = NULL;
-	long max_par = 0, threads = 1;
-	bool json = false;
-
-	for (int i = 0; i < argc; i++) {
-		const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
-		if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
-			fputs(perplexity_help, stdout);
-			return 0;
-		} else if (!strcmp(a, "--local") && v) {
-			model = argv[++i];
-		} else if (!strcmp(a, "--text") && v) {
-			text_path = argv[++i];
-		} else if (!strcmp(a, "--max-paragraphs") && v) {
-			if (!cli_parse_long(argv[++i], 0, 1L << 40, &max_par))
-				goto bad;
-		} else if (!strcmp(a, "--threads") && v) {
-			if (!cli_parse_long(argv[++i], 1, 256, &threads))
-				goto bad;
-		} else if (!strcmp(a, "--json")) {
-			json = true;
-		} else {
-			goto bad;
-		}
+	struct perplexity_opts po = {0};
+	int prc = opts_parse(&perplexity_spec, argc, argv, &po, NULL);
+	if (prc != OPTS_OK)
+		return cli_exit(prc);
+	if (!po.model || !po.text) {
+		fprintf(stderr, "itt perplexity: --local MODEL.gguf and --text FILE are required "
+				"(see --help)\n");
+		return 2;
 	}
-	if (!model || !text_path)
-		goto bad;
+	const char *model = po.model, *text_path = po.text;
+	long max_par = po.max_par;
 
 	FILE *f = fopen(text_path, "rb");
 	if (!f) {
@@ -521,7 +537,7 @@ int cmd_perplexity(int argc, char **argv)
 	}
 
 	struct engine *e;
-	if (open_engine(model, (int)threads, 1, &e)) {
+	if (open_engine(model, (int)po.threads, 1, &e)) {
 		free(buf);
 		return 1;
 	}
@@ -531,7 +547,7 @@ int cmd_perplexity(int argc, char **argv)
 	double nll = 0;
 	size_t n_pred = 0, n_par = 0;
 	int rc = 1;
-	double t0 = cli_now_ms();
+	double t0 = clock_mono_us() / 1e3;
 	struct itt_err err = {0};
 	if (!ids || !logits) {
 		fprintf(stderr, "itt perplexity: out of memory\n");
@@ -593,16 +609,23 @@ int cmd_perplexity(int argc, char **argv)
 		}
 		n_pred += n - 1;
 	}
-	double t1 = cli_now_ms();
+	double t1 = clock_mono_us() / 1e3;
 	double mean = n_pred ? nll / (double)n_pred : NAN;
-	if (json)
-		printf("{\"paragraphs\":%zu,\"tokens\":%zu,\"mean_nll\":%.6f,\"ppl\":%.6f,"
-		       "\"seconds\":%.3f,\"tokens_per_s\":%.1f}\n",
-		       n_par, n_pred, mean, exp(mean), (t1 - t0) / 1e3, n_pred / ((t1 - t0) / 1e3));
-	else
+	if (po.json) {
+		json_t *j = json_object();
+		json_object_set_new(j, "paragraphs", json_integer((json_int_t)n_par));
+		json_object_set_new(j, "tokens", json_integer((json_int_t)n_pred));
+		json_object_set_new(j, "mean_nll", cli_json_num(mean, "%.6f"));
+		json_object_set_new(j, "ppl", cli_json_num(exp(mean), "%.6f"));
+		json_object_set_new(j, "seconds", cli_json_num((t1 - t0) / 1e3, "%.3f"));
+		json_object_set_new(j, "tokens_per_s",
+				    cli_json_num(n_pred / ((t1 - t0) / 1e3), "%.1f"));
+		cli_json_print(j, stdout);
+	} else {
 		printf("paragraphs %zu\npredicted tokens %zu\nmean NLL %.6f\nperplexity %.4f\n"
 		       "time %.2f s (%.0f tokens/s)\n",
 		       n_par, n_pred, mean, exp(mean), (t1 - t0) / 1e3, n_pred / ((t1 - t0) / 1e3));
+	}
 	rc = 0;
 out:
 	free(ids);
@@ -610,7 +633,4 @@ out:
 	free(buf);
 	engine_close(&e);
 	return rc;
-bad:
-	fputs(perplexity_help, stderr);
-	return 2;
 }

@@ -26,25 +26,13 @@
 #include <unistd.h>
 
 #include "cli.h"
+#include "clock.h"
 #include "libitt.h"
+#include "sig.h"
 
 #define MIB (1024.0 * 1024.0)
 
 /* --- small output helpers --------------------------------------------------- */
-
-static void jstr(const char *s)
-{
-	json_str(stdout, s ? s : "", s ? strlen(s) : 0);
-}
-
-/* A double from the wire as JSON: null when it is not finite. */
-static void jnum(const char *key, double v, int prec)
-{
-	if (isfinite(v))
-		printf("\"%s\":%.*f", key, prec, v);
-	else
-		printf("\"%s\":null", key);
-}
 
 static const char *or_dash(const char *s)
 {
@@ -116,13 +104,6 @@ static void fmt_clock(char *out, size_t cap, uint64_t unix_ms)
 		return;
 	}
 	strftime(out, cap, "%H:%M:%S", &tm);
-}
-
-static uint64_t unix_now_ms(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_REALTIME, &ts);
-	return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
 }
 
 static bool is_pinned(const Itt__WorkerStats *w, const char *knob)
@@ -347,7 +328,7 @@ static void render_frame(FILE *f, const Itt__ClusterStats *st, const struct fram
 	int W = o->width;
 
 	fmt_uptime(a, sizeof a, st->uptime_ms);
-	fmt_clock(b, sizeof b, unix_now_ms());
+	fmt_clock(b, sizeof b, clock_wall_ms());
 	snprintf(line, sizeof line, "broker %s  up %s  coordinator %s%s%s", o->broker, a,
 		 st->has_coordinator ? (st->coordinator ? "yes" : "no") : "-",
 		 o->clock ? "  at " : "", o->clock ? b : "");
@@ -456,195 +437,209 @@ static void render_frame(FILE *f, const Itt__ClusterStats *st, const struct fram
 
 /* --- JSON ------------------------------------------------------------------- */
 
-static void json_settings(const Itt__Settings *s)
+static json_t *json_settings(const Itt__Settings *s)
 {
-	if (!s) {
-		printf("null");
-		return;
-	}
-	printf("{");
-	const char *sep = "";
+	if (!s)
+		return json_null();
+	json_t *j = json_object();
 	if (s->has_threads)
-		printf("%s\"threads\":%u", sep, s->threads), sep = ",";
+		json_object_set_new(j, "threads", json_integer(s->threads));
 	if (s->has_batch_tokens)
-		printf("%s\"batch_tokens\":%u", sep, s->batch_tokens), sep = ",";
+		json_object_set_new(j, "batch_tokens", json_integer(s->batch_tokens));
 	if (s->has_slow_ms)
-		printf("%s\"slow_ms\":%u", sep, s->slow_ms);
-	printf("}");
+		json_object_set_new(j, "slow_ms", json_integer(s->slow_ms));
+	return j;
 }
 
-static void json_strings(char **v, size_t n)
+static json_t *json_strings(char **v, size_t n)
 {
-	printf("[");
-	for (size_t i = 0; i < n; i++) {
-		printf("%s", i ? "," : "");
-		jstr(v[i]);
-	}
-	printf("]");
+	json_t *a = json_array();
+	for (size_t i = 0; i < n; i++)
+		json_array_append_new(a, cli_json_str(v[i]));
+	return a;
 }
 
-static void json_telemetry(const Itt__Telemetry *t)
+static json_t *json_telemetry(const Itt__Telemetry *t)
 {
-	if (!t) {
-		printf("null");
-		return;
-	}
-	printf("{\"time_ms\":%llu,\"layer_first\":%u,\"layer_last\":%u,\"steps\":%llu,"
-	       "\"rows\":%llu,",
-	       (unsigned long long)t->time_ms, t->layer_first, t->layer_last,
-	       (unsigned long long)t->steps, (unsigned long long)t->rows);
-	jnum("step_ms", t->step_ms, 3);
-	putchar(',');
-	jnum("rows_per_step", t->rows_per_step, 3);
-	putchar(',');
-	jnum("tokens_per_s", t->tokens_per_s, 3);
-	putchar(',');
-	jnum("busy", t->busy, 4);
-	printf(",\"sessions\":%u,\"waiting\":%u,\"kv_used\":%u,\"kv_blocks\":%u,", t->sessions,
-	       t->waiting, t->kv_used, t->kv_blocks);
-	jnum("cpu", t->cpu, 3);
-	printf(",\"rss_bytes\":%llu,\"cores\":%u,", (unsigned long long)t->rss_bytes, t->cores);
-	if (t->has_ms_per_row_layer)
-		jnum("ms_per_row_layer", t->ms_per_row_layer, 6);
-	else
-		printf("\"ms_per_row_layer\":null");
-	putchar(',');
-	printf("\"state\":");
-	if (t->state)
-		jstr(t->state);
-	else
-		printf("null");
-	printf(",\"settings\":");
-	json_settings(t->settings);
-	printf("}");
+	if (!t)
+		return json_null();
+	json_t *j = json_object();
+	json_object_set_new(j, "time_ms", cli_json_u64(t->time_ms));
+	json_object_set_new(j, "layer_first", json_integer(t->layer_first));
+	json_object_set_new(j, "layer_last", json_integer(t->layer_last));
+	json_object_set_new(j, "steps", cli_json_u64(t->steps));
+	json_object_set_new(j, "rows", cli_json_u64(t->rows));
+	json_object_set_new(j, "step_ms", cli_json_num(t->step_ms, "%.3f"));
+	json_object_set_new(j, "rows_per_step", cli_json_num(t->rows_per_step, "%.3f"));
+	json_object_set_new(j, "tokens_per_s", cli_json_num(t->tokens_per_s, "%.3f"));
+	json_object_set_new(j, "busy", cli_json_num(t->busy, "%.4f"));
+	json_object_set_new(j, "sessions", json_integer(t->sessions));
+	json_object_set_new(j, "waiting", json_integer(t->waiting));
+	json_object_set_new(j, "kv_used", json_integer(t->kv_used));
+	json_object_set_new(j, "kv_blocks", json_integer(t->kv_blocks));
+	json_object_set_new(j, "cpu", cli_json_num(t->cpu, "%.3f"));
+	json_object_set_new(j, "rss_bytes", cli_json_u64(t->rss_bytes));
+	json_object_set_new(j, "cores", json_integer(t->cores));
+	json_object_set_new(j, "ms_per_row_layer",
+			    t->has_ms_per_row_layer ? cli_json_num(t->ms_per_row_layer, "%.6f")
+						    : json_null());
+	json_object_set_new(j, "state", t->state ? cli_json_str(t->state) : json_null());
+	json_object_set_new(j, "settings", json_settings(t->settings));
+	return j;
 }
 
-static void print_stats_json(const Itt__ClusterStats *st)
+static json_t *json_worker(const Itt__WorkerStats *w)
 {
-	printf("{\"uptime_ms\":%llu,\"requests\":%llu,\"completed\":%llu,\"failed\":%llu,"
-	       "\"replays\":%llu,\"coordinator\":%s,\"workers\":[",
-	       (unsigned long long)st->uptime_ms, (unsigned long long)st->requests,
-	       (unsigned long long)st->completed, (unsigned long long)st->failed,
-	       (unsigned long long)st->replays, st->coordinator ? "true" : "false");
-	for (size_t i = 0; i < st->n_workers; i++) {
-		const Itt__WorkerStats *w = st->workers[i];
-		printf("%s{\"id\":", i ? "," : "");
-		jstr(w->id);
-		printf(",\"host\":");
-		jstr(w->host);
-		printf(",\"model\":");
-		jstr(w->model);
-		printf(",\"layer_first\":%u,\"layer_last\":%u,\"n_layers\":%u,\"state\":",
-		       w->layer_first, w->layer_last, w->n_layers);
-		jstr(w->state);
-		printf(",\"sessions\":%u,\"max_sessions\":%u,\"queue\":%u,", w->sessions,
-		       w->max_sessions, w->queue);
-		jnum("tokens_per_s", w->tokens_per_s, 3);
-		putchar(',');
-		jnum("last_heartbeat_ms", w->last_heartbeat_ms, 1);
-		printf(",\"threads\":%u,\"steps\":%llu,\"pinned\":", w->threads,
-		       (unsigned long long)w->steps);
-		json_strings(w->pinned, w->n_pinned);
-		printf(",\"telemetry\":");
-		json_telemetry(w->telemetry);
-		printf("}");
-	}
-	printf("],\"models\":[");
+	json_t *j = json_object();
+	json_object_set_new(j, "id", cli_json_str(w->id));
+	json_object_set_new(j, "host", cli_json_str(w->host));
+	json_object_set_new(j, "model", cli_json_str(w->model));
+	json_object_set_new(j, "layer_first", json_integer(w->layer_first));
+	json_object_set_new(j, "layer_last", json_integer(w->layer_last));
+	json_object_set_new(j, "n_layers", json_integer(w->n_layers));
+	json_object_set_new(j, "state", cli_json_str(w->state));
+	json_object_set_new(j, "sessions", json_integer(w->sessions));
+	json_object_set_new(j, "max_sessions", json_integer(w->max_sessions));
+	json_object_set_new(j, "queue", json_integer(w->queue));
+	json_object_set_new(j, "tokens_per_s", cli_json_num(w->tokens_per_s, "%.3f"));
+	json_object_set_new(j, "last_heartbeat_ms", cli_json_num(w->last_heartbeat_ms, "%.1f"));
+	json_object_set_new(j, "threads", json_integer(w->threads));
+	json_object_set_new(j, "steps", cli_json_u64(w->steps));
+	json_object_set_new(j, "pinned", json_strings(w->pinned, w->n_pinned));
+	json_object_set_new(j, "telemetry", json_telemetry(w->telemetry));
+	return j;
+}
+
+/* The ClusterStats message as one JSON object. */
+static json_t *json_stats(const Itt__ClusterStats *st)
+{
+	json_t *j = json_object(), *a;
+	json_object_set_new(j, "uptime_ms", cli_json_u64(st->uptime_ms));
+	json_object_set_new(j, "requests", cli_json_u64(st->requests));
+	json_object_set_new(j, "completed", cli_json_u64(st->completed));
+	json_object_set_new(j, "failed", cli_json_u64(st->failed));
+	json_object_set_new(j, "replays", cli_json_u64(st->replays));
+	json_object_set_new(j, "coordinator", json_boolean(st->coordinator));
+	json_object_set_new(j, "workers", a = json_array());
+	for (size_t i = 0; i < st->n_workers; i++)
+		json_array_append_new(a, json_worker(st->workers[i]));
+	json_object_set_new(j, "models", a = json_array());
 	for (size_t i = 0; i < st->n_models; i++) {
 		const Itt__ModelStats *m = st->models[i];
-		printf("%s{\"name\":", i ? "," : "");
-		jstr(m->name);
-		printf(",\"queued\":%u,\"queue_limit\":%u,\"running\":%u,\"workers\":%u}",
-		       m->queued, m->queue_limit, m->running, m->workers);
+		json_t *o = json_object();
+		json_object_set_new(o, "name", cli_json_str(m->name));
+		json_object_set_new(o, "queued", json_integer(m->queued));
+		json_object_set_new(o, "queue_limit", json_integer(m->queue_limit));
+		json_object_set_new(o, "running", json_integer(m->running));
+		json_object_set_new(o, "workers", json_integer(m->workers));
+		json_array_append_new(a, o);
 	}
-	printf("],\"routes\":[");
+	json_object_set_new(j, "routes", a = json_array());
 	for (size_t i = 0; i < st->n_routes; i++) {
 		const Itt__RouteStats *r = st->routes[i];
-		printf("%s{\"model\":", i ? "," : "");
-		jstr(r->model);
-		printf(",\"worker_ids\":");
-		json_strings(r->worker_ids, r->n_worker_ids);
-		printf(",\"source\":");
-		jstr(r->source);
-		printf(",\"sessions\":%u}", r->sessions);
+		json_t *o = json_object();
+		json_object_set_new(o, "model", cli_json_str(r->model));
+		json_object_set_new(o, "worker_ids", json_strings(r->worker_ids, r->n_worker_ids));
+		json_object_set_new(o, "source", cli_json_str(r->source));
+		json_object_set_new(o, "sessions", json_integer(r->sessions));
+		json_array_append_new(a, o);
 	}
-	printf("],\"decisions\":[");
+	json_object_set_new(j, "decisions", a = json_array());
 	for (size_t i = 0; i < st->n_decisions; i++) {
 		const Itt__Decision *d = st->decisions[i];
-		printf("%s{\"time_ms\":%llu,\"target\":", i ? "," : "",
-		       (unsigned long long)d->time_ms);
-		jstr(d->target);
-		printf(",\"knob\":");
-		jstr(d->knob);
-		printf(",\"old_value\":");
-		jstr(d->old_value);
-		printf(",\"new_value\":");
-		jstr(d->new_value);
-		printf(",\"reason\":");
-		jstr(d->reason);
-		printf(",\"source\":");
-		jstr(d->source);
-		printf("}");
+		json_t *o = json_object();
+		json_object_set_new(o, "time_ms", cli_json_u64(d->time_ms));
+		json_object_set_new(o, "target", cli_json_str(d->target));
+		json_object_set_new(o, "knob", cli_json_str(d->knob));
+		json_object_set_new(o, "old_value", cli_json_str(d->old_value));
+		json_object_set_new(o, "new_value", cli_json_str(d->new_value));
+		json_object_set_new(o, "reason", cli_json_str(d->reason));
+		json_object_set_new(o, "source", cli_json_str(d->source));
+		json_array_append_new(a, o);
 	}
-	printf("]}\n");
+	return j;
 }
 
 /* --- itt stats ---------------------------------------------------------------- */
 
-static const char stats_help[] =
-	"usage: itt stats [--broker ENDPOINT] [--json] [--width N] [--api-key KEY]\n"
-	"                 [--timeout-ms MS] [--watch [--interval-ms N] [--count N]]\n"
-	"Asks the broker (default $ITT_BROKER or " DEFAULT_BROKER ") for its statistics and\n"
-	"prints: a header (broker, uptime, whether a coordinator is connected, requests,\n"
-	"completed, failed, replays); a row per worker: id, host, model, layers [first,last),\n"
-	"state, sessions/max, rows per step, mean step ms, generated tokens/s, queue (steps\n"
-	"unanswered), KV blocks used/total, CPU (cores busy), RSS MiB, threads, budget\n"
-	"(batch_tokens) and, when any worker uses it, slow_ms - a knob pinned by an operator\n"
-	"is marked '*' (e.g. 4*), a value not reported yet is '-'; the routes (model: w1 ->\n"
-	"w2 -> ..., who formed them, sessions on them); a row per model; totals; and the\n"
-	"latest placement and settings decisions, newest first (time, target, knob,\n"
-	"old -> new, who, why).  Lines fit --width characters (default: the terminal's,\n"
-	"else 120; 40..400): long names are cut with '~' and, when still too wide, the\n"
-	"least important columns are left out and named under the table.\n"
-	"--json prints the ClusterStats message as one JSON object: uptime_ms, requests,\n"
-	"completed, failed, replays, coordinator, workers (with pinned and telemetry),\n"
-	"models, routes, decisions (oldest first).\n"
-	"--watch redraws the view every --interval-ms (default 1000, 100..3600000) until\n"
-	"Ctrl-C or SIGTERM (exit 0), or for --count N frames. On a terminal it draws full\n"
-	"screen and restores the terminal on exit; otherwise (or with --json, one object a\n"
-	"line) each frame is printed in turn, frames separated by a blank line. A frame\n"
-	"the broker did not answer says so, and the watch goes on.\n"
-	"--timeout-ms: how long to wait for a reply (default 5000; with --watch, the interval\n"
-	"when shorter). The API key defaults to $ITT_API_KEY. Exit 1 when the broker answered\n"
-	"ERROR or nothing (with --watch: when the last frame had no answer).\n";
+struct stats_opts {
+	const char *broker;
+	bool json, watch;
+	long interval_ms, count, width; /* 0: not given */
+	struct cluster_opts co;
+};
+
+#define STATS_AT(f) offsetof(struct stats_opts, f)
+
+static const struct opt stats_opts_table[] = {
+	{"broker", 0, OPT_STR, DEFAULT_BROKER, 1, 4096, STATS_AT(broker), "ENDPOINT",
+	 "the broker's front end", .env = "ITT_BROKER"},
+	{"json", 0, OPT_FLAG, NULL, 0, 0, STATS_AT(json), NULL,
+	 "the ClusterStats message as one JSON object (a line per frame)"},
+	{"width", 0, OPT_LONG, NULL, 40, 400, STATS_AT(width), "N",
+	 "fit lines to N characters (default: the terminal's, else 120)"},
+	{"watch", 0, OPT_FLAG, NULL, 0, 0, STATS_AT(watch), NULL,
+	 "redraw the view until Ctrl-C or SIGTERM (exit 0)"},
+	{"interval-ms", 0, OPT_LONG, NULL, 100, 3600000, STATS_AT(interval_ms), "N",
+	 "--watch: a frame every N ms (default 1000)"},
+	{"count", 0, OPT_LONG, NULL, 1, 1000000000, STATS_AT(count), "N",
+	 "--watch: stop after N frames"},
+	CLUSTER_CONN_OPTS(struct stats_opts, co, NULL,
+			  "reply timeout (default 5000; --watch: the interval if shorter)"),
+	CLUSTER_REQ_OPTS(struct stats_opts, co, OPT_HIDDEN),
+};
+
+static const struct opt_spec stats_spec = {
+	.prog = "itt stats",
+	.usage = "[--broker ENDPOINT] [--json] [--width N] [--watch [--interval-ms N] [--count N]]",
+	.about = "\n"
+		 "Asks the broker for its statistics and prints: a header (broker, uptime,\n"
+		 "whether a coordinator is connected, requests, completed, failed, replays); a\n"
+		 "row per worker: id, host, model, layers [first,last), state, sessions/max,\n"
+		 "rows per step, mean step ms, generated tokens/s, queue (steps unanswered), KV\n"
+		 "blocks used/total, CPU (cores busy), RSS MiB, threads, budget (batch_tokens)\n"
+		 "and, when any worker uses it, slow_ms - a knob pinned by an operator is marked\n"
+		 "'*' (e.g. 4*), a value not reported yet is '-'; the routes (model: w1 -> w2 ->\n"
+		 "..., who formed them, sessions on them); a row per model; totals; and the\n"
+		 "latest placement and settings decisions, newest first (time, target, knob,\n"
+		 "old -> new, who, why). Lines fit --width characters: long names are cut with\n"
+		 "'~' and, when still too wide, the least important columns are left out and\n"
+		 "named under the table.\n"
+		 "--json prints the ClusterStats message as one JSON object: uptime_ms,\n"
+		 "requests, completed, failed, replays, coordinator, workers (with pinned and\n"
+		 "telemetry), models, routes, decisions (oldest first).\n"
+		 "--watch on a terminal draws full screen and restores the terminal on exit;\n"
+		 "otherwise (or with --json, one object a line) each frame is printed in turn,\n"
+		 "frames separated by a blank line. A frame the broker did not answer says so,\n"
+		 "and the watch goes on.",
+	.opts = stats_opts_table,
+	.n_opts = OPTS_N(stats_opts_table),
+	.epilog = "Exit 1 when the broker answered ERROR or nothing (with --watch: when the last\n"
+		  "frame had no answer).",
+};
+
+/* The terminal's columns (0 when stdout is not a terminal) and rows (24
+ * when unknown). */
+static void term_size(int *columns, int *rows)
+{
+	struct winsize ws;
+	bool ok = ioctl(STDOUT_FILENO, TIOCGWINSZ, &ws) == 0;
+	*columns = ok && isatty(STDOUT_FILENO) && ws.ws_col ? ws.ws_col : 0;
+	*rows = ok && ws.ws_row ? ws.ws_row : 24;
+}
 
 static int term_width(void)
 {
-	struct winsize ws;
-	if (isatty(STDOUT_FILENO) && ioctl(STDOUT_FILENO, TIOCGWINSZ, &ws) == 0 && ws.ws_col)
-		return ws.ws_col;
-	return 0;
+	int columns, rows;
+	term_size(&columns, &rows);
+	return columns;
 }
 
-static int term_rows(void)
+/* Sleeps until clock_mono_ms() reaches t_ms, or a stop signal. */
+static void sleep_until(uint64_t t_ms)
 {
-	struct winsize ws;
-	if (ioctl(STDOUT_FILENO, TIOCGWINSZ, &ws) == 0 && ws.ws_row)
-		return ws.ws_row;
-	return 24;
-}
-
-static void sleep_until(double t_ms)
-{
-	while (!g_stop) {
-		double left = t_ms - cli_now_ms();
-		if (left <= 0)
-			return;
-		if (left > 50)
-			left = 50;
-		struct timespec ts = {0, (long)(left * 1e6)};
-		nanosleep(&ts, NULL);
-	}
+	for (uint64_t now; !sig_stop && (now = clock_mono_ms()) < t_ms;)
+		sleep_ms(t_ms - now < 50 ? (long)(t_ms - now) : 50);
 }
 
 struct watch {
@@ -661,7 +656,7 @@ static int watch_frame(const struct watch *wt, long frame_no)
 	Itt__ClusterStats *st = NULL;
 	struct itt_err err = {0};
 	int rc = itt_stats(wt->client, &st, (int)wt->timeout_ms, &err);
-	if (g_stop) {
+	if (sig_stop) {
 		itt_stats_free(&st);
 		return rc;
 	}
@@ -670,7 +665,7 @@ static int watch_frame(const struct watch *wt, long frame_no)
 			fprintf(stderr, "itt stats: %s: %s (broker %s)\n", itt_code_name(err.code),
 				err.msg, wt->broker);
 		else
-			print_stats_json(st);
+			cli_json_print(json_stats(st), stdout);
 		fflush(stdout);
 		fflush(stderr);
 		itt_stats_free(&st);
@@ -689,7 +684,7 @@ static int watch_frame(const struct watch *wt, long frame_no)
 	struct frame_opts o = {wt->broker, width, 10, true};
 	if (rc) {
 		char line[1024], clock[16];
-		fmt_clock(clock, sizeof clock, unix_now_ms());
+		fmt_clock(clock, sizeof clock, clock_wall_ms());
 		snprintf(line, sizeof line, "broker %s  at %s", wt->broker, clock);
 		put_line(f, line, width);
 		snprintf(line, sizeof line, "no answer: %s: %s", itt_code_name(err.code),
@@ -704,7 +699,9 @@ static int watch_frame(const struct watch *wt, long frame_no)
 		/* Home, then the frame cut to the screen's rows, each line
 		 * clearing what the last frame left to its right, then clear
 		 * below: no flash between frames. */
-		int rows = term_rows() - 1, r = 0;
+		int columns, rows, r = 0;
+		term_size(&columns, &rows);
+		rows--;
 		fputs("\x1b[H", stdout);
 		for (char *p = buf; *p && r < rows; r++) {
 			char *nl = strchr(p, '\n');
@@ -726,77 +723,41 @@ static int watch_frame(const struct watch *wt, long frame_no)
 
 static int stats_watch(struct watch *wt)
 {
-	install_signals();
+	sig_stop_install();
 	wt->tty = !wt->json && isatty(STDOUT_FILENO);
 	if (wt->tty) /* alternate screen, cursor hidden */
 		fputs("\x1b[?1049h\x1b[?25l\x1b[H\x1b[2J", stdout);
 	int rc = 0;
-	double t0 = cli_now_ms();
-	for (long k = 0; !g_stop && (wt->count <= 0 || k < wt->count); k++) {
+	uint64_t t0 = clock_mono_ms(), iv = (uint64_t)wt->interval_ms;
+	for (long k = 0; !sig_stop && (wt->count <= 0 || k < wt->count); k++) {
 		if (k > 0)
-			sleep_until(t0 + (double)k * (double)wt->interval_ms);
-		if (g_stop)
+			sleep_until(t0 + (uint64_t)k * iv);
+		if (sig_stop)
 			break;
 		rc = watch_frame(wt, k);
 		/* after a long stall, no burst of frames to catch up */
-		if (cli_now_ms() - (t0 + (double)k * (double)wt->interval_ms) > (double)wt->interval_ms)
-			t0 = cli_now_ms() - (double)k * (double)wt->interval_ms;
+		if (clock_mono_ms() > t0 + (uint64_t)k * iv + iv)
+			t0 = clock_mono_ms() - (uint64_t)k * iv;
 	}
 	if (wt->tty)
 		fputs("\x1b[?25h\x1b[?1049l", stdout);
 	fflush(stdout);
-	if (g_stop)
+	if (sig_stop)
 		return 0;
 	return rc ? 1 : 0;
 }
 
 int cmd_stats(int argc, char **argv)
 {
-	struct cluster_opts co = {.timeout_ms = -1};
-	const char *broker = env_or("ITT_BROKER", DEFAULT_BROKER);
-	bool json = false, watch = false, timing = false;
-	long interval = 1000, count = 0, width = 0;
-	argc = take_cluster_opts(argc, argv, &co, "stats");
-	if (argc < 0)
-		return 2;
-	for (int i = 0; i < argc; i++) {
-		const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
-		long *num = NULL, lo = 0, hi = 0;
-		if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
-			fputs(stats_help, stdout);
-			return 0;
-		} else if (!strcmp(a, "--json")) {
-			json = true;
-			continue;
-		} else if (!strcmp(a, "--watch")) {
-			watch = true;
-			continue;
-		} else if (!strcmp(a, "--broker")) {
-			if (!v) {
-				fprintf(stderr, "itt stats: --broker needs a value\n");
-				return 2;
-			}
-			broker = v;
-			i++;
-			continue;
-		} else if (!strcmp(a, "--interval-ms")) {
-			num = &interval, lo = 100, hi = 3600000, timing = true;
-		} else if (!strcmp(a, "--count")) {
-			num = &count, lo = 1, hi = 1000000000, timing = true;
-		} else if (!strcmp(a, "--width")) {
-			num = &width, lo = 40, hi = 400;
-		} else {
-			fprintf(stderr, "itt stats: unknown option %s\n%s", a, stats_help);
-			return 2;
-		}
-		if (!v || !cli_parse_long(v, lo, hi, num)) {
-			fprintf(stderr, "itt stats: %s needs a number in %ld..%ld%s%s%s\n", a, lo, hi,
-				v ? ", not \"" : "", v ? v : "", v ? "\"" : "");
-			return 2;
-		}
-		i++;
-	}
-	if (timing && !watch) {
+	struct stats_opts so = {.co.timeout_ms = -1};
+	int prc = opts_parse(&stats_spec, argc, argv, &so, NULL);
+	if (prc != OPTS_OK)
+		return cli_exit(prc);
+	struct cluster_opts co = so.co;
+	const char *broker = so.broker;
+	bool json = so.json, watch = so.watch;
+	long interval = so.interval_ms ? so.interval_ms : 1000, count = so.count, width = so.width;
+	if ((so.interval_ms || so.count) && !watch) {
 		fprintf(stderr, "itt stats: --interval-ms and --count need --watch\n");
 		return 2;
 	}
@@ -819,7 +780,7 @@ int cmd_stats(int argc, char **argv)
 			err.msg, broker);
 		rc = 1;
 	} else if (json) {
-		print_stats_json(st);
+		cli_json_print(json_stats(st), stdout);
 	} else {
 		int w = width ? (int)width : term_width();
 		struct frame_opts o = {broker, w ? (w < 40 ? 40 : w) : 120, (size_t)-1, false};
@@ -832,13 +793,30 @@ int cmd_stats(int argc, char **argv)
 
 /* --- itt settings ------------------------------------------------------------- */
 
-static const char settings_help[] =
-	"usage: itt settings get [WORKER] [--json]\n"
-	"       itt settings set WORKER KNOB=VALUE... [--pin] [--reason TEXT] [--json]\n"
-	"       itt settings pin WORKER KNOB...  [--reason TEXT] [--json]\n"
-	"       itt settings unpin WORKER KNOB... [--reason TEXT] [--json]\n"
-	"  common: [--broker ENDPOINT] [--api-key KEY] [--timeout-ms MS]\n"
-	"Shows and changes the live settings (\"knobs\") of a cluster's workers:\n"
+struct settings_opts {
+	const char *broker, *reason;
+	bool json, pin;
+	struct cluster_opts co;
+};
+
+#define SETTINGS_AT(f) offsetof(struct settings_opts, f)
+#define SETTINGS_OPTS                                                                              \
+	{"broker", 0, OPT_STR, DEFAULT_BROKER, 1, 4096, SETTINGS_AT(broker), "ENDPOINT",           \
+	 "the broker's front end", .env = "ITT_BROKER"},                                           \
+	{"reason", 0, OPT_STR, NULL, 0, 4096, SETTINGS_AT(reason), "TEXT",                         \
+	 "set, pin, unpin: sent with the change (SettingsChange.reason)"},                         \
+	{"json", 0, OPT_FLAG, NULL, 0, 0, SETTINGS_AT(json), NULL, "print JSON"},                  \
+	CLUSTER_CONN_OPTS(struct settings_opts, co, "5000", "how long to wait for a reply"),       \
+	CLUSTER_REQ_OPTS(struct settings_opts, co, OPT_HIDDEN)
+
+static const struct opt settings_opts_table[] = {SETTINGS_OPTS};
+static const struct opt settings_set_opts_table[] = {
+	SETTINGS_OPTS,
+	{"pin", 0, OPT_FLAG, NULL, 0, 0, SETTINGS_AT(pin), NULL, "set: also pin the knobs set"},
+};
+
+static const char settings_about[] =
+	"\nShows and changes the live settings (\"knobs\") of a cluster's workers:\n"
 	"  threads       compute threads, 1..64\n"
 	"  batch_tokens  rows per forward step (the step budget), 1..the worker's max\n"
 	"  slow_ms       debug: sleep this long after each step, 0..10000\n"
@@ -852,9 +830,12 @@ static const char settings_help[] =
 	"and its pinned knobs) is printed, or its ERROR as \"itt settings CMD: CODE:\n"
 	"reason\" (exit 1): NOT_FOUND for an unknown worker, INVALID_ARGUMENT for a value\n"
 	"out of range or a pinned knob. Unknown knobs and values out of range are refused\n"
-	"here (exit 2). --reason TEXT is sent with the change (SettingsChange.reason).\n"
-	"The broker defaults to $ITT_BROKER or " DEFAULT_BROKER ", the key to $ITT_API_KEY,\n"
-	"--timeout-ms to 5000.\n";
+	"here (exit 2).";
+
+static const char settings_usage[] =
+	"get [WORKER] [options]\n"
+	"       itt settings set WORKER KNOB=VALUE... [--pin] [options]\n"
+	"       itt settings pin|unpin WORKER KNOB... [options]";
 
 static const char knob_list[] = "threads, batch_tokens, slow_ms";
 
@@ -897,9 +878,8 @@ static int settings_get(itt_client_t *c, const char *broker, const char *worker,
 		if ((!worker || (w->id && !strcmp(w->id, worker))) && n > idw)
 			idw = n > 40 ? 40 : n;
 	}
-	if (json)
-		printf("[");
-	else
+	json_t *arr = json ? json_array() : NULL;
+	if (!json)
 		printf("%-*s %7s %12s %7s  %s\n", (int)idw, "WORKER", "THREADS", "BATCH_TOKENS",
 		       "SLOW_MS", "PINNED");
 	for (size_t i = 0; i < st->n_workers; i++) {
@@ -907,13 +887,11 @@ static int settings_get(itt_client_t *c, const char *broker, const char *worker,
 		if (worker && (!w->id || strcmp(w->id, worker)))
 			continue;
 		if (json) {
-			printf("%s{\"id\":", shown ? "," : "");
-			jstr(w->id);
-			printf(",\"settings\":");
-			json_settings(settings_of(w));
-			printf(",\"pinned\":");
-			json_strings(w->pinned, w->n_pinned);
-			printf("}");
+			json_t *o = json_object();
+			json_object_set_new(o, "id", cli_json_str(w->id));
+			json_object_set_new(o, "settings", json_settings(settings_of(w)));
+			json_object_set_new(o, "pinned", json_strings(w->pinned, w->n_pinned));
+			json_array_append_new(arr, o);
 		} else {
 			char id[48], th[24], bt[24], sl[24], pins[256];
 			size_t n = 0;
@@ -932,7 +910,7 @@ static int settings_get(itt_client_t *c, const char *broker, const char *worker,
 		shown++;
 	}
 	if (json)
-		printf("]\n");
+		cli_json_print(arr, stdout);
 	int rc = 0;
 	if (worker && !shown) {
 		fprintf(stderr, "itt settings get: NOT_FOUND: no worker \"%s\" at %s\n", worker,
@@ -947,29 +925,79 @@ static int settings_get(itt_client_t *c, const char *broker, const char *worker,
 	return rc;
 }
 
+/* A WORKER given after knobs ("threads=2 w1"): its name is a knob's. */
+static bool looks_like_knob(const char *a)
+{
+	const char *eq = strchr(a, '=');
+	char name[64];
+	if (!eq || (size_t)(eq - a) >= sizeof name)
+		return false;
+	memcpy(name, a, (size_t)(eq - a));
+	name[eq - a] = 0;
+	return itt_knob_parse(name) != 0;
+}
+
+/* KNOB=VALUE of `settings set` into ch; 0, or 2 after saying why. */
+static int parse_knob_value(const char *cmd, const char *a, struct itt_settings_change *ch)
+{
+	const char *eq = strchr(a, '=');
+	char name[64];
+	if (!eq || eq == a || (size_t)(eq - a) >= sizeof name) {
+		fprintf(stderr, "itt %s: expected KNOB=VALUE, got \"%s\" (knobs: %s)\n", cmd, a,
+			knob_list);
+		return 2;
+	}
+	memcpy(name, a, (size_t)(eq - a));
+	name[eq - a] = 0;
+	unsigned k = itt_knob_parse(name);
+	long val;
+	struct itt_err err = {0};
+	if (!k) {
+		fprintf(stderr, "itt %s: unknown knob \"%s\" (knobs: %s)\n", cmd, name, knob_list);
+		return 2;
+	}
+	if (ch->set & k) {
+		fprintf(stderr, "itt %s: knob %s given twice\n", cmd, name);
+		return 2;
+	}
+	if (!opts_parse_long(eq + 1, -1000000000L, 4294967295L, &val)) {
+		fprintf(stderr, "itt %s: %s: \"%s\" is not a whole number\n", cmd, name, eq + 1);
+		return 2;
+	}
+	if (itt_knob_check(k, val, &err)) {
+		fprintf(stderr, "itt %s: %s\n", cmd, err.msg);
+		return 2;
+	}
+	ch->set |= k;
+	if (k == ITT_KNOB_THREADS)
+		ch->threads = (uint32_t)val;
+	else if (k == ITT_KNOB_BATCH_TOKENS)
+		ch->batch_tokens = (uint32_t)val;
+	else
+		ch->slow_ms = (uint32_t)val;
+	return 0;
+}
+
 int cmd_settings(int argc, char **argv)
 {
-	struct cluster_opts co = {.timeout_ms = 5000};
-	const char *broker = env_or("ITT_BROKER", DEFAULT_BROKER);
-	const char *sub = NULL, *worker = NULL, *reason = NULL;
-	bool json = false;
-	struct itt_settings_change ch = {0};
-	argc = take_cluster_opts(argc, argv, &co, "settings");
-	if (argc < 0)
-		return 2;
-	for (int i = 0; i < argc; i++) {
-		const char *a = argv[i];
-		if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
-			fputs(settings_help, stdout);
-			return 0;
-		}
+	struct settings_opts so = {0};
+	struct opt_spec spec = {
+		.prog = "itt settings",
+		.usage = settings_usage,
+		.about = settings_about,
+		.opts = settings_set_opts_table,
+		.n_opts = OPTS_N(settings_set_opts_table),
+	};
+	const char *sub = argc >= 2 ? argv[1] : NULL;
+	if (sub && (!strcmp(sub, "--help") || !strcmp(sub, "-h"))) {
+		opts_usage(&spec, stdout);
+		return 0;
 	}
-	if (argc < 1) {
-		fprintf(stderr, "itt settings: a subcommand is needed (get, set, pin, unpin)\n%s",
-			settings_help);
+	if (!sub) {
+		fprintf(stderr, "itt settings: a subcommand is needed (get, set, pin, unpin; see "
+				"--help)\n");
 		return 2;
 	}
-	sub = argv[0];
 	bool is_get = !strcmp(sub, "get"), is_set = !strcmp(sub, "set"),
 	     is_pin = !strcmp(sub, "pin"), is_unpin = !strcmp(sub, "unpin");
 	if (!is_get && !is_set && !is_pin && !is_unpin) {
@@ -977,81 +1005,40 @@ int cmd_settings(int argc, char **argv)
 			sub);
 		return 2;
 	}
-	char cmd[32];
+	char cmd[32], prog[40];
 	snprintf(cmd, sizeof cmd, "settings %s", sub);
-	for (int i = 1; i < argc; i++) {
-		const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
-		if (!strcmp(a, "--broker") || !strcmp(a, "--reason")) {
-			if (!v) {
-				fprintf(stderr, "itt %s: %s needs a value\n", cmd, a);
+	snprintf(prog, sizeof prog, "itt %s", cmd);
+	spec.prog = prog;
+	if (!is_set) {
+		spec.opts = settings_opts_table;
+		spec.n_opts = OPTS_N(settings_opts_table);
+	}
+	int n_pos = 0;
+	int prc = opts_parse(&spec, argc - 1, argv + 1, &so, &n_pos);
+	if (prc != OPTS_OK)
+		return cli_exit(prc);
+	struct cluster_opts co = so.co;
+	const char *broker = so.broker, *reason = so.reason, *worker = NULL;
+	bool json = so.json;
+	struct itt_settings_change ch = {.pin = so.pin};
+	/* the positionals: WORKER, then knobs */
+	char **pos = argv + 2;
+	for (int i = 0; i < n_pos; i++) {
+		const char *a = pos[i];
+		if (!worker) {
+			if (looks_like_knob(a)) {
+				fprintf(stderr,
+					"itt %s: WORKER comes first, then the knobs (got \"%s\")\n",
+					cmd, a);
 				return 2;
-			}
-			*(!strcmp(a, "--broker") ? &broker : &reason) = v;
-			i++;
-		} else if (!strcmp(a, "--json")) {
-			json = true;
-		} else if (!strcmp(a, "--pin") && is_set) {
-			ch.pin = true;
-		} else if (a[0] == '-' && a[1] == '-') {
-			fprintf(stderr, "itt %s: unknown option %s (see itt settings --help)\n", cmd,
-				a);
-			return 2;
-		} else if (!worker) {
-			const char *eq = strchr(a, '=');
-			char name[64];
-			if (eq && (size_t)(eq - a) < sizeof name) {
-				memcpy(name, a, (size_t)(eq - a));
-				name[eq - a] = 0;
-				if (itt_knob_parse(name)) {
-					fprintf(stderr,
-						"itt %s: WORKER comes first, then the knobs (got "
-						"\"%s\")\n",
-						cmd, a);
-					return 2;
-				}
 			}
 			worker = a;
 		} else if (is_get) {
 			fprintf(stderr, "itt %s: one WORKER at most (got \"%s\" too)\n", cmd, a);
 			return 2;
 		} else if (is_set) {
-			const char *eq = strchr(a, '=');
-			char name[64];
-			if (!eq || eq == a || (size_t)(eq - a) >= sizeof name) {
-				fprintf(stderr, "itt %s: expected KNOB=VALUE, got \"%s\" (knobs: %s)\n",
-					cmd, a, knob_list);
+			if (parse_knob_value(cmd, a, &ch))
 				return 2;
-			}
-			memcpy(name, a, (size_t)(eq - a));
-			name[eq - a] = 0;
-			unsigned k = itt_knob_parse(name);
-			long val;
-			struct itt_err err = {0};
-			if (!k) {
-				fprintf(stderr, "itt %s: unknown knob \"%s\" (knobs: %s)\n", cmd, name,
-					knob_list);
-				return 2;
-			}
-			if (ch.set & k) {
-				fprintf(stderr, "itt %s: knob %s given twice\n", cmd, name);
-				return 2;
-			}
-			if (!cli_parse_long(eq + 1, -1000000000L, 4294967295L, &val)) {
-				fprintf(stderr, "itt %s: %s: \"%s\" is not a whole number\n", cmd, name,
-					eq + 1);
-				return 2;
-			}
-			if (itt_knob_check(k, val, &err)) {
-				fprintf(stderr, "itt %s: %s\n", cmd, err.msg);
-				return 2;
-			}
-			ch.set |= k;
-			if (k == ITT_KNOB_THREADS)
-				ch.threads = (uint32_t)val;
-			else if (k == ITT_KNOB_BATCH_TOKENS)
-				ch.batch_tokens = (uint32_t)val;
-			else
-				ch.slow_ms = (uint32_t)val;
 		} else {
 			unsigned k = itt_knob_parse(a);
 			if (!k) {
@@ -1099,13 +1086,12 @@ int cmd_settings(int argc, char **argv)
 		fprintf(stderr, "itt %s: %s: %s\n", cmd, itt_code_name(err.code), err.msg);
 		rc = 1;
 	} else if (json) {
-		printf("{\"worker_id\":");
-		jstr(rep->worker_id ? rep->worker_id : worker);
-		printf(",\"settings\":");
-		json_settings(rep->settings);
-		printf(",\"pinned\":");
-		json_strings(rep->pinned, rep->n_pinned);
-		printf("}\n");
+		json_t *j = json_object();
+		json_object_set_new(j, "worker_id",
+				    cli_json_str(rep->worker_id ? rep->worker_id : worker));
+		json_object_set_new(j, "settings", json_settings(rep->settings));
+		json_object_set_new(j, "pinned", json_strings(rep->pinned, rep->n_pinned));
+		cli_json_print(j, stdout);
 	} else {
 		char id[72];
 		fit(id, sizeof id, rep->worker_id && *rep->worker_id ? rep->worker_id : worker, 64,

@@ -1,6 +1,11 @@
 /* eval: multiple-choice scoring by log-likelihood through the in-process
  * engine, shared by `itt eval` (cmd-eval.c) and `itt heads search`
- * (cmd-heads.c).
+ * (cmd-heads.c).  The module's files, one job each:
+ *     eval-task.c     task files (JSONL through jansson) and whole-file reads
+ *     eval-setting.c  setting specs ("plain", "temp:T", "guidance:...")
+ *     eval-score.c    the engine and the scoring loop (eval_run)
+ *     eval-report.c   accuracy, bootstrap intervals, the table and the JSON
+ *     eval-cloze.c    a cloze task built from plain text (make-cloze)
  *
  * A task is a JSONL file, one item a line:
  *     {"id": N, "split": "select"|"test", "context": "...",
@@ -29,7 +34,12 @@
  *                 token's probability).
  * The context is computed once per branch and forked (kv_seq_fork) into one
  * sequence per choice, unless prefix sharing is off (recompute: every
- * choice runs context + choice from position 0). */
+ * choice runs context + choice from position 0).
+ *
+ * Invariants: results are a pure function of the model, the task, the
+ * settings and the seed (the JSON differs between two runs only in its
+ * "timings" members); errors are printed as one line "itt CMD: ..." by the
+ * function that finds them. */
 #ifndef ITT_EVAL_H
 #define ITT_EVAL_H
 
@@ -38,7 +48,12 @@
 #include <stdint.h>
 #include <stdio.h>
 
+#include <jansson.h>
+
 #include "engine.h"
+
+#define EVAL_MAX_CHOICES  64 /* per item */
+#define EVAL_MAX_SETTINGS 64 /* per run of itt eval */
 
 enum eval_split {
 	EVAL_SPLIT_NONE = 0, /* the item names no split */
@@ -67,6 +82,16 @@ struct eval_task {
 int eval_task_load(const char *path, enum eval_split filter, struct eval_task *t, const char *cmd);
 void eval_task_free(struct eval_task *t);
 const char *eval_split_name(enum eval_split s);
+
+/* The whole file, NUL-terminated (the NUL not counted in *len); NULL with
+ * errno set when it cannot be read. */
+char *eval_read_file(const char *path, size_t *len);
+
+/* C's isspace for the "C" locale, without the locale. */
+static inline bool eval_is_space(char c)
+{
+	return c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\v' || c == '\f';
+}
 
 /* A perturbed branch: mask [n_layers][n_heads], owned by the caller. */
 struct eval_branch {
@@ -147,13 +172,37 @@ int eval_metrics(const struct eval_scores *s, const struct eval_task *t, long B,
 void eval_objective(const struct eval_scores *s, const struct eval_task *t, size_t setting,
                     double *acc_norm, double *margin_norm);
 
-/* Prints the side-by-side table (text) or the "settings" JSON array. */
+/* Prints the side-by-side table. */
 void eval_print_table(FILE *f, const struct eval_setting *st, size_t n,
                       const struct eval_metrics *m, const struct eval_scores *s,
                       size_t n_branches_used);
-void eval_print_json_settings(FILE *f, const struct eval_setting *st, size_t n,
-                              const struct eval_metrics *m, const struct eval_scores *s,
-                              size_t n_branches);
+/* The "settings" JSON array (a new reference; NULL when out of memory);
+ * numbers rounded as the table's "%.6g" (cli_json_num). */
+json_t *eval_json_settings(const struct eval_setting *st, size_t n, const struct eval_metrics *m,
+                           const struct eval_scores *s);
+
+/* make-cloze: builds a cloze task from plain text (eval-cloze.c). */
+struct eval_cloze_opts {
+	const char *data;  /* plain text, paragraphs separated by blank lines */
+	const char *out;   /* the task file written */
+	long seed;         /* the task is a pure function of data and seed */
+	long choices;      /* 2..16 */
+	long n;            /* items in all; 0: every usable paragraph */
+	float split_at;    /* the selection part's share, in [0, 1] */
+};
+
+/* The exit status: 0, 1 (cannot read or write), 2 (the data cannot give
+ * the task asked for); errors are printed. */
+int eval_make_cloze(const struct eval_cloze_opts *o);
+
+/* Parses argv[0..argc) (the arguments after the command's words) with spec
+ * into out; -1 to go on, else the exit status (0 after --help, 2 after a
+ * one-line error). */
+struct opt_spec;
+int eval_parse_argv(const struct opt_spec *spec, int argc, char **argv, void *out);
+/* The opt_fn of a --broker row: refuses it (scoring is --local only, the
+ * cluster protocol has no scoring request yet). */
+int eval_refuse_broker(void *out, const char *v, char *why, size_t cap);
 
 /* Opens the engine for scoring (max_rows rows per step, a KV budget for
  * many sequences); 1 after printing an error. */

@@ -22,7 +22,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/random.h>
-#include <time.h>
 #include <unistd.h>
 
 #include <zmq.h>
@@ -65,6 +64,13 @@ struct itt_stream {
 	uint64_t quiet_since_ms; /* heard_ms, or the last re-send */
 };
 
+/* A request/reply exchange (STATS, SET) in progress. */
+struct exchange {
+	bool waiting;
+	ProtobufCMessage *reply; /* the reply, once it is in */
+	struct itt_err err;      /* or the broker's ERROR */
+};
+
 struct itt_client {
 	void *ctx, *sock;
 	char id[72];
@@ -73,33 +79,28 @@ struct itt_client {
 	struct itt_stream *streams;
 	uint64_t last_send_ms;
 	uint64_t n_requests;
-	/* itt_stats in progress */
-	bool stats_waiting;
-	Itt__ClusterStats *stats_reply;
-	struct itt_err stats_err;
-	/* itt_client_settings in progress */
-	bool set_waiting;
+	struct exchange stats; /* itt_stats */
+	struct exchange set;   /* itt_client_settings, request_id set_id */
 	char set_id[32];
 	uint64_t n_sets;
-	Itt__SettingsReply *set_reply;
-	struct itt_err set_err;
 };
 
 static const int client_accepts[] = {WIRE_CHUNK,       WIRE_DONE,      WIRE_ERROR, WIRE_HEARTBEAT,
 				     WIRE_STATS_REPLY, WIRE_SET_REPLY, 0};
 
-static int set_error(struct itt_err *err, int code, const char *fmt, ...)
-	__attribute__((format(printf, 3, 4)));
-static int set_error(struct itt_err *err, int code, const char *fmt, ...)
+/* The exchange is waiting and its answer (reply or ERROR) is in. */
+static bool exchange_over(const struct exchange *x)
 {
-	if (err) {
-		va_list ap;
-		va_start(ap, fmt);
-		err->code = code;
-		vsnprintf(err->msg, sizeof err->msg, fmt, ap);
-		va_end(ap);
-	}
-	return code;
+	return x->waiting && (x->reply || x->err.code);
+}
+
+/* Forgets an exchange's reply and error. */
+static void exchange_clear(struct exchange *x)
+{
+	if (x->reply)
+		protobuf_c_message_free_unpacked(x->reply, NULL);
+	x->reply = NULL;
+	memset(&x->err, 0, sizeof x->err);
 }
 
 const char *itt_code_name(int code)
@@ -126,19 +127,10 @@ static uint64_t random_u64(void)
 {
 	uint64_t v = 0;
 	if (getrandom(&v, sizeof v, GRND_NONBLOCK) != (ssize_t)sizeof v) {
-		struct timespec ts;
-		clock_gettime(CLOCK_REALTIME, &ts);
-		v = ((uint64_t)ts.tv_nsec << 20) ^ (uint64_t)ts.tv_sec ^ ((uint64_t)getpid() << 40);
+		v = (clock_mono_us() << 20) ^ clock_wall_ms() ^ ((uint64_t)getpid() << 40);
 		v ^= (uintptr_t)&v;
 	}
 	return v;
-}
-
-static uint64_t wall_ms(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_REALTIME, &ts);
-	return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
 }
 
 /* --- sending --------------------------------------------------------------- */
@@ -164,12 +156,12 @@ static int send_msg(itt_client_t *c, int cmd, const ProtobufCMessage *m)
 	return rc;
 }
 
-static void send_cancel(itt_stream_t *s)
+static int send_cancel(itt_stream_t *s)
 {
 	Itt__Cancel m = ITT__CANCEL__INIT;
 	m.request_id = s->id;
 	m.client_id = s->client->id;
-	(void)send_msg(s->client, WIRE_CANCEL, &m.base);
+	return send_msg(s->client, WIRE_CANCEL, &m.base);
 }
 
 static void resend(itt_stream_t *s)
@@ -194,29 +186,29 @@ itt_client_t *itt_client_new(const char *endpoint, const struct itt_client_optio
 		opts = &def;
 	}
 	if (!endpoint || !*endpoint) {
-		set_error(err, ITT__CODE__INVALID_ARGUMENT, "no broker endpoint given");
+		itt_err_set(err, ITT__CODE__INVALID_ARGUMENT, "no broker endpoint given");
 		return NULL;
 	}
 	if (opts->client_id && (!*opts->client_id || strlen(opts->client_id) > 64)) {
-		set_error(err, ITT__CODE__INVALID_ARGUMENT,
-			  "client_id has %zu bytes; it must have 1..64", strlen(opts->client_id));
+		itt_err_set(err, ITT__CODE__INVALID_ARGUMENT,
+			    "client_id has %zu bytes; it must have 1..64", strlen(opts->client_id));
 		return NULL;
 	}
 	if (opts->api_key && strlen(opts->api_key) > 128) {
-		set_error(err, ITT__CODE__INVALID_ARGUMENT, "api_key has %zu bytes; at most 128",
-			  strlen(opts->api_key));
+		itt_err_set(err, ITT__CODE__INVALID_ARGUMENT, "api_key has %zu bytes; at most 128",
+			    strlen(opts->api_key));
 		return NULL;
 	}
 	if (opts->heartbeat_ms <= 0 || opts->resubmit_ms <= 0 || opts->give_up_ms < 0 ||
 	    opts->linger_ms < 0) {
-		set_error(err, ITT__CODE__INVALID_ARGUMENT,
-			  "heartbeat_ms and resubmit_ms must be > 0, give_up_ms and linger_ms "
-			  ">= 0");
+		itt_err_set(err, ITT__CODE__INVALID_ARGUMENT,
+			    "heartbeat_ms and resubmit_ms must be > 0, give_up_ms and linger_ms "
+			    ">= 0");
 		return NULL;
 	}
 	itt_client_t *c = calloc(1, sizeof *c);
 	if (!c) {
-		set_error(err, ITT__CODE__INTERNAL, "out of memory");
+		itt_err_set(err, ITT__CODE__INTERNAL, "out of memory");
 		return NULL;
 	}
 	c->opt = *opts;
@@ -229,7 +221,7 @@ itt_client_t *itt_client_new(const char *endpoint, const struct itt_client_optio
 	if (opts->api_key && !(c->api_key = strdup(opts->api_key)))
 		goto nomem;
 	if (!(c->ctx = zmq_ctx_new()) || !(c->sock = zmq_socket(c->ctx, ZMQ_DEALER))) {
-		set_error(err, ITT__CODE__INTERNAL, "zmq: %s", zmq_strerror(errno));
+		itt_err_set(err, ITT__CODE__INTERNAL, "zmq: %s", zmq_strerror(errno));
 		goto fail;
 	}
 	sockopt(c->sock, ZMQ_LINGER, opts->linger_ms);
@@ -239,13 +231,13 @@ itt_client_t *itt_client_new(const char *endpoint, const struct itt_client_optio
 	sockopt(c->sock, ZMQ_HEARTBEAT_IVL, 1000);
 	sockopt(c->sock, ZMQ_HEARTBEAT_TIMEOUT, 3000);
 	if (zmq_connect(c->sock, endpoint) < 0) {
-		set_error(err, ITT__CODE__INVALID_ARGUMENT, "cannot connect to \"%s\": %s",
-			  endpoint, zmq_strerror(errno));
+		itt_err_set(err, ITT__CODE__INVALID_ARGUMENT, "cannot connect to \"%s\": %s",
+			    endpoint, zmq_strerror(errno));
 		goto fail;
 	}
 	return c;
 nomem:
-	set_error(err, ITT__CODE__INTERNAL, "out of memory");
+	itt_err_set(err, ITT__CODE__INTERNAL, "out of memory");
 fail:
 	if (c->sock) {
 		sockopt(c->sock, ZMQ_LINGER, 0);
@@ -272,8 +264,8 @@ void itt_client_destroy(itt_client_t **cp)
 		itt_stream_t *s = c->streams;
 		itt_stream_destroy(&s);
 	}
-	itt_stats_free(&c->stats_reply);
-	itt_settings_reply_free(&c->set_reply);
+	exchange_clear(&c->stats);
+	exchange_clear(&c->set);
 	zmq_close(c->sock);
 	zmq_ctx_term(c->ctx);
 	free(c->api_key);
@@ -398,13 +390,43 @@ static void on_chunk(itt_client_t *c, Itt__StreamChunk *m)
 	}
 }
 
-static void on_done(itt_client_t *c, Itt__StreamDone *m)
+/* The open stream a DONE or ERROR is for, or NULL (m freed) when there is
+ * none: unknown, or it has already ended. */
+static itt_stream_t *final_stream(itt_client_t *c, const char *request_id, ProtobufCMessage *m)
 {
-	itt_stream_t *s = find_stream(c, m->request_id);
+	itt_stream_t *s = find_stream(c, request_id);
 	if (!s || s->final_queued) {
-		protobuf_c_message_free_unpacked(&m->base, NULL);
+		protobuf_c_message_free_unpacked(m, NULL);
+		return NULL;
+	}
+	return s;
+}
+
+/* Queues the broker's DONE or ERROR as the stream's final item. */
+static void push_final_msg(itt_stream_t *s, int cmd, ProtobufCMessage *m)
+{
+	struct item *it = calloc(1, sizeof *it);
+	if (!it) {
+		protobuf_c_message_free_unpacked(m, NULL);
+		push_local_error(s, ITT__CODE__INTERNAL, "out of memory");
 		return;
 	}
+	it->cmd = cmd;
+	it->msg = m;
+	push_final(s, it);
+}
+
+/* The code of a broker's ERROR (one without a code is INTERNAL). */
+static int error_code(const Itt__Error *m)
+{
+	return m->code ? (int)m->code : ITT__CODE__INTERNAL;
+}
+
+static void on_done(itt_client_t *c, Itt__StreamDone *m)
+{
+	itt_stream_t *s = final_stream(c, m->request_id, &m->base);
+	if (!s)
+		return;
 	if (m->n_chunks > s->next_seq) {
 		uint32_t n = m->n_chunks, got = s->next_seq;
 		protobuf_c_message_free_unpacked(&m->base, NULL);
@@ -419,51 +441,32 @@ static void on_done(itt_client_t *c, Itt__StreamDone *m)
 		}
 		return;
 	}
-	struct item *it = calloc(1, sizeof *it);
-	if (!it) {
-		protobuf_c_message_free_unpacked(&m->base, NULL);
-		push_local_error(s, ITT__CODE__INTERNAL, "out of memory");
-		return;
-	}
-	it->cmd = WIRE_DONE;
-	it->msg = &m->base;
-	push_final(s, it);
+	push_final_msg(s, WIRE_DONE, &m->base);
 }
 
 static void on_error(itt_client_t *c, Itt__Error *m)
 {
-	if (c->set_waiting && !c->set_reply && !c->set_err.code &&
-	    (!m->request_id || !*m->request_id || !strcmp(m->request_id, c->set_id))) {
+	bool no_request = !m->request_id || !*m->request_id;
+	struct exchange *x = NULL;
+	if (c->set.waiting && !c->set.reply && !c->set.err.code &&
+	    (no_request || !strcmp(m->request_id, c->set_id))) {
 		/* The answer to SET (one about no request counts too: a broker
 		 * may refuse the message before reading its request_id). */
-		set_error(&c->set_err, m->code ? (int)m->code : ITT__CODE__INTERNAL, "%s",
-			  m->reason ? m->reason : "");
-		protobuf_c_message_free_unpacked(&m->base, NULL);
-		return;
-	}
-	if (!m->request_id || !*m->request_id) {
+		x = &c->set;
+	} else if (no_request) {
 		/* Not about a request: the answer to STATS (e.g. UNAUTHENTICATED),
 		 * or a complaint about framing that no stream can act on. */
-		if (c->stats_waiting && !c->stats_err.code)
-			set_error(&c->stats_err, m->code ? (int)m->code : ITT__CODE__INTERNAL, "%s",
-				  m->reason ? m->reason : "");
-		protobuf_c_message_free_unpacked(&m->base, NULL);
+		if (c->stats.waiting && !c->stats.err.code)
+			x = &c->stats;
+	} else {
+		itt_stream_t *s = final_stream(c, m->request_id, &m->base);
+		if (s)
+			push_final_msg(s, WIRE_ERROR, &m->base);
 		return;
 	}
-	itt_stream_t *s = find_stream(c, m->request_id);
-	if (!s || s->final_queued) {
-		protobuf_c_message_free_unpacked(&m->base, NULL);
-		return;
-	}
-	struct item *it = calloc(1, sizeof *it);
-	if (!it) {
-		protobuf_c_message_free_unpacked(&m->base, NULL);
-		push_local_error(s, ITT__CODE__INTERNAL, "out of memory");
-		return;
-	}
-	it->cmd = WIRE_ERROR;
-	it->msg = &m->base;
-	push_final(s, it);
+	if (x)
+		itt_err_set(&x->err, error_code(m), "%s", m->reason ? m->reason : "");
+	protobuf_c_message_free_unpacked(&m->base, NULL);
 }
 
 static void on_message(itt_client_t *c, struct wire_msg *w)
@@ -491,17 +494,17 @@ static void on_message(itt_client_t *c, struct wire_msg *w)
 	}
 	case WIRE_STATS_REPLY: {
 		Itt__ClusterStats *m = itt__cluster_stats__unpack(NULL, n, b);
-		if (m && c->stats_waiting && !c->stats_reply)
-			c->stats_reply = m;
+		if (m && c->stats.waiting && !c->stats.reply)
+			c->stats.reply = &m->base;
 		else if (m)
 			itt__cluster_stats__free_unpacked(m, NULL);
 		break;
 	}
 	case WIRE_SET_REPLY: {
 		Itt__SettingsReply *m = itt__settings_reply__unpack(NULL, n, b);
-		if (m && c->set_waiting && !c->set_reply && !c->set_err.code &&
+		if (m && c->set.waiting && !c->set.reply && !c->set.err.code &&
 		    (!m->request_id || !strcmp(m->request_id, c->set_id)))
-			c->set_reply = m;
+			c->set.reply = &m->base;
 		else if (m)
 			itt__settings_reply__free_unpacked(m, NULL);
 		break;
@@ -519,7 +522,7 @@ static int duties(itt_client_t *c, uint64_t now)
 		if (s->final_queued)
 			continue;
 		if (c->opt.give_up_ms && now - s->heard_ms >= (uint64_t)c->opt.give_up_ms) {
-			send_cancel(s);
+			(void)send_cancel(s);
 			push_local_error(s, ITT__CODE__UNAVAILABLE,
 					 "no answer from the broker for %d ms", c->opt.give_up_ms);
 			continue;
@@ -540,7 +543,7 @@ static int duties(itt_client_t *c, uint64_t now)
 		if (now - c->last_send_ms >= (uint64_t)c->opt.heartbeat_ms) {
 			Itt__Heartbeat hb = ITT__HEARTBEAT__INIT;
 			hb.has_time_ms = 1;
-			hb.time_ms = wall_ms();
+			hb.time_ms = clock_wall_ms();
 			(void)send_msg(c, WIRE_HEARTBEAT, &hb.base);
 			/* a full send queue must not make this spin */
 			c->last_send_ms = now;
@@ -561,7 +564,7 @@ static void fail_all(itt_client_t *c, int e)
 					 zmq_strerror(e));
 }
 
-/* Runs I/O until `want` has a queued item, a STATS answer is in (when
+/* Runs I/O until `want` has a queued item, a STATS or SET answer is in (when
  * waiting for one), or timeout_ms passes (< 0: no limit).  Returns 0, or
  * -1 on a socket error (the open streams have then been failed). */
 static int client_pump(itt_client_t *c, int timeout_ms, itt_stream_t *want)
@@ -589,9 +592,7 @@ static int client_pump(itt_client_t *c, int timeout_ms, itt_stream_t *want)
 		}
 		uint64_t now = clock_mono_ms();
 		int wait = duties(c, now);
-		if ((want && want->head) ||
-		    (c->stats_waiting && (c->stats_reply || c->stats_err.code)) ||
-		    (c->set_waiting && (c->set_reply || c->set_err.code)))
+		if ((want && want->head) || exchange_over(&c->stats) || exchange_over(&c->set))
 			return 0;
 		if (timeout_ms >= 0) {
 			uint64_t spent = now - start;
@@ -626,13 +627,13 @@ itt_stream_t *itt_submit(itt_client_t *c, const struct itt_request *req, struct 
 		id = idbuf;
 	}
 	if (find_stream(c, id)) {
-		set_error(err, ITT__CODE__INVALID_ARGUMENT,
-			  "request_id \"%s\" is already in use on this client", id);
+		itt_err_set(err, ITT__CODE__INVALID_ARGUMENT,
+			    "request_id \"%s\" is already in use on this client", id);
 		return NULL;
 	}
 	if (req->prompt && *req->prompt && req->n_prompt_tokens) {
-		set_error(err, ITT__CODE__INVALID_ARGUMENT,
-			  "prompt and prompt_tokens are exclusive");
+		itt_err_set(err, ITT__CODE__INVALID_ARGUMENT,
+			    "prompt and prompt_tokens are exclusive");
 		return NULL;
 	}
 	const struct itt_sampling *sp = &req->sampling;
@@ -664,12 +665,12 @@ itt_stream_t *itt_submit(itt_client_t *c, const struct itt_request *req, struct 
 	uint8_t *buf = NULL;
 	size_t nb = sp->logit_bias ? sp->n_logit_bias : 0;
 	if (nb > 1024) {
-		set_error(err, ITT__CODE__INVALID_ARGUMENT,
-			  "sampling.logit_bias has %zu entries; at most 1024", nb);
+		itt_err_set(err, ITT__CODE__INVALID_ARGUMENT,
+			    "sampling.logit_bias has %zu entries; at most 1024", nb);
 		return NULL;
 	}
 	if (nb && (!(bias = calloc(nb, sizeof *bias)) || !(biasp = calloc(nb, sizeof *biasp)))) {
-		set_error(err, ITT__CODE__INTERNAL, "out of memory");
+		itt_err_set(err, ITT__CODE__INTERNAL, "out of memory");
 		goto fail;
 	}
 	for (size_t i = 0; i < nb; i++) {
@@ -697,7 +698,7 @@ itt_stream_t *itt_submit(itt_client_t *c, const struct itt_request *req, struct 
 	m.n_stop = req->stop ? req->n_stop : 0;
 	for (size_t i = 0; i < m.n_stop; i++)
 		if (!m.stop[i]) {
-			set_error(err, ITT__CODE__INVALID_ARGUMENT, "stop[%zu] is NULL", i);
+			itt_err_set(err, ITT__CODE__INVALID_ARGUMENT, "stop[%zu] is NULL", i);
 			goto fail;
 		}
 	m.has_deadline_ms = req->deadline_ms > 0;
@@ -722,8 +723,8 @@ itt_stream_t *itt_submit(itt_client_t *c, const struct itt_request *req, struct 
 		gm.negative_prompt = (char *)g->negative_prompt;
 		for (size_t i = 0; i < gm.n_heads; i++)
 			if (!gm.heads[i]) {
-				set_error(err, ITT__CODE__INVALID_ARGUMENT,
-					  "guidance.heads[%zu] is NULL", i);
+				itt_err_set(err, ITT__CODE__INVALID_ARGUMENT,
+					    "guidance.heads[%zu] is NULL", i);
 				goto fail;
 			}
 		m.guidance = &gm;
@@ -754,18 +755,18 @@ itt_stream_t *itt_submit(itt_client_t *c, const struct itt_request *req, struct 
 	wire_limits_default(&lim);
 	int code = validate_generate(&m, &lim, 0, &verr);
 	if (code) {
-		set_error(err, code, "%s", verr.msg);
+		itt_err_set(err, code, "%s", verr.msg);
 		goto fail;
 	}
 	size_t len = itt__generate_request__get_packed_size(&m);
 	if (len + WIRE_SIGNATURE_LEN + 1 > LIBITT_MAX_MSG) {
-		set_error(err, ITT__CODE__INVALID_ARGUMENT,
-			  "request of %zu bytes exceeds the broker's message limit of %u bytes",
-			  len, LIBITT_MAX_MSG);
+		itt_err_set(err, ITT__CODE__INVALID_ARGUMENT,
+			    "request of %zu bytes exceeds the broker's message limit of %u bytes",
+			    len, LIBITT_MAX_MSG);
 		goto fail;
 	}
 	if (!(s = calloc(1, sizeof *s)) || !(buf = malloc(len ? len : 1))) {
-		set_error(err, ITT__CODE__INTERNAL, "out of memory");
+		itt_err_set(err, ITT__CODE__INTERNAL, "out of memory");
 		goto fail;
 	}
 	itt__generate_request__pack(&m, buf);
@@ -777,7 +778,8 @@ itt_stream_t *itt_submit(itt_client_t *c, const struct itt_request *req, struct 
 	if (send_raw(c, WIRE_SUBMIT, buf, len) < 0 && errno != EAGAIN) {
 		/* EAGAIN: the queue to the broker is full; the silence timer
 		 * re-sends it. */
-		set_error(err, ITT__CODE__INTERNAL, "cannot send SUBMIT: %s", zmq_strerror(errno));
+		itt_err_set(err, ITT__CODE__INTERNAL, "cannot send SUBMIT: %s",
+			    zmq_strerror(errno));
 		goto fail;
 	}
 	s->next = c->streams;
@@ -841,7 +843,7 @@ static void fill_event(itt_stream_t *s, struct item *it, struct itt_event *ev)
 	} else if (it->msg) {
 		const Itt__Error *m = (const Itt__Error *)it->msg;
 		ev->type = ITT_EVENT_ERROR;
-		ev->code = m->code ? (int)m->code : ITT__CODE__INTERNAL;
+		ev->code = error_code(m);
 		ev->reason = m->reason ? m->reason : "";
 	} else {
 		ev->type = ITT_EVENT_ERROR;
@@ -879,10 +881,7 @@ int itt_stream_cancel(itt_stream_t *s)
 {
 	if (s->final_queued)
 		return -1;
-	Itt__Cancel m = ITT__CANCEL__INIT;
-	m.request_id = s->id;
-	m.client_id = s->client->id;
-	return send_msg(s->client, WIRE_CANCEL, &m.base) < 0 ? -1 : 0;
+	return send_cancel(s) < 0 ? -1 : 0;
 }
 
 const char *itt_stream_id(const itt_stream_t *s)
@@ -902,7 +901,7 @@ void itt_stream_destroy(itt_stream_t **sp)
 	itt_stream_t *s = *sp;
 	itt_client_t *c = s->client;
 	if (!s->final_queued)
-		send_cancel(s);
+		(void)send_cancel(s);
 	if (s->prev)
 		s->prev->next = s->next;
 	else
@@ -924,69 +923,55 @@ void itt_stream_destroy(itt_stream_t **sp)
 
 /* --- stats ----------------------------------------------------------------- */
 
-/* Pumps the socket until ready(c), an error lands in *e, or timeout_ms
- * passes (< 0: no limit); a socket failure is put in *e. */
-static void client_wait(itt_client_t *c, bool (*ready)(const itt_client_t *), struct itt_err *e,
-			int timeout_ms)
+/* Sends cmd and pumps the socket until x has its reply or an ERROR, or
+ * timeout_ms passes (< 0: no limit).  Returns 0 with *out the reply, else
+ * the broker's ERROR (copied to *err) or a socket failure, else
+ * UNAVAILABLE: no `what` in time. */
+static int client_exchange(itt_client_t *c, struct exchange *x, int cmd, const ProtobufCMessage *m,
+			   const char *what, int timeout_ms, ProtobufCMessage **out,
+			   struct itt_err *err)
 {
+	*out = NULL;
+	exchange_clear(x);
+	if (send_msg(c, cmd, m) < 0)
+		return itt_err_set(err, ITT__CODE__UNAVAILABLE, "cannot send %s: %s",
+				   wire_cmd_name(cmd), zmq_strerror(errno));
+	x->waiting = true;
 	uint64_t start = clock_mono_ms();
 	for (;;) {
 		uint64_t spent = clock_mono_ms() - start;
-		if (ready(c) || e->code || (timeout_ms >= 0 && spent >= (uint64_t)timeout_ms))
-			return;
+		if (x->reply || x->err.code || (timeout_ms >= 0 && spent >= (uint64_t)timeout_ms))
+			break;
 		if (client_pump(c, timeout_ms < 0 ? -1 : (int)((uint64_t)timeout_ms - spent),
 				NULL) < 0) {
-			set_error(e, ITT__CODE__INTERNAL, "client socket: %s", zmq_strerror(errno));
-			return;
+			itt_err_set(&x->err, ITT__CODE__INTERNAL, "client socket: %s",
+				    zmq_strerror(errno));
+			break;
 		}
 	}
-}
-
-/* How a request/reply exchange ended: 0 when the reply came, else the
- * broker's ERROR (copied to *err), else UNAVAILABLE: no reply in time. */
-static int client_outcome(bool have_reply, const struct itt_err *got, const char *what,
-			  int timeout_ms, struct itt_err *err)
-{
-	if (have_reply)
+	x->waiting = false;
+	if (x->reply) {
+		*out = x->reply;
+		x->reply = NULL;
 		return 0;
-	if (got->code) {
-		if (err)
-			*err = *got;
-		return got->code;
 	}
-	return set_error(err, ITT__CODE__UNAVAILABLE, "no %s from the broker within %d ms", what,
-			 timeout_ms);
-}
-
-static bool stats_ready(const itt_client_t *c)
-{
-	return c->stats_reply != NULL;
-}
-
-static bool set_ready(const itt_client_t *c)
-{
-	return c->set_reply != NULL;
+	if (x->err.code) {
+		if (err)
+			*err = x->err;
+		return x->err.code;
+	}
+	return itt_err_set(err, ITT__CODE__UNAVAILABLE, "no %s from the broker within %d ms", what,
+			   timeout_ms);
 }
 
 int itt_stats(itt_client_t *c, Itt__ClusterStats **out, int timeout_ms, struct itt_err *err)
 {
-	*out = NULL;
 	Itt__StatsRequest m = ITT__STATS_REQUEST__INIT;
 	m.api_key = c->api_key;
-	itt_stats_free(&c->stats_reply);
-	memset(&c->stats_err, 0, sizeof c->stats_err);
-	if (send_msg(c, WIRE_STATS, &m.base) < 0)
-		return set_error(err, ITT__CODE__UNAVAILABLE, "cannot send STATS: %s",
-				 zmq_strerror(errno));
-	c->stats_waiting = true;
-	client_wait(c, stats_ready, &c->stats_err, timeout_ms);
-	c->stats_waiting = false;
-	int rc = client_outcome(c->stats_reply != NULL, &c->stats_err, "STATS_REPLY", timeout_ms,
-				err);
-	if (rc == 0) {
-		*out = c->stats_reply;
-		c->stats_reply = NULL;
-	}
+	ProtobufCMessage *r;
+	int rc = client_exchange(c, &c->stats, WIRE_STATS, &m.base, "STATS_REPLY", timeout_ms, &r,
+				 err);
+	*out = (Itt__ClusterStats *)r;
 	return rc;
 }
 
@@ -1034,17 +1019,17 @@ int itt_knob_check(unsigned knob, long value, struct itt_err *err)
 			continue;
 		if (value < knobs[i].lo || value > knobs[i].hi) {
 			if (knob == ITT_KNOB_BATCH_TOKENS)
-				return set_error(err, ITT__CODE__INVALID_ARGUMENT,
-						 "batch_tokens must be >= 1 (at most the worker's "
-						 "max_batch_tokens), got %ld",
-						 value);
-			return set_error(err, ITT__CODE__INVALID_ARGUMENT,
-					 "%s must be in %ld..%ld, got %ld", knobs[i].name,
-					 knobs[i].lo, knobs[i].hi, value);
+				return itt_err_set(err, ITT__CODE__INVALID_ARGUMENT,
+						   "batch_tokens must be >= 1 (at most the "
+						   "worker's max_batch_tokens), got %ld",
+						   value);
+			return itt_err_set(err, ITT__CODE__INVALID_ARGUMENT,
+					   "%s must be in %ld..%ld, got %ld", knobs[i].name,
+					   knobs[i].lo, knobs[i].hi, value);
 		}
 		return 0;
 	}
-	return set_error(err, ITT__CODE__INVALID_ARGUMENT, "unknown knob (bit 0x%x)", knob);
+	return itt_err_set(err, ITT__CODE__INVALID_ARGUMENT, "unknown knob (bit 0x%x)", knob);
 }
 
 /* Appends the names of the knobs in mask to v (room for N_KNOBS). */
@@ -1060,26 +1045,27 @@ static size_t knob_names(unsigned mask, char **v)
 int itt_client_settings(itt_client_t *c, const struct itt_settings_change *ch,
 			Itt__SettingsReply **out, int timeout_ms, struct itt_err *err)
 {
+	unsigned unknown = (ch->set | ch->pin_knobs | ch->unpin_knobs) & ~(unsigned)ITT_KNOBS_ALL;
 	*out = NULL;
 	if (!ch->worker_id || !*ch->worker_id || strlen(ch->worker_id) > 128)
-		return set_error(err, ITT__CODE__INVALID_ARGUMENT,
-				 "worker_id must have 1..128 bytes");
-	if ((ch->set | ch->pin_knobs | ch->unpin_knobs) & ~(unsigned)ITT_KNOBS_ALL)
-		return set_error(err, ITT__CODE__INVALID_ARGUMENT,
-				 "unknown knob bits 0x%x (knobs: threads, batch_tokens, slow_ms)",
-				 (ch->set | ch->pin_knobs | ch->unpin_knobs) & ~(unsigned)ITT_KNOBS_ALL);
+		return itt_err_set(err, ITT__CODE__INVALID_ARGUMENT,
+				   "worker_id must have 1..128 bytes");
+	if (unknown)
+		return itt_err_set(err, ITT__CODE__INVALID_ARGUMENT,
+				   "unknown knob bits 0x%x (knobs: threads, batch_tokens, slow_ms)",
+				   unknown);
 	if (!ch->set && !ch->pin_knobs && !ch->unpin_knobs)
-		return set_error(err, ITT__CODE__INVALID_ARGUMENT,
-				 "nothing to change: no knob to set, pin or unpin");
+		return itt_err_set(err, ITT__CODE__INVALID_ARGUMENT,
+				   "nothing to change: no knob to set, pin or unpin");
 	if (ch->pin && !ch->set)
-		return set_error(err, ITT__CODE__INVALID_ARGUMENT,
-				 "pin applies to the knobs set, and none is");
+		return itt_err_set(err, ITT__CODE__INVALID_ARGUMENT,
+				   "pin applies to the knobs set, and none is");
 	if ((ch->pin_knobs | (ch->pin ? ch->set : 0)) & ch->unpin_knobs)
-		return set_error(err, ITT__CODE__INVALID_ARGUMENT,
-				 "a knob cannot be pinned and unpinned at once");
+		return itt_err_set(err, ITT__CODE__INVALID_ARGUMENT,
+				   "a knob cannot be pinned and unpinned at once");
 	if (ch->reason && strlen(ch->reason) > 256)
-		return set_error(err, ITT__CODE__INVALID_ARGUMENT, "reason has %zu bytes; at most 256",
-				 strlen(ch->reason));
+		return itt_err_set(err, ITT__CODE__INVALID_ARGUMENT,
+				   "reason has %zu bytes; at most 256", strlen(ch->reason));
 	const uint32_t vals[] = {ch->threads, ch->batch_tokens, ch->slow_ms};
 	for (size_t i = 0; i < N_KNOBS; i++)
 		if ((ch->set & knobs[i].bit) && itt_knob_check(knobs[i].bit, (long)vals[i], err))
@@ -1110,19 +1096,9 @@ int itt_client_settings(itt_client_t *c, const struct itt_settings_change *ch,
 	snprintf(c->set_id, sizeof c->set_id, "set-%llu", (unsigned long long)++c->n_sets);
 	m.request_id = c->set_id;
 
-	itt_settings_reply_free(&c->set_reply);
-	memset(&c->set_err, 0, sizeof c->set_err);
-	if (send_msg(c, WIRE_SET, &m.base) < 0)
-		return set_error(err, ITT__CODE__UNAVAILABLE, "cannot send SET: %s",
-				 zmq_strerror(errno));
-	c->set_waiting = true;
-	client_wait(c, set_ready, &c->set_err, timeout_ms);
-	c->set_waiting = false;
-	int rc = client_outcome(c->set_reply != NULL, &c->set_err, "SET_REPLY", timeout_ms, err);
-	if (rc == 0) {
-		*out = c->set_reply;
-		c->set_reply = NULL;
-	}
+	ProtobufCMessage *r;
+	int rc = client_exchange(c, &c->set, WIRE_SET, &m.base, "SET_REPLY", timeout_ms, &r, err);
+	*out = (Itt__SettingsReply *)r;
 	return rc;
 }
 

@@ -37,8 +37,13 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "err.h"
 #include "itt.pb-c.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#include "err.h"
 
 typedef struct itt_client itt_client_t;
 typedef struct itt_stream itt_stream_t;
@@ -275,5 +280,9 @@ int itt_client_settings(itt_client_t *client, const struct itt_settings_change *
 			Itt__SettingsReply **out, int timeout_ms, struct itt_err *err);
 
 void itt_settings_reply_free(Itt__SettingsReply **reply_p);
+
+#ifdef __cplusplus
+}
+#endif
 
 #endif

@@ -23,19 +23,12 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
+#include "clock.h"
 #include "log.h"
 #include "wire.h"
 
 /* ---- basics ------------------------------------------------------------ */
-
-static uint64_t coord_unix_ms(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_REALTIME, &ts);
-	return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
-}
 
 int coord_init(struct coord *c)
 {
@@ -86,7 +79,7 @@ void coord_decide(struct coord *c, const char *target, const char *knob, const c
 		c->dec_head = (c->dec_head + 1) % cap;
 	else
 		c->dec_n++;
-	d->time_ms = coord_unix_ms();
+	d->time_ms = clock_wall_ms();
 	snprintf(d->target, sizeof d->target, "%s", target);
 	snprintf(d->knob, sizeof d->knob, "%s", knob);
 	snprintf(d->old_value, sizeof d->old_value, "%s", old_value);

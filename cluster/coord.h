@@ -53,6 +53,7 @@ struct coord_config {
 	int cooldown_s;
 	int log_level;
 	int decisions;
+	bool print_config;
 };
 
 /* Returns 0 to run, 1 to exit 0 (--help, --print-config), 2 on a bad flag. */

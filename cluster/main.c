@@ -12,26 +12,18 @@
 #include "coord.h"
 
 #include <errno.h>
-#include <signal.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 #include <unistd.h>
 
-#include "log.h"
 #include "clock.h"
+#include "log.h"
+#include "sig.h"
 #include "wire.h"
 
 #define MAIN_HB_DEFAULT_MS    500
 #define MAIN_LIVENESS_DEFAULT 3
 #define MAIN_KICK_MS          50
-
-static volatile sig_atomic_t main_stop;
-
-static void main_on_signal(int sig)
-{
-	main_stop = sig;
-}
 
 static const int main_accepts[] = {WIRE_WELCOME,     WIRE_HEARTBEAT, WIRE_ERROR, WIRE_WORKER_UP,
                                    WIRE_WORKER_DOWN, WIRE_TELEMETRY, 0};
@@ -183,7 +175,7 @@ static int main_loop(struct coord *c)
 	c->backoff_ms = COORD_BACKOFF_MIN_MS;
 	c->now_ms = clock_mono_ms();
 	c->reconnect_at_ms = c->now_ms;
-	while (!main_stop) {
+	while (!sig_stop) {
 		c->now_ms = clock_mono_ms();
 		if (!c->sock && c->now_ms >= c->reconnect_at_ms && main_connect(c) < 0) {
 			if (c->sock)
@@ -233,7 +225,7 @@ static int main_loop(struct coord *c)
 		if (c->now_ms >= c->next_hb_ms) {
 			Itt__Heartbeat hb = ITT__HEARTBEAT__INIT;
 			hb.has_time_ms = true;
-			hb.time_ms = (uint64_t)time(NULL) * 1000u;
+			hb.time_ms = clock_wall_ms();
 			coord_send(c, WIRE_HEARTBEAT, &hb);
 			c->next_hb_ms = c->now_ms + c->hb_ms;
 		}
@@ -256,13 +248,7 @@ int main(int argc, char **argv)
 	log_level_now = c.cfg.log_level;
 	srand((unsigned)(clock_mono_ms() ^ (uint64_t)getpid()));
 
-	struct sigaction sa;
-	memset(&sa, 0, sizeof sa);
-	sa.sa_handler = main_on_signal;
-	sigemptyset(&sa.sa_mask);
-	sigaction(SIGINT, &sa, NULL);
-	sigaction(SIGTERM, &sa, NULL);
-	signal(SIGPIPE, SIG_IGN);
+	sig_stop_install();
 
 	if (coord_init(&c) < 0)
 		return 1;
@@ -278,7 +264,7 @@ int main(int argc, char **argv)
 	         c.cfg.interval_ms, c.cfg.hold_s, c.cfg.min_gain, c.cfg.cooldown_s);
 	rc = main_loop(&c);
 	LOG_INFO("stopping (signal %d): %llu messages of control sent, %zu decisions kept",
-	         (int)main_stop, (unsigned long long)c.sent, c.dec_n);
+	         (int)sig_stop, (unsigned long long)c.sent, c.dec_n);
 	if (c.sock)
 		zmq_close(c.sock);
 	zmq_ctx_term(c.zctx);

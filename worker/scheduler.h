@@ -80,7 +80,12 @@
  * the main sequence's alignment.
  * Outputs carry the epoch of the registration they belong to (set by
  * SCHED_CMD_RESET), so the loop drops results of sessions that a
- * reconnect has forgotten. */
+ * reconnect has forgotten.
+ *
+ * Implementation: sched-msg.c (decoders), sched-session.c (sessions,
+ * admission, preemption), sched-step.c (the step), scheduler.c (the compute
+ * thread); what they share is in sched-internal.h.  Log lines go through the
+ * base logger (log.h). */
 #ifndef ITT_SCHED_H
 #define ITT_SCHED_H
 
@@ -93,28 +98,6 @@
 #include "sampler.h"
 #include "speculative.h"
 #include "tokenizer.h"
-
-/* ---- logging (shared by the worker's modules) ------------------------- */
-
-enum sched_log_level {
-	SCHED_LOG_ERROR = 0,
-	SCHED_LOG_WARN = 1,
-	SCHED_LOG_INFO = 2,
-	SCHED_LOG_DEBUG = 3,
-};
-
-extern int sched_log_level;
-/* The sink (default: stderr with a timestamp); tests may replace it. */
-extern void (*sched_log_sink)(int level, const char *line);
-void sched_log_write(int level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-/* Arguments are not evaluated when the level is filtered out. */
-#define SCHED_LOG(level, ...)                                                                      \
-	do {                                                                                       \
-		if ((level) <= sched_log_level)                                                    \
-			sched_log_write((level), __VA_ARGS__);                                     \
-	} while (0)
-/* "error", "warn", "info", "debug" -> level, or -1. */
-int sched_log_parse(const char *name);
 
 /* ---- configuration and model shape ------------------------------------ */
 
@@ -141,8 +124,7 @@ struct sched_config {
 /* Steps of one session queued before their results, at most. */
 #define SCHED_MAX_INFLIGHT 16
 /* Longest piece sent in a RESULT. */
-#define SCHED_MAX_PIECE  256
-#define SCHED_MAX_REASON ITT_ERR_MSG
+#define SCHED_MAX_PIECE 256
 /* Bounds of the live knobs (SETTINGS). */
 #define SCHED_MAX_THREADS 64
 #define SCHED_MAX_SLOW_MS 10000
@@ -295,9 +277,9 @@ struct sched_out {
 	/* LOADED */
 	bool loaded;            /* the assigned range is in force (else the old one is) */
 	struct sched_info info; /* the range in force; info.tok valid until the next ASSIGN */
-	/* ERROR (and LOADED: why it failed) */
-	int code;
-	char reason[SCHED_MAX_REASON];
+	/* ERROR: its protocol code (ITT__CODE__*) and reason; LOADED: why it
+	 * failed (msg only) */
+	struct itt_err err;
 	struct sched_out *next;
 };
 

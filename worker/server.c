@@ -16,12 +16,10 @@
 #include "server.h"
 
 #include <errno.h>
-#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/resource.h>
-#include <sys/time.h>
 #include <unistd.h>
 
 #include <uv.h>
@@ -29,6 +27,8 @@
 
 #include "itt.pb-c.h"
 #include "clock.h"
+#include "log.h"
+#include "sig.h"
 #include "wire.h"
 
 /* Messages read per wake before yielding to the other handles. */
@@ -86,13 +86,6 @@ struct server {
 static const int server_accepts[] = {WIRE_ERROR, WIRE_HEARTBEAT, WIRE_WELCOME, WIRE_OPEN, WIRE_STEP,
                                      WIRE_CLOSE, WIRE_SETTINGS,  WIRE_ASSIGN,  0};
 
-static uint64_t server_wall_ms(void)
-{
-	struct timeval tv;
-	gettimeofday(&tv, NULL);
-	return (uint64_t)tv.tv_sec * 1000u + (uint64_t)tv.tv_usec / 1000u;
-}
-
 /* ---- sending ------------------------------------------------------------ */
 
 static int server_send_tensor(struct server *s, int cmd, const ProtobufCMessage *body,
@@ -102,8 +95,8 @@ static int server_send_tensor(struct server *s, int cmd, const ProtobufCMessage 
 		return -1;
 	if (wire_send(s->sock, NULL, 0, cmd, body, tensor, tensor_len, ZMQ_DONTWAIT) < 0) {
 		s->n_dropped++;
-		SCHED_LOG(SCHED_LOG_WARN, "send %s to %s failed: %s", wire_cmd_name(cmd),
-		          s->cfg.broker, zmq_strerror(errno));
+		LOG_WARN("send %s to %s failed: %s", wire_cmd_name(cmd), s->cfg.broker,
+		         zmq_strerror(errno));
 		return -1;
 	}
 	s->n_sent++;
@@ -130,8 +123,18 @@ static void server_send_heartbeat(struct server *s, int cmd)
 {
 	Itt__Heartbeat h = ITT__HEARTBEAT__INIT;
 	h.has_time_ms = 1;
-	h.time_ms = server_wall_ms();
+	h.time_ms = clock_wall_ms();
 	server_send(s, cmd, &h.base);
+}
+
+/* The knobs in force, as HELLO and TELEMETRY carry them. */
+static void server_settings(const struct sched_stats *st, Itt__Settings *set)
+{
+	*set = (Itt__Settings)ITT__SETTINGS__INIT;
+	set->has_threads = set->has_batch_tokens = set->has_slow_ms = 1;
+	set->threads = st->settings.threads;
+	set->batch_tokens = st->settings.batch_tokens;
+	set->slow_ms = st->settings.slow_ms;
 }
 
 /* MemAvailable of /proc/meminfo in bytes (0 when unknown). */
@@ -167,11 +170,8 @@ static void server_hello(struct server *s)
 		reset->epoch = s->epoch;
 		sched_push(s->sched, reset);
 	}
-	Itt__Settings set = ITT__SETTINGS__INIT;
-	set.has_threads = set.has_batch_tokens = set.has_slow_ms = 1;
-	set.threads = st.settings.threads;
-	set.batch_tokens = st.settings.batch_tokens;
-	set.slow_ms = st.settings.slow_ms;
+	Itt__Settings set;
+	server_settings(&st, &set);
 	Itt__ModelFile file = ITT__MODEL_FILE__INIT, *files[1] = {&file};
 	file.model = (char *)s->cfg.model_name;
 	file.sha256 = (char *)s->cfg.sha256;
@@ -209,10 +209,9 @@ static void server_hello(struct server *s)
 	s->state = SERVER_REGISTERING;
 	s->last_hello_ms = clock_mono_ms();
 	if (server_send(s, WIRE_HELLO, &h.base) == 0)
-		SCHED_LOG(SCHED_LOG_INFO,
-		          "HELLO to %s as %s (model %s, layers [%u, %u) of %u, registration %u)",
-		          s->cfg.broker, s->cfg.worker_id, s->cfg.model_name, in->first, in->last,
-		          in->n_layers, s->epoch);
+		LOG_INFO("HELLO to %s as %s (model %s, layers [%u, %u) of %u, registration %u)",
+		         s->cfg.broker, s->cfg.worker_id, s->cfg.model_name, in->first, in->last,
+		         in->n_layers, s->epoch);
 }
 
 /* ---- receiving ---------------------------------------------------------- */
@@ -221,7 +220,7 @@ static void server_on_welcome(struct server *s, const struct wire_msg *m)
 {
 	Itt__Welcome *w = itt__welcome__unpack(NULL, m->body_len, m->body);
 	if (!w) {
-		SCHED_LOG(SCHED_LOG_WARN, "malformed WELCOME body from %s; ignored", s->cfg.broker);
+		LOG_WARN("malformed WELCOME body from %s; ignored", s->cfg.broker);
 		return;
 	}
 	uint32_t hb = s->heartbeat_ms, lv = s->liveness;
@@ -229,13 +228,13 @@ static void server_on_welcome(struct server *s, const struct wire_msg *m)
 	    w->heartbeat_ms <= SERVER_MAX_HEARTBEAT_MS)
 		hb = w->heartbeat_ms;
 	else if (w->has_heartbeat_ms)
-		SCHED_LOG(SCHED_LOG_WARN, "WELCOME heartbeat_ms %u outside [%u, %u]; keeping %u",
-		          w->heartbeat_ms, SERVER_MIN_HEARTBEAT_MS, SERVER_MAX_HEARTBEAT_MS, hb);
+		LOG_WARN("WELCOME heartbeat_ms %u outside [%u, %u]; keeping %u", w->heartbeat_ms,
+		         SERVER_MIN_HEARTBEAT_MS, SERVER_MAX_HEARTBEAT_MS, hb);
 	if (w->has_liveness && w->liveness >= 1 && w->liveness <= SERVER_MAX_LIVENESS)
 		lv = w->liveness;
 	else if (w->has_liveness)
-		SCHED_LOG(SCHED_LOG_WARN, "WELCOME liveness %u outside [1, %u]; keeping %u",
-		          w->liveness, SERVER_MAX_LIVENESS, lv);
+		LOG_WARN("WELCOME liveness %u outside [1, %u]; keeping %u", w->liveness,
+		         SERVER_MAX_LIVENESS, lv);
 	itt__welcome__free_unpacked(w, NULL);
 	if (hb != s->heartbeat_ms) {
 		s->heartbeat_ms = hb;
@@ -245,8 +244,7 @@ static void server_on_welcome(struct server *s, const struct wire_msg *m)
 	s->liveness = lv;
 	s->backoff_ms = s->cfg.reconnect_min_ms;
 	if (s->state != SERVER_READY)
-		SCHED_LOG(SCHED_LOG_INFO, "WELCOME from %s: heartbeat %u ms, liveness %u",
-		          s->cfg.broker, hb, lv);
+		LOG_INFO("WELCOME from %s: heartbeat %u ms, liveness %u", s->cfg.broker, hb, lv);
 	s->state = SERVER_READY;
 }
 
@@ -254,13 +252,13 @@ static void server_on_error(struct server *s, const struct wire_msg *m)
 {
 	Itt__Error *e = itt__error__unpack(NULL, m->body_len, m->body);
 	if (!e) {
-		SCHED_LOG(SCHED_LOG_WARN, "malformed ERROR body from %s; ignored", s->cfg.broker);
+		LOG_WARN("malformed ERROR body from %s; ignored", s->cfg.broker);
 		return;
 	}
 	int code = e->has_code ? (int)e->code : 0;
 	uint64_t sid = e->has_session_id ? e->session_id : 0;
-	SCHED_LOG(SCHED_LOG_WARN, "ERROR from %s: %s (%d) session %llu: %s", s->cfg.broker,
-	          wire_code_name(code), code, (unsigned long long)sid, e->reason ? e->reason : "");
+	LOG_WARN("ERROR from %s: %s (%d) session %llu: %s", s->cfg.broker, wire_code_name(code),
+	         code, (unsigned long long)sid, e->reason ? e->reason : "");
 	itt__error__free_unpacked(e, NULL);
 	/* "unknown worker": the broker restarted or expired us; register again.
 	 * While a HELLO is on its way, the answers to messages sent before it
@@ -293,8 +291,8 @@ static void server_on_session(struct server *s, const struct wire_msg *m)
 		return;
 	}
 	if (code) {
-		SCHED_LOG(SCHED_LOG_INFO, "%s for session %llu refused: %s", wire_cmd_name(m->cmd),
-		          (unsigned long long)sid, err.msg);
+		LOG_INFO("%s for session %llu refused: %s", wire_cmd_name(m->cmd),
+		         (unsigned long long)sid, err.msg);
 		/* CLOSE gets no answer, not even to a malformed one. */
 		if (m->cmd != WIRE_CLOSE)
 			server_send_error(s, sid, code, err.msg);
@@ -303,14 +301,20 @@ static void server_on_session(struct server *s, const struct wire_msg *m)
 	sched_push(s->sched, c);
 }
 
+/* A SETTINGS or ASSIGN refused: logged and answered (no session). */
+static void server_refuse(struct server *s, const char *what, int code, const struct itt_err *err)
+{
+	LOG_INFO("%s refused: %s", what, err->msg);
+	server_send_error(s, 0, code, err->msg);
+}
+
 static void server_on_settings(struct server *s, const struct wire_msg *m)
 {
 	struct itt_err err = {0};
 	struct sched_cmd *c = NULL;
 	int code = sched_decode_settings(m->body, m->body_len, s->cfg.max_batch_tokens, &c, &err);
 	if (code) {
-		SCHED_LOG(SCHED_LOG_INFO, "SETTINGS refused: %s", err.msg);
-		server_send_error(s, 0, code, err.msg);
+		server_refuse(s, "SETTINGS", code, &err);
 		return;
 	}
 	sched_push(s->sched, c);
@@ -322,34 +326,31 @@ static void server_on_assign(struct server *s, const struct wire_msg *m)
 {
 	struct itt_err err = {0};
 	struct sched_cmd *c = NULL;
-	int code = s->loading ? ITT__CODE__UNAVAILABLE : 0;
-	if (code)
-		snprintf(err.msg, sizeof err.msg, "loading layers already");
-	else
-		code = sched_decode_assign(m->body, m->body_len, &s->info, s->cfg.model_name, &c,
-		                           &err);
+	int code = s->loading ? itt_err_set(&err, ITT__CODE__UNAVAILABLE, "loading layers already")
+	                      : sched_decode_assign(m->body, m->body_len, &s->info,
+	                                            s->cfg.model_name, &c, &err);
 	if (code) {
-		SCHED_LOG(SCHED_LOG_INFO, "ASSIGN refused: %s", err.msg);
-		server_send_error(s, 0, code, err.msg);
+		server_refuse(s, "ASSIGN", code, &err);
 		return;
 	}
-	SCHED_LOG(SCHED_LOG_INFO, "ASSIGN layers [%u, %u) (holding [%u, %u))", c->first, c->last,
-	          s->info.first, s->info.last);
+	LOG_INFO("ASSIGN layers [%u, %u) (holding [%u, %u))", c->first, c->last, s->info.first,
+	         s->info.last);
 	s->loading = true;
 	s->info.tok = NULL; /* freed by the reload */
 	c->epoch = ++s->epoch;
 	sched_push(s->sched, c);
 }
 
-static void server_handle(struct server *s, struct wire_msg *m, int code, const char *reason)
+static void server_handle(struct server *s, struct wire_msg *m, const struct itt_err *err)
 {
+	int code = err->code;
 	s->n_recv++;
 	s->last_recv_ms = clock_mono_ms(); /* any message is a sign of life */
 	if (code) {
 		/* A worker drops garbage: there is nobody to answer but the broker. */
 		s->n_bad++;
-		SCHED_LOG(SCHED_LOG_WARN, "dropped a bad message from %s: %s: %s", s->cfg.broker,
-		          wire_code_name(code), reason);
+		LOG_WARN("dropped a bad message from %s: %s: %s", s->cfg.broker,
+		         wire_code_name(code), err->msg);
 		return;
 	}
 	switch (m->cmd) {
@@ -384,8 +385,7 @@ static void server_pump(struct server *s)
 		int rc = wire_recv(s->sock, false, server_accepts, &m, &err,
 		                   ZMQ_DONTWAIT);
 		if (rc < 0) {
-			SCHED_LOG(SCHED_LOG_WARN, "receive from %s: %s", s->cfg.broker,
-			          zmq_strerror(errno));
+			LOG_WARN("receive from %s: %s", s->cfg.broker, zmq_strerror(errno));
 			wire_msg_close(&m);
 			return;
 		}
@@ -393,7 +393,7 @@ static void server_pump(struct server *s)
 			wire_msg_close(&m);
 			return;
 		}
-		server_handle(s, &m, err.code, err.msg);
+		server_handle(s, &m, &err);
 		wire_msg_close(&m);
 	}
 }
@@ -409,7 +409,7 @@ static void server_on_poll(uv_poll_t *p, int status, int events)
 {
 	struct server *s = p->data;
 	if (status < 0)
-		SCHED_LOG(SCHED_LOG_WARN, "poll on the broker socket: %s", uv_strerror(status));
+		LOG_WARN("poll on the broker socket: %s", uv_strerror(status));
 	server_pump(s);
 }
 
@@ -436,7 +436,7 @@ static int server_connect(struct server *s)
 
 	s->sock = zmq_socket(s->zctx, ZMQ_DEALER);
 	if (!s->sock) {
-		SCHED_LOG(SCHED_LOG_ERROR, "zmq_socket: %s", zmq_strerror(errno));
+		LOG_ERROR("zmq_socket: %s", zmq_strerror(errno));
 		return -1;
 	}
 	zmq_setsockopt(s->sock, ZMQ_LINGER, &zero, sizeof zero);
@@ -447,17 +447,16 @@ static int server_connect(struct server *s)
 	zmq_setsockopt(s->sock, ZMQ_HEARTBEAT_IVL, &hbi, sizeof hbi);
 	zmq_setsockopt(s->sock, ZMQ_HEARTBEAT_TIMEOUT, &hbt, sizeof hbt);
 	if (zmq_connect(s->sock, s->cfg.broker) < 0) {
-		SCHED_LOG(SCHED_LOG_ERROR, "zmq_connect %s: %s", s->cfg.broker,
-		          zmq_strerror(errno));
+		LOG_ERROR("zmq_connect %s: %s", s->cfg.broker, zmq_strerror(errno));
 		goto fail;
 	}
 	if (zmq_getsockopt(s->sock, ZMQ_FD, &fd, &fdlen) < 0) {
-		SCHED_LOG(SCHED_LOG_ERROR, "ZMQ_FD: %s", zmq_strerror(errno));
+		LOG_ERROR("ZMQ_FD: %s", zmq_strerror(errno));
 		goto fail;
 	}
 	s->poll = malloc(sizeof *s->poll);
 	if (!s->poll || uv_poll_init(&s->loop, s->poll, fd) < 0) {
-		SCHED_LOG(SCHED_LOG_ERROR, "uv_poll_init on the broker socket failed");
+		LOG_ERROR("uv_poll_init on the broker socket failed");
 		free(s->poll);
 		s->poll = NULL;
 		goto fail;
@@ -491,8 +490,7 @@ static void server_on_retry(uv_timer_t *t)
 		return;
 	if (server_connect(s) < 0) {
 		uint32_t d = server_next_delay(s);
-		SCHED_LOG(SCHED_LOG_WARN, "reconnect to %s failed; next try in %u ms",
-		          s->cfg.broker, d);
+		LOG_WARN("reconnect to %s failed; next try in %u ms", s->cfg.broker, d);
 		uv_timer_start(&s->retry_timer, server_on_retry, d, 0);
 		return;
 	}
@@ -507,8 +505,7 @@ static void server_on_heartbeat(uv_timer_t *t)
 	uint64_t now = clock_mono_ms(), silent = now - s->last_recv_ms;
 	if (silent > (uint64_t)s->liveness * s->heartbeat_ms) {
 		uint32_t d = server_next_delay(s);
-		SCHED_LOG(
-		    SCHED_LOG_WARN,
+		LOG_WARN(
 		    "broker %s silent for %llu ms (liveness %u x %u ms); reconnecting in %u ms",
 		    s->cfg.broker, (unsigned long long)silent, s->liveness, s->heartbeat_ms, d);
 		server_disconnect(s);
@@ -570,18 +567,15 @@ static void server_send_telemetry(struct server *s)
 	double step_ms = now.step_ms - was->step_ms;
 	uint32_t layers = s->info.last - s->info.first;
 
-	Itt__Settings set = ITT__SETTINGS__INIT;
-	set.has_threads = set.has_batch_tokens = set.has_slow_ms = 1;
-	set.threads = st.settings.threads;
-	set.batch_tokens = st.settings.batch_tokens;
-	set.slow_ms = st.settings.slow_ms;
+	Itt__Settings set;
+	server_settings(&st, &set);
 	Itt__Telemetry t = ITT__TELEMETRY__INIT;
 	t.worker_id = (char *)s->cfg.worker_id;
 	t.has_time_ms = t.has_layer_first = t.has_layer_last = t.has_steps = t.has_rows = 1;
 	t.has_step_ms = t.has_rows_per_step = t.has_tokens_per_s = t.has_busy = 1;
 	t.has_sessions = t.has_waiting = t.has_kv_used = t.has_kv_blocks = t.has_cpu = 1;
 	t.has_rss_bytes = t.has_cores = 1;
-	t.time_ms = server_wall_ms();
+	t.time_ms = clock_wall_ms();
 	t.layer_first = s->info.first;
 	t.layer_last = s->info.last;
 	t.steps = now.steps;
@@ -678,14 +672,14 @@ static void server_on_loaded(struct server *s, const struct sched_out *o)
 {
 	s->loading = false;
 	if (sched_broken(s->sched)) {
-		SCHED_LOG(SCHED_LOG_ERROR, "no layers could be loaded: stopping");
+		LOG_ERROR("no layers could be loaded: stopping");
 		s->rc = 1;
 		server_stop(s, "no layers loaded");
 		return;
 	}
 	if (!o->loaded)
-		SCHED_LOG(SCHED_LOG_ERROR, "ASSIGN failed (%s); serving layers [%u, %u) again",
-		          o->reason, o->info.first, o->info.last);
+		LOG_ERROR("ASSIGN failed (%s); serving layers [%u, %u) again", o->err.msg,
+		          o->info.first, o->info.last);
 	s->info = o->info;
 	if (s->sock)
 		server_hello(s);
@@ -707,7 +701,7 @@ static void server_on_async(uv_async_t *a)
 		if (o->kind == SCHED_OUT_RESULT)
 			server_send_result(s, o);
 		else
-			server_send_error(s, o->session_id, o->code, o->reason);
+			server_send_error(s, o->session_id, o->err.code, o->err.msg);
 	}
 	sched_out_free_list(list);
 	if (!s->stopping)
@@ -728,7 +722,7 @@ static void server_stop(struct server *s, const char *why)
 	if (s->stopping)
 		return;
 	s->stopping = true;
-	SCHED_LOG(SCHED_LOG_INFO, "%s: leaving", why);
+	LOG_INFO("%s: leaving", why);
 	if (s->sock) {
 		int linger = 500; /* let the BYE out */
 		server_send_heartbeat(s, WIRE_BYE);
@@ -790,11 +784,10 @@ int server_run(const struct server_config *c, sched_t *sched)
 	s->async.data = s->sigint.data = s->sigterm.data = s;
 	uv_signal_start(&s->sigint, server_on_signal, SIGINT);
 	uv_signal_start(&s->sigterm, server_on_signal, SIGTERM);
-	signal(SIGPIPE, SIG_IGN);
+	sig_ignore_pipe();
 
 	if (!s->zctx || sched_start(sched, server_notify, s, &err) < 0) {
-		SCHED_LOG(SCHED_LOG_ERROR, "start-up: %s",
-		          s->zctx ? err.msg : "zmq_ctx_new failed");
+		LOG_ERROR("start-up: %s", s->zctx ? err.msg : "zmq_ctx_new failed");
 		goto out;
 	}
 	if (server_connect(s) < 0)
@@ -806,12 +799,11 @@ int server_run(const struct server_config *c, sched_t *sched)
 	server_pump(s);
 	uv_run(&s->loop, UV_RUN_DEFAULT);
 	rc = s->rc;
-	SCHED_LOG(SCHED_LOG_INFO,
-	          "stopped: %llu messages received (%llu bad), %llu sent, %llu dropped, "
-	          "%llu stale results",
-	          (unsigned long long)s->n_recv, (unsigned long long)s->n_bad,
-	          (unsigned long long)s->n_sent, (unsigned long long)s->n_dropped,
-	          (unsigned long long)s->n_stale);
+	LOG_INFO("stopped: %llu messages received (%llu bad), %llu sent, %llu dropped, "
+	         "%llu stale results",
+	         (unsigned long long)s->n_recv, (unsigned long long)s->n_bad,
+	         (unsigned long long)s->n_sent, (unsigned long long)s->n_dropped,
+	         (unsigned long long)s->n_stale);
 out:
 	sched_stop(sched);
 	if (rc) {

@@ -15,11 +15,12 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "clock.h"
+#include "log.h"
+#include "opts.h"
 #include "scheduler.h"
 #include "server.h"
 #include "sha256.h"
-#include "clock.h"
-#include "wire.h"
 
 struct worker_opts {
 	const char *broker;
@@ -27,7 +28,7 @@ struct worker_opts {
 	const char *name;
 	const char *layers;
 	const char *id;
-	const char *log_level;
+	int log_level;
 	long threads;
 	long max_sessions;
 	long batch_tokens;
@@ -43,181 +44,89 @@ struct worker_opts {
 	bool print_config;
 };
 
-enum worker_opt_type {
-	WORKER_OPT_STR,
-	WORKER_OPT_LONG,
-	WORKER_OPT_DOUBLE, /* bounds lo..hi as for LONG */
-	WORKER_OPT_FLAG,
-};
-
-struct worker_opt {
-	const char *name;
-	enum worker_opt_type type;
-	size_t offset;
-	const char *def; /* default as text (NULL: none / computed) */
-	long lo, hi;     /* bounds of a LONG */
-	const char *help;
-};
-
 #define WORKER_OFF(f) offsetof(struct worker_opts, f)
+/* Strings without a bound of their own (checked after parsing, if at all). */
+#define WORKER_STR_MAX 65536
 
-static const struct worker_opt worker_opts_table[] = {
-    {"--broker", WORKER_OPT_STR, WORKER_OFF(broker), SERVER_DEFAULT_BROKER, 0, 0,
+/* In --print-config order (its "name value" lines follow the table). */
+static const struct opt worker_opts_table[] = {
+    {"broker", 0, OPT_STR, SERVER_DEFAULT_BROKER, 0, WORKER_STR_MAX, WORKER_OFF(broker), NULL,
      "broker back-end endpoint"},
-    {"--model", WORKER_OPT_STR, WORKER_OFF(model), NULL, 0, 0, "GGUF model file (required)"},
-    {"--name", WORKER_OPT_STR, WORKER_OFF(name), NULL, 0, 0,
+    {"model", 0, OPT_STR, NULL, 0, WORKER_STR_MAX, WORKER_OFF(model), NULL,
+     "GGUF model file (required)"},
+    {"name", 0, OPT_STR, NULL, 0, WORKER_STR_MAX, WORKER_OFF(name), NULL,
      "service name in HELLO (default: the file name without .gguf)"},
-    {"--layers", WORKER_OPT_STR, WORKER_OFF(layers), NULL, 0, 0,
+    {"layers", 0, OPT_STR, NULL, 0, WORKER_STR_MAX, WORKER_OFF(layers), NULL,
      "layers [A, B) to hold, as A:B (default: all; ASSIGN may change it)"},
-    {"--threads", WORKER_OPT_LONG, WORKER_OFF(threads), "1", 1, 256,
+    {"id", 0, OPT_STR, NULL, 0, WORKER_STR_MAX, WORKER_OFF(id), NULL,
+     "worker id, 1..64 bytes (default: host:pid:random)"},
+    {"threads", 0, OPT_LONG, "1", 1, 256, WORKER_OFF(threads), NULL,
      "compute threads (SETTINGS: 1..64)"},
-    {"--max-sessions", WORKER_OPT_LONG, WORKER_OFF(max_sessions), "64", 1, 65536,
+    {"max-sessions", 0, OPT_LONG, "64", 1, 65536, WORKER_OFF(max_sessions), NULL,
      "open sessions at most; further OPENs get OVERLOADED"},
-    {"--batch-tokens", WORKER_OPT_LONG, WORKER_OFF(batch_tokens), "256", 1, 65536,
+    {"batch-tokens", 0, OPT_LONG, "256", 1, 65536, WORKER_OFF(batch_tokens), NULL,
      "rows of one step; longer prompts are prefilled in chunks (SETTINGS: "
      "1..max-batch-tokens)"},
-    {"--max-batch-tokens", WORKER_OPT_LONG, WORKER_OFF(max_batch_tokens), "0", 0, 65536,
+    {"max-batch-tokens", 0, OPT_LONG, "0", 0, 65536, WORKER_OFF(max_batch_tokens), NULL,
      "largest batch-tokens SETTINGS may set (0: max(--batch-tokens, 512))"},
-    {"--batch-wait-us", WORKER_OPT_LONG, WORKER_OFF(batch_wait_us), "2000", 0, 100000,
+    {"batch-wait-us", 0, OPT_LONG, "2000", 0, 100000, WORKER_OFF(batch_wait_us), NULL,
      "gather window: with some sessions ready and others' next STEP due, wait this long for "
      "them so one step serves all"},
-    {"--kv-mb", WORKER_OPT_DOUBLE, WORKER_OFF(kv_mb), "256", 0, 1L << 20,
-     "KV cache budget in MiB (fractions allowed; at least one block)"},
-    {"--kv-type", WORKER_OPT_STR, WORKER_OFF(kv_type), "f32", 0, 0,
+    {"kv-mb", 0, OPT_DOUBLE, "256", 0, 1L << 20, WORKER_OFF(kv_mb), NULL,
+     "KV cache budget in MiB (fractions allowed; at least one block)", .flags = OPT_LO_OPEN},
+    {"kv-type", 0, OPT_STR, "f32", 0, WORKER_STR_MAX, WORKER_OFF(kv_type), NULL,
      "element type of the KV cache: f32 or f16 (half the memory)"},
-    {"--max-waiting", WORKER_OPT_LONG, WORKER_OFF(max_waiting), "64", 0, 65536,
+    {"max-waiting", 0, OPT_LONG, "64", 0, 65536, WORKER_OFF(max_waiting), NULL,
      "OPENs waiting for KV memory at most; further ones get OVERLOADED"},
-    {"--prefix-cache", WORKER_OPT_LONG, WORKER_OFF(prefix_cache), "1", 0, 1,
+    {"prefix-cache", 0, OPT_LONG, "1", 0, 1, WORKER_OFF(prefix_cache), NULL,
      "share the KV blocks of common prompt prefixes (0: off)"},
-    {"--heartbeat-ms", WORKER_OPT_LONG, WORKER_OFF(heartbeat_ms), "500", SERVER_MIN_HEARTBEAT_MS,
-     SERVER_MAX_HEARTBEAT_MS, "heartbeat interval until the broker's WELCOME sets one"},
-    {"--liveness", WORKER_OPT_LONG, WORKER_OFF(liveness), "3", 1, SERVER_MAX_LIVENESS,
+    {"heartbeat-ms", 0, OPT_LONG, "500", SERVER_MIN_HEARTBEAT_MS, SERVER_MAX_HEARTBEAT_MS,
+     WORKER_OFF(heartbeat_ms), NULL, "heartbeat interval until the broker's WELCOME sets one"},
+    {"liveness", 0, OPT_LONG, "3", 1, SERVER_MAX_LIVENESS, WORKER_OFF(liveness), NULL,
      "silent heartbeat intervals before the broker counts as gone"},
-    {"--id", WORKER_OPT_STR, WORKER_OFF(id), NULL, 0, 0,
-     "worker id, 1..64 bytes (default: host:pid:random)"},
-    {"--log-level", WORKER_OPT_STR, WORKER_OFF(log_level), "info", 0, 0,
+    {"log-level", 0, OPT_LEVEL, "info", 0, 0, WORKER_OFF(log_level), NULL,
      "error, warn, info or debug"},
-    {"--slow-ms", WORKER_OPT_LONG, WORKER_OFF(slow_ms), "0", 0, 10000,
+    {"slow-ms", 0, OPT_LONG, "0", 0, 10000, WORKER_OFF(slow_ms), NULL,
      "DEBUG knob: sleep this long after every step (SETTINGS may change it)"},
-    {"--print-config", WORKER_OPT_FLAG, WORKER_OFF(print_config), NULL, 0, 0,
+    {"print-config", 0, OPT_FLAG, NULL, 0, 0, WORKER_OFF(print_config), NULL,
      "print the settings in force and exit"},
 };
 
-#define WORKER_N_OPTS (sizeof worker_opts_table / sizeof worker_opts_table[0])
+static const struct opt_spec worker_spec = {
+    .prog = "itt-worker",
+    .usage = "--model FILE.gguf [options]",
+    .about = "Serves a model, or a layer range of it (a pipeline stage), to an itt broker:\n"
+             "registers with HELLO, runs the sessions the broker opens (continuous batching,\n"
+             "chunked prefill), heartbeats, and sends TELEMETRY every second; applies SETTINGS\n"
+             "(threads, batch_tokens, slow_ms) between steps and ASSIGN (another layer range,\n"
+             "loaded from the same file); reconnects with backoff when the broker goes away.\n"
+             "SIGINT/SIGTERM: BYE and exit.",
+    .opts = worker_opts_table,
+    .n_opts = OPTS_N(worker_opts_table),
+};
 
-static void worker_usage(FILE *f)
+/* --print-config: the settings in force (w resolved), one "name value" line
+ * per option (opts_print's "name = value" with the name's dashes as
+ * underscores, the form scripts and tests read), without print-config. */
+static int worker_print_config(const struct worker_opts *w)
 {
-	fprintf(f,
-	        "usage: itt-worker --model FILE.gguf [options]\n"
-	        "Serves a model, or a layer range of it (a pipeline stage), to an itt broker:\n"
-	        "registers with HELLO, runs the sessions the broker opens (continuous batching,\n"
-	        "chunked prefill), heartbeats, and sends TELEMETRY every second; applies SETTINGS\n"
-	        "(threads, batch_tokens, slow_ms) between steps and ASSIGN (another layer range,\n"
-	        "loaded from the same file); reconnects with backoff when the broker goes away.\n"
-	        "SIGINT/SIGTERM: BYE and exit.\n\n"
-	        "options:\n");
-	for (size_t i = 0; i < WORKER_N_OPTS; i++) {
-		const struct worker_opt *o = &worker_opts_table[i];
-		char arg[64];
-		snprintf(arg, sizeof arg, "%s%s", o->name,
-		         o->type == WORKER_OPT_STR                                    ? " S"
-		         : o->type == WORKER_OPT_LONG || o->type == WORKER_OPT_DOUBLE ? " N"
-		                                                                      : "");
-		char extra[96] = "";
-		if (o->type == WORKER_OPT_LONG)
-			snprintf(extra, sizeof extra, "[%ld..%ld, default %s]", o->lo, o->hi,
-			         o->def);
-		else if (o->type == WORKER_OPT_DOUBLE)
-			snprintf(extra, sizeof extra, "[%ld < N <= %ld, default %s]", o->lo, o->hi,
-			         o->def);
-		else if (o->def)
-			snprintf(extra, sizeof extra, "[default %s]", o->def);
-		/* 23 columns of name, the help, and the bounds where they fit */
-		if (23 + strlen(o->help) + 1 + strlen(extra) <= 100)
-			fprintf(f, "  %-20s %s%s%s\n", arg, o->help, *extra ? " " : "", extra);
-		else
-			fprintf(f, "  %-20s %s\n  %-20s %s\n", arg, o->help, "", extra);
-	}
-	fprintf(f, "  %-20s %s\n", "--help", "this text");
-}
-
-static bool worker_parse_long(const char *s, long lo, long hi, long *out)
-{
-	char *end;
-	if (!s || !*s)
-		return false;
-	long v = strtol(s, &end, 10);
-	if (*end || v < lo || v > hi)
-		return false;
-	*out = v;
-	return true;
-}
-
-/* A finite number in (lo, hi]. */
-static bool worker_parse_double(const char *s, long lo, long hi, double *out)
-{
-	char *end;
-	if (!s || !*s)
-		return false;
-	double v = strtod(s, &end);
-	if (*end || !(v > (double)lo) || !(v <= (double)hi))
-		return false;
-	*out = v;
-	return true;
-}
-
-static int worker_parse(int argc, char **argv, struct worker_opts *w)
-{
-	memset(w, 0, sizeof *w);
-	for (size_t i = 0; i < WORKER_N_OPTS; i++) {
-		const struct worker_opt *o = &worker_opts_table[i];
-		char *p = (char *)w + o->offset;
-		if (o->type == WORKER_OPT_STR)
-			*(const char **)p = o->def;
-		else if (o->type == WORKER_OPT_LONG)
-			worker_parse_long(o->def, o->lo, o->hi, (long *)p);
-		else if (o->type == WORKER_OPT_DOUBLE)
-			worker_parse_double(o->def, o->lo, o->hi, (double *)p);
-	}
-	for (int a = 1; a < argc; a++) {
-		const char *arg = argv[a];
-		if (!strcmp(arg, "--help") || !strcmp(arg, "-h")) {
-			worker_usage(stdout);
-			exit(0);
-		}
-		const struct worker_opt *o = NULL;
-		for (size_t i = 0; i < WORKER_N_OPTS && !o; i++)
-			if (!strcmp(arg, worker_opts_table[i].name))
-				o = &worker_opts_table[i];
-		if (!o) {
-			fprintf(stderr, "itt-worker: unknown option %s (see --help)\n", arg);
-			return 2;
-		}
-		char *p = (char *)w + o->offset;
-		if (o->type == WORKER_OPT_FLAG) {
-			*(bool *)p = true;
+	char *text = NULL, *save = NULL;
+	size_t len = 0;
+	FILE *mem = open_memstream(&text, &len);
+	if (!mem)
+		return 1;
+	opts_print(&worker_spec, w, mem);
+	fclose(mem);
+	for (char *l = strtok_r(text, "\n", &save); l; l = strtok_r(NULL, "\n", &save)) {
+		char *eq = strstr(l, " = ");
+		if (!eq || !strncmp(l, "print-config ", 13))
 			continue;
-		}
-		if (a + 1 >= argc) {
-			fprintf(stderr, "itt-worker: %s needs a value\n", arg);
-			return 2;
-		}
-		const char *v = argv[++a];
-		if (o->type == WORKER_OPT_STR) {
-			*(const char **)p = v;
-		} else if (o->type == WORKER_OPT_DOUBLE) {
-			if (!worker_parse_double(v, o->lo, o->hi, (double *)p)) {
-				fprintf(stderr,
-				        "itt-worker: %s %s: expected a number in (%ld, %ld]\n", arg,
-				        v, o->lo, o->hi);
-				return 2;
-			}
-		} else if (!worker_parse_long(v, o->lo, o->hi, (long *)p)) {
-			fprintf(stderr, "itt-worker: %s %s: expected an integer in [%ld, %ld]\n",
-			        arg, v, o->lo, o->hi);
-			return 2;
-		}
+		for (char *p = l; p < eq; p++)
+			if (*p == '-')
+				*p = '_';
+		printf("%.*s %s\n", (int)(eq - l), l, eq + 3);
 	}
+	free(text);
 	return 0;
 }
 
@@ -234,7 +143,7 @@ static bool worker_parse_layers(const char *s, uint32_t *first, uint32_t *last)
 		return false;
 	memcpy(buf, s, (size_t)(colon - s));
 	buf[colon - s] = 0;
-	if (!worker_parse_long(buf, 0, 4095, &a) || !worker_parse_long(colon + 1, 1, 4096, &b) ||
+	if (!opts_parse_long(buf, 0, 4095, &a) || !opts_parse_long(colon + 1, 1, 4096, &b) ||
 	    a >= b)
 		return false;
 	*first = (uint32_t)a;
@@ -272,13 +181,15 @@ static void worker_default_id(char *out, size_t cap)
 
 int main(int argc, char **argv)
 {
-	struct worker_opts w;
+	struct worker_opts w = {0};
 	char name[256], id[128];
 	uint32_t first, last;
-	int rc = worker_parse(argc, argv, &w);
+	int rc = opts_parse(&worker_spec, argc, argv, &w, NULL);
 
-	if (rc)
-		return rc;
+	if (rc != OPTS_OK)
+		return rc == OPTS_HELP ? 0 : 2;
+	log_set_program("itt-worker");
+	log_level_now = w.log_level;
 	if (!w.model) {
 		fprintf(stderr, "itt-worker: --model FILE.gguf is required (see --help)\n");
 		return 2;
@@ -288,13 +199,6 @@ int main(int argc, char **argv)
 		        w.layers);
 		return 2;
 	}
-	int level = sched_log_parse(w.log_level);
-	if (level < 0) {
-		fprintf(stderr, "itt-worker: --log-level %s: expected error, warn, info or debug\n",
-		        w.log_level);
-		return 2;
-	}
-	sched_log_level = level;
 	if (!w.name) {
 		worker_default_name(w.model, name, sizeof name);
 		w.name = name;
@@ -330,17 +234,10 @@ int main(int argc, char **argv)
 		return 2;
 	}
 	if (w.print_config) {
-		printf(
-		    "broker %s\nmodel %s\nname %s\nlayers %s\nid %s\nthreads %ld\n"
-		    "max_sessions %ld\nbatch_tokens %ld\nmax_batch_tokens %ld\nbatch_wait_us %ld\n"
-		    "kv_mb %g\nkv_type %s\n"
-		    "max_waiting %ld\nprefix_cache %ld\nheartbeat_ms %ld\n"
-		    "liveness %ld\nlog_level %s\nslow_ms %ld\n",
-		    w.broker, w.model, w.name, w.layers ? w.layers : "all", w.id, w.threads,
-		    w.max_sessions, w.batch_tokens, w.max_batch_tokens, w.batch_wait_us, w.kv_mb,
-		    kv_type_name(kv_type), w.max_waiting, w.prefix_cache, w.heartbeat_ms,
-		    w.liveness, w.log_level, w.slow_ms);
-		return 0;
+		if (!w.layers)
+			w.layers = "all";
+		w.kv_type = kv_type_name(kv_type);
+		return worker_print_config(&w);
 	}
 
 	struct sched_config sc = {
@@ -363,27 +260,25 @@ int main(int argc, char **argv)
 	char sha[SHA256_HEX];
 	uint64_t file_bytes = 0, t0 = clock_mono_ms();
 	if (sha256_file(w.model, sha, &file_bytes, &err) < 0) {
-		SCHED_LOG(SCHED_LOG_ERROR, "cannot read %s: %s", w.model, err.msg);
+		LOG_ERROR("cannot read %s: %s", w.model, err.msg);
 		return 1;
 	}
-	SCHED_LOG(SCHED_LOG_INFO, "sha256 of %s (%llu bytes) in %llu ms: %s", w.model,
-	          (unsigned long long)file_bytes, (unsigned long long)(clock_mono_ms() - t0), sha);
+	LOG_INFO("sha256 of %s (%llu bytes) in %llu ms: %s", w.model,
+	         (unsigned long long)file_bytes, (unsigned long long)(clock_mono_ms() - t0), sha);
 	t0 = clock_mono_ms();
 	if (sched_new(&sc, &sched, &err) < 0) {
-		SCHED_LOG(SCHED_LOG_ERROR, "cannot load %s: %s: %s", w.model,
-		          itt_strerror(err.code), err.msg);
+		LOG_ERROR("cannot load %s: %s: %s", w.model, itt_strerror(err.code), err.msg);
 		return 1;
 	}
 	const struct sched_info *in = sched_get_info(sched);
-	SCHED_LOG(SCHED_LOG_INFO,
-	          "loaded %s as %s in %llu ms: layers [%u, %u) of %u, vocab %u, ctx %u, "
-	          "%ld threads, batch %ld tokens, kv %g MiB %s (%u blocks of %u), prefix cache %s",
-	          w.model, w.name, (unsigned long long)(clock_mono_ms() - t0), in->first, in->last,
-	          in->n_layers, in->vocab, in->ctx_len, w.threads, w.batch_tokens, w.kv_mb,
-	          kv_type_name(kv_type), in->kv_blocks, in->kv_block,
-	          !w.prefix_cache                              ? "off"
-	          : in->first == 0 && in->last == in->n_layers ? "on"
-	                                                       : "off (a pipeline stage)");
+	LOG_INFO("loaded %s as %s in %llu ms: layers [%u, %u) of %u, vocab %u, ctx %u, "
+	         "%ld threads, batch %ld tokens, kv %g MiB %s (%u blocks of %u), prefix cache %s",
+	         w.model, w.name, (unsigned long long)(clock_mono_ms() - t0), in->first, in->last,
+	         in->n_layers, in->vocab, in->ctx_len, w.threads, w.batch_tokens, w.kv_mb,
+	         kv_type_name(kv_type), in->kv_blocks, in->kv_block,
+	         !w.prefix_cache                              ? "off"
+	         : in->first == 0 && in->last == in->n_layers ? "on"
+	                                                      : "off (a pipeline stage)");
 
 	struct server_config cfg = {
 	    .broker = w.broker,

@@ -75,7 +75,7 @@ static int opts_set(const struct opt *o, void *out, const char *v, char *reason,
 		bool open = o->flags & OPT_LO_OPEN;
 		if (!opts_parse_double(v, &x) || (open ? !(x > o->lo) : !(x >= o->lo)) ||
 		    !(x <= o->hi)) {
-			snprintf(reason, cap, "expected a number in %c%g, %g]", open ? '(' : '[',
+			snprintf(reason, cap, "expected a number in %c%.15g, %.15g]", open ? '(' : '[',
 			         o->lo, o->hi);
 			return -1;
 		}
@@ -267,7 +267,7 @@ void opts_usage(const struct opt_spec *spec, FILE *f)
 			snprintf(extra, sizeof extra, "[default %s, %ld..%ld]", o->def ? o->def : "none",
 			         opts_bound(o->lo), opts_bound(o->hi));
 		else if (o->type == OPT_DOUBLE || o->type == OPT_FLOAT)
-			snprintf(extra, sizeof extra, "[default %s, %s%g..%g]",
+			snprintf(extra, sizeof extra, "[default %s, %s%.15g..%.15g]",
 			         o->def ? o->def : "none", (o->flags & OPT_LO_OPEN) ? ">" : "",
 			         o->lo, o->hi);
 		else if (o->def && *o->def)

@@ -120,7 +120,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
-	char reason[SCHED_MAX_REASON];
+	struct itt_err err = {0};
 	struct sched_cmd *c = (struct sched_cmd *)1;
 	uint64_t sid = 1;
 	int rc;
@@ -129,7 +129,6 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		fuzz_init();
 	if (size < 2)
 		return 0;
-	reason[0] = 0;
 	const struct sched_info *info = (data[0] / 5) % 2    ? &fz_stage
 	                                : (data[0] / 10) % 2 ? &fz_whole
 	                                                     : &fz_info;
@@ -143,28 +142,22 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	}
 	int which = data[0] % 5;
 	switch (which) {
-	case 0:
-		rc = sched_decode_open(body, len, tensor, tlen, info, &c, &sid, reason,
-		                       sizeof reason);
-		break;
-	case 1:
-		rc = sched_decode_step(body, len, tensor, tlen, info, &c, &sid, reason,
-		                       sizeof reason);
-		break;
-	case 2: rc = sched_decode_close(body, len, &c, &sid, reason, sizeof reason); break;
+	case 0: rc = sched_decode_open(body, len, tensor, tlen, info, &c, &sid, &err); break;
+	case 1: rc = sched_decode_step(body, len, tensor, tlen, info, &c, &sid, &err); break;
+	case 2: rc = sched_decode_close(body, len, &c, &sid, &err); break;
 	case 3:
-		rc = sched_decode_settings(body, len, FZ_MAX_BATCH, &c, reason, sizeof reason);
+		rc = sched_decode_settings(body, len, FZ_MAX_BATCH, &c, &err);
 		sid = 0;
 		break;
 	default:
-		rc = sched_decode_assign(body, len, info, "m", &c, reason, sizeof reason);
+		rc = sched_decode_assign(body, len, info, "m", &c, &err);
 		sid = 0;
 		break;
 	}
 	if (rc != 0) {
 		FUZZ_CHECK(c == NULL);
 		FUZZ_CHECK(rc == ITT__CODE__INVALID_ARGUMENT || rc == ITT__CODE__INTERNAL);
-		FUZZ_CHECK(reason[0] != 0 && memchr(reason, 0, sizeof reason));
+		FUZZ_CHECK(err.code == rc && err.msg[0] != 0 && memchr(err.msg, 0, sizeof err.msg));
 		return 0;
 	}
 	FUZZ_CHECK(c != NULL && c->session_id == sid);
@@ -180,13 +173,13 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	}
 	switch (c->kind) {
 	case SCHED_CMD_OPEN: {
-		struct itt_err err = {0};
+		struct itt_err perr = {0}, serr = {0};
 		FUZZ_CHECK(!c->prompt == !c->prompt_len || (c->prompt && !c->prompt[0]));
 		fuzz_check_tech(c, info);
-		rc = sched_prepare_open(info, c, reason, sizeof reason);
+		rc = sched_prepare_open(info, c, &perr);
 		if (rc != 0) {
 			FUZZ_CHECK(rc == ITT__CODE__INVALID_ARGUMENT || rc == ITT__CODE__INTERNAL);
-			FUZZ_CHECK(reason[0] != 0);
+			FUZZ_CHECK(perr.code == rc && perr.msg[0] != 0);
 			break;
 		}
 		FUZZ_CHECK(c->prompt == NULL);
@@ -195,7 +188,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		FUZZ_CHECK(c->sp.n_bias <= 1024 && (c->sp.n_bias == 0 || c->sp.bias == c->bias));
 		for (size_t i = 0; i < c->sp.n_bias; i++)
 			FUZZ_CHECK(c->bias[i].token >= 0 && c->bias[i].token < FZ_VOCAB);
-		FUZZ_CHECK(sampler_params_validate(&c->sp, FZ_VOCAB, &err) == 0);
+		FUZZ_CHECK(sampler_params_validate(&c->sp, FZ_VOCAB, &serr) == 0);
 		FUZZ_CHECK(c->reply_dtype == ITT__DTYPE__F32 || c->reply_dtype == ITT__DTYPE__F16);
 		if (c->tokenized)
 			FUZZ_CHECK(c->tokens[0] == 1); /* BOS first */
