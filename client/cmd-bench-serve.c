@@ -35,6 +35,7 @@
  * Exit: 0 when a measured request completed or tokens arrived in the window,
  * 1 when nothing did or the cluster refused the probes, 2 on a usage error,
  * 130 after SIGINT or SIGTERM (the results so far are still printed). */
+#include <limits.h>
 #include <math.h>
 #include <pthread.h>
 #include <stdatomic.h>
@@ -81,7 +82,7 @@ static const struct opt serve_opts_table[] = {
 	 "measure the next N requests after the warmup instead"},
 	{"warmup", 0, OPT_DOUBLE, "2", 0, 86400, SERVE_AT(warmup_s), "S",
 	 "seconds not measured; clients start spread over them"},
-	{"seed", 0, OPT_LONG, "1", 0, 0x7fffffffffffffff, SERVE_AT(seed), "S",
+	{"seed", 0, OPT_LONG, "1", 0, (double)LONG_MAX, SERVE_AT(seed), "S",
 	 "seed of the prompt ids and sampling seeds"},
 	{"temperature", 0, OPT_FLOAT, NULL, CLI_ANY_LO, CLI_ANY_HI, SERVE_AT(temperature), "T",
 	 "sampling temperature (default: the cluster's, 0.8)"},
