@@ -113,12 +113,6 @@ int model_read_hparams(const gguf_t *g, struct model_hparams *hp, struct itt_err
 	return 0;
 }
 
-static bool type_loadable(uint32_t type)
-{
-	return type == GGML_TYPE_F32 || type == GGML_TYPE_F16 || type == GGML_TYPE_Q8_0 ||
-	       type == GGML_TYPE_Q4_0;
-}
-
 static int load_matrix(const gguf_t *g, const char *name, uint32_t rows, uint32_t cols,
 		       struct model_weight *w, uint64_t *bytes, struct itt_err *err)
 {
@@ -131,10 +125,9 @@ static int load_matrix(const gguf_t *g, const char *name, uint32_t rows, uint32_
 				   (unsigned long long)t->ne[0],
 				   (unsigned long long)(t->n_dims > 1 ? t->ne[1] : 1), t->n_dims, cols,
 				   rows);
-	if (!type_loadable(t->type))
-		return itt_err_set(err, ITT_E_UNSUPPORTED,
-				   "tensor %s has type %s; supported: F32, F16, Q8_0, Q4_0", name,
-				   ggml_type_name(t->type));
+	if (!quant_type_supported(t->type))
+		return itt_err_set(err, ITT_E_UNSUPPORTED, "tensor %s has type %s, which is not supported",
+				   name, ggml_type_name(t->type));
 	w->data = t->data;
 	w->type = t->type;
 	w->rows = rows;

@@ -126,6 +126,12 @@ static inline uint16_t fp32_to_bf16(float f)
 
 /* ---- row sizes, dequantisation, quantisation --------------------------- */
 
+int quant_type_supported(uint32_t type)
+{
+	return type == GGML_TYPE_F32 || type == GGML_TYPE_F16 || type == GGML_TYPE_Q8_0 ||
+	       type == GGML_TYPE_Q4_0;
+}
+
 size_t quant_row_bytes(uint32_t type, size_t n)
 {
 	switch (type) {

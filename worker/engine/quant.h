@@ -30,6 +30,79 @@ struct block_q4_0 {
 _Static_assert(sizeof(struct block_q8_0) == 34, "q8_0 block layout");
 _Static_assert(sizeof(struct block_q4_0) == 18, "q4_0 block layout");
 
+/* The other block layouts of ggml (GGUF files carry them as written by
+ * llama.cpp).  Legacy blocks hold 32 values; K-quant super-blocks hold
+ * QK_K = 256 values in 16 or 8 sub-blocks whose scales are quantised too.
+ * Scales d and mins m/dmin are fp16. */
+#define QK4_1 32
+#define QK5_0 32
+#define QK5_1 32
+#define QK_K 256
+#define K_SCALE_SIZE 12
+
+struct block_q4_1 {
+	uint16_t d, m;
+	uint8_t qs[QK4_1 / 2];
+};
+
+struct block_q5_0 {
+	uint16_t d;
+	uint8_t qh[4]; /* fifth bits */
+	uint8_t qs[QK5_0 / 2];
+};
+
+struct block_q5_1 {
+	uint16_t d, m;
+	uint8_t qh[4];
+	uint8_t qs[QK5_1 / 2];
+};
+
+struct block_q2_K {
+	uint8_t scales[QK_K / 16]; /* 4-bit scale and 4-bit min per 16 values */
+	uint8_t qs[QK_K / 4];      /* 2-bit quants */
+	uint16_t d, dmin;
+};
+
+struct block_q3_K {
+	uint8_t hmask[QK_K / 8]; /* high bits */
+	uint8_t qs[QK_K / 4];    /* low 2 bits */
+	uint8_t scales[12];      /* 16 6-bit scales */
+	uint16_t d;
+};
+
+struct block_q4_K {
+	uint16_t d, dmin;
+	uint8_t scales[K_SCALE_SIZE]; /* 8 6-bit scales and 8 6-bit mins */
+	uint8_t qs[QK_K / 2];
+};
+
+struct block_q5_K {
+	uint16_t d, dmin;
+	uint8_t scales[K_SCALE_SIZE];
+	uint8_t qh[QK_K / 8];
+	uint8_t qs[QK_K / 2];
+};
+
+struct block_q6_K {
+	uint8_t ql[QK_K / 2];      /* low 4 bits */
+	uint8_t qh[QK_K / 4];      /* high 2 bits */
+	int8_t scales[QK_K / 16];  /* 8-bit scales */
+	uint16_t d;
+};
+
+_Static_assert(sizeof(struct block_q4_1) == 20, "q4_1 block layout");
+_Static_assert(sizeof(struct block_q5_0) == 22, "q5_0 block layout");
+_Static_assert(sizeof(struct block_q5_1) == 24, "q5_1 block layout");
+_Static_assert(sizeof(struct block_q2_K) == 84, "q2_K block layout");
+_Static_assert(sizeof(struct block_q3_K) == 110, "q3_K block layout");
+_Static_assert(sizeof(struct block_q4_K) == 144, "q4_K block layout");
+_Static_assert(sizeof(struct block_q5_K) == 176, "q5_K block layout");
+_Static_assert(sizeof(struct block_q6_K) == 210, "q6_K block layout");
+
+/* 1 if weights of this type can be loaded and multiplied (the model loader
+ * asks this), else 0. */
+int quant_type_supported(uint32_t type);
+
 /* IEEE half <-> single in portable C; fp32 -> fp16 rounds to nearest even,
  * handles subnormals, infinities and NaN.  Both agree bit for bit with the
  * F16C instructions: NaNs become quiet and keep the top payload bits. */
