@@ -1,7 +1,10 @@
 /* test-quant: half/bfloat16 conversions, Q8_0/Q4_0 quantisation against
- * hand-computed blocks and error bounds, row sizes, and the fused matmul
- * kernels (every compiled-in kernel) against a double-precision reference
- * on the dequantised weights, including bit-exactness of batched runs. */
+ * hand-computed blocks and error bounds, dequantisation of every other
+ * ggml block type against hand-built blocks, row sizes, and the fused
+ * matmul kernels (every compiled-in kernel, every type) against a
+ * double-precision reference on the dequantised weights, including
+ * bit-exactness of batched runs.  (tests/integration/test_dequant_peer.py
+ * checks the dequantisation against llama.cpp's on real files.) */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -199,9 +202,21 @@ static void test_row_bytes_per_type(void **state)
 	/* not a multiple of the block size */
 	assert_int_equal(quant_row_bytes(GGML_TYPE_Q8_0, 33), 0);
 	assert_int_equal(quant_row_bytes(GGML_TYPE_Q4_0, 16), 0);
+	/* the other block types: 32 or 256 values per block */
+	assert_int_equal(quant_row_bytes(GGML_TYPE_Q4_1, 64), 40);
+	assert_int_equal(quant_row_bytes(GGML_TYPE_Q5_0, 64), 44);
+	assert_int_equal(quant_row_bytes(GGML_TYPE_Q5_1, 64), 48);
+	assert_int_equal(quant_row_bytes(GGML_TYPE_Q2_K, 512), 168);
+	assert_int_equal(quant_row_bytes(GGML_TYPE_Q3_K, 512), 220);
+	assert_int_equal(quant_row_bytes(GGML_TYPE_Q4_K, 4096), 2304);
+	assert_int_equal(quant_row_bytes(GGML_TYPE_Q5_K, 256), 176);
+	assert_int_equal(quant_row_bytes(GGML_TYPE_Q6_K, 768), 630);
+	assert_int_equal(quant_row_bytes(GGML_TYPE_Q4_1, 48), 0);
+	assert_int_equal(quant_row_bytes(GGML_TYPE_Q6_K, 128), 0);
+	assert_int_equal(quant_row_bytes(GGML_TYPE_Q4_K, 32), 0);
 	/* unknown or unsupported types */
-	assert_int_equal(quant_row_bytes(GGML_TYPE_Q4_1, 32), 0);
-	assert_int_equal(quant_row_bytes(GGML_TYPE_Q6_K, 256), 0);
+	assert_int_equal(quant_row_bytes(GGML_TYPE_Q8_1, 32), 0);
+	assert_int_equal(quant_row_bytes(GGML_TYPE_Q8_K, 256), 0);
 	assert_int_equal(quant_row_bytes(999, 32), 0);
 	/* overflow */
 	assert_int_equal(quant_row_bytes(GGML_TYPE_F32, SIZE_MAX / 2), 0);
@@ -213,9 +228,12 @@ static void test_unsupported_types_and_bad_lengths(void **state)
 	(void)state;
 	float f[64] = {0};
 	uint8_t b[256] = {0};
-	assert_int_equal(quant_dequant_row(GGML_TYPE_Q4_1, b, f, 32), ITT_E_UNSUPPORTED);
-	assert_int_equal(quant_quantize_row(GGML_TYPE_Q6_K, f, b, 32), ITT_E_UNSUPPORTED);
+	assert_int_equal(quant_dequant_row(GGML_TYPE_Q8_1, b, f, 32), ITT_E_UNSUPPORTED);
+	assert_int_equal(quant_dequant_row(GGML_TYPE_Q8_K, b, f, 32), ITT_E_UNSUPPORTED);
+	assert_int_equal(quant_quantize_row(999, f, b, 32), ITT_E_UNSUPPORTED);
 	assert_int_equal(quant_dequant_row(GGML_TYPE_Q8_0, b, f, 40), ITT_E_INVALID);
+	assert_int_equal(quant_dequant_row(GGML_TYPE_Q5_1, b, f, 48), ITT_E_INVALID);
+	assert_int_equal(quant_dequant_row(GGML_TYPE_Q4_K, b, f, 64), ITT_E_INVALID);
 	assert_int_equal(quant_quantize_row(GGML_TYPE_Q4_0, f, b, 48), ITT_E_INVALID);
 }
 
@@ -327,6 +345,253 @@ static void test_zero_blocks_quantise_to_zero(void **state)
 		assert_true(back[i] == 0.0f);
 }
 
+/* ---- the other block types: hand-built blocks ----------------------------------
+ *
+ * Each block is built field by field from the format definition (quant.h,
+ * ggml's block_* structs), with codes placed one at a time, so the expected
+ * values below are worked out by hand from where each code lives. */
+
+static void put_fp16(uint8_t *p, float v)
+{
+	uint16_t h = quant_fp32_to_fp16(v);
+	p[0] = (uint8_t)h;
+	p[1] = (uint8_t)(h >> 8);
+}
+
+/* Dequantises the n values of blk (bytes long) in place and at an odd
+ * address, and compares both with want (as values: the sign of a zero is
+ * left to the peer test). */
+static void check_dequant(uint32_t type, const uint8_t *blk, size_t bytes, size_t n,
+                          const float *want)
+{
+	assert_int_equal(quant_row_bytes(type, n), bytes);
+	uint8_t *odd = malloc(bytes + 1);
+	float *got = malloc(n * sizeof(float));
+	memcpy(odd + 1, blk, bytes);
+	for (int pass = 0; pass < 2; pass++) {
+		assert_int_equal(quant_dequant_row(type, pass ? odd + 1 : blk, got, n), 0);
+		for (size_t i = 0; i < n; i++)
+			if (!(got[i] == want[i]))
+				fail_msg("type %u value %zu: %.9g, want %.9g", type, i, got[i],
+				         want[i]);
+	}
+	free(odd);
+	free(got);
+}
+
+static void test_q4_1_known_block(void **state)
+{
+	(void)state;
+	/* d = 0.5, m = -1: value = 0.5 code - 1; byte j holds the codes of
+	 * values j (low nibble) and j + 16 (high nibble) */
+	uint8_t blk[sizeof(struct block_q4_1)];
+	float want[32];
+	put_fp16(blk + offsetof(struct block_q4_1, d), 0.5f);
+	put_fp16(blk + offsetof(struct block_q4_1, m), -1.0f);
+	for (int j = 0; j < 16; j++) {
+		blk[offsetof(struct block_q4_1, qs) + j] = (uint8_t)(j | (15 - j) << 4);
+		want[j] = 0.5f * (float)j - 1.0f;
+		want[j + 16] = 0.5f * (float)(15 - j) - 1.0f;
+	}
+	assert_true(want[15] == 6.5f && want[16] == 6.5f && want[31] == -1.0f);
+	check_dequant(GGML_TYPE_Q4_1, blk, sizeof blk, 32, want);
+}
+
+static void test_q5_0_known_block(void **state)
+{
+	(void)state;
+	/* d = 2: value = 2 (code - 16); fifth bits: bit 0 of qh (value 0) and
+	 * bit 31 (value 31); low nibbles all 0 except byte 1 = 0x3f (value 1:
+	 * 15, value 17: 3) */
+	uint8_t blk[sizeof(struct block_q5_0)] = {0};
+	put_fp16(blk + offsetof(struct block_q5_0, d), 2.0f);
+	blk[offsetof(struct block_q5_0, qh) + 0] = 0x01;
+	blk[offsetof(struct block_q5_0, qh) + 3] = 0x80;
+	blk[offsetof(struct block_q5_0, qs) + 1] = 0x3f;
+	float want[32];
+	for (int j = 0; j < 32; j++)
+		want[j] = -32.0f; /* code 0 */
+	want[0] = 0.0f;           /* code 16 */
+	want[31] = 0.0f;          /* code 16 */
+	want[1] = -2.0f;          /* code 15 */
+	want[17] = -26.0f;        /* code 3 */
+	check_dequant(GGML_TYPE_Q5_0, blk, sizeof blk, 32, want);
+}
+
+static void test_q5_1_known_block(void **state)
+{
+	(void)state;
+	/* d = 1, m = 0.5: value = code + 0.5; fifth bit of value 16 (qh bit
+	 * 16); byte 0 = 0x21: value 0 code 1, value 16 code 2 | 16 */
+	uint8_t blk[sizeof(struct block_q5_1)] = {0};
+	put_fp16(blk + offsetof(struct block_q5_1, d), 1.0f);
+	put_fp16(blk + offsetof(struct block_q5_1, m), 0.5f);
+	blk[offsetof(struct block_q5_1, qh) + 2] = 0x01;
+	blk[offsetof(struct block_q5_1, qs) + 0] = 0x21;
+	float want[32];
+	for (int j = 0; j < 32; j++)
+		want[j] = 0.5f;
+	want[0] = 1.5f;
+	want[16] = 18.5f;
+	check_dequant(GGML_TYPE_Q5_1, blk, sizeof blk, 32, want);
+}
+
+static void test_q2_K_known_block(void **state)
+{
+	(void)state;
+	/* d = 0.5, dmin = 0.25; value = d (scale nibble) code - dmin (min
+	 * nibble) in sub-blocks of 16.  Byte 37 = byte 5 of the second half's
+	 * 32, bits 4-5 (the third of its four 32-value runs): value 128 + 64 + 5
+	 * = 197, in sub-block 12, code 3.  Sub-block 3 (values 48-63) has
+	 * minimum nibble 5. */
+	uint8_t blk[sizeof(struct block_q2_K)] = {0};
+	put_fp16(blk + offsetof(struct block_q2_K, d), 0.5f);
+	put_fp16(blk + offsetof(struct block_q2_K, dmin), 0.25f);
+	blk[offsetof(struct block_q2_K, scales) + 12] = 0x07;
+	blk[offsetof(struct block_q2_K, scales) + 3] = 0x50;
+	blk[offsetof(struct block_q2_K, qs) + 37] = 0x30;
+	/* byte 0, bits 0-1 and 6-7: values 0 (sub-block 0, scale 0) and 96
+	 * (sub-block 6) */
+	blk[offsetof(struct block_q2_K, scales) + 6] = 0x02;
+	blk[offsetof(struct block_q2_K, qs) + 0] = 0xc1;
+	float want[256] = {0};
+	for (int i = 48; i < 64; i++)
+		want[i] = -1.25f;
+	want[197] = 10.5f; /* 0.5 * 7 * 3 */
+	want[96] = 3.0f;   /* 0.5 * 2 * 3 */
+	check_dequant(GGML_TYPE_Q2_K, blk, sizeof blk, 256, want);
+}
+
+static void test_q3_K_known_block(void **state)
+{
+	(void)state;
+	/* d = 1; 6-bit scales offset by 32.  Bytes 8-11 = 0xaa give every
+	 * scale the top bits 2 (32 + low nibble); with zero low nibbles every
+	 * scale is 0.  Scale 13: low nibble in the high half of byte 5 -> 5.
+	 * Scale 0: low nibble 0xd in byte 0, top bits 1 in byte 8 bits 0-1 ->
+	 * 29 - 32 = -3.  hmask all set (no -4) except where noted. */
+	uint8_t blk[sizeof(struct block_q3_K)];
+	memset(blk, 0, sizeof blk);
+	memset(blk + offsetof(struct block_q3_K, hmask), 0xff, QK_K / 8);
+	uint8_t *sc = blk + offsetof(struct block_q3_K, scales);
+	sc[8] = sc[9] = sc[10] = sc[11] = 0xaa;
+	sc[5] = 0x50;
+	sc[0] = 0x0d;
+	sc[8] = 0xa9;
+	put_fp16(blk + offsetof(struct block_q3_K, d), 1.0f);
+	uint8_t *qs = blk + offsetof(struct block_q3_K, qs);
+	uint8_t *hm = blk + offsetof(struct block_q3_K, hmask);
+	/* sub-block 13 = values 208-223: second half, run 2 (bits 4-5), bytes
+	 * 16-31 of the half, hmask bit 4 + 2 */
+	qs[32 + 16 + 3] = 0x20; /* value 211: code 2 */
+	hm[16 + 4] = 0xbf;      /* value 212: code 0 - 4 */
+	/* sub-block 0 = values 0-15: first half, run 0, bytes 0-15, bit 0 */
+	qs[0] = 0x03; /* value 0: code 3 */
+	hm[1] = 0xfe; /* value 1: code -4 */
+	float want[256] = {0};
+	want[211] = 10.0f;  /* 5 * 2 */
+	want[212] = -20.0f; /* 5 * -4 */
+	want[0] = -9.0f;    /* -3 * 3 */
+	want[1] = 12.0f;    /* -3 * -4 */
+	check_dequant(GGML_TYPE_Q3_K, blk, sizeof blk, 256, want);
+}
+
+/* Scales bytes of Q4_K / Q5_K with sub-block 1: scale 3, min 2; sub-block
+ * 6: scale 37 (low nibble 5 in byte 10, top bits 2 in byte 2), min 19 (low
+ * nibble 3 in byte 10's high half, top bits 1 in byte 6); sub-block 7:
+ * scale 1 (byte 11), min 0; all others 0. */
+static void put_k4_scales(uint8_t *sc)
+{
+	memset(sc, 0, K_SCALE_SIZE);
+	sc[1] = 3;
+	sc[5] = 2;
+	sc[2] = 0x80;
+	sc[6] = 0x40;
+	sc[10] = 0x35;
+	sc[11] = 0x01;
+}
+
+static void test_q4_K_known_block(void **state)
+{
+	(void)state;
+	/* d = 0.5, dmin = 0.25.  Sub-block 1 = high nibbles of bytes 0-31,
+	 * sub-block 6 = low nibbles of bytes 96-127, sub-block 7 their high
+	 * nibbles. */
+	uint8_t blk[sizeof(struct block_q4_K)] = {0};
+	put_fp16(blk + offsetof(struct block_q4_K, d), 0.5f);
+	put_fp16(blk + offsetof(struct block_q4_K, dmin), 0.25f);
+	put_k4_scales(blk + offsetof(struct block_q4_K, scales));
+	uint8_t *qs = blk + offsetof(struct block_q4_K, qs);
+	qs[4] = 0x70;      /* value 36: code 7 (value 4: code 0) */
+	qs[96 + 9] = 0xcb; /* value 201: code 11; value 233: code 12 */
+	float want[256] = {0};
+	for (int i = 32; i < 64; i++)
+		want[i] = -0.5f; /* - 0.25 * 2 */
+	for (int i = 192; i < 224; i++)
+		want[i] = -4.75f; /* - 0.25 * 19 */
+	want[36] = 10.0f;         /* 0.5 * 3 * 7 - 0.5 */
+	want[201] = 198.75f;      /* 0.5 * 37 * 11 - 4.75 */
+	want[233] = 6.0f;         /* 0.5 * 1 * 12 */
+	check_dequant(GGML_TYPE_Q4_K, blk, sizeof blk, 256, want);
+}
+
+static void test_q5_K_known_block(void **state)
+{
+	(void)state;
+	/* As Q4_K, plus fifth bits: bit s of qh[l] is sub-block s's value l */
+	uint8_t blk[sizeof(struct block_q5_K)] = {0};
+	put_fp16(blk + offsetof(struct block_q5_K, d), 0.5f);
+	put_fp16(blk + offsetof(struct block_q5_K, dmin), 0.25f);
+	put_k4_scales(blk + offsetof(struct block_q5_K, scales));
+	uint8_t *qs = blk + offsetof(struct block_q5_K, qs);
+	uint8_t *qh = blk + offsetof(struct block_q5_K, qh);
+	qs[4] = 0x70;
+	qs[96 + 9] = 0xcb;
+	qh[4] = 0x02; /* value 36: code 7 + 16 */
+	qh[9] = 0x40; /* value 201: code 11 + 16 */
+	qh[0] = 0x80; /* value 224: code 16 */
+	float want[256] = {0};
+	for (int i = 32; i < 64; i++)
+		want[i] = -0.5f;
+	for (int i = 192; i < 224; i++)
+		want[i] = -4.75f;
+	want[36] = 34.0f;    /* 0.5 * 3 * 23 - 0.5 */
+	want[201] = 494.75f; /* 0.5 * 37 * 27 - 4.75 */
+	want[233] = 6.0f;    /* 0.5 * 1 * 12 */
+	want[224] = 8.0f;    /* 0.5 * 1 * 16 */
+	check_dequant(GGML_TYPE_Q5_K, blk, sizeof blk, 256, want);
+}
+
+static void test_q6_K_known_block(void **state)
+{
+	(void)state;
+	/* d = 0.5; codes offset by 32 (all-zero bits are -32); signed scales
+	 * per 16 values, 0 except scale 5 = -3 and scale 10 = 100.
+	 * Sub-block 5 = values 80-95: first half, quarter 2 (high nibbles of
+	 * ql 0-31, qh bits 4-5), second 16.  Sub-block 10 = values 160-175:
+	 * second half, quarter 1 (low nibbles of ql 64 + 32.., qh 32.. bits
+	 * 2-3), first 16. */
+	uint8_t blk[sizeof(struct block_q6_K)] = {0};
+	put_fp16(blk + offsetof(struct block_q6_K, d), 0.5f);
+	int8_t *sc = (int8_t *)(blk + offsetof(struct block_q6_K, scales));
+	uint8_t *ql = blk + offsetof(struct block_q6_K, ql);
+	uint8_t *qh = blk + offsetof(struct block_q6_K, qh);
+	sc[5] = -3;
+	sc[10] = 100;
+	ql[16 + 2] = 0xa0;      /* value 82: low bits 10 */
+	qh[16 + 2] = 0x20;      /* value 82: high bits 2: code 42 - 32 = 10 */
+	ql[64 + 32 + 7] = 0x0f; /* value 167: low bits 15 */
+	qh[32 + 7] = 0x0c;      /* value 167: high bits 3: code 63 - 32 = 31 */
+	float want[256] = {0};
+	for (int i = 80; i < 96; i++)
+		want[i] = 48.0f; /* 0.5 * -3 * -32 */
+	for (int i = 160; i < 176; i++)
+		want[i] = -1600.0f; /* 0.5 * 100 * -32 */
+	want[82] = -15.0f;          /* 0.5 * -3 * 10 */
+	want[167] = 1550.0f;        /* 0.5 * 100 * 31 */
+	check_dequant(GGML_TYPE_Q6_K, blk, sizeof blk, 256, want);
+}
+
 /* ---- round-trip error bounds --------------------------------------------------- */
 
 /* Random blocks with scales from 1e-3 to 1e3 and a few spiky blocks. */
@@ -431,9 +696,63 @@ static void test_f16_quantise_is_elementwise(void **state)
 
 /* ---- fused matmul ----------------------------------------------------------------- */
 
-static const uint32_t mm_types[] = {GGML_TYPE_F32, GGML_TYPE_F16, GGML_TYPE_BF16, GGML_TYPE_Q8_0,
-                                    GGML_TYPE_Q4_0};
+static const uint32_t mm_types[] = {GGML_TYPE_F32,  GGML_TYPE_F16,  GGML_TYPE_BF16, GGML_TYPE_Q8_0,
+                                    GGML_TYPE_Q4_0, GGML_TYPE_Q4_1, GGML_TYPE_Q5_0, GGML_TYPE_Q5_1,
+                                    GGML_TYPE_Q2_K, GGML_TYPE_Q3_K, GGML_TYPE_Q4_K, GGML_TYPE_Q5_K,
+                                    GGML_TYPE_Q6_K};
 #define N_MM_TYPES (sizeof mm_types / sizeof mm_types[0])
+
+/* The types without a quantiser here: their test rows are random blocks. */
+static const struct {
+	uint32_t type;
+	size_t qk, bytes, d, dmin; /* values, bytes, offsets of the fp16 scales */
+} random_block_types[] = {
+    {GGML_TYPE_Q4_1, 32, sizeof(struct block_q4_1), offsetof(struct block_q4_1, d),
+     offsetof(struct block_q4_1, m)},
+    {GGML_TYPE_Q5_0, 32, sizeof(struct block_q5_0), offsetof(struct block_q5_0, d), SIZE_MAX},
+    {GGML_TYPE_Q5_1, 32, sizeof(struct block_q5_1), offsetof(struct block_q5_1, d),
+     offsetof(struct block_q5_1, m)},
+    {GGML_TYPE_Q2_K, 256, sizeof(struct block_q2_K), offsetof(struct block_q2_K, d),
+     offsetof(struct block_q2_K, dmin)},
+    {GGML_TYPE_Q3_K, 256, sizeof(struct block_q3_K), offsetof(struct block_q3_K, d), SIZE_MAX},
+    {GGML_TYPE_Q4_K, 256, sizeof(struct block_q4_K), offsetof(struct block_q4_K, d),
+     offsetof(struct block_q4_K, dmin)},
+    {GGML_TYPE_Q5_K, 256, sizeof(struct block_q5_K), offsetof(struct block_q5_K, d),
+     offsetof(struct block_q5_K, dmin)},
+    {GGML_TYPE_Q6_K, 256, sizeof(struct block_q6_K), offsetof(struct block_q6_K, d), SIZE_MAX},
+};
+#define N_RANDOM_BLOCK_TYPES (sizeof random_block_types / sizeof random_block_types[0])
+
+static int is_random_block_type(uint32_t type)
+{
+	for (size_t t = 0; t < N_RANDOM_BLOCK_TYPES; t++)
+		if (random_block_types[t].type == type)
+			return 1;
+	return 0;
+}
+
+/* A row of K values of a type from random_block_types: random codes and
+ * sub-block scales, fp16 scales of either sign between 2^-9 and 2^-8 (values
+ * of order 1, never inf or NaN).  Returns 0 if type is not in the list. */
+static int fill_random_blocks(uint32_t type, uint8_t *row, size_t K)
+{
+	for (size_t t = 0; t < N_RANDOM_BLOCK_TYPES; t++) {
+		if (random_block_types[t].type != type)
+			continue;
+		size_t bytes = random_block_types[t].bytes;
+		for (size_t b = 0; b < K / random_block_types[t].qk; b++) {
+			uint8_t *blk = row + b * bytes;
+			for (size_t i = 0; i < bytes; i++)
+				blk[i] = (uint8_t)rng_u32();
+			put_fp16(blk + random_block_types[t].d, ldexpf(1.0f + rng_float() / 2, -8));
+			if (random_block_types[t].dmin != SIZE_MAX)
+				put_fp16(blk + random_block_types[t].dmin,
+				         ldexpf(1.0f + rng_float() / 2, -8));
+		}
+		return 1;
+	}
+	return 0;
+}
 
 struct mm_case {
 	uint32_t type;
@@ -462,7 +781,8 @@ static void mm_case_init_pad(struct mm_case *c, uint32_t type, size_t rows, size
 	for (size_t r = 0; r < rows; r++) {
 		for (size_t k = 0; k < K; k++)
 			tmp[k] = rng_float() * (1.0f + (float)(r % 5));
-		assert_int_equal(quant_quantize_row(type, tmp, c->W + r * c->stride, K), 0);
+		if (!fill_random_blocks(type, c->W + r * c->stride, K))
+			assert_int_equal(quant_quantize_row(type, tmp, c->W + r * c->stride, K), 0);
 		assert_int_equal(quant_dequant_row(type, c->W + r * c->stride, c->Wf + r * K, K),
 		                 0);
 	}
@@ -538,6 +858,11 @@ static void mm_check_against_reference(size_t K)
 	const size_t ranges[][2] = {{0, 37}, {3, 30}, {36, 37}, {5, 6}, {1, 12}};
 	for (size_t t = 0; t < N_MM_TYPES; t++)
 		for (size_t pad = 6; pad <= 8; pad += 2) {
+			if (quant_row_bytes(mm_types[t], K) == 0) /* K-quants at K < 256 */
+				continue;
+			/* the padding is about F32 alignment; block types once */
+			if (pad == 8 && is_random_block_type(mm_types[t]))
+				continue;
 			struct mm_case c;
 			mm_case_init_pad(&c, mm_types[t], rows, K, pad);
 			for (int kern = QUANT_KERNEL_AUTO; kern < QUANT_KERNEL_COUNT; kern++) {
@@ -562,6 +887,12 @@ static void test_matmul_matches_reference_k64(void **state)
 {
 	(void)state;
 	mm_check_against_reference(64);
+}
+
+static void test_matmul_matches_reference_k768(void **state)
+{
+	(void)state;
+	mm_check_against_reference(768);
 }
 
 static void test_matmul_matches_reference_k4096(void **state)
@@ -600,13 +931,12 @@ static void test_matmul_float_types_any_k(void **state)
 static void test_matmul_batched_equals_single_bit_exact(void **state)
 {
 	(void)state;
-	const size_t Ks[] = {4096, 96, 45, 1100};
+	const size_t Ks[] = {4096, 96, 45, 1100, 2304};
 	for (size_t ki = 0; ki < 2 * sizeof Ks / sizeof Ks[0]; ki++)
 		for (size_t t = 0; t < N_MM_TYPES; t++) {
 			size_t K = Ks[ki / 2], pad = ki % 2 ? 8 : 6;
-			if (K % 32 &&
-			    !(mm_types[t] == GGML_TYPE_F32 || mm_types[t] == GGML_TYPE_F16 ||
-			      mm_types[t] == GGML_TYPE_BF16))
+			if (quant_row_bytes(mm_types[t], K) == 0 ||
+			    (pad == 8 && is_random_block_type(mm_types[t])))
 				continue;
 			struct mm_case c;
 			mm_case_init_pad(&c, mm_types[t], 29, K, pad);
@@ -650,6 +980,50 @@ static void test_matmul_batched_equals_single_bit_exact(void **state)
 		}
 }
 
+/* The block types without a kernel of their own (Q4_1 .. Q6_K) are decoded
+ * row by row: every kernel's product equals, bit for bit, the same kernel's
+ * F32 product on the rows quant_dequant_row gives, for any M (and so
+ * whichever of the AVX-512 kernels each type picks for that M). */
+static void test_matmul_block_types_equal_f32_on_dequantised(void **state)
+{
+	(void)state;
+	const size_t Ks[] = {96, 256, 2304}; /* 2304: past one chunk of the blocked kernel */
+	for (size_t ki = 0; ki < sizeof Ks / sizeof Ks[0]; ki++)
+		for (size_t t = 0; t < N_RANDOM_BLOCK_TYPES; t++) {
+			size_t K = Ks[ki];
+			uint32_t type = random_block_types[t].type;
+			if (quant_row_bytes(type, K) == 0)
+				continue;
+			struct mm_case c;
+			mm_case_init_pad(&c, type, 19, K, 6);
+			size_t ldy = c.rows;
+			float *Yq = malloc(QUANT_MAX_M * ldy * sizeof(float));
+			float *Yf = malloc(QUANT_MAX_M * ldy * sizeof(float));
+			for (int kern = QUANT_KERNEL_SCALAR; kern < QUANT_KERNEL_COUNT; kern++) {
+				if (!quant_kernel_available(kern))
+					continue;
+				for (size_t M = 1; M <= QUANT_MAX_M; M++) {
+					assert_int_equal(
+					    quant_matmul_rows_kernel(kern, type, c.W, c.stride, K,
+					                             c.X, M, Yq, ldy, 0, c.rows),
+					    0);
+					assert_int_equal(
+					    quant_matmul_rows_kernel(kern, GGML_TYPE_F32, c.Wf,
+					                             K * sizeof(float), K, c.X, M,
+					                             Yf, ldy, 0, c.rows),
+					    0);
+					if (memcmp(Yq, Yf, M * ldy * sizeof(float)))
+						fail_msg("%s type %u K %zu M %zu: != F32 on the "
+						         "dequantised rows",
+						         quant_kernel_name(kern), type, K, M);
+				}
+			}
+			free(Yq);
+			free(Yf);
+			mm_case_free(&c);
+		}
+}
+
 /* n bytes that end where an inaccessible page begins. */
 struct fenced {
 	uint8_t *map;
@@ -679,7 +1053,7 @@ static void fenced_free(struct fenced *f)
 static void test_matmul_reads_nothing_past_the_ends(void **state)
 {
 	(void)state;
-	const size_t Ks[] = {45, 100, 1100, 64};
+	const size_t Ks[] = {45, 100, 1100, 64, 512};
 	for (size_t ki = 0; ki < sizeof Ks / sizeof Ks[0]; ki++)
 		for (size_t t = 0; t < N_MM_TYPES; t++) {
 			size_t K = Ks[ki];
@@ -732,10 +1106,13 @@ static void test_matmul_rejects_bad_arguments(void **state)
 	uint8_t W[4 * 68] = {0};
 	float X[QUANT_MAX_M + 1][64] = {{0}}, Y[(QUANT_MAX_M + 1) * 4];
 	const uint32_t q8 = GGML_TYPE_Q8_0;
-	assert_int_equal(quant_matmul_rows(GGML_TYPE_Q4_1, W, 40, 64, X[0], 1, Y, 4, 0, 4),
+	assert_int_equal(quant_matmul_rows(GGML_TYPE_Q8_1, W, 72, 64, X[0], 1, Y, 4, 0, 4),
 	                 ITT_E_UNSUPPORTED);
+	assert_int_equal(quant_matmul_rows(GGML_TYPE_Q8_K, W, 68, 64, X[0], 1, Y, 4, 0, 4),
+	                 ITT_E_UNSUPPORTED);
+	/* K-quants need whole super-blocks of 256 */
 	assert_int_equal(quant_matmul_rows(GGML_TYPE_Q6_K, W, 68, 64, X[0], 1, Y, 4, 0, 4),
-	                 ITT_E_UNSUPPORTED);
+	                 ITT_E_INVALID);
 	assert_int_equal(quant_matmul_rows(q8, W, 68, 64, X[0], 0, Y, 4, 0, 4), ITT_E_INVALID);
 	assert_int_equal(quant_matmul_rows(q8, W, 68, 64, X[0], QUANT_MAX_M + 1, Y, 4, 0, 4),
 	                 ITT_E_INVALID);
@@ -775,14 +1152,24 @@ int main(void)
 	    cmocka_unit_test(test_q8_0_known_block),
 	    cmocka_unit_test(test_q4_0_known_block),
 	    cmocka_unit_test(test_zero_blocks_quantise_to_zero),
+	    cmocka_unit_test(test_q4_1_known_block),
+	    cmocka_unit_test(test_q5_0_known_block),
+	    cmocka_unit_test(test_q5_1_known_block),
+	    cmocka_unit_test(test_q2_K_known_block),
+	    cmocka_unit_test(test_q3_K_known_block),
+	    cmocka_unit_test(test_q4_K_known_block),
+	    cmocka_unit_test(test_q5_K_known_block),
+	    cmocka_unit_test(test_q6_K_known_block),
 	    cmocka_unit_test(test_q8_0_round_trip_error_bound),
 	    cmocka_unit_test(test_q4_0_round_trip_error_bound),
 	    cmocka_unit_test(test_f16_quantise_is_elementwise),
 	    cmocka_unit_test(test_matmul_matches_reference_k32),
 	    cmocka_unit_test(test_matmul_matches_reference_k64),
+	    cmocka_unit_test(test_matmul_matches_reference_k768),
 	    cmocka_unit_test(test_matmul_matches_reference_k4096),
 	    cmocka_unit_test(test_matmul_float_types_any_k),
 	    cmocka_unit_test(test_matmul_batched_equals_single_bit_exact),
+	    cmocka_unit_test(test_matmul_block_types_equal_f32_on_dequantised),
 	    cmocka_unit_test(test_matmul_reads_nothing_past_the_ends),
 	    cmocka_unit_test(test_matmul_auto_is_best_kernel),
 	    cmocka_unit_test(test_matmul_rejects_bad_arguments),

@@ -1016,6 +1016,8 @@ static void test_synth_rejects_bad_arguments(void **state)
 	assert_int_equal(run_prog(tool, true, out, "--ffn", NULL), 2);
 	assert_int_equal(run_prog(tool, true, out, "--seed", "-3", NULL), 2);
 	assert_int_equal(run_prog(tool, true, out, "--frobnicate", NULL), 2);
+	assert_int_equal(run_prog(tool, true, out, "--arch", "gemma2", NULL), 2);
+	assert_int_equal(run_prog(tool, true, out, "--rope-scale", "-1", NULL), 2);
 	assert_int_equal(run_prog(tool, true, out, out, NULL), 2);
 	/* well-formed but too large to write */
 	assert_int_equal(run_prog(tool, true, out, "--dim", "65536", "--heads", "64", "--kv-heads",
@@ -1065,12 +1067,16 @@ static void test_quantize_each_type(void **state)
 	float *row = malloc(300 * 96 * sizeof(float));
 	for (size_t k = 0; k < 3; k++) {
 		const char *out = tu_tmp_path("quant-out.gguf");
-		assert_int_equal(run_prog(quant, true, src, out, types[k].arg, NULL), 0);
+		/* --pure: every matrix in the type (no Q6_K output as in the mixes) */
+		assert_int_equal(run_prog(quant, true, src, out, types[k].arg, "--pure", NULL), 0);
 		gguf_t *q = NULL;
 		if (gguf_open(out, &q, &err) != 0)
 			fail_msg("%s: %s", types[k].arg, err.msg);
 		assert_int_equal(get_u32(q, "general.file_type"), types[k].ftype);
-		assert_int_equal(gguf_n_kv(q), gguf_n_kv(f));
+		/* general.quantization_version (2, as llama.cpp) is added */
+		assert_int_equal(get_u32(q, "general.quantization_version"), 2);
+		assert_int_equal(gguf_n_kv(q),
+		                 gguf_n_kv(f) + !gguf_find_kv(f, "general.quantization_version"));
 		assert_same_kv(q, f, "tokenizer.ggml.tokens");
 		assert_same_kv(q, f, "llama.embedding_length");
 		assert_int_equal(gguf_n_tensors(q), gguf_n_tensors(f));
@@ -1102,16 +1108,19 @@ static void test_quantize_each_type(void **state)
 			free(x);
 		}
 		gguf_close(&q);
-		/* a quantised file has nothing left to convert */
+		/* a quantised file has nothing left to convert; F16 matrices are
+		 * converted again */
 		const char *again = tu_tmp_path("quant-again.gguf");
-		assert_int_equal(run_prog(quant, true, out, again, "q4_0", NULL), 1);
-		assert_false(file_exists(again));
+		int f16 = types[k].type == GGML_TYPE_F16;
+		assert_int_equal(run_prog(quant, true, out, again, "q4_0", NULL), f16 ? 0 : 1);
+		assert_int_equal(file_exists(again), f16);
+		unlink(again);
 		unlink(out);
 	}
 	free(row);
 	gguf_close(&f);
 	const char *out = tu_tmp_path("quant-bad.gguf");
-	assert_int_equal(run_prog(quant, true, src, out, "q5_1", NULL), 2);
+	assert_int_equal(run_prog(quant, true, src, out, "q7_0", NULL), 2);
 	assert_int_equal(run_prog(quant, true, src, out, NULL), 2);
 	assert_int_equal(run_prog(quant, true, "--help", NULL), 0);
 	assert_int_equal(run_prog(quant, true, "/nonexistent.gguf", out, "f16", NULL), 1);

@@ -23,6 +23,13 @@
 #define FUSED_MAX_M_F16 32
 #define FUSED_MAX_M_Q8_0 64
 #define FUSED_MAX_M_Q4_0 64
+/* BF16 as F16 (its kernels have the same shape).  The other block types
+ * (Q4_1 .. Q6_K) go through quant.c's generic kernel, which decodes each
+ * row once per call of up to QUANT_MAX_M inputs: beyond that the fused
+ * path decodes the weights again for every 32 inputs while the GEMM path
+ * decodes them once, so FUSED stops at 32 (not measured yet). */
+#define FUSED_MAX_M_BF16 FUSED_MAX_M_F16
+#define FUSED_MAX_M_BLOCKS 32
 
 int linear_init(struct linear_ctx *lc, threadpool_t *pool, uint32_t max_cols, struct itt_err *err)
 {
@@ -34,10 +41,13 @@ int linear_init(struct linear_ctx *lc, threadpool_t *pool, uint32_t max_cols, st
 				   lc->tile_floats);
 	lc->pool = pool;
 	lc->n_threads = threadpool_size(pool);
-	lc->fused_max_m[0] = FUSED_MAX_M_F32;
-	lc->fused_max_m[1] = FUSED_MAX_M_F16;
-	lc->fused_max_m[2] = FUSED_MAX_M_Q8_0;
-	lc->fused_max_m[3] = FUSED_MAX_M_Q4_0;
+	for (uint32_t t = 0; t < GGML_TYPE_COUNT; t++)
+		lc->fused_max_m[t] = FUSED_MAX_M_BLOCKS;
+	lc->fused_max_m[GGML_TYPE_F32] = FUSED_MAX_M_F32;
+	lc->fused_max_m[GGML_TYPE_F16] = FUSED_MAX_M_F16;
+	lc->fused_max_m[GGML_TYPE_BF16] = FUSED_MAX_M_BF16;
+	lc->fused_max_m[GGML_TYPE_Q8_0] = FUSED_MAX_M_Q8_0;
+	lc->fused_max_m[GGML_TYPE_Q4_0] = FUSED_MAX_M_Q4_0;
 	/* OpenBLAS runs single-threaded inside our pool's threads, each on its
 	 * own slice of weight rows: one set of threads, no oversubscription of
 	 * the cores by two pools spinning against each other. */
@@ -51,24 +61,14 @@ void linear_free(struct linear_ctx *lc)
 	memset(lc, 0, sizeof *lc);
 }
 
-static int type_slot(uint32_t type)
-{
-	switch (type) {
-	case GGML_TYPE_F32: return 0;
-	case GGML_TYPE_F16: return 1;
-	case GGML_TYPE_Q8_0: return 2;
-	case GGML_TYPE_Q4_0: return 3;
-	}
-	return 1;
-}
-
 enum linear_path linear_choose(const struct linear_ctx *lc, uint32_t type, uint32_t M)
 {
 	if (lc->force == LINEAR_PATH_GEMV && type != GGML_TYPE_F32)
 		return LINEAR_PATH_FUSED;
 	if (lc->force != LINEAR_PATH_AUTO)
 		return lc->force;
-	return M <= lc->fused_max_m[type_slot(type)] ? LINEAR_PATH_FUSED : LINEAR_PATH_GEMM;
+	uint32_t max_m = type < GGML_TYPE_COUNT ? lc->fused_max_m[type] : FUSED_MAX_M_BLOCKS;
+	return M <= max_m ? LINEAR_PATH_FUSED : LINEAR_PATH_GEMM;
 }
 
 struct job {

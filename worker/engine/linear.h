@@ -8,7 +8,8 @@
  *          once for up to QUANT_MAX_M input rows; the weights stream once.
  *          Wins for small M, where decode is bound by memory bandwidth.
  *   GEMM   OpenBLAS sgemm (quantised weights dequantised a tile at a time
- *          first); wins once M is large enough to be bound by compute.
+ *          first, by quant_dequant_row); wins once M is large enough to be
+ *          bound by compute.
  *   GEMV   OpenBLAS sgemv once per input row (F32 only); kept for
  *          comparison, never faster than FUSED here.
  * Every kernel runs inside the thread pool, split by weight rows; OpenBLAS
@@ -20,6 +21,7 @@
 #include <stdint.h>
 
 #include "err.h"
+#include "gguf.h"
 #include "model.h"
 #include "threadpool.h"
 
@@ -33,7 +35,7 @@ enum linear_path {
 struct linear_ctx {
 	threadpool_t *pool;
 	int n_threads;
-	uint32_t fused_max_m[4]; /* F32, F16, Q8_0, Q4_0: M <= this uses FUSED */
+	uint32_t fused_max_m[GGML_TYPE_COUNT]; /* per weight type: M <= this uses FUSED */
 	enum linear_path force;  /* benchmarks: one path for everything */
 	float *tile;             /* dequantised weight tile for the GEMM path */
 	size_t tile_floats;

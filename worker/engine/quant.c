@@ -1,5 +1,8 @@
 /* quant: half precision, bfloat16, Q8_0 and Q4_0 rows, and the fused
  * "dequantise and multiply" kernels used for decode and small batches.
+ * The other block types (Q4_1, Q5_0, Q5_1, Q2_K .. Q6_K) are decoded by
+ * quant-dequant.c; the kernels here take them through a generic path that
+ * decodes each row a segment at a time into a float buffer.
  *
  * Contract: see quant.h.  Conversions are portable C (bit manipulation);
  * the matmul kernels come in three flavours selected at compile time
@@ -8,7 +11,8 @@
  * may call each one through quant_matmul_rows_kernel.
  *
  * Invariants of every matmul kernel:
- *   - a dequantised weight d * q is exact in float (11-bit d times a 4- or
+ *   - the weights it multiplies are exactly quant_dequant_row's values
+ *     (for Q8_0 / Q4_0 d * q, exact in float: an 11-bit d times a 4- or
  *     8-bit q), so the only rounding is in the float summation;
  *   - each (input row m, weight row r) pair owns its accumulators (16
  *     scalar lanes, or two vectors) that see the K products in one fixed
@@ -23,6 +27,8 @@
 
 #include "err.h"
 #include "gguf.h"
+#include "quantize.h"
+#include "quant-dequant.h"
 
 #if defined(__AVX512F__) && defined(__FMA__) && defined(__F16C__)
 #define QUANT_HAVE_AVX512 1
@@ -128,8 +134,9 @@ static inline uint16_t fp32_to_bf16(float f)
 
 int quant_type_supported(uint32_t type)
 {
-	return type == GGML_TYPE_F32 || type == GGML_TYPE_F16 || type == GGML_TYPE_Q8_0 ||
-	       type == GGML_TYPE_Q4_0;
+	return type == GGML_TYPE_F32 || type == GGML_TYPE_F16 || type == GGML_TYPE_BF16 ||
+	       type == GGML_TYPE_Q8_0 || type == GGML_TYPE_Q4_0 ||
+	       quant_dequant_is_block_type(type);
 }
 
 size_t quant_row_bytes(uint32_t type, size_t n)
@@ -141,7 +148,9 @@ size_t quant_row_bytes(uint32_t type, size_t n)
 	case GGML_TYPE_Q8_0: return n % QK8_0 ? 0 : n / QK8_0 * sizeof(struct block_q8_0);
 	case GGML_TYPE_Q4_0: return n % QK4_0 ? 0 : n / QK4_0 * sizeof(struct block_q4_0);
 	}
-	return 0;
+	/* blocks are smaller than their values' floats: no overflow */
+	size_t qk = quant_dequant_block_elems(type);
+	return qk && n % qk == 0 ? n / qk * quant_dequant_block_bytes(type) : 0;
 }
 
 /* Block b of a Q8_0 / Q4_0 row into 32 floats (portable). */
@@ -200,7 +209,13 @@ int quant_dequant_row(uint32_t type, const void *src, float *dst, size_t n)
 			dequant_block_q4_0(s, b, dst + b * QK4_0);
 		return 0;
 	}
-	return ITT_E_UNSUPPORTED;
+	size_t qk = quant_dequant_block_elems(type);
+	if (!qk)
+		return ITT_E_UNSUPPORTED;
+	if (n % qk)
+		return ITT_E_INVALID;
+	quant_dequant_blocks(type, s, dst, n);
+	return 0;
 }
 
 /* ggml's quantize_row_q8_0_ref, with the float-to-int conversion guarded so
@@ -276,15 +291,22 @@ int quant_quantize_row(uint32_t type, const float *src, void *dst, size_t n)
 			return ITT_E_INVALID;
 		quantize_q4_0(src, d, n);
 		return 0;
+	default: return quantize_row(type, src, dst, n); /* Q4_1..Q6_K: quantize.c */
 	}
-	return ITT_E_UNSUPPORTED;
 }
 
 /* ---- fused matmul: shared shape ----------------------------------------
  *
  * Weights are walked in 32-element steps (one Q8_0/Q4_0 block, or 32
  * elements of a float-like row).  Float-like rows whose K is not a multiple
- * of 32 end with one zero-padded step.
+ * of 32 end with one zero-padded step.  Rows of the other block types
+ * (quant-dequant.c; K a multiple of 32 for all of them) are decoded
+ * SEG_ELEMS values at a time into a float buffer, whose steps then get the
+ * FMAs an F32 row's would: their products equal the F32 kernel's on the
+ * dequantised row, bit for bit.  (A first, generic kernel: the decoders
+ * are portable C loops left to the compiler's vectoriser, and the
+ * accumulators go through memory around each call of one.  Decoding in
+ * registers, as for Q4_0, is the way to speed.)
  *
  * The single-row SIMD kernels take one weight row at a time against a
  * group of MG inputs, with two vector accumulators per (input, row) pair
@@ -300,6 +322,16 @@ int quant_quantize_row(uint32_t type, const float *src, void *dst, size_t n)
 static inline int type_is_float(uint32_t type)
 {
 	return type == GGML_TYPE_F32 || type == GGML_TYPE_F16 || type == GGML_TYPE_BF16;
+}
+
+/* Values of a block-type row decoded per call of the decoder: one K-quant
+ * super-block, or eight legacy blocks (a multiple of every block size). */
+#define SEG_ELEMS QK_K
+
+/* Bytes of a block-type row before value k0 (k0 a multiple of the block). */
+static inline size_t seg_offset(uint32_t type, size_t k0)
+{
+	return quant_row_bytes(type, k0);
 }
 
 #if defined(QUANT_HAVE_AVX512) || defined(QUANT_HAVE_AVX2)
@@ -329,13 +361,15 @@ static inline size_t step_bytes(uint32_t type)
 /* Largest input group of any kernel (a per-kernel limit may be lower). */
 #define GROUP_M 8
 
-/* A kernel for one input group size: rows [r0, r1) of W times the group's
- * inputs X (rows of K floats) into Y[m * ldy + r]. */
-typedef void (*group_fn)(const uint8_t *W, size_t stride, size_t K, const float *X, float *Y,
-                         size_t ldy, size_t r0, size_t r1);
+/* A kernel for one input group size: rows [r0, r1) of W (of type; only
+ * the generic block-type kernels look at it) times the group's inputs X
+ * (rows of K floats) into Y[m * ldy + r]. */
+typedef void (*group_fn)(uint32_t type, const uint8_t *W, size_t stride, size_t K, const float *X,
+                         float *Y, size_t ldy, size_t r0, size_t r1);
 
-/* Row of the per-type kernel tables. */
-#define N_KERNEL_TYPES 5
+/* Row of the per-type kernel tables; the last one is the generic kernel of
+ * the block types of quant-dequant.c. */
+#define N_KERNEL_TYPES 6
 static inline int type_index(uint32_t type)
 {
 	switch (type) {
@@ -343,7 +377,8 @@ static inline int type_index(uint32_t type)
 	case GGML_TYPE_F16: return 1;
 	case GGML_TYPE_BF16: return 2;
 	case GGML_TYPE_Q8_0: return 3;
-	default: return 4; /* Q4_0 */
+	case GGML_TYPE_Q4_0: return 4;
+	default: return 5;
 	}
 }
 #endif
@@ -381,15 +416,26 @@ static void scalar_rows(uint32_t type, const uint8_t *W, size_t stride, size_t K
                         size_t M, float *Y, size_t ldy, size_t r0, size_t r1)
 {
 	float acc[QUANT_MAX_M][SCALAR_LANES];
-	float w[32], xpad[32];
+	float wbuf[32], xpad[32], seg[SEG_ELEMS];
 	size_t nsteps = (K + 31) / 32;
+	int blocks = quant_dequant_is_block_type(type);
 
 	for (size_t r = r0; r < r1; r++) {
 		const uint8_t *row = W + r * stride;
 		memset(acc, 0, sizeof acc);
 		for (size_t b = 0; b < nsteps; b++) {
 			size_t k0 = b * 32, n = K - k0 < 32 ? K - k0 : 32;
-			scalar_decode_step(type, row, K, b, w);
+			const float *w = wbuf;
+			if (blocks) { /* whole steps: K is a multiple of 32 */
+				size_t s0 = k0 % SEG_ELEMS;
+				if (s0 == 0)
+					quant_dequant_blocks(type, row + seg_offset(type, k0), seg,
+					                     K - k0 < SEG_ELEMS ? K - k0
+					                                        : SEG_ELEMS);
+				w = seg + s0;
+			} else {
+				scalar_decode_step(type, row, K, b, wbuf);
+			}
 			for (size_t m = 0; m < M; m++) {
 				const float *x = X + m * K + k0;
 				if (n < 32) { /* the padded tail step */
@@ -586,12 +632,56 @@ ALWAYS_INLINE NO_SANITIZE void avx512_rows(uint32_t type, const int MG, const ui
 	}
 }
 
+/* The generic kernel of the block types: rows decoded SEG_ELEMS values at
+ * a time into seg, then multiplied as an F32 row is (same FMAs, same
+ * order), so the result is the F32 kernel's on the dequantised row. */
+ALWAYS_INLINE NO_SANITIZE void avx512_rows_blocks(uint32_t type, const int MG, const uint8_t *W,
+                                                  size_t stride, size_t K, const float *X, float *Y,
+                                                  size_t ldy, size_t r0, size_t r1)
+{
+	_Alignas(64) float seg[SEG_ELEMS];
+	for (size_t r = r0; r < r1; r++) {
+		const uint8_t *row = W + r * stride;
+		__m512 acc[2][GROUP_M];
+#pragma GCC unroll 16
+		for (int m = 0; m < MG; m++)
+			acc[0][m] = acc[1][m] = _mm512_setzero_ps();
+		for (size_t k0 = 0; k0 < K; k0 += SEG_ELEMS) {
+			size_t n = K - k0 < SEG_ELEMS ? K - k0 : SEG_ELEMS;
+			quant_dequant_blocks(type, row + seg_offset(type, k0), seg, n);
+			for (size_t k = 0; k < n; k += 32) {
+				__m512 w0 = _mm512_load_ps(seg + k),
+				       w1 = _mm512_load_ps(seg + k + 16);
+#pragma GCC unroll 16
+				for (int m = 0; m < MG; m++) {
+					const float *x = X + m * K + k0 + k;
+					acc[0][m] =
+					    _mm512_fmadd_ps(w0, _mm512_loadu_ps(x), acc[0][m]);
+					acc[1][m] =
+					    _mm512_fmadd_ps(w1, _mm512_loadu_ps(x + 16), acc[1][m]);
+				}
+			}
+		}
+#pragma GCC unroll 16
+		for (int m = 0; m < MG; m++)
+			Y[m * ldy + r] = avx512_hsum(_mm512_add_ps(acc[0][m], acc[1][m]));
+	}
+}
+
 #define AVX512_FN(tn, type, mg)                                                                    \
-	static NO_SANITIZE void avx512_##tn##_##mg(const uint8_t *W, size_t stride, size_t K,      \
-	                                           const float *X, float *Y, size_t ldy,           \
+	static NO_SANITIZE void avx512_##tn##_##mg(uint32_t t, const uint8_t *W, size_t stride,    \
+	                                           size_t K, const float *X, float *Y, size_t ldy, \
 	                                           size_t r0, size_t r1)                           \
 	{                                                                                          \
+		(void)t;                                                                           \
 		avx512_rows(type, mg, W, stride, K, X, Y, ldy, r0, r1);                            \
+	}
+#define AVX512_FN_BLOCKS(mg)                                                                       \
+	static NO_SANITIZE void avx512_blocks_##mg(uint32_t t, const uint8_t *W, size_t stride,    \
+	                                           size_t K, const float *X, float *Y, size_t ldy, \
+	                                           size_t r0, size_t r1)                           \
+	{                                                                                          \
+		avx512_rows_blocks(t, mg, W, stride, K, X, Y, ldy, r0, r1);                        \
 	}
 #define AVX512_FNS(tn, type)                                                                       \
 	AVX512_FN(tn, type, 1)                                                                     \
@@ -613,9 +703,18 @@ AVX512_FNS(f16, GGML_TYPE_F16)
 AVX512_FNS(bf16, GGML_TYPE_BF16)
 AVX512_FNS(q8_0, GGML_TYPE_Q8_0)
 AVX512_FNS(q4_0, GGML_TYPE_Q4_0)
+AVX512_FN_BLOCKS(1)
+AVX512_FN_BLOCKS(2)
+AVX512_FN_BLOCKS(3)
+AVX512_FN_BLOCKS(4)
+AVX512_FN_BLOCKS(5)
+AVX512_FN_BLOCKS(6)
+AVX512_FN_BLOCKS(7)
+AVX512_FN_BLOCKS(8)
 
-static const group_fn avx512_fns[N_KERNEL_TYPES][GROUP_M] = {
-    AVX512_ROW(f32), AVX512_ROW(f16), AVX512_ROW(bf16), AVX512_ROW(q8_0), AVX512_ROW(q4_0)};
+static const group_fn avx512_fns[N_KERNEL_TYPES][GROUP_M] = {AVX512_ROW(f32),  AVX512_ROW(f16),
+                                                             AVX512_ROW(bf16), AVX512_ROW(q8_0),
+                                                             AVX512_ROW(q4_0), AVX512_ROW(blocks)};
 
 /* ---- AVX-512 blocked kernel (larger batches) -----------------------------
  *
@@ -705,7 +804,14 @@ static NO_SANITIZE void avx512_fill(uint32_t type, const uint8_t *W, size_t stri
 	case GGML_TYPE_Q8_0:
 		avx512_fill_rows(GGML_TYPE_Q8_0, W, stride, r, rb, k0, kc, buf);
 		return;
-	default: avx512_fill_rows(GGML_TYPE_Q4_0, W, stride, r, rb, k0, kc, buf); return;
+	case GGML_TYPE_Q4_0:
+		avx512_fill_rows(GGML_TYPE_Q4_0, W, stride, r, rb, k0, kc, buf);
+		return;
+	default: /* block types; k0 and kc are multiples of their block size */
+		for (size_t j = 0; j < rb; j++)
+			quant_dequant_blocks(type, W + (r + j) * stride + seg_offset(type, k0),
+			                     buf + j * BLK_KC, kc);
+		return;
 	}
 }
 
@@ -910,13 +1016,16 @@ static NO_SANITIZE void avx512_blocked(uint32_t type, const uint8_t *W, size_t s
 }
 
 /* Smallest M that takes the blocked kernel, per type (F32, F16, BF16,
- * Q8_0, Q4_0).  Below it the single-row kernel, which streams one row at a
- * time and decodes it in registers, was as fast or faster in bench-quant
- * (cold weights, the 134M model's mix of shapes): up to the point where
- * F32 stops being bound by memory, and for the other types up to the point
- * where decoding every block once per group of 8 inputs costs more than the
- * blocked kernel's trip through its buffer. */
-static const size_t avx512_blocked_min_m[N_KERNEL_TYPES] = {6, 12, 12, 9, 9};
+ * Q8_0, Q4_0, other block types).  Below it the single-row kernel, which
+ * streams one row at a time and decodes it in registers, was as fast or
+ * faster in bench-quant (cold weights, the 134M model's mix of shapes): up
+ * to the point where F32 stops being bound by memory, and for the other
+ * types up to the point where decoding every block once per group of 8
+ * inputs costs more than the blocked kernel's trip through its buffer.
+ * The generic block-type kernel decodes a row once per group of 8 inputs
+ * (the costly part) and the blocked kernel once per call, so it switches
+ * as soon as there is a second group (not measured). */
+static const size_t avx512_blocked_min_m[N_KERNEL_TYPES] = {6, 12, 12, 9, 9, 9};
 
 #endif /* QUANT_HAVE_AVX512 */
 
@@ -1037,12 +1146,54 @@ ALWAYS_INLINE NO_SANITIZE void avx2_rows(uint32_t type, const int MG, const uint
 	}
 }
 
+/* The generic kernel of the block types (see avx512_rows_blocks): quarters
+ * of each step of the decoded segment as an F32 row's. */
+ALWAYS_INLINE NO_SANITIZE void avx2_rows_blocks(uint32_t type, const int MG, const uint8_t *W,
+                                                size_t stride, size_t K, const float *X, float *Y,
+                                                size_t ldy, size_t r0, size_t r1)
+{
+	_Alignas(32) float seg[SEG_ELEMS];
+	for (size_t r = r0; r < r1; r++) {
+		const uint8_t *row = W + r * stride;
+		__m256 acc[2][GROUP_M];
+#pragma GCC unroll 16
+		for (int m = 0; m < MG; m++)
+			acc[0][m] = acc[1][m] = _mm256_setzero_ps();
+		for (size_t k0 = 0; k0 < K; k0 += SEG_ELEMS) {
+			size_t n = K - k0 < SEG_ELEMS ? K - k0 : SEG_ELEMS;
+			quant_dequant_blocks(type, row + seg_offset(type, k0), seg, n);
+			for (size_t k = 0; k < n; k += 32) {
+#pragma GCC unroll 16
+				for (int c = 0; c < 4; c++) {
+					__m256 w = _mm256_load_ps(seg + k + 8 * c);
+#pragma GCC unroll 16
+					for (int m = 0; m < MG; m++)
+						acc[c & 1][m] = _mm256_fmadd_ps(
+						    w, _mm256_loadu_ps(X + m * K + k0 + k + 8 * c),
+						    acc[c & 1][m]);
+				}
+			}
+		}
+#pragma GCC unroll 16
+		for (int m = 0; m < MG; m++)
+			Y[m * ldy + r] = avx2_hsum(_mm256_add_ps(acc[0][m], acc[1][m]));
+	}
+}
+
 #define AVX2_FN(tn, type, mg)                                                                      \
-	static NO_SANITIZE void avx2_##tn##_##mg(const uint8_t *W, size_t stride, size_t K,        \
-	                                         const float *X, float *Y, size_t ldy, size_t r0,  \
-	                                         size_t r1)                                        \
+	static NO_SANITIZE void avx2_##tn##_##mg(uint32_t t, const uint8_t *W, size_t stride,      \
+	                                         size_t K, const float *X, float *Y, size_t ldy,   \
+	                                         size_t r0, size_t r1)                             \
 	{                                                                                          \
+		(void)t;                                                                           \
 		avx2_rows(type, mg, W, stride, K, X, Y, ldy, r0, r1);                              \
+	}
+#define AVX2_FN_BLOCKS(mg)                                                                         \
+	static NO_SANITIZE void avx2_blocks_##mg(uint32_t t, const uint8_t *W, size_t stride,      \
+	                                         size_t K, const float *X, float *Y, size_t ldy,   \
+	                                         size_t r0, size_t r1)                             \
+	{                                                                                          \
+		avx2_rows_blocks(t, mg, W, stride, K, X, Y, ldy, r0, r1);                          \
 	}
 #define AVX2_FNS(tn, type)                                                                         \
 	AVX2_FN(tn, type, 1)                                                                       \
@@ -1060,9 +1211,14 @@ AVX2_FNS(f16, GGML_TYPE_F16)
 AVX2_FNS(bf16, GGML_TYPE_BF16)
 AVX2_FNS(q8_0, GGML_TYPE_Q8_0)
 AVX2_FNS(q4_0, GGML_TYPE_Q4_0)
+AVX2_FN_BLOCKS(1)
+AVX2_FN_BLOCKS(2)
+AVX2_FN_BLOCKS(3)
+AVX2_FN_BLOCKS(4)
+AVX2_FN_BLOCKS(5)
 
 static const group_fn avx2_fns[N_KERNEL_TYPES][GROUP_M] = {
-    AVX2_ROW(f32), AVX2_ROW(f16), AVX2_ROW(bf16), AVX2_ROW(q8_0), AVX2_ROW(q4_0)};
+    AVX2_ROW(f32), AVX2_ROW(f16), AVX2_ROW(bf16), AVX2_ROW(q8_0), AVX2_ROW(q4_0), AVX2_ROW(blocks)};
 
 #endif /* QUANT_HAVE_AVX2 */
 
@@ -1074,19 +1230,19 @@ static const group_fn avx2_fns[N_KERNEL_TYPES][GROUP_M] = {
  * group is still in L1/L2 for the others: W streams from memory once. */
 #define ROW_CHUNK 16
 
-static void simd_rows(const group_fn fns[GROUP_M], size_t gmax, const uint8_t *W, size_t stride,
-                      size_t K, const float *X, size_t M, float *Y, size_t ldy, size_t r0,
-                      size_t r1)
+static void simd_rows(const group_fn fns[GROUP_M], size_t gmax, uint32_t type, const uint8_t *W,
+                      size_t stride, size_t K, const float *X, size_t M, float *Y, size_t ldy,
+                      size_t r0, size_t r1)
 {
 	if (M <= gmax) {
-		fns[M - 1](W, stride, K, X, Y, ldy, r0, r1);
+		fns[M - 1](type, W, stride, K, X, Y, ldy, r0, r1);
 		return;
 	}
 	for (size_t c0 = r0; c0 < r1; c0 += ROW_CHUNK) {
 		size_t c1 = r1 - c0 < ROW_CHUNK ? r1 : c0 + ROW_CHUNK;
 		for (size_t m0 = 0; m0 < M; m0 += gmax) {
 			size_t mg = M - m0 < gmax ? M - m0 : gmax;
-			fns[mg - 1](W, stride, K, X + m0 * K, Y + m0 * ldy, ldy, c0, c1);
+			fns[mg - 1](type, W, stride, K, X + m0 * K, Y + m0 * ldy, ldy, c0, c1);
 		}
 	}
 }
@@ -1134,7 +1290,7 @@ int quant_matmul_rows_kernel(enum quant_kernel kernel, uint32_t type, const void
                              size_t row_stride, size_t K, const float *X, size_t M, float *Y,
                              size_t ldy, size_t r0, size_t r1)
 {
-	if (!type_is_float(type) && type != GGML_TYPE_Q8_0 && type != GGML_TYPE_Q4_0)
+	if (!quant_type_supported(type))
 		return ITT_E_UNSUPPORTED;
 	if (!quant_kernel_available(kernel))
 		return ITT_E_UNSUPPORTED;
@@ -1156,14 +1312,14 @@ int quant_matmul_rows_kernel(enum quant_kernel kernel, uint32_t type, const void
 		if (M >= avx512_blocked_min_m[type_index(type)])
 			avx512_blocked(type, w, row_stride, K, X, M, Y, ldy, r0, r1);
 		else
-			simd_rows(avx512_fns[type_index(type)], AVX512_GROUP_M, w, row_stride, K, X,
-			          M, Y, ldy, r0, r1);
+			simd_rows(avx512_fns[type_index(type)], AVX512_GROUP_M, type, w, row_stride,
+			          K, X, M, Y, ldy, r0, r1);
 		return 0;
 #endif
 #ifdef QUANT_HAVE_AVX2
 	case QUANT_KERNEL_AVX2:
-		simd_rows(avx2_fns[type_index(type)], AVX2_GROUP_M, w, row_stride, K, X, M, Y, ldy,
-		          r0, r1);
+		simd_rows(avx2_fns[type_index(type)], AVX2_GROUP_M, type, w, row_stride, K, X, M, Y,
+		          ldy, r0, r1);
 		return 0;
 #endif
 	default: scalar_rows(type, w, row_stride, K, X, M, Y, ldy, r0, r1); return 0;

@@ -1,6 +1,12 @@
 /* quant: weight element types other than F32 — half precision conversion,
- * the ggml block layouts Q8_0 and Q4_0, row dequantisation, quantisation,
- * and fused "dequantise and multiply" kernels for small batches.
+ * the ggml block layouts (Q8_0 and Q4_0 below, the others further down),
+ * row dequantisation, quantisation, and fused "dequantise and multiply"
+ * kernels for small batches.
+ *
+ * Loadable weight types: F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0,
+ * Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, in any mix.  Dequantisation gives ggml's
+ * values bit for bit (tests/integration/test_dequant_peer.py checks it
+ * against llama.cpp's on files llama-quantize wrote).
  *
  * Block layouts (little-endian, no padding), as in ggml:
  *   Q8_0: { uint16_t d (fp16); int8_t qs[32]; }          34 bytes / 32 values
@@ -33,7 +39,18 @@ _Static_assert(sizeof(struct block_q4_0) == 18, "q4_0 block layout");
 /* The other block layouts of ggml (GGUF files carry them as written by
  * llama.cpp).  Legacy blocks hold 32 values; K-quant super-blocks hold
  * QK_K = 256 values in 16 or 8 sub-blocks whose scales are quantised too.
- * Scales d and mins m/dmin are fp16. */
+ * Scales d and mins m/dmin are fp16.  Values (codes q, sub-block scale
+ * sc and minimum mn as stored; "bit b of x" counts from the least
+ * significant):
+ *   Q4_1: d q + m, q the nibbles as in Q4_0
+ *   Q5_0: d (q - 16), Q5_1: d q + m; q = nibble | bit j of qh (little-
+ *         endian 32 bits) << 4 for value j
+ *   Q2_K: d sc q - dmin mn, per 16 values; scales[s] = sc | mn << 4
+ *   Q3_K: d (sc - 32) (q - 4 if the hmask bit is clear), per 16 values
+ *   Q4_K: d sc q - dmin mn, per 32 values (6-bit sc, mn packed in 12 bytes)
+ *   Q5_K: as Q4_K with a fifth bit from qh
+ *   Q6_K: (d sc) (q - 32), per 16 values, sc signed 8-bit
+ * (quant-dequant.c spells out where each code and scale lives.) */
 #define QK4_1 32
 #define QK5_0 32
 #define QK5_1 32
@@ -109,14 +126,15 @@ int quant_type_supported(uint32_t type);
 float quant_fp16_to_fp32(uint16_t h);
 uint16_t quant_fp32_to_fp16(float f);
 
-/* Bytes of a row of n elements of type (F32, F16, Q8_0, Q4_0, BF16);
- * 0 if the type is unknown, n is not a multiple of its block size or the
- * size does not fit a size_t. */
+/* Bytes of a row of n elements of a loadable type (quant_type_supported);
+ * 0 if the type is not one, n is not a multiple of its block size (32, or
+ * 256 for the K-quants) or the size does not fit a size_t. */
 size_t quant_row_bytes(uint32_t type, size_t n);
 
-/* Dequantises n elements (n a multiple of the block size) of type into dst.
- * Returns 0, ITT_E_UNSUPPORTED for a type it does not handle, or
- * ITT_E_INVALID when n is not a multiple of the block size. */
+/* Dequantises n elements (n a multiple of the block size) of any loadable
+ * type into dst, exactly as ggml's dequantize_row_* does.  src needs no
+ * alignment.  Returns 0, ITT_E_UNSUPPORTED for a type it does not handle,
+ * or ITT_E_INVALID when n is not a multiple of the block size. */
 int quant_dequant_row(uint32_t type, const void *src, float *dst, size_t n);
 
 /* Quantises n floats into dst (quant_row_bytes(type, n) bytes) with ggml's
@@ -136,10 +154,11 @@ int quant_quantize_row(uint32_t type, const float *src, void *dst, size_t n);
  * stored row_stride bytes apart:
  *     Y[m * ldy + r] = sum_k W[r][k] * X[m * K + k]
  * for m in [0, M) and weight rows r in [r0, r1); other entries of Y are not
- * touched.  Types: F16, BF16, Q8_0, Q4_0 (and F32); K must be a multiple of
- * 32 for Q8_0 / Q4_0, any K for the float types.  1 <= M <= QUANT_MAX_M, and
- * ldy >= r1 when M > 1.  Returns 0, ITT_E_UNSUPPORTED (type) or
- * ITT_E_INVALID (arguments); r0 == r1 does nothing.
+ * touched.  Types: every loadable one; K must be a multiple of the block
+ * size (32, or 256 for the K-quants), any K for the float types (F32, F16,
+ * BF16).  1 <= M <= QUANT_MAX_M, and ldy >= r1 when M > 1.  Returns 0,
+ * ITT_E_UNSUPPORTED (type) or ITT_E_INVALID (arguments); r0 == r1 does
+ * nothing.
  *
  * W streams from memory once per call.  For small M each weight block is
  * dequantised into registers once per group of up to 8 inputs (5 on AVX2)
@@ -147,11 +166,16 @@ int quant_quantize_row(uint32_t type, const float *src, void *dst, size_t n);
  * still read from memory once).  From a few inputs up the AVX-512 build
  * switches to a register-blocked kernel: 6 weight rows x 4 inputs per
  * inner loop, the rows dequantised once per call into a buffer that stays
- * in cache for every group of inputs.  The activations are not quantised:
- * the dequantised weights are exact floats and the only rounding is the
- * float summation (16 to 32 partial sums per output, then a fixed
- * reduction), within (K/8 + 8) 2^-24 sum |w x| of the exact dot product of
- * the dequantised row, and in practice much closer.
+ * in cache for every group of inputs.  The other block types (Q4_1, Q5_0,
+ * Q5_1, the K-quants) take a first, generic path instead: each row is
+ * decoded a super-block at a time (portable C) into a buffer that is then
+ * multiplied exactly as an F32 row would be, so for these types a kernel's
+ * result equals its F32 result on quant_dequant_row's values bit for bit.
+ * The activations are not quantised: the weights multiplied are
+ * quant_dequant_row's values and the only rounding is the float summation
+ * (16 to 32 partial sums per output, then a fixed reduction), within
+ * (K/8 + 8) 2^-24 sum |w x| of the exact dot product of the dequantised
+ * row, and in practice much closer.
  *
  * Determinism: for one kernel, Y[m][r] depends only on W row r, X row m and
  * K; not on M, m, r0, r1, ldy or the alignment of X.  A batched call equals
