@@ -16,6 +16,11 @@ model: heads perturbed with blend 1 and 0.5 (the prompt at once and one
 token at a time), a stop_layer draft pass, and early exit at a threshold
 that stops some tokens and not others (same exit layers as the reference,
 and the logits, with later layers' K/V computed from the exit states).
+Architecture variants (itt-synth, whole and as a layer range): tied head,
+grouped-query attention with 1, 2 and 4 (= heads) KV heads, Q/K/V biases
+on llama, qwen2 (biases + NeoX RoPE), linear RoPE scaling, rope_freqs,
+another RoPE base and rms eps, and qwen2 with all of them at once; each
+variant must also change the reference's logits (else it proves little).
 
 Measure: for each token row, max|c - ref| / max|ref| <= 1e-4 (the worst row
 is printed).  The engine computes in float32, the reference in float64, so
@@ -288,13 +293,14 @@ def prompts(vocab, rng, story=None):
     return p
 
 
-def check_engine_model(label, path, model, tools, toks_list, split):
+def check_engine_model(label, path, model, tools, toks_list, split, whole=True):
     """Whole-model logits and a two-range chain through a hidden-state file."""
     a, n_layers = split, model.cfg["n_layers"]
     for toks in toks_list:
         r_full = ref.forward(model, toks)
-        compare("%s whole, %d tokens" % (label, len(toks)), tools.dump(
-            "%s whole, %d tokens" % (label, len(toks)), path, toks), r_full)
+        if whole:
+                compare("%s whole, %d tokens" % (label, len(toks)), tools.dump(
+                "%s whole, %d tokens" % (label, len(toks)), path, toks), r_full)
         name = "%s layers [0,%d), %d tokens, hidden out" % (label, a, len(toks))
         h = tools.dump(name, path, toks, layers=(0, a))
         compare(name, h, ref.forward(model, toks, layers=(0, a)))
@@ -357,6 +363,50 @@ def check_techniques(label, path, model, tools, toks, heads, stop_k):
         report(c_at == at.tolist(), name + ": exit layers", "C %s, reference %s" % (
             c_at, at.tolist()) if c_at != at.tolist() else "")
         compare(name, got, r)
+
+
+VARIANTS = [
+    # (label, itt-synth flags); the base shape is in check_variants
+    ("llama GQA kv=2", []),
+    ("llama tied", ["--tied"]),
+    ("llama GQA kv=1", ["--kv-heads", "1"]),
+    ("llama MHA kv=4", ["--kv-heads", "4"]),
+    ("llama Q/K/V bias", ["--qkv-bias"]),
+    ("qwen2 (bias, NeoX)", ["--arch", "qwen2"]),
+    ("llama rope linear x4", ["--rope-scale", "4"]),
+    ("llama rope_freqs", ["--rope-freqs"]),
+    ("llama base 5e5 eps 1e-6", ["--rope-base", "500000", "--rms-eps", "1e-6"]),
+    ("qwen2 all", ["--arch", "qwen2", "--tied", "--kv-heads", "1", "--rope-freqs",
+                   "--rope-scale", "2", "--rope-base", "1000000", "--rms-eps", "1e-6"]),
+]
+
+
+def check_variants(tools, rng):
+    base = ["--dim", "64", "--layers", "3", "--heads", "4", "--kv-heads", "2", "--ffn", "128",
+            "--vocab", "300", "--ctx", "64", "--seed", "11"]
+    plain, refs = None, {}
+    toks = [1] + rng.integers(3, 300, 32).tolist()
+    for label, flags in VARIANTS:
+        path = os.path.join(tools.tmp, "variant-%s.gguf" % "".join(
+            ch if ch.isalnum() else "_" for ch in label))
+        if not tools.run("itt-synth " + label, "itt-synth", [path] + base + flags):
+            continue
+        m = ref.load_gguf(path)
+        r = ref.forward(m, toks)
+        refs[label] = r
+        if plain is None:
+            plain = r
+        else:
+            d = rel_err(r, plain)
+            report(d > 1e-3, "reference: variant %s changes the logits" % label, "%.2e" % d)
+        if label.startswith("qwen2 (") and "llama Q/K/V bias" in refs:
+            # same weights and biases (itt-synth appends the extra tensors):
+            # only the RoPE pairing differs
+            d = rel_err(r, refs["llama Q/K/V bias"])
+            report(d > 1e-3, "reference: NeoX pairing changes the logits", "%.2e" % d)
+        check_engine_model("engine: variant %s" % label, path, m, tools,
+                           [toks[:1], toks[:7], toks], 1)
+        check_engine_model("engine: variant %s" % label, path, m, tools, [toks], 2, whole=False)
 
 
 def main():
@@ -440,6 +490,12 @@ def main():
                     if label == "F32":
                         check_techniques("engine: synthetic F32", path, m, tools,
                                          [1] + rng.integers(3, 512, 20).tolist(), "0:0,1:3,2:2", 2)
+
+    # 4. Architecture variants.
+    if tools.ok["itt-dump-logits"] and tools.ok["itt-synth"]:
+        check_variants(tools, rng)
+    elif tools.ok["itt-dump-logits"]:
+        skip("engine: architecture variants", tools.why["itt-synth"])
 
     print("%d passed, %d failed" % (passed, failed), flush=True)
     if failed:

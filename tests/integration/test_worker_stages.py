@@ -16,10 +16,13 @@ slow_ms) reflected in the next one, bad values refused with
 INVALID_ARGUMENT; ASSIGN to [0, 3) + [3, 5) then HELLO with the new ranges
 and identical tokens; ASSIGN with a bad range or model refused; HELLO's new
 fields (files with the sha256 of the file, settings, max_batch_tokens,
-mem_available, weight_bytes).
+mem_available, weight_bytes).  Architecture variants: a qwen2 model from
+itt-synth (Q/K/V biases, NeoX RoPE, one KV head, tied head, rope_freqs,
+linear RoPE scaling) as [0, 2) + [2, 4) gives the tokens of its whole model.
 """
 import hashlib
 import os
+import subprocess
 import time
 
 import numpy as np
@@ -340,6 +343,29 @@ def check_assign():
     print(f"     [0,3)+[3,5) identical for {len(specs)} prompts; bad ASSIGNs refused; {note}")
 
 
+def check_qwen2_stages():
+    path = os.path.join(os.environ.get("ITT_TMP_DIR", "/tmp"),
+                        "test_worker_stages-qwen2-%d.gguf" % os.getpid())
+    subprocess.run([tool("itt-synth"), path, "--arch", "qwen2", "--dim", str(DIM), "--layers",
+                    "4", "--heads", "4", "--kv-heads", "1", "--ffn", "128", "--vocab", "300",
+                    "--ctx", "256", "--tied", "--rope-freqs", "--rope-scale", "2", "--seed", "9"],
+                   check=True, stdout=subprocess.DEVNULL)
+    try:
+        for wid, extra in (("QA", ["--layers", "0:2"]), ("QB", ["--layers", "2:4"]),
+                           ("QC", [])):
+            WORKERS.start(path, FB.endpoint, wid, "--id", wid, *extra)
+            wait_hello(wid)
+        specs = {90 + i: dict(prompt=p) for i, p in enumerate(PROMPTS)}
+        want = {sid: drive(["QC"], {sid: kw})[sid] for sid, kw in specs.items()}
+        got = drive(["QA", "QB"], specs)
+        for sid in specs:
+            assert got[sid] == want[sid], f"qwen2 session {sid}: {got[sid]} != {want[sid]}"
+        n = sum(len(v) for v in want.values())
+        print(f"     {len(specs)} prompts ({n} tokens) identical through the stages")
+    finally:
+        os.unlink(path)
+
+
 def check_exits():
     WORKERS.stop_all()
     WORKERS.check_exits()
@@ -365,6 +391,7 @@ def main():
         c.check("TELEMETRY every second; SETTINGS applied, bad ones refused",
                 check_telemetry_and_settings)
         c.check("ASSIGN [0,3)+[3,5): HELLO, identical tokens; bad ASSIGN refused", check_assign)
+        c.check("qwen2 variant: stages [0,2)+[2,4) equal the whole model", check_qwen2_stages)
         c.check("clean exit (status 0) on SIGTERM", check_exits)
     finally:
         WORKERS.stop_all()

@@ -1,4 +1,4 @@
-"""ref_forward: a NumPy reference of the llama forward pass, in float64.
+"""ref_forward: a NumPy reference of the llama-family forward pass, in float64.
 
 It exists to check the C engine, so it is written for obviousness, not
 speed: every step is the textbook formula on whole [n_tokens, ...] matrices,
@@ -8,14 +8,18 @@ and then widened to float64; all arithmetic is float64.
 
 Per layer, with rmsnorm(x, w) = x / sqrt(mean(x^2) + eps) * w:
     h  = rmsnorm(x, attn_norm)
-    x += Wo . attn(RoPE(Wq h), RoPE(Wk h), Wv h)       causal, GQA
+    x += Wo . attn(RoPE(Wq h + bq), RoPE(Wk h + bk), Wv h + bv)   causal, GQA
     h  = rmsnorm(x, ffn_norm)
     x += W2 . (silu(W1 h) * (W3 h))                    W1 = gate, W3 = up
 then logits = output . rmsnorm(x, output_norm) (output tied to token_embd
-when absent).  RoPE is llama.cpp's "normal" mode: within each head, pair
-(2i, 2i+1) is rotated by pos * base^(-2i / n_rot), n_rot =
-rope.dimension_count (default head_dim); dims past n_rot pass through.
+when absent; biases bq, bk, bv are zero when absent).  RoPE: within each
+head, pair i is rotated by pos * s * base^(-2i / n_rot) / f_i, n_rot =
+rope.dimension_count (default head_dim; dims past n_rot pass through),
+s = 1 / rope.scaling.factor under linear scaling (else 1), f_i =
+rope_freqs.weight[i] (else 1).  Pair i is (2i, 2i+1) in llama.cpp's
+"normal" mode (arch llama) and (i, i + n_rot/2) in NeoX mode (arch qwen2).
 Grouped-query attention: query head h reads kv head h // (n_heads / n_kv).
+Metadata keys are "<arch>." + key for the arch the file names.
 
 Module use:
     m = load_gguf(path)          (or load_llama2c(path) for a llama2.c .bin)
@@ -82,7 +86,18 @@ def load_gguf(path):
         "base": float(_meta_get(meta, arch, "rope.freq_base", 10000.0)),
         "n_rot": int(_meta_get(meta, arch, "rope.dimension_count", head_dim)),
         "ctx": int(_meta_get(meta, arch, "context_length")),
+        "neox": arch == "qwen2",
+        "scale": 1.0,
     }
+    if arch not in ("llama", "qwen2"):
+        raise gguf_read.GgufError("architecture %r is not modelled" % arch)
+    stype = meta.get("%s.rope.scaling.type" % arch, "linear")
+    factor = float(meta.get("%s.rope.scaling.factor" % arch,
+                            meta.get("%s.rope.scale_linear" % arch, 0.0)))
+    if stype not in ("linear", "none"):
+        raise gguf_read.GgufError("rope scaling %r is not modelled" % stype)
+    if stype == "linear" and factor != 0.0:
+        cfg["scale"] = 1.0 / factor
 
     def get(name):
         if name not in tensors:
@@ -95,6 +110,11 @@ def load_gguf(path):
         for t in ("attn_norm", "attn_q", "attn_k", "attn_v", "attn_output",
                   "ffn_norm", "ffn_gate", "ffn_down", "ffn_up"):
             w["blk.%d.%s" % (l, t)] = get("blk.%d.%s.weight" % (l, t))
+        for t in ("attn_q", "attn_k", "attn_v"):
+            if "blk.%d.%s.bias" % (l, t) in tensors:
+                w["blk.%d.%s_b" % (l, t)] = get("blk.%d.%s.bias" % (l, t))
+    if "rope_freqs.weight" in tensors:
+        w["rope_freqs"] = get("rope_freqs.weight")
     cfg["vocab"] = w["token_embd"].shape[0]
     _check_shapes(cfg, w)
     vocab = meta.get("tokenizer.ggml.tokens")
@@ -143,7 +163,7 @@ def load_llama2c(path):
                   "blk.%d.ffn_up" % l: w3[l]})
     cfg = {"dim": dim, "n_layers": n_layers, "n_heads": n_heads, "n_kv_heads": n_kv,
            "head_dim": hd, "ffn": ffn, "eps": 1e-5, "base": 10000.0, "n_rot": hd,
-           "ctx": seq_len, "vocab": vocab}
+           "ctx": seq_len, "vocab": vocab, "neox": False, "scale": 1.0}
     _check_shapes(cfg, w)
     return Model(cfg, w)
 
@@ -175,6 +195,11 @@ def _check_shapes(cfg, w):
                      "blk.%d.attn_output" % l: (d, qd), "blk.%d.ffn_norm" % l: (d,),
                      "blk.%d.ffn_gate" % l: (ffn, d), "blk.%d.ffn_down" % l: (d, ffn),
                      "blk.%d.ffn_up" % l: (ffn, d)})
+        for t, n in (("attn_q", qd), ("attn_k", kd), ("attn_v", kd)):
+            if "blk.%d.%s_b" % (l, t) in w:
+                want["blk.%d.%s_b" % (l, t)] = (n,)
+    if "rope_freqs" in w:
+        want["rope_freqs"] = (cfg["n_rot"] // 2,)
     for k, shape in want.items():
         if w[k].shape != shape:
             raise ValueError("tensor %s has shape %s, expected %s" % (k, w[k].shape, shape))
@@ -184,15 +209,24 @@ def rmsnorm(x, weight, eps):
     return x / np.sqrt(np.mean(x * x, axis=-1, keepdims=True) + eps) * weight
 
 
-def rope(x, pos, base, n_rot):
-    """x [n, heads, head_dim]; rotates pairs (2i, 2i+1), i < n_rot/2, of every head."""
+def rope(x, pos, base, n_rot, neox=False, scale=1.0, factors=None):
+    """x [n, heads, head_dim]; rotates pair i < n_rot/2 of every head by
+    pos * scale * base^(-2i/n_rot) / factors[i]: pairs (2i, 2i+1), or
+    (i, i + n_rot/2) when neox."""
     i = np.arange(n_rot // 2, dtype=np.float64)
-    theta = pos[:, None].astype(np.float64) * base ** (-2.0 * i / n_rot)  # [n, n_rot/2]
+    freq = scale * base ** (-2.0 * i / n_rot)
+    if factors is not None:
+        freq = freq / factors
+    theta = pos[:, None].astype(np.float64) * freq  # [n, n_rot/2]
     cos, sin = np.cos(theta)[:, None, :], np.sin(theta)[:, None, :]
     out = x.copy()
-    x0, x1 = x[:, :, 0:n_rot:2], x[:, :, 1:n_rot:2]
-    out[:, :, 0:n_rot:2] = x0 * cos - x1 * sin
-    out[:, :, 1:n_rot:2] = x0 * sin + x1 * cos
+    if neox:
+        a, b = slice(0, n_rot // 2), slice(n_rot // 2, n_rot)
+    else:
+        a, b = slice(0, n_rot, 2), slice(1, n_rot, 2)
+    x0, x1 = x[:, :, a], x[:, :, b]
+    out[:, :, a] = x0 * cos - x1 * sin
+    out[:, :, b] = x0 * sin + x1 * cos
     return out
 
 
@@ -283,13 +317,20 @@ def forward(model, tokens, layers=None, hidden_in=None, perturb=None, blend=1.0,
     active = np.ones(n, dtype=bool)
     exited_at = np.full(n, b_run - 1, dtype=np.int64)
     margins = []
+    rope_kw = {"neox": c.get("neox", False), "scale": c.get("scale", 1.0),
+               "factors": w.get("rope_freqs")}
+
+    def proj(h, p, t):
+        y = h @ w[p + t].T
+        return y + w[p + t + "_b"] if p + t + "_b" in w else y
+
     for l in range(a, b_run):
         p = "blk.%d." % l
         # attention block (K and V of every row, frozen or not)
         h = rmsnorm(x, w[p + "attn_norm"], c["eps"])
-        q = rope((h @ w[p + "attn_q"].T).reshape(n, H, hd), pos, c["base"], c["n_rot"])
-        k = rope((h @ w[p + "attn_k"].T).reshape(n, KV, hd), pos, c["base"], c["n_rot"])
-        v = (h @ w[p + "attn_v"].T).reshape(n, KV, hd)
+        q = rope(proj(h, p, "attn_q").reshape(n, H, hd), pos, c["base"], c["n_rot"], **rope_kw)
+        k = rope(proj(h, p, "attn_k").reshape(n, KV, hd), pos, c["base"], c["n_rot"], **rope_kw)
+        v = proj(h, p, "attn_v").reshape(n, KV, hd)
         heads = perturb[l] if perturb is not None else None
         y = x + attention(q, k, v, heads, blend) @ w[p + "attn_output"].T
         # feed-forward block

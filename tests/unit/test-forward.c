@@ -6,17 +6,20 @@
  * a neutral perturbation (blend 0, empty mask) and an early exit that never
  * fires are the plain pass bit for bit; an exit with threshold 0 after
  * layer k is the stop_layer k+1 draft pass; bad technique fields are
- * refused. */
+ * refused.  Architecture variants: the layer split on a qwen2 model with
+ * every variant (itt-synth), and unsupported ones refused by name. */
 #include <math.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include <cmocka.h>
 
 #include "engine.h"
+#include "gguf-write.h"
 #include "testutil.h"
 
 #define N_SEQ 8
@@ -229,11 +232,8 @@ static void batched_equals_single_stories260k(void **state)
 }
 
 /* Runs tokens through [0,k) and [k,n) and compares with the whole model. */
-static void layer_split_equals_whole(void **state)
+static void check_layer_split(const char *path)
 {
-	const char *path = tu_model_path("stories260K.gguf");
-	if (!path)
-		skip();
 	struct engine *whole = open_model(path, 0, 0, 1, 64, 0);
 	uint32_t V = whole->model->hp.vocab, D = whole->model->hp.dim,
 	         L = whole->model->hp.n_layers;
@@ -257,6 +257,12 @@ static void layer_split_equals_whole(void **state)
 		struct engine *c = open_model(path, k, L, 1, 64, 0);
 		assert_null(a->model->output.data);
 		assert_null(c->model->tok_embd.data);
+		/* every stage ropes with the file's frequency factors and
+		 * holds its own layers' biases */
+		assert_true(!a->model->rope_freqs == !whole->model->rope_freqs);
+		assert_true(!c->model->rope_freqs == !whole->model->rope_freqs);
+		assert_true(!a->model->layers[0].bq == !whole->model->layers[0].bq);
+		assert_true(!c->model->layers[0].bk == !whole->model->layers[k].bk);
 		float *hidden = malloc((size_t)N * D * sizeof(float));
 		float *logits = malloc((size_t)N * V * sizeof(float));
 		struct kv_seq s1, s2, *p1[N], *p2[N];
@@ -296,6 +302,110 @@ static void layer_split_equals_whole(void **state)
 	kv_seq_free(&whole->kv, &sw);
 	free(ref);
 	engine_close(&whole);
+}
+
+static void layer_split_equals_whole(void **state)
+{
+	const char *path = tu_model_path("stories260K.gguf");
+	if (!path)
+		skip();
+	check_layer_split(path);
+}
+
+/* Writes a synthetic model with itt-synth (ITT_BIN_DIR) and extra flags;
+ * NULL when the tool is not there. */
+static const char *synth_model(const char *name, const char *flags)
+{
+	static char out[4][4096];
+	static int next;
+	const char *dir = getenv("ITT_BIN_DIR");
+	char cmd[8192];
+	if (!dir || !*dir) {
+		fprintf(stderr, "SKIP: ITT_BIN_DIR is not set; itt-synth is needed\n");
+		return NULL;
+	}
+	char *path = out[next++ % 4];
+	snprintf(path, sizeof out[0], "%s", tu_tmp_path(name));
+	snprintf(cmd, sizeof cmd,
+	         "'%s/itt-synth' '%s' --dim 64 --layers 4 --heads 4 --ffn 96 --vocab 300 "
+	         "--ctx 64 --seed 5 %s >/dev/null",
+	         dir, path, flags);
+	return system(cmd) == 0 ? path : NULL;
+}
+
+/* The split on a qwen2 model with every variant at once: biases, NeoX
+ * RoPE, GQA with one KV head, tied head, rope_freqs and linear scaling. */
+static void qwen2_variant_split_equals_whole(void **state)
+{
+	const char *path = synth_model("fwd-qwen2.gguf", "--arch qwen2 --kv-heads 1 --tied "
+	                                                 "--rope-freqs --rope-scale 2 "
+	                                                 "--rope-base 500000");
+	if (!path)
+		skip();
+	struct model *m = NULL;
+	struct itt_err err = {0};
+	assert_int_equal(model_open(path, 0, 0, &m, &err), 0);
+	assert_int_equal(m->hp.arch, MODEL_ARCH_QWEN2);
+	assert_true(m->hp.rope_neox);
+	assert_true(m->tied_output);
+	assert_non_null(m->rope_freqs);
+	assert_non_null(m->layers[3].bv);
+	assert_true(fabsf(m->hp.rope_scale - 0.5f) < 1e-7f);
+	model_close(&m);
+	check_layer_split(path);
+}
+
+/* Metadata-only files: the architecture and RoPE checks come first. */
+static void write_meta_only(const char *path, const char *arch, const char *key,
+                            uint32_t u, const char *str)
+{
+	gguf_writer_t *w = NULL;
+	struct itt_err err = {0};
+	char k[96];
+	assert_int_equal(gguf_writer_new(&w, &err), 0);
+	assert_int_equal(gguf_writer_add_str(w, "general.architecture", arch, &err), 0);
+	static const char *const u32s[] = {"embedding_length", "block_count",
+	                                   "attention.head_count", "feed_forward_length"};
+	static const uint32_t vals[] = {64, 2, 4, 96};
+	for (int i = 0; i < 4; i++) {
+		snprintf(k, sizeof k, "%s.%s", arch, u32s[i]);
+		assert_int_equal(gguf_writer_add_u32(w, k, vals[i], &err), 0);
+	}
+	if (key) {
+		snprintf(k, sizeof k, "%s.%s", arch, key);
+		if (str)
+			assert_int_equal(gguf_writer_add_str(w, k, str, &err), 0);
+		else
+			assert_int_equal(gguf_writer_add_u32(w, k, u, &err), 0);
+	}
+	assert_int_equal(gguf_writer_write(w, path, false, &err), 0);
+	gguf_writer_destroy(&w);
+}
+
+static void unsupported_variants_are_refused_by_name(void **state)
+{
+	(void)state;
+	const char *path = tu_tmp_path("fwd-meta.gguf");
+	struct model *m = NULL;
+	struct itt_err err = {0};
+	write_meta_only(path, "gemma2", NULL, 0, NULL);
+	assert_int_equal(model_open(path, 0, 0, &m, &err), ITT_E_UNSUPPORTED);
+	assert_string_equal(err.msg, "architecture 'gemma2' is not supported; supported: llama, "
+	                             "qwen2");
+	write_meta_only(path, "qwen2", "rope.dimension_count", 8, NULL);
+	assert_int_equal(model_open(path, 0, 0, &m, &err), ITT_E_UNSUPPORTED);
+	assert_non_null(strstr(err.msg, "qwen2.rope.dimension_count 8"));
+	write_meta_only(path, "llama", "rope.scaling.type", 0, "yarn");
+	assert_int_equal(model_open(path, 0, 0, &m, &err), ITT_E_UNSUPPORTED);
+	assert_non_null(strstr(err.msg, "llama.rope.scaling.type 'yarn'"));
+	write_meta_only(path, "llama", "expert_count", 8, NULL);
+	assert_int_equal(model_open(path, 0, 0, &m, &err), ITT_E_UNSUPPORTED);
+	/* the keys are read under the file's arch: a qwen2 file's metadata
+	 * passes, and only the (absent) tensors are missing */
+	write_meta_only(path, "qwen2", NULL, 0, NULL);
+	assert_int_equal(model_open(path, 0, 0, &m, &err), ITT_E_FORMAT);
+	assert_non_null(strstr(err.msg, "token_embd.weight"));
+	assert_null(m);
 }
 
 static void bad_batches_are_refused(void **state)
@@ -859,6 +969,8 @@ int main(void)
 	const struct CMUnitTest tests[] = {
 	    cmocka_unit_test(batched_equals_single_stories260k),
 	    cmocka_unit_test(layer_split_equals_whole),
+	    cmocka_unit_test(qwen2_variant_split_equals_whole),
+	    cmocka_unit_test(unsupported_variants_are_refused_by_name),
 	    cmocka_unit_test(bad_batches_are_refused),
 	    cmocka_unit_test(full_kv_cache_is_refused_and_rolled_back),
 	    cmocka_unit_test(layer_range_is_validated),

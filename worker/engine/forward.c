@@ -1,5 +1,6 @@
-/* forward: RMSNorm, RoPE, grouped-query attention over the paged KV cache,
- * SwiGLU FFN and the output head, for a batch of rows.
+/* forward: RMSNorm, Q/K/V (with optional biases), RoPE (normal or NeoX
+ * pairing; scaled frequencies), grouped-query attention over the paged KV
+ * cache, SwiGLU FFN and the output head, for a batch of rows.
  *
  * Numerics follow llama2.c's run.c (float accumulation in the same order
  * for norms, softmax and RoPE angles) so that known greedy outputs of the
@@ -64,9 +65,17 @@ int forward_init(struct forward_ctx *f, const struct model *m, struct kv_cache *
 		return itt_err_set(err, ITT_E_NOMEM, "forward_init: out of memory for %u rows",
 		                   max_rows);
 	}
-	/* llama2.c: freq = 1 / base^(i / head_dim) for even i. */
-	for (uint32_t i = 0; i < hp->head_dim; i += 2)
-		f->inv_freq[i / 2] = 1.0f / powf(hp->rope_base, (float)i / (float)hp->head_dim);
+	/* llama2.c: freq = 1 / base^(i / head_dim) for even i; then linear
+	 * scaling and llama 3.1's per-frequency divisors (both exactly 1, so
+	 * no-ops, in a plain llama file). */
+	for (uint32_t i = 0; i < hp->head_dim; i += 2) {
+		float fr = 1.0f / powf(hp->rope_base, (float)i / (float)hp->head_dim);
+		if (hp->rope_scale != 1.0f)
+			fr *= hp->rope_scale;
+		if (m->rope_freqs)
+			fr /= m->rope_freqs[i / 2];
+		f->inv_freq[i / 2] = fr;
+	}
 	return 0;
 }
 
@@ -107,19 +116,32 @@ static void rmsnorm(float *o, const float *x, const float *w, uint32_t n, float 
 		o[j] = w[j] * (ss * x[j]);
 }
 
-/* Rotates consecutive pairs (2i, 2i+1) of every head of vec (normal,
- * non-NeoX RoPE); cs holds cos/sin of the row's angles. */
-static void rope_apply(float *vec, uint32_t n_heads, uint32_t head_dim, const float *cs)
+/* Rotates pairs of every head of vec by the row's angles; cs holds
+ * (cos, sin) of angle i at cs[2i], cs[2i+1].  Normal RoPE (llama) pairs
+ * (2i, 2i+1); NeoX (qwen2) pairs (i, i + head_dim/2). */
+static void rope_apply(float *vec, uint32_t n_heads, uint32_t head_dim, const float *cs, bool neox)
 {
+	uint32_t half = head_dim / 2;
 	for (uint32_t h = 0; h < n_heads; h++) {
 		float *v = vec + (size_t)h * head_dim;
-		for (uint32_t i = 0; i < head_dim; i += 2) {
-			float c = cs[i], s = cs[i + 1];
-			float v0 = v[i], v1 = v[i + 1];
-			v[i] = v0 * c - v1 * s;
-			v[i + 1] = v0 * s + v1 * c;
+		for (uint32_t i = 0; i < half; i++) {
+			uint32_t a = neox ? i : 2 * i, b = neox ? i + half : 2 * i + 1;
+			float c = cs[2 * i], s = cs[2 * i + 1];
+			float v0 = v[a], v1 = v[b];
+			v[a] = v0 * c - v1 * s;
+			v[b] = v0 * s + v1 * c;
 		}
 	}
+}
+
+/* y[r] += bias for rows [0, n) of width w; no-op without a bias. */
+static void add_bias(float *y, const float *bias, uint32_t n, uint32_t w)
+{
+	if (!bias)
+		return;
+	for (uint32_t r = 0; r < n; r++)
+		for (uint32_t i = 0; i < w; i++)
+			y[(size_t)r * w + i] += bias[i];
 }
 
 /* q . k with LANES independent partial sums (vectorisable without
@@ -525,14 +547,19 @@ int forward_run(struct forward_ctx *f, const struct forward_batch *b, float *out
 			linear_matmul(&f->lin, &L->wq, f->xb, n_act, f->q, q_dim);
 		linear_matmul(&f->lin, &L->wk, f->xb, n, f->k, kv_dim);
 		linear_matmul(&f->lin, &L->wv, f->xb, n, f->v, kv_dim);
+		add_bias(f->q, L->bq, n_act, q_dim);
+		add_bias(f->k, L->bk, n, kv_dim);
+		add_bias(f->v, L->bv, n, kv_dim);
 
 		/* RoPE on q and k, then k and v into the cache at each row's position */
 		for (uint32_t sl = 0; sl < n; sl++) {
 			uint32_t r = slot_row ? slot_row[sl] : sl;
 			const float *cs = f->rope + (size_t)sl * hd;
 			if (sl < n_act)
-				rope_apply(f->q + (size_t)sl * q_dim, hp->n_heads, hd, cs);
-			rope_apply(f->k + (size_t)sl * kv_dim, hp->n_kv_heads, hd, cs);
+				rope_apply(f->q + (size_t)sl * q_dim, hp->n_heads, hd, cs,
+				           hp->rope_neox);
+			rope_apply(f->k + (size_t)sl * kv_dim, hp->n_kv_heads, hd, cs,
+			           hp->rope_neox);
 			size_t off = kv_offset(f->kv, b->seqs[r], l, b->pos[r]);
 			kv_store(f->kv, f->kv->k, off, f->k + (size_t)sl * kv_dim, kv_dim);
 			kv_store(f->kv, f->kv->v, off, f->v + (size_t)sl * kv_dim, kv_dim);

@@ -1,4 +1,5 @@
-/* forward: the llama forward pass of one layer range over a batch of rows.
+/* forward: the llama-family forward pass (variants: model.h) of one layer
+ * range over a batch of rows.
  *
  * A batch is a set of rows, each a (token or hidden state, position,
  * sequence) triple; rows of several sequences mix freely.  The rows of one

@@ -1,4 +1,13 @@
-/* itt-synth: writes a random-weight llama GGUF (F32) of a chosen shape.
+/* itt-synth: writes a random-weight llama-family GGUF (F32) of a chosen
+ * shape and architecture variant.
+ *
+ * Variants (model.h): --arch llama or qwen2 (metadata keys prefixed with
+ * the arch; qwen2 implies Q/K/V biases and NeoX RoPE in the readers),
+ * --qkv-bias on llama too, --tied (no output.weight), --kv-heads (GQA),
+ * --rope-base, --rope-scale F (rope.scaling.type "linear", factor F),
+ * --rope-freqs (a rope_freqs.weight tensor, [head_dim/2] factors rising
+ * from 1 to 8 like llama 3.1's), --rms-eps.  With the defaults the file is
+ * the plain llama one it always was, byte for byte.
  *
  * Contract: the same arguments give the same file, byte for byte.  Weights
  * are generated while the file is written (one chunk in memory), from a
@@ -6,7 +15,8 @@
  * standard deviation of 0.02 for the embedding and 1/sqrt(fan_in) for the
  * projections (the residual outputs attn_output and ffn_down further by
  * 1/sqrt(2 * layers), so activations stay bounded through the layers);
- * norm weights are 1.  The metadata holds a valid SentencePiece-style
+ * biases have a standard deviation of 0.5 (so they matter); norm weights
+ * are 1.  The metadata holds a valid SentencePiece-style
  * tokenizer: <unk>, <s>, </s>, the 256 <0xXX> byte tokens, U+2581 and the
  * printable ASCII characters, then distinct pseudo-random lowercase words
  * as chains of prefixes ("\u2581w", "\u2581wo", ... and "wo", ...) with
@@ -33,7 +43,9 @@
 struct synth_args {
 	long dim, layers, heads, kv_heads, ffn, vocab, ctx;
 	uint64_t seed;
-	bool tied;
+	bool tied, qkv_bias, rope_freqs;
+	const char *arch;
+	double rope_base, rope_scale, rms_eps;
 	const char *out;
 	const char *name;
 };
@@ -64,6 +76,8 @@ struct gen {
 	uint64_t state;
 	float std; /* 0: constant value */
 	float value;
+	bool ramp;     /* rope factors: 1 + 7 (i / (n - 1))^2, i = 0..n-1 */
+	uint64_t n;    /* floats in all */
 	uint64_t left; /* floats still to produce */
 	float *buf;    /* shared, SYNTH_CHUNK floats */
 };
@@ -72,7 +86,13 @@ static int fill_weights(void *ctx, const void **chunk, size_t *len, struct itt_e
 {
 	struct gen *g = ctx;
 	size_t n = g->left < SYNTH_CHUNK ? (size_t)g->left : SYNTH_CHUNK;
-	if (g->std == 0.0f) {
+	if (g->ramp) {
+		for (size_t i = 0; i < n; i++) {
+			double x =
+			    g->n > 1 ? (double)(g->n - g->left + i) / (double)(g->n - 1) : 0.0;
+			g->buf[i] = (float)(1.0 + 7.0 * x * x);
+		}
+	} else if (g->std == 0.0f) {
 		for (size_t i = 0; i < n; i++)
 			g->buf[i] = g->value;
 	} else {
@@ -264,6 +284,18 @@ static const struct opt synth_opts[] = {
     {"tied", 0, OPT_FLAG, NULL, 0, 0, SYNTH_AT(tied), NULL,
      "no output.weight: the head is the token embedding"},
     {"name", 0, OPT_STR, "itt-synth", 1, 255, SYNTH_AT(name), "NAME", "general.name"},
+    {"arch", 0, OPT_STR, "llama", 1, 15, SYNTH_AT(arch), "ARCH",
+     "general.architecture: llama or qwen2 (qwen2 implies --qkv-bias)"},
+    {"qkv-bias", 0, OPT_FLAG, NULL, 0, 0, SYNTH_AT(qkv_bias), NULL,
+     "write blk.N.attn_{q,k,v}.bias"},
+    {"rope-base", 0, OPT_DOUBLE, "10000", 1e-3, 1e12, SYNTH_AT(rope_base), "B",
+     "<arch>.rope.freq_base"},
+    {"rope-scale", 0, OPT_DOUBLE, "0", 0, 1e6, SYNTH_AT(rope_scale), "F",
+     "linear RoPE scaling factor (rope.scaling.type linear); 0: none written"},
+    {"rope-freqs", 0, OPT_FLAG, NULL, 0, 0, SYNTH_AT(rope_freqs), NULL,
+     "write rope_freqs.weight (llama 3.1-style frequency divisors, 1..8)"},
+    {"rms-eps", 0, OPT_DOUBLE, "1e-5", 1e-12, 1, SYNTH_AT(rms_eps), "E",
+     "<arch>.attention.layer_norm_rms_epsilon"},
 };
 
 static const struct opt_spec synth_spec = {
@@ -290,6 +322,12 @@ static int parse_args(int argc, char **argv, struct synth_args *a)
 		return OPTS_ERROR;
 	}
 	a->out = argv[1];
+	if (strcmp(a->arch, "llama") != 0 && strcmp(a->arch, "qwen2") != 0) {
+		fprintf(stderr, "itt-synth: --arch %s: expected llama or qwen2\n", a->arch);
+		return OPTS_ERROR;
+	}
+	if (strcmp(a->arch, "qwen2") == 0)
+		a->qkv_bias = true;
 	if (a->heads > a->dim || a->kv_heads > a->heads) {
 		fprintf(stderr, "itt-synth: --heads must be <= --dim and --kv-heads <= --heads\n");
 		return OPTS_ERROR;
@@ -314,6 +352,42 @@ static int parse_args(int argc, char **argv, struct synth_args *a)
 
 /* ---- the model ---- */
 
+/* The hyper-parameters under "<arch>." keys: the keys and order of
+ * llama2c_add_hparams, then the RoPE scaling keys when asked for. */
+static int add_hparams(gguf_writer_t *w, const struct synth_args *a, const struct llama2c_config *c,
+                       struct itt_err *err)
+{
+	char k[96];
+	const char *A = a->arch;
+#define SYNTH_KEY(suffix) (snprintf(k, sizeof k, "%s.%s", A, suffix), k)
+	int rc;
+	if ((rc = gguf_writer_add_str(w, "general.architecture", A, err)) ||
+	    (rc = gguf_writer_add_str(w, "general.name", a->name, err)) ||
+	    (rc = gguf_writer_add_u32(w, "general.file_type", 0, err)) ||
+	    (rc = gguf_writer_add_u32(w, SYNTH_KEY("context_length"), (uint32_t)c->seq_len, err)) ||
+	    (rc = gguf_writer_add_u32(w, SYNTH_KEY("embedding_length"), (uint32_t)c->dim, err)) ||
+	    (rc = gguf_writer_add_u32(w, SYNTH_KEY("feed_forward_length"), (uint32_t)c->hidden_dim,
+	                              err)) ||
+	    (rc = gguf_writer_add_u32(w, SYNTH_KEY("block_count"), (uint32_t)c->n_layers, err)) ||
+	    (rc = gguf_writer_add_u32(w, SYNTH_KEY("attention.head_count"), (uint32_t)c->n_heads,
+	                              err)) ||
+	    (rc = gguf_writer_add_u32(w, SYNTH_KEY("attention.head_count_kv"),
+	                              (uint32_t)c->n_kv_heads, err)) ||
+	    (rc = gguf_writer_add_u32(w, SYNTH_KEY("rope.dimension_count"), (uint32_t)c->head_dim,
+	                              err)) ||
+	    (rc = gguf_writer_add_f32(w, SYNTH_KEY("attention.layer_norm_rms_epsilon"),
+	                              (float)a->rms_eps, err)) ||
+	    (rc = gguf_writer_add_f32(w, SYNTH_KEY("rope.freq_base"), (float)a->rope_base, err)))
+		return rc;
+	if (a->rope_scale > 0.0 &&
+	    ((rc = gguf_writer_add_str(w, SYNTH_KEY("rope.scaling.type"), "linear", err)) ||
+	     (rc = gguf_writer_add_f32(w, SYNTH_KEY("rope.scaling.factor"), (float)a->rope_scale,
+	                               err))))
+		return rc;
+#undef SYNTH_KEY
+	return 0;
+}
+
 struct tensor_spec {
 	char name[64];
 	uint64_t cols, rows; /* rows 0: a vector */
@@ -336,14 +410,17 @@ static int synth(const struct synth_args *a, struct itt_err *err)
 	uint64_t d = (uint64_t)c.dim, h = (uint64_t)c.hidden_dim, v = (uint64_t)c.vocab_size;
 	uint64_t kv = (uint64_t)c.kv_dim, L = (uint64_t)c.n_layers;
 	uint64_t per_layer = 2 * d * d + 2 * kv * d + 3 * h * d + 2 * d;
-	uint64_t params = v * d * (a->tied ? 1 : 2) + d + L * per_layer;
+	if (a->qkv_bias)
+		per_layer += d + 2 * kv;
+	uint64_t params = v * d * (a->tied ? 1 : 2) + d + L * per_layer +
+	                  (a->rope_freqs ? (uint64_t)c.head_dim / 2 : 0);
 	printf("parameters: %" PRIu64 " (%.1f M), %.1f MiB as F32\n", params, params / 1e6,
 	       params * 4.0 / 1048576.0);
 	if (params > SYNTH_MAX_PARAMS)
 		return itt_err_set(err, ITT_E_RANGE, "%" PRIu64 " parameters exceed the limit %llu",
 		                   params, (unsigned long long)SYNTH_MAX_PARAMS);
 
-	size_t n_t = 3 + 9 * (size_t)L;
+	size_t n_t = 3 + 12 * (size_t)L + 1;
 	struct tensor_spec *ts = calloc(n_t, sizeof *ts);
 	struct gen *gens = calloc(n_t, sizeof *gens);
 	float *buf = malloc(SYNTH_CHUNK * sizeof(float));
@@ -384,13 +461,29 @@ static int synth(const struct synth_args *a, struct itt_err *err)
 			t->std = lt[i].std;
 		}
 	}
+	/* The variants' extra tensors come last, so the others are the same
+	 * with or without them. */
+	for (uint64_t l = 0; a->qkv_bias && l < L; l++) {
+		static const char *const sfx[] = {"attn_q", "attn_k", "attn_v"};
+		for (size_t i = 0; i < 3; i++) {
+			struct tensor_spec *t = &ts[k++];
+			snprintf(t->name, sizeof t->name, "blk.%" PRIu64 ".%s.bias", l, sfx[i]);
+			t->cols = i == 0 ? d : kv;
+			t->rows = 0;
+			t->std = 0.5f;
+		}
+	}
+	size_t rope_freqs_at = k;
+	if (a->rope_freqs)
+		ts[k++] =
+		    (struct tensor_spec){"rope_freqs.weight", (uint64_t)c.head_dim / 2, 0, 0.0f};
 
 	rc = build_vocab(&vb, (uint32_t)v, a->seed);
 	if (rc) {
 		rc = itt_err_set(err, rc, "building the vocabulary: out of memory");
 		goto out;
 	}
-	if ((rc = gguf_writer_new(&w, err)) || (rc = llama2c_add_hparams(w, &c, a->name, err)) ||
+	if ((rc = gguf_writer_new(&w, err)) || (rc = add_hparams(w, a, &c, err)) ||
 	    (rc = llama2c_add_vocab(w, &vb.v, err)))
 		goto out;
 	uint64_t seed_mix = splitmix64(&(uint64_t){a->seed});
@@ -400,8 +493,10 @@ static int synth(const struct synth_args *a, struct itt_err *err)
 		gens[i] = (struct gen){.state = splitmix64(&s),
 		                       .std = ts[i].std,
 		                       .value = 1.0f,
+		                       .ramp = a->rope_freqs && i == rope_freqs_at,
 		                       .left = ts[i].cols * (ts[i].rows ? ts[i].rows : 1),
 		                       .buf = buf};
+		gens[i].n = gens[i].left;
 		rc = gguf_writer_add_tensor_fn(w, ts[i].name, ts[i].rows ? 2 : 1, ne, GGML_TYPE_F32,
 		                               fill_weights, &gens[i], err);
 		if (rc)
