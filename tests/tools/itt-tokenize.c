@@ -1,13 +1,26 @@
 /* itt-tokenize: drives the C tokenizer for the reference tests.
  *
- *   itt-tokenize [--bos] MODEL.gguf
+ *   itt-tokenize [--bos] [--special] MODEL.gguf
  *   itt-tokenize [--bos] --llama2c TOKENIZER.bin
+ *   itt-tokenize --inp CASES.inp MODEL.gguf
+ *   itt-tokenize --decode MODEL.gguf
+ *   itt-tokenize --info MODEL.gguf
  *
  * Each line of stdin is one JSON string (so texts may hold newlines); the
  * escapes \uDC80..\uDCFF, lone low surrogates, stand for the raw bytes
  * 0x80..0xFF (Python's "surrogateescape"), so any byte string can be sent.
- * For each line one line of space-separated token ids is printed.  Exit
- * status 1 on a bad file or a malformed line (named on stderr).
+ * For each line one line of space-separated token ids is printed.  --bos
+ * asks for BOS (added when the vocabulary adds one), --special parses the
+ * text of special tokens.  Exit status 1 on a bad file or a malformed line
+ * (named on stderr).
+ *
+ * --inp reads llama.cpp's test-tokenizer-0 input instead of stdin: cases
+ * separated by the line "__ggml_vocab_test__", encoded as that test does
+ * (no BOS, no special tokens), one line of ids per case in its .out format
+ * (" id id ...").  --decode reads lines of ids on stdin and prints, per
+ * line, the concatenated tokenizer_decode_piece bytes as one JSON string
+ * (bytes that are not UTF-8 as \uDC80..\uDCFF).  --info prints one JSON
+ * object: n_vocab, bos, eos, eot, add_bos and the end-of-generation ids.
  *
  * A llama2.c tokenizer file is: int32 max_token_length, then per token a
  * float32 score, an int32 length and the bytes, up to the end of the file.
@@ -216,13 +229,171 @@ static long json_unquote(const char *line, size_t n, char *out)
 	return (long)w;
 }
 
+/* Length of the well-formed UTF-8 character at s[0..n), 0 if none. */
+static size_t utf8_char(const unsigned char *s, size_t n)
+{
+	size_t len = s[0] < 0x80                    ? 1
+	             : s[0] >= 0xc2 && s[0] <= 0xdf ? 2
+	             : s[0] >= 0xe0 && s[0] <= 0xef ? 3
+	             : s[0] >= 0xf0 && s[0] <= 0xf4 ? 4
+	                                            : 0;
+	if (len == 0 || n < len)
+		return 0;
+	for (size_t i = 1; i < len; i++)
+		if ((s[i] & 0xc0) != 0x80)
+			return 0;
+	if ((s[0] == 0xe0 && s[1] < 0xa0) || (s[0] == 0xed && s[1] > 0x9f) ||
+	    (s[0] == 0xf0 && s[1] < 0x90) || (s[0] == 0xf4 && s[1] > 0x8f))
+		return 0;
+	return len;
+}
+
+/* Prints s[0..n) as one JSON string line, other bytes as \uDCxx. */
+static void json_print(const char *s, size_t n)
+{
+	putchar('"');
+	for (size_t i = 0; i < n;) {
+		unsigned char c = (unsigned char)s[i];
+		size_t l = utf8_char((const unsigned char *)s + i, n - i);
+		if (l == 0) {
+			printf("\\u%04X", 0xdc00u + c);
+			i++;
+		} else if (c == '"' || c == '\\') {
+			printf("\\%c", c);
+			i++;
+		} else if (c < 0x20 || c == 0x7f) {
+			printf("\\u%04X", c);
+			i++;
+		} else {
+			fwrite(s + i, 1, l, stdout);
+			i += l;
+		}
+	}
+	puts("\"");
+}
+
+/* --decode: each stdin line of ids to one JSON string of their bytes. */
+static int decode_lines(const tokenizer_t *tok)
+{
+	char *line = NULL, piece[4096];
+	size_t cap = 0, tcap = 0, tn;
+	char *text = NULL;
+	int status = 0;
+	while (getline(&line, &cap, stdin) >= 0) {
+		tn = 0;
+		int32_t prev = -1;
+		for (char *p = line, *end;; p = end) {
+			long id = strtol(p, &end, 10);
+			if (end == p)
+				break;
+			int n = tokenizer_decode_piece(tok, prev, (int32_t)id, piece, sizeof piece);
+			if (n < 0) {
+				fprintf(stderr, "itt-tokenize: bad id %ld\n", id);
+				status = 1;
+				n = 0;
+			}
+			if (tn + (size_t)n > tcap) {
+				tcap = 2 * (tn + (size_t)n) + 64;
+				char *bigger = realloc(text, tcap);
+				if (!bigger) {
+					status = 1;
+					break;
+				}
+				text = bigger;
+			}
+			if (n > 0)
+				memcpy(text + tn, piece, (size_t)n);
+			tn += (size_t)n;
+			prev = (int32_t)id;
+		}
+		json_print(text ? text : "", tn);
+	}
+	free(line);
+	free(text);
+	return status;
+}
+
+/* --info: the special ids and rules as one JSON line. */
+static int print_info(const tokenizer_t *tok)
+{
+	uint32_t n = tokenizer_n_vocab(tok);
+	printf("{\"n_vocab\": %u, \"bos\": %d, \"eos\": %d, \"eot\": %d, \"add_bos\": %s, "
+	       "\"eog\": [",
+	       n, (int)tokenizer_bos(tok), (int)tokenizer_eos(tok), (int)tokenizer_eot(tok),
+	       tokenizer_add_bos(tok) ? "true" : "false");
+	const char *sep = "";
+	for (uint32_t i = 0; i < n; i++) {
+		if (tokenizer_is_eog(tok, (int32_t)i)) {
+			printf("%s%u", sep, i);
+			sep = ", ";
+		}
+	}
+	puts("]}");
+	return 0;
+}
+
+/* --inp: llama.cpp's test-tokenizer-0 cases to one line of ids each. */
+static int encode_inp(const tokenizer_t *tok, const char *path)
+{
+	static const char SEP[] = "\n__ggml_vocab_test__\n";
+	FILE *f = fopen(path, "rb");
+	if (!f) {
+		fprintf(stderr, "itt-tokenize: cannot open %s\n", path);
+		return 1;
+	}
+	size_t size = 0, cap = 1 << 16, n;
+	char *buf = malloc(cap);
+	while (buf && (n = fread(buf + size, 1, cap - size, f)) > 0) {
+		size += n;
+		if (size == cap) {
+			char *bigger = realloc(buf, cap *= 2);
+			if (!bigger) {
+				free(buf);
+				buf = NULL;
+			}
+			buf = bigger;
+		}
+	}
+	fclose(f);
+	if (!buf)
+		return 1;
+	size_t ids_cap = 1 << 16, n_ids;
+	int32_t *ids = malloc(ids_cap * sizeof *ids);
+	int status = ids ? 0 : 1;
+	struct itt_err err = {0};
+	for (size_t pos = 0; status == 0 && pos < size;) {
+		char *hit = memmem(buf + pos, size - pos, SEP, sizeof SEP - 1);
+		size_t len = hit ? (size_t)(hit - (buf + pos)) : size - pos;
+		if (tokenizer_encode_flags(tok, buf + pos, len, 0, ids, ids_cap, &n_ids, &err) <
+		    0) {
+			status = die("encode", &err);
+			break;
+		}
+		for (size_t i = 0; i < n_ids; i++)
+			printf(" %d", (int)ids[i]);
+		putchar('\n');
+		pos += len + (hit ? sizeof SEP - 1 : 0);
+	}
+	free(ids);
+	free(buf);
+	return status;
+}
+
 int main(int argc, char **argv)
 {
-	const char *gguf_path = NULL, *l2c_path = NULL;
-	bool bos = false;
+	const char *gguf_path = NULL, *l2c_path = NULL, *inp_path = NULL;
+	bool bos = false, special = false, decode = false, info = false;
 	for (int i = 1; i < argc; i++) {
 		if (strcmp(argv[i], "--bos") == 0)
 			bos = true;
+		else if (strcmp(argv[i], "--special") == 0)
+			special = true;
+		else if (strcmp(argv[i], "--decode") == 0)
+			decode = true;
+		else if (strcmp(argv[i], "--info") == 0)
+			info = true;
+		else if (strcmp(argv[i], "--inp") == 0 && i + 1 < argc)
+			inp_path = argv[++i];
 		else if (strcmp(argv[i], "--llama2c") == 0 && i + 1 < argc)
 			l2c_path = argv[++i];
 		else if (argv[i][0] != '-' && !gguf_path)
@@ -232,7 +403,9 @@ int main(int argc, char **argv)
 	}
 	if (!gguf_path == !l2c_path) {
 		fprintf(stderr,
-		        "usage: itt-tokenize [--bos] (MODEL.gguf | --llama2c TOK.bin)\n"
+		        "usage: itt-tokenize [--bos] [--special] (MODEL.gguf | --llama2c TOK.bin)\n"
+		        "       itt-tokenize --inp CASES.inp MODEL.gguf\n"
+		        "       itt-tokenize (--decode | --info) MODEL.gguf\n"
 		        "  stdin: one JSON string per line; stdout: one line of ids each\n");
 		return 2;
 	}
@@ -252,6 +425,14 @@ int main(int argc, char **argv)
 			return die(gguf_path, &err);
 	}
 
+	if (inp_path || decode || info) {
+		int st = inp_path ? encode_inp(tok, inp_path)
+		         : decode ? decode_lines(tok)
+		                  : print_info(tok);
+		tokenizer_destroy(&tok);
+		return fflush(stdout) != 0 ? 1 : st;
+	}
+	unsigned flags = (bos ? TOKENIZER_ADD_BOS : 0) | (special ? TOKENIZER_PARSE_SPECIAL : 0);
 	char *line = NULL, *text = NULL;
 	size_t line_cap = 0, text_cap = 0, ids_cap = 256, n_ids, lineno = 0;
 	int32_t *ids = malloc(ids_cap * sizeof *ids);
@@ -274,14 +455,15 @@ int main(int argc, char **argv)
 			status = 1;
 			break;
 		}
-		int rc = tokenizer_encode(tok, text, (size_t)len, bos, ids, ids_cap, &n_ids, &err);
+		int rc = tokenizer_encode_flags(tok, text, (size_t)len, flags, ids, ids_cap, &n_ids,
+		                                &err);
 		if (rc == ITT_E_FULL) {
 			int32_t *bigger = realloc(ids, n_ids * sizeof *ids);
 			if (bigger) {
 				ids = bigger;
 				ids_cap = n_ids;
-				rc = tokenizer_encode(tok, text, (size_t)len, bos, ids, ids_cap,
-				                      &n_ids, &err);
+				rc = tokenizer_encode_flags(tok, text, (size_t)len, flags, ids,
+				                            ids_cap, &n_ids, &err);
 			}
 		}
 		if (rc < 0) {

@@ -432,12 +432,14 @@ static void test_higher_score_wins_over_position(void **state)
 	/* c + ab is cab (-3); ab is merged first, then bc is no longer there. */
 	CHECK_IDS(t, "cab", false, 6);
 	CHECK_IDS(t, "bcab", false, 5, 4);
-	/* BOS requested without one in the vocab. */
+	/* BOS requested without one in the vocab: the vocab adds none. */
 	size_t n;
 	int32_t ids[4];
 	struct itt_err err = {0};
-	assert_int_equal(tokenizer_encode(t, "a", 1, true, ids, 4, &n, &err), ITT_E_INVALID);
-	assert_true(strstr(err.msg, "BOS") != NULL);
+	assert_false(tokenizer_add_bos(t));
+	assert_int_equal(tokenizer_encode(t, "a", 1, true, ids, 4, &n, &err), 0);
+	assert_int_equal(n, 1);
+	assert_int_equal(ids[0], 1);
 	tokenizer_destroy(&t);
 }
 
@@ -636,6 +638,56 @@ static void test_gguf_metadata_builds_tokenizer(void **state)
 	assert_int_equal(tokenizer_eos(t), -1);
 	assert_int_equal(tokenizer_unk(t), 0);
 	CHECK_IDS(t, "ab a", true, 1, 6, 5, 6);
+	/* PARSE_SPECIAL: control-token text becomes the token, and each text
+	 * fragment gets its dummy prefix (as llama.cpp does); without it the
+	 * text stays text. */
+	int32_t ids[16];
+	size_t n = 0;
+	assert_int_equal(tokenizer_encode_flags(t, "a</s>b", 6, TOKENIZER_PARSE_SPECIAL, ids, 16,
+	                                        &n, &err),
+	                 0);
+	assert_int_equal(n, 4);
+	assert_int_equal(ids[0], 6);
+	assert_int_equal(ids[1], 2);
+	assert_int_equal(ids[2], 3);
+	assert_int_equal(ids[3], 5);
+	assert_int_equal(tokenizer_encode_flags(t, "a</s>b", 6, 0, ids, 16, &n, &err), 0);
+	for (size_t i = 0; i < n; i++)
+		assert_int_not_equal(ids[i], 2);
+	/* </s> ends generation even without an eos key; SPM adds BOS. */
+	assert_true(tokenizer_is_eog(t, 2));
+	assert_false(tokenizer_is_eog(t, 1));
+	assert_true(tokenizer_add_bos(t));
+	assert_int_equal(tokenizer_token_id(t, "<s>", 3), 1);
+	tokenizer_destroy(&t);
+	/* llama.cpp's Phi-3 rule (by general.name): whitespace after a special
+	 * token other than <s> is dropped. */
+	static const int32_t spaced[] = {6, 2, 3, 3, 5}, stripped[] = {6, 2, 3, 5};
+	gb_vocab(&b, "llama", NULL, G_N, GGUF_TYPE_INT32, 1);
+	assert_int_equal(gb_open(&b, &t, &err), 0);
+	assert_int_equal(tokenizer_encode_flags(t, "a</s> b", 7, TOKENIZER_PARSE_SPECIAL, ids, 16,
+	                                        &n, &err),
+	                 0);
+	assert_int_equal(n, 5);
+	assert_memory_equal(ids, spaced, sizeof spaced);
+	tokenizer_destroy(&t);
+	gb_vocab(&b, "llama", NULL, G_N, GGUF_TYPE_INT32, 1);
+	gb_key(&b, "general.name", GGUF_TYPE_STRING);
+	gb_str(&b, "Phi-3 mini");
+	assert_int_equal(gb_open(&b, &t, &err), 0);
+	assert_int_equal(tokenizer_encode_flags(t, "a</s> b", 7, TOKENIZER_PARSE_SPECIAL, ids, 16,
+	                                        &n, &err),
+	                 0);
+	assert_int_equal(n, 4);
+	assert_memory_equal(ids, stripped, sizeof stripped);
+	tokenizer_destroy(&t);
+
+	gb_vocab(&b, "llama", NULL, G_N, GGUF_TYPE_INT32, 1);
+	gb_key(&b, "tokenizer.ggml.add_bos_token", GGUF_TYPE_BOOL);
+	gb_raw(&b, "\0", 1);
+	assert_int_equal(gb_open(&b, &t, &err), 0);
+	assert_false(tokenizer_add_bos(t));
+	CHECK_IDS(t, "ab a", true, 6, 5, 6);
 	tokenizer_destroy(&t);
 
 	/* add_space_prefix false; scores and types absent (0, NORMAL). */
@@ -664,9 +716,9 @@ static void test_gguf_bad_metadata_rejected(void **state)
 	gb_vocab(&b, NULL, NULL, G_N, GGUF_TYPE_INT32, 1);
 	assert_int_equal(gb_open(&b, &t, &err), ITT_E_NOTFOUND);
 	assert_true(strstr(err.msg, "tokenizer.ggml.model") != NULL);
-	gb_vocab(&b, "gpt2", NULL, G_N, GGUF_TYPE_INT32, 1);
+	gb_vocab(&b, "bert", NULL, G_N, GGUF_TYPE_INT32, 1);
 	assert_int_equal(gb_open(&b, &t, &err), ITT_E_UNSUPPORTED);
-	assert_true(strstr(err.msg, "gpt2") != NULL);
+	assert_true(strstr(err.msg, "\"bert\"") != NULL);
 	gb_vocab(&b, "llama", NULL, G_N - 1, GGUF_TYPE_INT32, 1);
 	assert_int_equal(gb_open(&b, &t, &err), ITT_E_FORMAT);
 	assert_true(strstr(err.msg, "tokenizer.ggml.scores") != NULL);

@@ -1,4 +1,6 @@
-/* tokenizer: SentencePiece BPE encoding and piece decoding (see tokenizer.h).
+/* tokenizer: construction from GGUF or arrays, SentencePiece BPE encoding
+ * and piece decoding, special tokens, BOS and end-of-generation rules (see
+ * tokenizer.h; byte-level BPE lives in tokenizer-bpe.c).
  *
  * Contract: a tokenizer is immutable after tokenizer_new*, so one instance
  * may be shared by threads; tokenizer_encode allocates its scratch per call.
@@ -20,39 +22,35 @@
  * that is an UNKNOWN token; otherwise its bytes fall back to <0xXX> tokens
  * when the vocab has any (a missing byte gives <unk>), and without byte
  * tokens a run of such symbols gives one <unk>, as SentencePiece does.
- * Not modelled: USER_DEFINED pieces are not pre-split from the text, and
- * UNUSED pieces are never merged into (SentencePiece merges then splits
- * them again).
+ * Not modelled: without TOKENIZER_PARSE_SPECIAL, USER_DEFINED pieces are
+ * not pre-split from SPM text (sentencepiece's own behaviour, which the
+ * reference tests pin; llama.cpp splits them), and UNUSED pieces are never
+ * merged into (SentencePiece merges then splits them again).
+ *
+ * Special tokens: with TOKENIZER_PARSE_SPECIAL (and always for USER_DEFINED
+ * tokens in byte-level BPE) the text is cut at the texts of CONTROL,
+ * USER_DEFINED and UNKNOWN tokens, longest token first, as llama.cpp's
+ * tokenizer_st_partition does; the pieces between are encoded as text.
+ * End of generation follows llama.cpp: eos, eot, eom and tokens with known
+ * end-of-turn texts (which become CONTROL, as there).
  *
  * Lookup by string: open addressing over the token texts, FNV-1a hash; a
  * text that occurs twice keeps its first id (as llama.cpp does). */
 #include "tokenizer.h"
 
+#include <ctype.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
+
+#include "pretok.h"
+#include "tokenizer-impl.h"
 
 #define TOKENIZER_MAX_VOCAB     (1u << 22)
 #define TOKENIZER_MAX_TOKEN_LEN 65535u
 #define TOKENIZER_MAX_TEXT      ((size_t)1 << 28) /* bytes per encode call */
 
 static const char SPACE_MARK[3] = {'\xe2', '\x96', '\x81'}; /* U+2581 */
-
-struct tokenizer {
-	uint32_t n;
-	char *blob;             /* every token text, each followed by a NUL */
-	size_t *off;            /* [n] start of token i in blob */
-	uint32_t *len;          /* [n] bytes of token i */
-	float *scores;          /* [n] */
-	uint8_t *types;         /* [n] enum tokenizer_token_type */
-	int32_t *slots;         /* [mask + 1] hash table of ids, -1 = empty */
-	uint32_t mask;          /* table size - 1 (a power of two minus one) */
-	uint32_t max_merge_len; /* longest mergeable token, bytes */
-	int32_t bos, eos, unk;
-	bool add_space_prefix;
-	bool byte_fallback;   /* the vocab has byte tokens */
-	int32_t byte_id[256]; /* first <0xXX> token of each byte, or -1 */
-};
 
 /* ---- construction -------------------------------------------------------- */
 
@@ -66,8 +64,7 @@ static uint64_t tok_hash(const char *s, size_t n)
 	return h;
 }
 
-/* The first id whose text is s[0..n), or -1. */
-static int32_t tok_lookup(const tokenizer_t *t, const char *s, size_t n)
+int32_t tokenizer_lookup(const tokenizer_t *t, const char *s, size_t n)
 {
 	uint32_t i = (uint32_t)tok_hash(s, n) & t->mask;
 	for (;;) {
@@ -78,6 +75,12 @@ static int32_t tok_lookup(const tokenizer_t *t, const char *s, size_t n)
 			return id;
 		i = (i + 1) & t->mask;
 	}
+}
+
+static bool tok_special_type(int type)
+{
+	return type == TOKENIZER_TYPE_CONTROL || type == TOKENIZER_TYPE_USER_DEFINED ||
+	       type == TOKENIZER_TYPE_UNKNOWN;
 }
 
 static bool tok_mergeable(int type)
@@ -103,6 +106,120 @@ int tokenizer_byte_of_text(const char *s, size_t n)
 		return -1;
 	int hi = hex_val(s[3]), lo = hex_val(s[4]);
 	return hi < 0 || lo < 0 ? -1 : hi * 16 + lo;
+}
+
+/* Texts llama.cpp takes for end-of-turn tokens when the file names none,
+ * in the order tried here. */
+static const char *const EOT_TEXTS[] = {
+    "<|eot_id|>",
+    "<|im_end|>",
+    "<|end|>",
+    "<end_of_turn>",
+    "<|endoftext|>",
+    "<|end_of_text|>",
+    "<EOT>",
+    "_<EOT>",
+    "<\xef\xbd\x9c"
+    "end\xe2\x96\x81of\xe2\x96\x81sentence\xef\xbd\x9c>",
+    "<end_of_utterance>",
+};
+
+/* Texts of the tokens llama.cpp treats as end of generation. */
+static const char *const EOG_TEXTS[] = {
+    "<|eot_id|>",
+    "<|im_end|>",
+    "<|end|>",
+    "<|return|>",
+    "<|call|>",
+    "<end_of_turn>",
+    "<|endoftext|>",
+    "</s>",
+    "<|eom_id|>",
+    "<EOT>",
+    "_<EOT>",
+    "<|end_of_text|>",
+    "<end_of_utterance>",
+    "<\xef\xbd\x9c"
+    "end\xe2\x96\x81of\xe2\x96\x81sentence\xef\xbd\x9c>",
+};
+
+static int32_t find_text(const tokenizer_t *t, const char *s)
+{
+	return tokenizer_lookup(t, s, strlen(s));
+}
+
+static int cmp_special(const void *a, const void *b, void *arg)
+{
+	const tokenizer_t *t = arg;
+	int32_t x = *(const int32_t *)a, y = *(const int32_t *)b;
+	if (t->len[x] != t->len[y])
+		return t->len[x] > t->len[y] ? -1 : 1;
+	return x < y ? -1 : x > y;
+}
+
+/* Derives what depends on the special ids: the end-of-turn token when the
+ * file names none, the end-of-generation set (llama.cpp's: eos, eot, eom
+ * and tokens with known texts, which become CONTROL tokens as there), and
+ * the list of tokens matched whole in the text, longest first.  Run again
+ * whenever those ids change. */
+static int tok_finish(tokenizer_t *t)
+{
+	free(t->eog);
+	free(t->special);
+	t->special = NULL;
+	t->n_special = 0;
+	t->eog = calloc(t->n, 1);
+	if (!t->eog)
+		return ITT_E_NOMEM;
+	for (size_t i = 0; t->eot < 0 && i < sizeof EOT_TEXTS / sizeof EOT_TEXTS[0]; i++)
+		t->eot = find_text(t, EOT_TEXTS[i]);
+	int32_t end = -1;
+	bool harmony = find_text(t, "<|return|>") >= 0 && find_text(t, "<|call|>") >= 0;
+	for (size_t i = 0; i < sizeof EOG_TEXTS / sizeof EOG_TEXTS[0]; i++) {
+		int32_t id = find_text(t, EOG_TEXTS[i]);
+		if (id < 0)
+			continue;
+		t->eog[id] = 1;
+		t->types[id] = TOKENIZER_TYPE_CONTROL;
+		if (strcmp(EOG_TEXTS[i], "<|end|>") == 0)
+			end = id;
+	}
+	if (harmony && end >= 0) /* gpt-oss: <|end|> ends a message, not the turn */
+		t->eog[end] = 0;
+	int32_t ids[3] = {t->eos, t->eot, t->eom};
+	for (int i = 0; i < 3; i++)
+		if (ids[i] >= 0)
+			t->eog[ids[i]] = 1;
+
+	uint32_t n = 0;
+	for (uint32_t i = 0; i < t->n; i++)
+		n += t->len[i] > 0 && tok_special_type(t->types[i]);
+	t->special = malloc((n ? n : 1) * sizeof *t->special);
+	if (!t->special)
+		return ITT_E_NOMEM;
+	for (uint32_t i = 0; i < t->n; i++)
+		if (t->len[i] > 0 && tok_special_type(t->types[i]))
+			t->special[t->n_special++] = (int32_t)i;
+	qsort_r(t->special, t->n_special, sizeof *t->special, cmp_special, t);
+
+	/* llama.cpp's Phi-3 rule (by model name): the whitespace after a
+	 * special token is not text, except after <unk>, <s>, <|endoftext|>. */
+	free(t->rstrip);
+	t->rstrip = NULL;
+	if (!t->strip_after)
+		return 0;
+	if (!(t->rstrip = calloc(t->n, 1)))
+		return ITT_E_NOMEM;
+	for (uint32_t i = 0; i < t->n_special; i++)
+		t->rstrip[t->special[i]] = 1;
+	static const char *const keep[] = {"<unk>", "<s>", "<|endoftext|>"};
+	int32_t id = find_text(t, "</s>");
+	if (id >= 0)
+		t->rstrip[id] = 1;
+	for (size_t i = 0; i < sizeof keep / sizeof keep[0]; i++)
+		if ((id = find_text(t, keep[i])) >= 0)
+			t->rstrip[id] = 0;
+	return 0;
 }
 
 static int check_special(int32_t id, uint32_t n, const char *what, struct itt_err *err)
@@ -200,7 +317,7 @@ int tokenizer_new_from_vocab(const struct tokenizer_vocab *v, tokenizer_t **out,
 		}
 		if (n == 0)
 			continue; /* no text can match an empty token: keep it out */
-		if (tok_lookup(t, t->blob + t->off[i], n) >= 0)
+		if (tokenizer_lookup(t, t->blob + t->off[i], n) >= 0)
 			continue; /* a repeated text: the first id wins */
 		uint32_t h = (uint32_t)tok_hash(t->blob + t->off[i], n) & t->mask;
 		while (t->slots[h] >= 0)
@@ -208,6 +325,13 @@ int tokenizer_new_from_vocab(const struct tokenizer_vocab *v, tokenizer_t **out,
 		t->slots[h] = (int32_t)i;
 		if (tok_mergeable(t->types[i]) && n > t->max_merge_len)
 			t->max_merge_len = (uint32_t)n;
+	}
+	t->eot = t->eom = -1;
+	t->add_bos = t->bos >= 0;
+	if (tok_finish(t) < 0) {
+		tokenizer_destroy(&t);
+		return itt_err_set(err, ITT_E_NOMEM, "tokenizer: out of memory for %u tokens",
+		                   v->n);
 	}
 	*out = t;
 	return 0;
@@ -251,6 +375,49 @@ static int get_opt_arr(const gguf_t *g, const char *key, uint32_t want, uint64_t
 	return 0;
 }
 
+static int get_opt_bool(const gguf_t *g, const char *key, bool *v, struct itt_err *err)
+{
+	struct itt_err e = {0};
+	int rc = gguf_get_bool(g, key, v, &e);
+	if (rc == ITT_E_NOTFOUND)
+		return 0;
+	return rc < 0 ? itt_err_set(err, rc, "tokenizer: %s", e.msg) : 0;
+}
+
+/* What tokenizer_new_from_vocab does not know: BOS policy, end-of-turn
+ * ids, and the BPE merges and pre-tokenizer. */
+static int tok_configure(const gguf_t *g, tokenizer_t *t, bool is_bpe, int pre_kind,
+                         unsigned pre_flags, struct itt_err *err)
+{
+	int rc;
+	t->add_bos = is_bpe ? (pre_flags & PRETOK_F_ADD_BOS) != 0 : true;
+	if ((rc = get_opt_bool(g, "tokenizer.ggml.add_bos_token", &t->add_bos, err)) < 0 ||
+	    (rc = get_token_id(g, "tokenizer.ggml.eot_token_id", &t->eot, err)) < 0 ||
+	    (rc = get_token_id(g, "tokenizer.ggml.eom_token_id", &t->eom, err)) < 0 ||
+	    (rc = check_special(t->eot, t->n, "eot", err)) < 0 ||
+	    (rc = check_special(t->eom, t->n, "eom", err)) < 0)
+		return rc;
+	if (t->bos < 0)
+		t->add_bos = false;
+	struct gguf_str name;
+	struct itt_err e = {0};
+	if (gguf_get_str(g, "general.name", &name, &e) == 0) {
+		char low[256];
+		size_t n = name.len < sizeof low - 1 ? (size_t)name.len : sizeof low - 1;
+		for (size_t i = 0; i < n; i++)
+			low[i] = (char)tolower((unsigned char)name.ptr[i]);
+		low[n] = '\0';
+		t->strip_after = strstr(low, "phi-3") || strstr(low, "phi3");
+	}
+	if (is_bpe && (rc = bpe_new(g, pre_kind, (pre_flags & PRETOK_F_IGNORE_MERGES) != 0, &t->bpe,
+	                            err)) < 0)
+		return rc;
+	if (tok_finish(t) < 0)
+		return itt_err_set(err, ITT_E_NOMEM, "tokenizer: out of memory for %u tokens",
+		                   t->n);
+	return 0;
+}
+
 int tokenizer_new(const gguf_t *g, tokenizer_t **out, struct itt_err *err)
 {
 	if (!g || !out)
@@ -262,11 +429,32 @@ int tokenizer_new(const gguf_t *g, tokenizer_t **out, struct itt_err *err)
 		return itt_err_set(err, rc, "tokenizer: key tokenizer.ggml.model is missing");
 	if (rc < 0)
 		return itt_err_set(err, rc, "tokenizer: %s", e.msg);
-	if (!gguf_str_eq(model, "llama"))
+	bool is_bpe = gguf_str_eq(model, "gpt2");
+	if (!is_bpe && !gguf_str_eq(model, "llama"))
 		return itt_err_set(err, ITT_E_UNSUPPORTED,
-		                   "tokenizer: tokenizer.ggml.model is \"%.*s\"; only \"llama\" "
-		                   "(SentencePiece BPE) is supported",
+		                   "tokenizer: tokenizer.ggml.model is \"%.*s\"; supported are "
+		                   "\"llama\" (SentencePiece BPE) and \"gpt2\" (byte-level BPE)",
 		                   model.len > 64 ? 64 : (int)model.len, model.ptr);
+	/* Byte-level BPE: the pre-tokenizer must be one this build knows;
+	 * another one's splits would give other ids without any error. */
+	int pre_kind = -1;
+	unsigned pre_flags = 0;
+	if (is_bpe) {
+		struct gguf_str pre;
+		rc = gguf_get_str(g, "tokenizer.ggml.pre", &pre, &e);
+		if (rc == ITT_E_NOTFOUND)
+			return itt_err_set(err, ITT_E_UNSUPPORTED,
+			                   "tokenizer: key tokenizer.ggml.pre is missing; a gpt2 "
+			                   "tokenizer needs its pre-tokenizer named");
+		if (rc < 0)
+			return itt_err_set(err, rc, "tokenizer: %s", e.msg);
+		pre_kind = pretok_kind_of(pre.ptr, (size_t)pre.len, &pre_flags);
+		if (pre_kind < 0)
+			return itt_err_set(err, ITT_E_UNSUPPORTED,
+			                   "tokenizer: pre-tokenizer \"%.*s\" (tokenizer.ggml.pre) "
+			                   "is not supported",
+			                   pre.len > 64 ? 64 : (int)pre.len, pre.ptr);
+	}
 
 	const char *key = "tokenizer.ggml.tokens";
 	uint32_t type;
@@ -322,12 +510,14 @@ int tokenizer_new(const gguf_t *g, tokenizer_t **out, struct itt_err *err)
 		goto out;
 	rc = gguf_get_bool(g, "tokenizer.ggml.add_space_prefix", &v.add_space_prefix, &e);
 	if (rc == ITT_E_NOTFOUND) {
-		v.add_space_prefix = true;
+		v.add_space_prefix = !is_bpe;
 	} else if (rc < 0) {
 		rc = itt_err_set(err, rc, "tokenizer: %s", e.msg);
 		goto out;
 	}
 	rc = tokenizer_new_from_vocab(&v, out, err);
+	if (rc == 0 && (rc = tok_configure(g, *out, is_bpe, pre_kind, pre_flags, err)) < 0)
+		tokenizer_destroy(out);
 out:
 	free(tokens);
 	free(scores);
@@ -346,6 +536,10 @@ void tokenizer_destroy(tokenizer_t **tp)
 	free(t->scores);
 	free(t->types);
 	free(t->slots);
+	free(t->eog);
+	free(t->rstrip);
+	free(t->special);
+	bpe_destroy(&t->bpe);
 	free(t);
 	*tp = NULL;
 }
@@ -469,7 +663,7 @@ static int try_pair(const tokenizer_t *t, const char *text, const struct sym *sy
 	uint32_t len = syms[left].len + syms[right].len;
 	if (len > t->max_merge_len)
 		return 0;
-	int32_t id = tok_lookup(t, text + syms[left].start, len);
+	int32_t id = tokenizer_lookup(t, text + syms[left].start, len);
 	if (id < 0 || !tok_mergeable(t->types[id]))
 		return 0;
 	return heap_push(h, (struct pair){t->scores[id], left, right, len});
@@ -509,47 +703,18 @@ static uint32_t utf8_len(const unsigned char *s, size_t n)
 	return len;
 }
 
-struct emit {
-	int32_t *out;
-	size_t cap, n;
-};
-
-static void emit_id(struct emit *e, int32_t id)
+/* SentencePiece encoding of text that holds no special token (prefix:
+ * add the dummy prefix space); appends the ids to e. */
+static int spm_encode(const tokenizer_t *t, const char *text, size_t len, bool prefix,
+                      struct emit *e, struct itt_err *err)
 {
-	if (e->n < e->cap)
-		e->out[e->n] = id;
-	e->n++;
-}
-
-int tokenizer_encode(const tokenizer_t *t, const char *text, size_t len, bool bos, int32_t *out,
-                     size_t cap, size_t *n_out, struct itt_err *err)
-{
-	if (!t || !n_out || (!text && len) || (!out && cap))
-		return itt_err_set(err, ITT_E_INVALID, "tokenizer_encode: NULL argument");
-	*n_out = 0;
-	if (len > TOKENIZER_MAX_TEXT)
-		return itt_err_set(err, ITT_E_RANGE,
-		                   "tokenizer_encode: text of %zu bytes exceeds the limit of %zu",
-		                   len, TOKENIZER_MAX_TEXT);
-	if (bos && t->bos < 0)
-		return itt_err_set(err, ITT_E_INVALID,
-		                   "tokenizer_encode: BOS requested but the vocab has none");
-	struct emit e = {out, cap, 0};
-	if (bos)
-		emit_id(&e, t->bos);
-	if (len == 0) {
-		*n_out = e.n;
-		return e.n > cap
-		           ? itt_err_set(err, ITT_E_FULL,
-		                         "tokenizer_encode: %zu ids do not fit in %zu", e.n, cap)
-		           : 0;
-	}
-
+	if (len == 0)
+		return 0;
 	/* Normalise: dummy prefix, each space becomes U+2581 (3 bytes). */
 	size_t spaces = 0;
 	for (size_t i = 0; i < len; i++)
 		spaces += text[i] == ' ';
-	size_t nlen = len + 2 * spaces + (t->add_space_prefix ? 3 : 0);
+	size_t nlen = len + 2 * spaces + (prefix ? 3 : 0);
 	char *norm = malloc(nlen);
 	struct sym *syms = malloc(nlen * sizeof *syms);
 	struct heap h = {0};
@@ -560,7 +725,7 @@ int tokenizer_encode(const tokenizer_t *t, const char *text, size_t len, bool bo
 		goto out;
 	}
 	size_t p = 0;
-	if (t->add_space_prefix) {
+	if (prefix) {
 		memcpy(norm, SPACE_MARK, 3);
 		p = 3;
 	}
@@ -610,9 +775,9 @@ int tokenizer_encode(const tokenizer_t *t, const char *text, size_t len, bool bo
 	bool prev_unknown = false;
 	for (int32_t i = 0; i >= 0 && i < nsym; i = syms[i].next) {
 		const char *s = norm + syms[i].start;
-		int32_t id = tok_lookup(t, s, syms[i].len);
+		int32_t id = tokenizer_lookup(t, s, syms[i].len);
 		if (id >= 0 && t->types[id] != TOKENIZER_TYPE_UNKNOWN) {
-			emit_id(&e, id);
+			emit_id(e, id);
 			prev_unknown = false;
 			continue;
 		}
@@ -626,7 +791,7 @@ int tokenizer_encode(const tokenizer_t *t, const char *text, size_t len, bool bo
 		}
 		if (!t->byte_fallback) {
 			if (!prev_unknown)
-				emit_id(&e, t->unk);
+				emit_id(e, t->unk);
 			prev_unknown = true;
 			continue;
 		}
@@ -640,19 +805,98 @@ int tokenizer_encode(const tokenizer_t *t, const char *text, size_t len, bool bo
 				    (unsigned char)s[k]);
 				goto out;
 			}
-			emit_id(&e, b >= 0 ? b : t->unk);
+			emit_id(e, b >= 0 ? b : t->unk);
 		}
 		prev_unknown = false;
 	}
-	if (e.n > cap)
-		rc = itt_err_set(err, ITT_E_FULL, "tokenizer_encode: %zu ids do not fit in %zu",
-		                 e.n, cap);
 out:
-	*n_out = e.n;
 	free(norm);
 	free(syms);
 	free(h.a);
 	return rc;
+}
+
+/* The special token (CONTROL, USER_DEFINED, UNKNOWN; only USER_DEFINED
+ * without PARSE_SPECIAL) that splits text[0..len): the first one of
+ * t->special from index *from on that occurs in it (so longer ones are
+ * tried first, as llama.cpp does); -1 when none does. */
+static int32_t find_special(const tokenizer_t *t, const char *text, size_t len, unsigned flags,
+                            uint32_t *from)
+{
+	for (uint32_t i = *from; i < t->n_special; i++) {
+		int32_t id = t->special[i];
+		if (!(flags & TOKENIZER_PARSE_SPECIAL) &&
+		    t->types[id] != TOKENIZER_TYPE_USER_DEFINED)
+			continue;
+		if (t->len[id] <= len && memmem(text, len, t->blob + t->off[id], t->len[id])) {
+			*from = i;
+			return id;
+		}
+	}
+	return -1;
+}
+
+/* Encodes text[0..len): every occurrence of the first special token found
+ * (left to right) becomes that token, and the text between occurrences is
+ * split further by the later special tokens, then encoded as text (SPM:
+ * each such fragment with its dummy prefix, as llama.cpp does). */
+static int encode_fragment(const tokenizer_t *t, const char *text, size_t len, unsigned flags,
+                           uint32_t from, struct emit *e, struct itt_err *err)
+{
+	if (len == 0)
+		return 0;
+	int32_t id = find_special(t, text, len, flags, &from);
+	if (id < 0)
+		return t->bpe ? bpe_encode(t, text, len, e, err)
+		              : spm_encode(t, text, len, t->add_space_prefix, e, err);
+	const char *s = t->blob + t->off[id];
+	size_t n = t->len[id];
+	for (;;) {
+		const char *hit = len >= n ? memmem(text, len, s, n) : NULL;
+		size_t left = hit ? (size_t)(hit - text) : len;
+		int rc = encode_fragment(t, text, left, flags, from + 1, e, err);
+		if (rc < 0 || !hit)
+			return rc;
+		emit_id(e, id);
+		text += left + n;
+		len -= left + n;
+		while (t->rstrip && t->rstrip[id] && len > 0 && isspace((unsigned char)*text))
+			text++, len--;
+	}
+}
+
+int tokenizer_encode_flags(const tokenizer_t *t, const char *text, size_t len, unsigned flags,
+                           int32_t *out, size_t cap, size_t *n_out, struct itt_err *err)
+{
+	if (!t || !n_out || (!text && len) || (!out && cap))
+		return itt_err_set(err, ITT_E_INVALID, "tokenizer_encode: NULL argument");
+	*n_out = 0;
+	if (len > TOKENIZER_MAX_TEXT)
+		return itt_err_set(err, ITT_E_RANGE,
+		                   "tokenizer_encode: text of %zu bytes exceeds the limit of %zu",
+		                   len, TOKENIZER_MAX_TEXT);
+	struct emit e = {out, cap, 0};
+	if ((flags & TOKENIZER_ADD_BOS) && t->add_bos)
+		emit_id(&e, t->bos);
+	int rc;
+	/* SentencePiece text without PARSE_SPECIAL stays one piece, as
+	 * sentencepiece itself encodes it (see the top of the file). */
+	if (!t->bpe && !(flags & TOKENIZER_PARSE_SPECIAL))
+		rc = spm_encode(t, text, len, t->add_space_prefix, &e, err);
+	else
+		rc = encode_fragment(t, text, len, flags, 0, &e, err);
+	*n_out = e.n;
+	if (rc == 0 && e.n > cap)
+		rc = itt_err_set(err, ITT_E_FULL, "tokenizer_encode: %zu ids do not fit in %zu",
+		                 e.n, cap);
+	return rc;
+}
+
+int tokenizer_encode(const tokenizer_t *t, const char *text, size_t len, bool bos, int32_t *out,
+                     size_t cap, size_t *n_out, struct itt_err *err)
+{
+	return tokenizer_encode_flags(t, text, len, bos ? TOKENIZER_ADD_BOS : 0, out, cap, n_out,
+	                              err);
 }
 
 /* ---- decoding ------------------------------------------------------------ */
@@ -676,6 +920,15 @@ int tokenizer_decode_piece(const tokenizer_t *t, int32_t prev, int32_t id, char 
 		return 1;
 	default: break;
 	}
+	if (t->bpe) {
+		if (t->types[id] == TOKENIZER_TYPE_USER_DEFINED) { /* stored as typed */
+			size_t w = n < cap ? n : cap;
+			if (w)
+				memcpy(buf, s, w);
+			return (int)w;
+		}
+		return bpe_decode_piece(t, id, buf, cap);
+	}
 	/* The dummy prefix space of the first piece after BOS is not text. */
 	bool strip = t->add_space_prefix && t->bos >= 0 && prev == t->bos;
 	size_t w = 0;
@@ -690,4 +943,28 @@ int tokenizer_decode_piece(const tokenizer_t *t, int32_t prev, int32_t id, char 
 		strip = false;
 	}
 	return (int)w;
+}
+
+/* ---- special tokens ------------------------------------------------------ */
+
+bool tokenizer_add_bos(const tokenizer_t *t)
+{
+	return t && t->add_bos;
+}
+
+int32_t tokenizer_token_id(const tokenizer_t *t, const char *text, size_t len)
+{
+	if (!t || (!text && len) || len == 0)
+		return -1;
+	return tokenizer_lookup(t, text, len);
+}
+
+int32_t tokenizer_eot(const tokenizer_t *t)
+{
+	return t ? t->eot : -1;
+}
+
+bool tokenizer_is_eog(const tokenizer_t *t, int32_t id)
+{
+	return t && id >= 0 && (uint32_t)id < t->n && t->eog[id];
 }

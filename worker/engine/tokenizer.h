@@ -1,7 +1,8 @@
-/* tokenizer: SentencePiece-style BPE ("llama" tokenizer model) built from
- * GGUF metadata: tokenizer.ggml.tokens, .scores, .token_type, and the
- * bos/eos/unknown token ids.
+/* tokenizer: the vocabulary of a model, text to ids and ids to bytes.
+ * tokenizer_new picks the algorithm from GGUF's tokenizer.ggml.model:
  *
+ * "llama", SentencePiece-style BPE (tokenizer.c), built from
+ * tokenizer.ggml.tokens, .scores, .token_type and the bos/eos/unknown ids.
  * Encoding follows llama.cpp's SPM tokenizer: spaces become U+2581, a dummy
  * prefix space is added to non-empty text (unless the file's
  * tokenizer.ggml.add_space_prefix is false), the text is split into UTF-8
@@ -9,7 +10,17 @@
  * of the merged piece (ties: leftmost first); a symbol that is not a token
  * falls back to <0xXX> byte tokens, or to the unknown token when the vocab
  * has no byte tokens.  Decoding restores bytes, U+2581 to space, and drops
- * the leading space of the first piece after BOS. */
+ * the leading space of the first piece after BOS.
+ *
+ * "gpt2", byte-level BPE (tokenizer-bpe.c): tokenizer.ggml.merges in rank
+ * order, and the pre-tokenizer tokenizer.ggml.pre names (pretok.h: Llama 3,
+ * Qwen2, GPT-2, DeepSeek, StarCoder, Falcon families).  Decoding gives the
+ * exact bytes of each piece.
+ *
+ * Any other model, or a pre-tokenizer not in pretok.h, is refused with an
+ * error naming it.  Special tokens (CONTROL, USER_DEFINED) are matched whole
+ * in the text before either algorithm runs, as llama.cpp does (see
+ * tokenizer_encode_flags). */
 #ifndef ITT_TOKENIZER_H
 #define ITT_TOKENIZER_H
 
@@ -55,17 +66,47 @@ int32_t tokenizer_bos(const tokenizer_t *t); /* -1 if none */
 int32_t tokenizer_eos(const tokenizer_t *t);
 int32_t tokenizer_unk(const tokenizer_t *t);
 
+/* Flags of tokenizer_encode_flags. */
+#define TOKENIZER_ADD_BOS       1u /* BOS first, if the vocabulary adds one */
+#define TOKENIZER_PARSE_SPECIAL 2u /* text of control/user-defined tokens becomes those tokens */
+
 /* Encodes len bytes of text (not necessarily NUL-terminated, may be any
- * bytes) into at most cap ids; with bos, BOS comes first.  *n_out receives
- * the number of ids needed; if it exceeds cap, ITT_E_FULL is returned and
- * out holds the first cap ids. */
+ * bytes) into at most cap ids.  With TOKENIZER_ADD_BOS, BOS comes first
+ * when tokenizer_add_bos() says the vocabulary adds one (otherwise the
+ * flag does nothing).  With TOKENIZER_PARSE_SPECIAL, occurrences of the
+ * text of CONTROL and USER_DEFINED tokens become those tokens (longest
+ * first; SPM gives each text piece between them its dummy prefix, and for
+ * Phi-3 models the whitespace after most of them is dropped, as llama.cpp
+ * does); without it control-token text is tokenised as plain text, and
+ * only byte-level BPE still matches USER_DEFINED tokens whole (SPM text is
+ * encoded whole, as sentencepiece does).  *n_out receives the number of ids needed; if it exceeds cap, ITT_E_FULL
+ * is returned and out holds the first cap ids. */
+int tokenizer_encode_flags(const tokenizer_t *t, const char *text, size_t len, unsigned flags,
+			   int32_t *out, size_t cap, size_t *n_out, struct itt_err *err);
+/* tokenizer_encode_flags with TOKENIZER_ADD_BOS when bos. */
 int tokenizer_encode(const tokenizer_t *t, const char *text, size_t len, bool bos, int32_t *out,
 		     size_t cap, size_t *n_out, struct itt_err *err);
 
+/* Whether encoding with TOKENIZER_ADD_BOS puts BOS first:
+ * tokenizer.ggml.add_bos_token, else the tokenizer family's default (SPM
+ * yes, byte-level BPE no except for the pre-tokenizers llama.cpp adds it
+ * for); false when the vocab has no BOS. */
+bool tokenizer_add_bos(const tokenizer_t *t);
+/* The id of the token whose text is exactly text[0..len), or -1. */
+int32_t tokenizer_token_id(const tokenizer_t *t, const char *text, size_t len);
+/* The end-of-turn token (tokenizer.ggml.eot_token_id, or a known one such
+ * as <|eot_id|> or <|im_end|>), or -1. */
+int32_t tokenizer_eot(const tokenizer_t *t);
+/* Whether id ends generation: eos, eot, eom and the control tokens
+ * llama.cpp treats as end-of-generation (<|im_end|>, <|eot_id|>,
+ * <|endoftext|>, <end_of_turn>, ...). */
+bool tokenizer_is_eog(const tokenizer_t *t, int32_t id);
+
 /* The bytes that token id contributes to the text when it follows prev
- * (prev = -1 at the start): byte tokens give their byte, U+2581 becomes a
- * space, a leading space is dropped right after BOS, control tokens give
- * nothing.  Returns the number of bytes written into buf (at most cap; a
+ * (prev = -1 at the start): byte tokens give their byte, control tokens
+ * give nothing; SPM: U+2581 becomes a space, a leading space is dropped
+ * right after BOS; byte-level BPE: each code point becomes its byte
+ * (user-defined tokens give their text as stored).  Returns the number of bytes written into buf (at most cap; a
  * piece longer than cap is truncated), or a negative code for an invalid id. */
 int tokenizer_decode_piece(const tokenizer_t *t, int32_t prev, int32_t id, char *buf, size_t cap);
 
