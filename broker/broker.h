@@ -74,6 +74,7 @@
 #define BROKER_DECISIONS     256 /* decisions kept */
 #define BROKER_STATS_DECISIONS 32 /* decisions in STATS_REPLY */
 #define BROKER_MAX_DIM       (1u << 20)
+#define BROKER_MAX_STOP_TOKENS 4 /* end-of-turn ids a RESULT may report */
 
 /* Knobs (PROTOCOL.md "Telemetry, settings, placement"), as bits for pins. */
 enum knob {
@@ -201,6 +202,10 @@ struct request {
 	int32_t *prompt;
 	uint32_t n_prompt;
 	bool have_prompt;
+	/* a conversation's end-of-turn ids (stage 0 reports them at step 0):
+	 * they end the request like EOS */
+	int32_t stop_tokens[BROKER_MAX_STOP_TOKENS];
+	uint32_t n_stop_tokens;
 	int32_t *gen;
 	uint32_t n_gen, gen_cap;
 	/* generated text; [0, text_sent) went out in chunks, the rest is held */

@@ -11,7 +11,8 @@
  *
  * Contract (PROTOCOL.md, "Client session" and "Broker"): chunks carry seq
  * 0, 1, ... without gaps, one per RESULT, with that step's token and the
- * text that can no longer be the start of a stop string; EOS is never sent;
+ * text that can no longer be the start of a stop string; EOS (or a
+ * conversation's end-of-turn token, reported by stage 0) is never sent;
  * a stop string and what follows it are never sent (the token that completes
  * it is, in the last chunk, as the reference CLI counts it); held text is
  * flushed in a last chunk without tokens before DONE.  End conditions, in
@@ -220,6 +221,11 @@ static int req_send_open(struct broker *b, struct request *r, uint32_t k,
 		o.n_tokens = n;
 		o.has_n_prompt = true;
 		o.n_prompt = r->n_prompt;
+	} else if (r->req->n_messages) {
+		/* a conversation: stage 0 renders it with the model's template */
+		o.messages = r->req->messages;
+		o.n_messages = r->req->n_messages;
+		o.chat_template = r->req->chat_template;
 	} else {
 		o.prompt = r->req->prompt ? r->req->prompt : (char *)"";
 	}
@@ -482,6 +488,14 @@ common:
 		if (res->prompt_tokens[i] < 0 || (uint32_t)res->prompt_tokens[i] >= m->vocab)
 			return itt_err_set(err, bad, "RESULT prompt_tokens[%zu] = %d is not a token id",
 			                   i, res->prompt_tokens[i]);
+	if (res->n_stop_tokens > BROKER_MAX_STOP_TOKENS)
+		return itt_err_set(err, bad, "RESULT has %zu stop_tokens; at most %d",
+		                   res->n_stop_tokens, BROKER_MAX_STOP_TOKENS);
+	for (size_t i = 0; i < res->n_stop_tokens; i++)
+		if (res->stop_tokens[i] < 0 || (uint32_t)res->stop_tokens[i] >= m->vocab)
+			return itt_err_set(err, bad,
+			                   "RESULT stop_tokens[%zu] = %d is not a token id", i,
+			                   res->stop_tokens[i]);
 	return 0;
 }
 
@@ -527,7 +541,10 @@ static bool req_take(struct broker *b, struct request *r, int32_t tok, const uin
                      size_t len)
 {
 	const struct model *m = r->model;
-	if (m->eos >= 0 && tok == m->eos) {
+	bool eot = false;
+	for (uint32_t i = 0; i < r->n_stop_tokens; i++)
+		eot |= tok == r->stop_tokens[i];
+	if ((m->eos >= 0 && tok == m->eos) || eot) {
 		req_end(b, r, 0, "eos");
 		return true;
 	}
@@ -623,6 +640,12 @@ void req_on_result_msg(struct broker *b, struct worker *w, const Itt__StepResult
 		memcpy(r->prompt, res->prompt_tokens, res->n_prompt_tokens * sizeof *r->prompt);
 		r->n_prompt = (uint32_t)res->n_prompt_tokens;
 		r->have_prompt = true;
+	}
+	if (res->step == 0 && res->n_stop_tokens) {
+		/* stage 0 rendered a conversation: its turn ends at these */
+		r->n_stop_tokens = (uint32_t)res->n_stop_tokens;
+		memcpy(r->stop_tokens, res->stop_tokens,
+		       res->n_stop_tokens * sizeof *r->stop_tokens);
 	}
 	if (!last) {
 		uint32_t rows = (res->step == 0 ? r->n_prompt + r->n_gen : 1 + r->n_draft) *

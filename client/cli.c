@@ -101,6 +101,14 @@ static const struct opt gen_opts_table[] = {
 	 "the layers after which --early-exit may stop"},
 	{"compare", 0, OPT_FLAG, NULL, 0, 0, GEN_AT(tech.compare), NULL,
 	 "(--local) also run the full model: report agreement"},
+	{"chat", 0, OPT_FLAG, NULL, 0, 0, GEN_AT(chat), NULL,
+	 "chat: the prompt is a user message, rendered with the model's chat template"},
+	{"system", 0, OPT_STR, NULL, 0, 1e9, GEN_AT(system), "TEXT",
+	 "(--chat) a system message before the conversation"},
+	{"messages", 0, OPT_STR, NULL, 1, 4096, GEN_AT(messages_file), "FILE",
+	 "(implies --chat) the conversation: a JSON array of {\"role\", \"content\"}"},
+	{"chat-template", 0, OPT_STR, NULL, 1, 32, GEN_AT(chat_template), "NAME",
+	 "(--chat) render with this template, not the model's (chatml, llama3, ...)"},
 	{"speculative", 0, OPT_STR, NULL, 1, 64, GEN_AT(tech.draft), "ngram|exit",
 	 "(--broker) speculative decoding: n-gram or early-exit drafts"},
 	{"draft", 0, OPT_LONG, NULL, 0, 1000000, GEN_AT(tech.max_draft), NULL,
@@ -124,10 +132,123 @@ static const struct opt_spec gen_spec = {
 		 "prints \"itt generate: CODE: reason\" and exits 1.",
 	.opts = gen_opts_table,
 	.n_opts = OPTS_N(gen_opts_table),
-	.epilog = "Inference-time techniques: PROTOCOL.md \"Techniques\". --early-exit needs\n"
+	.epilog = "Chat: --chat sends the prompt as a user message (after --system and the\n"
+		  "messages of --messages FILE); the worker (or --local) renders them with the\n"
+		  "model's chat template, or --chat-template NAME (chatml, llama2, llama3,\n"
+		  "llama3.1, mistral-v1, mistral-v3, mistral-v3-tekken, mistral-v7,\n"
+		  "mistral-v7-tekken, gemma, phi3, granite), and generation ends at the end of\n"
+		  "the assistant's turn; only the reply is printed. A model without a template\n"
+		  "uses chatml; one whose template is not recognised needs --chat-template.\n"
+		  "With --json a chat's object has messages instead of prompt (--broker), or\n"
+		  "messages, the rendered prompt and chat_template (--local).\n"
+		  "Inference-time techniques: PROTOCOL.md \"Techniques\". --early-exit needs\n"
 		  "--exit-layers (whole-model workers); --api-key, --client-id, --timeout-ms,\n"
 		  "--tenant, --priority and --deadline-ms apply to --broker.",
 };
+
+static void gen_free_msgs(struct gen_opts *o)
+{
+	for (size_t i = 0; i < o->n_msgs; i++) {
+		free(o->msgs[i].role);
+		free(o->msgs[i].content);
+	}
+	free(o->msgs);
+	o->msgs = NULL;
+	o->n_msgs = 0;
+}
+
+static int gen_push_msg(struct gen_opts *o, const char *role, const char *content, size_t len)
+{
+	struct gen_msg *m = realloc(o->msgs, (o->n_msgs + 1) * sizeof *m);
+	if (!m)
+		return -1;
+	o->msgs = m;
+	m += o->n_msgs;
+	m->role = strdup(role);
+	m->content = malloc(len + 1);
+	if (!m->role || !m->content) {
+		free(m->role);
+		free(m->content);
+		return -1;
+	}
+	memcpy(m->content, content, len);
+	m->content[len] = 0;
+	o->n_msgs++;
+	return 0;
+}
+
+/* Builds o->msgs: --system, the messages of --messages FILE, then the
+ * prompt (when not empty) as a user message.  0, or -1 after printing why.
+ * Roles and order are checked where the conversation is rendered. */
+static int gen_conversation(struct gen_opts *o)
+{
+	json_error_t je;
+	json_t *a = NULL;
+	const char *why = NULL;
+	char buf[300];
+
+	if (o->system && gen_push_msg(o, "system", o->system, strlen(o->system)) < 0)
+		goto oom;
+	if (o->messages_file) {
+		if (!(a = json_load_file(o->messages_file, 0, &je))) {
+			fprintf(stderr, "itt generate: --messages %s: line %d: %s\n",
+			        o->messages_file, je.line, je.text);
+			goto fail;
+		}
+		if (!json_is_array(a))
+			why = "expected a JSON array of {\"role\", \"content\"} objects";
+		for (size_t i = 0; !why && i < json_array_size(a); i++) {
+			json_t *m = json_array_get(a, i);
+			json_t *role = json_object_get(m, "role"),
+			       *content = json_object_get(m, "content");
+			if (!json_is_object(m) || !json_is_string(role) ||
+			    !json_is_string(content)) {
+				snprintf(buf, sizeof buf,
+				         "element %zu is not an object with string \"role\" and "
+				         "\"content\"",
+				         i);
+				why = buf;
+			} else if (o->system && !strcmp(json_string_value(role), "system")) {
+				why = "--system and a system message in the file are exclusive";
+			} else if (gen_push_msg(o, json_string_value(role),
+			                        json_string_value(content),
+			                        json_string_length(content)) < 0) {
+				goto oom;
+			}
+		}
+		if (why) {
+			fprintf(stderr, "itt generate: --messages %s: %s\n", o->messages_file, why);
+			goto fail;
+		}
+		json_decref(a);
+		a = NULL;
+	}
+	if (*o->prompt && gen_push_msg(o, "user", o->prompt, strlen(o->prompt)) < 0)
+		goto oom;
+	if (!o->n_msgs || (o->n_msgs == 1 && o->system)) {
+		fprintf(stderr, "itt generate: --chat needs a prompt or --messages FILE\n");
+		goto fail;
+	}
+	return 0;
+oom:
+	fprintf(stderr, "itt generate: out of memory\n");
+fail:
+	json_decref(a);
+	gen_free_msgs(o);
+	return -1;
+}
+
+json_t *gen_json_messages(const struct gen_opts *o)
+{
+	json_t *a = json_array();
+	for (size_t i = 0; a && i < o->n_msgs; i++) {
+		json_t *m = json_object();
+		json_object_set_new(m, "role", cli_json_str(o->msgs[i].role));
+		json_object_set_new(m, "content", cli_json_str(o->msgs[i].content));
+		json_array_append_new(a, m);
+	}
+	return a;
+}
 
 /* OPTS_OK, OPTS_HELP or OPTS_ERROR (a line on stderr). */
 static int parse_gen(int argc, char **argv, struct gen_opts *o)
@@ -151,10 +272,16 @@ static int parse_gen(int argc, char **argv, struct gen_opts *o)
 	else if (o->local &&
 		 (o->co.client_id || o->co.tenant || o->co.priority || o->co.deadline_ms))
 		why = "--client-id, --tenant, --priority and --deadline-ms need --broker";
+	else if (!o->chat && !o->messages_file && (o->system || o->chat_template))
+		why = "--system and --chat-template need --chat";
 	if (why) {
 		fprintf(stderr, "itt generate: %s (see --help)\n", why);
 		return OPTS_ERROR;
 	}
+	if (o->messages_file)
+		o->chat = true;
+	if (o->chat && gen_conversation(o) < 0)
+		return OPTS_ERROR;
 	return OPTS_OK;
 }
 
@@ -164,7 +291,9 @@ int cmd_generate(int argc, char **argv)
 	int rc = parse_gen(argc, argv, &o);
 	if (rc != OPTS_OK)
 		return cli_exit(rc);
-	return o.broker ? cmd_generate_broker(&o) : cmd_generate_local(&o);
+	rc = o.broker ? cmd_generate_broker(&o) : cmd_generate_local(&o);
+	gen_free_msgs(&o);
+	return rc;
 }
 
 /* --- JSON ---------------------------------------------------------------------- */

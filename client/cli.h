@@ -81,6 +81,11 @@ struct cluster_opts {
 	{"deadline-ms", 0, OPT_LONG, "0", 0, 3600000, offsetof(T, co.deadline_ms), "MS",           \
 	 "end the request after this long (0: the broker's default)", .flags = (flag_bits)}
 
+/* One turn of a conversation (itt generate --chat); strings owned. */
+struct gen_msg {
+	char *role, *content;
+};
+
 struct gen_opts {
 	const char *local;  /* model path for the in-process engine */
 	const char *broker; /* broker endpoint */
@@ -95,11 +100,21 @@ struct gen_opts {
 	bool json;
 	struct gen_technique tech;
 	struct cluster_opts co; /* --broker only */
+	/* chat (PROTOCOL.md "Chat") */
+	bool chat;                 /* --chat (or --messages): send a conversation */
+	const char *system;        /* --system TEXT: a system message first */
+	const char *messages_file; /* --messages FILE: a JSON array of {"role", "content"} */
+	const char *chat_template; /* --chat-template NAME: instead of the model's */
+	struct gen_msg *msgs;      /* the conversation parse_gen built: --system, the
+	                            * file's messages, then the prompt as a user message */
+	size_t n_msgs;
 };
 
 /* itt generate: parses argv (argv[0] "generate") and runs the local or the
  * broker path. */
 int cmd_generate(int argc, char **argv);
+/* The conversation of a --chat run as a JSON array of {"role", "content"}. */
+json_t *gen_json_messages(const struct gen_opts *o);
 
 /* --- JSON output (jansson) ---------------------------------------------------
  * A command builds its object with json_object_set_new() and these values,

@@ -208,9 +208,23 @@ int cmd_generate_broker(struct gen_opts *o)
 	int rc = 1;
 
 	struct itt_request req;
+	struct itt_message *msgs = NULL;
 	itt_request_init(&req);
 	req.model = o->model;
 	req.prompt = o->prompt;
+	if (o->chat) {
+		/* the conversation replaces the prompt */
+		if (!(msgs = calloc(o->n_msgs ? o->n_msgs : 1, sizeof *msgs))) {
+			fprintf(stderr, "itt generate: out of memory\n");
+			return 1;
+		}
+		for (size_t i = 0; i < o->n_msgs; i++)
+			msgs[i] = (struct itt_message){o->msgs[i].role, o->msgs[i].content};
+		req.prompt = NULL;
+		req.messages = msgs;
+		req.n_messages = o->n_msgs;
+		req.chat_template = o->chat_template;
+	}
 	req.max_tokens = o->n_predict;
 	fill_sampling(o, &req.sampling);
 	req.stop = o->stops;
@@ -221,23 +235,26 @@ int cmd_generate_broker(struct gen_opts *o)
 	struct broker_tech bt;
 	if (broker_tech_fill(&o->tech, &bt, &req)) {
 		broker_tech_free(&bt);
+		free(msgs);
 		return 2;
 	}
 
 	itt_client_t *c = open_client(o->broker, co, "generate");
 	if (!c) {
 		broker_tech_free(&bt);
+		free(msgs);
 		return 2;
 	}
 	itt_stream_t *s = itt_submit(c, &req, &err);
 	broker_tech_free(&bt);
+	free(msgs);
 	if (!s) {
 		fprintf(stderr, "itt generate: %s: %s\n", itt_code_name(err.code), err.msg);
 		itt_client_destroy(&c);
 		return err.code == ITT__CODE__INVALID_ARGUMENT ? 2 : 1;
 	}
 	sig_stop_install();
-	if (!o->json) {
+	if (!o->json && !o->chat) {
 		fputs(o->prompt, stdout);
 		fflush(stdout);
 	}
@@ -278,7 +295,11 @@ int cmd_generate_broker(struct gen_opts *o)
 		double tok_s = n_gen > 1 && gen_s > 0 ? (double)(n_gen - 1) / gen_s : 0;
 		if (o->json) {
 			json_t *j = json_object(), *t = json_object();
-			json_object_set_new(j, "prompt", cli_json_str(o->prompt));
+			if (o->chat) {
+				json_object_set_new(j, "messages", gen_json_messages(o));
+			} else {
+				json_object_set_new(j, "prompt", cli_json_str(o->prompt));
+			}
 			json_object_set_new(j, "prompt_tokens",
 					    cli_json_ids(ev.prompt_tokens, ev.n_prompt_tokens));
 			json_object_set_new(j, "tokens",

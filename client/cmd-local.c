@@ -7,6 +7,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "chat.h"
 #include "cli.h"
 #include "clock.h"
 #include "engine.h"
@@ -35,6 +36,67 @@ static int open_engine(const char *path, int threads, uint32_t kv_seqs, struct e
 }
 
 /* --- generate --local ------------------------------------------------------ */
+
+/* A token's text as a C string in buf (cap bytes), or NULL. */
+static const char *token_cstr(const tokenizer_t *tok, int32_t id, char *buf, size_t cap)
+{
+	size_t n = 0;
+	const char *s = tokenizer_token_text(tok, id, &n);
+	if (!s || n >= cap)
+		return NULL;
+	memcpy(buf, s, n);
+	buf[n] = 0;
+	return buf;
+}
+
+/* The prompt of a --chat run: o->msgs rendered with --chat-template or the
+ * model's template into *text, tokenized into hist (special tokens parsed;
+ * BOS unless the rendering starts with it), the end-of-turn ids into stops.
+ * 0, or 2 after printing why. */
+static int chat_prompt(const struct gen_opts *o, struct engine *e, struct chat_template *ct,
+                       char **text, size_t *len, int32_t *hist, size_t *n_prompt, int32_t *stops,
+                       uint32_t *n_stops)
+{
+	struct itt_err err = {0};
+	char bos[128], eos[128];
+	uint32_t ctx = e->model->hp.ctx_len;
+	int rc = o->chat_template ? chat_template_by_name(o->chat_template, ct, &err)
+	                          : chat_template_from_gguf(e->model->file, ct, &err);
+	if (rc < 0) {
+		fprintf(stderr, "itt generate: %s\n", err.msg);
+		return 2;
+	}
+	struct chat_msg *m = calloc(o->n_msgs ? o->n_msgs : 1, sizeof *m);
+	if (!m) {
+		fprintf(stderr, "itt generate: out of memory\n");
+		return 2;
+	}
+	for (size_t i = 0; i < o->n_msgs; i++)
+		m[i] = (struct chat_msg){o->msgs[i].role, o->msgs[i].content};
+	/* a model without BOS (or EOS) writes nothing where the template has it */
+	const char *bt = token_cstr(e->tok, tokenizer_bos(e->tok), bos, sizeof bos);
+	const char *et = token_cstr(e->tok, tokenizer_eos(e->tok), eos, sizeof eos);
+	rc = chat_render(ct, m, o->n_msgs, bt ? bt : "", et ? et : "", text, len, &err);
+	free(m);
+	if (rc < 0) {
+		fprintf(stderr, "itt generate: %s%s\n", err.msg,
+		        ct->family == CHAT_UNKNOWN ? " (--chat-template NAME)" : "");
+		return 2;
+	}
+	unsigned flags = TOKENIZER_PARSE_SPECIAL;
+	if (!bt || !*bt || strncmp(*text, bt, strlen(bt)))
+		flags |= TOKENIZER_ADD_BOS;
+	if (tokenizer_encode_flags(e->tok, *text, *len, flags, hist, ctx, n_prompt, &err) < 0 ||
+	    *n_prompt >= ctx) {
+		fprintf(stderr,
+		        "itt generate: the conversation of %zu tokens leaves no room in the "
+		        "context of %u\n",
+		        *n_prompt, ctx);
+		return 2;
+	}
+	*n_stops = chat_stop_tokens(ct, e->tok, stops);
+	return 0;
+}
 
 /* One sequence the step runs: the main one, the guidance branch (the same
  * tokens with heads perturbed, or the negative prompt then the same
@@ -196,6 +258,10 @@ int cmd_generate_local(struct gen_opts *o)
 	struct itt_err err = {0};
 	struct local_tech t;
 	int rc = 1;
+	char *chat_text = NULL; /* --chat: the rendered conversation */
+	struct chat_template ct = {0};
+	int32_t stops[CHAT_MAX_STOP];
+	uint32_t n_stops = 0;
 
 	if (!o->seed_set)
 		o->sp.seed = (uint64_t)time(NULL) ^ ((uint64_t)getpid() << 32);
@@ -241,8 +307,17 @@ int cmd_generate_local(struct gen_opts *o)
 		fprintf(stderr, "itt generate: %s\n", err.code ? err.msg : "out of memory");
 		goto out;
 	}
+	/* a chat renders o->msgs into the prompt; only the reply is printed */
+	const char *prompt = o->prompt;
 	size_t plen = strlen(o->prompt);
-	if (tokenizer_encode(e->tok, o->prompt, plen, true, hist, ctx, &n_prompt, &err) < 0) {
+	if (o->chat) {
+		if ((rc = chat_prompt(o, e, &ct, &chat_text, &plen, hist, &n_prompt, stops,
+		                      &n_stops)))
+			goto out;
+		rc = 1;
+		prompt = chat_text;
+	} else if (tokenizer_encode(e->tok, o->prompt, plen, true, hist, ctx, &n_prompt, &err) <
+	           0) {
 		fprintf(stderr, "itt generate: prompt of %zu tokens does not fit the context of %u\n",
 			n_prompt, ctx);
 		goto out;
@@ -268,8 +343,8 @@ int cmd_generate_local(struct gen_opts *o)
 		br[1] = (struct branch){br[1].seq, neg, n_neg, NULL, blogits};
 	else if (o->tech.compare)
 		br[1] = (struct branch){br[1].seq, hist, n_prompt, NULL, blogits};
-	if (!o->json) {
-		fwrite(o->prompt, 1, plen, stdout);
+	if (!o->json && !o->chat) {
+		fwrite(prompt, 1, plen, stdout);
 		fflush(stdout);
 	}
 	double t0 = clock_mono_us() / 1e3;
@@ -304,7 +379,10 @@ int cmd_generate_local(struct gen_opts *o)
 			}
 		}
 		hist[n++] = tok;
-		if (tok == tokenizer_eos(e->tok)) {
+		bool eot = false;
+		for (uint32_t i = 0; i < n_stops; i++)
+			eot |= tok == stops[i];
+		if (tok == tokenizer_eos(e->tok) || eot) {
 			stop_reason = "eos";
 			break;
 		}
@@ -362,7 +440,12 @@ int cmd_generate_local(struct gen_opts *o)
 	size_t n_gen = n - n_prompt;
 	if (o->json) {
 		json_t *j = json_object(), *tm = json_object();
-		json_object_set_new(j, "prompt", cli_json_text(o->prompt, plen));
+		json_object_set_new(j, "prompt", cli_json_text(prompt, plen));
+		if (o->chat) {
+			json_object_set_new(j, "messages", gen_json_messages(o));
+			json_object_set_new(j, "chat_template",
+			                    json_string(chat_template_name(&ct)));
+		}
 		json_object_set_new(j, "prompt_tokens", cli_json_ids(hist, n_prompt));
 		json_object_set_new(j, "tokens", cli_json_ids(hist + n_prompt, n_gen));
 		json_object_set_new(j, "text", cli_json_text(text, text_len));
@@ -457,6 +540,7 @@ out:
 	free(glogits);
 	free(exits);
 	free(text);
+	free(chat_text);
 	free(t.mask);
 	engine_close(&e);
 	return rc;

@@ -661,8 +661,10 @@ itt_stream_t *itt_submit(itt_client_t *c, const struct itt_request *req, struct 
 	smp.seed = (sp->set & ITT_SAMPLING_SEED) ? sp->seed : random_u64() >> 1;
 
 	Itt__LogitBias *bias = NULL, **biasp = NULL;
+	Itt__ChatMessage *msgs = NULL, **msgp = NULL;
 	itt_stream_t *s = NULL;
 	uint8_t *buf = NULL;
+	size_t nm = req->messages ? req->n_messages : 0;
 	size_t nb = sp->logit_bias ? sp->n_logit_bias : 0;
 	if (nb > 1024) {
 		itt_err_set(err, ITT__CODE__INVALID_ARGUMENT,
@@ -683,6 +685,22 @@ itt_stream_t *itt_submit(itt_client_t *c, const struct itt_request *req, struct 
 	}
 	smp.n_logit_bias = nb;
 	smp.logit_bias = biasp;
+	if (nm > 4096) { /* validate_generate names the real limit */
+		itt_err_set(err, ITT__CODE__INVALID_ARGUMENT, "messages has %zu entries", nm);
+		goto fail;
+	}
+	if (nm && (!(msgs = calloc(nm, sizeof *msgs)) || !(msgp = calloc(nm, sizeof *msgp)))) {
+		itt_err_set(err, ITT__CODE__INTERNAL, "out of memory");
+		goto fail;
+	}
+	for (size_t i = 0; i < nm; i++) {
+		Itt__ChatMessage init = ITT__CHAT_MESSAGE__INIT;
+		msgs[i] = init;
+		msgs[i].role = (char *)(req->messages[i].role ? req->messages[i].role : "");
+		msgs[i].content =
+		    (char *)(req->messages[i].content ? req->messages[i].content : "");
+		msgp[i] = &msgs[i];
+	}
 
 	Itt__GenerateRequest m = ITT__GENERATE_REQUEST__INIT;
 	m.request_id = (char *)id;
@@ -691,6 +709,9 @@ itt_stream_t *itt_submit(itt_client_t *c, const struct itt_request *req, struct 
 	m.prompt = (char *)(req->prompt && *req->prompt ? req->prompt : NULL);
 	m.prompt_tokens = (int32_t *)req->prompt_tokens;
 	m.n_prompt_tokens = req->prompt_tokens ? req->n_prompt_tokens : 0;
+	m.messages = msgp;
+	m.n_messages = nm;
+	m.chat_template = (char *)req->chat_template;
 	m.has_max_tokens = req->max_tokens >= 0;
 	m.max_tokens = req->max_tokens;
 	m.sampling = &smp;
@@ -788,12 +809,16 @@ itt_stream_t *itt_submit(itt_client_t *c, const struct itt_request *req, struct 
 	c->streams = s;
 	free(bias);
 	free(biasp);
+	free(msgs);
+	free(msgp);
 	return s;
 fail:
 	free(buf);
 	free(s);
 	free(bias);
 	free(biasp);
+	free(msgs);
+	free(msgp);
 	return NULL;
 }
 

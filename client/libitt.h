@@ -144,6 +144,12 @@ struct itt_early_exit {
 	size_t n_layers;
 };
 
+/* One turn of a conversation (ChatMessage, PROTOCOL.md "Chat"). */
+struct itt_message {
+	const char *role;    /* "system" (first only), "user" or "assistant" */
+	const char *content; /* NULL: "" */
+};
+
 /* Mirrors GenerateRequest; itt_request_init gives an empty prompt, the
  * default max_tokens, all sampling fields absent and no techniques. */
 struct itt_request {
@@ -163,6 +169,13 @@ struct itt_request {
 	const struct itt_guidance *guidance;
 	const struct itt_speculative *speculative;
 	const struct itt_early_exit *early_exit;
+	/* chat: a conversation instead of prompt / prompt_tokens, rendered by
+	 * the worker with the model's chat template or chat_template (a name:
+	 * "chatml", "llama3", ...; NULL: the model's); generation ends at the
+	 * end of the assistant's turn (borrowed during itt_submit) */
+	const struct itt_message *messages;
+	size_t n_messages;
+	const char *chat_template;
 };
 
 void itt_request_init(struct itt_request *r);

@@ -21,6 +21,7 @@ void wire_limits_default(struct wire_limits *l)
 	l->max_bias = 1024;
 	l->deadline_default_ms = 300000;
 	l->deadline_max_ms = 3600000;
+	l->max_messages = 256;
 }
 
 /* Every check here fails INVALID_ARGUMENT with a reason naming the field. */
@@ -84,6 +85,33 @@ static int check_str(const char *s, const char *field, uint32_t lo, uint32_t hi,
 	return 0;
 }
 
+int validate_messages(Itt__ChatMessage *const *m, size_t n, const char *chat_template,
+		      const struct wire_limits *l, struct itt_err *err)
+{
+	size_t total = 0;
+	if (chat_template && !n)
+		return bad(err, "chat_template is only valid with messages");
+	if (chat_template && (!*chat_template || strlen(chat_template) > VALIDATE_MAX_TEMPLATE_NAME))
+		return bad(err, "chat_template has %zu bytes; it must have 1..%d",
+			   strlen(chat_template), VALIDATE_MAX_TEMPLATE_NAME);
+	if (n > l->max_messages)
+		return bad(err, "messages has %zu entries; at most %u", n, l->max_messages);
+	for (size_t i = 0; i < n; i++) {
+		const char *role = m[i]->role ? m[i]->role : "";
+		if (strcmp(role, "user") && strcmp(role, "assistant") && strcmp(role, "system"))
+			return bad(err,
+				   "messages[%zu].role \"%.32s\" must be system, user or assistant",
+				   i, role);
+		if (i && !strcmp(role, "system"))
+			return bad(err, "messages[%zu]: a system message may only come first", i);
+		total += m[i]->content ? strlen(m[i]->content) : 0;
+	}
+	if (total > l->max_prompt_bytes)
+		return bad(err, "messages have %zu bytes of content; at most %u", total,
+			   l->max_prompt_bytes);
+	return 0;
+}
+
 int validate_generate(const Itt__GenerateRequest *r, const struct wire_limits *l, uint32_t vocab,
 		      struct itt_err *err)
 {
@@ -99,6 +127,10 @@ int validate_generate(const Itt__GenerateRequest *r, const struct wire_limits *l
 		return bad(err, "prompt has %zu bytes; at most %u", plen, l->max_prompt_bytes);
 	if (plen && r->n_prompt_tokens)
 		return bad(err, "prompt and prompt_tokens are exclusive");
+	if (r->n_messages && (plen || r->n_prompt_tokens))
+		return bad(err, "messages and %s are exclusive", plen ? "prompt" : "prompt_tokens");
+	if ((rc = validate_messages(r->messages, r->n_messages, r->chat_template, l, err)))
+		return rc;
 	if (r->n_prompt_tokens > l->max_prompt_tokens)
 		return bad(err, "prompt_tokens has %zu ids; at most %u", r->n_prompt_tokens,
 			   l->max_prompt_tokens);

@@ -25,6 +25,7 @@ struct wire_limits {
 	uint32_t max_bias;            /* 1024 */
 	uint32_t deadline_default_ms; /* 300000 */
 	uint32_t deadline_max_ms;     /* 3600000 */
+	uint32_t max_messages;        /* chat messages: 256 */
 };
 
 void wire_limits_default(struct wire_limits *l);
@@ -34,6 +35,17 @@ void wire_limits_default(struct wire_limits *l);
  * (the worker repeats them). */
 int validate_generate(const Itt__GenerateRequest *r, const struct wire_limits *l, uint32_t vocab,
 		      struct itt_err *err);
+
+/* Longest chat template name (GenerateRequest.chat_template). */
+#define VALIDATE_MAX_TEMPLATE_NAME 32
+
+/* Checks a conversation (GenerateRequest.messages, SessionOpen.messages)
+ * and its chat_template name (NULL: none): 1..max_messages messages, roles
+ * "system" (first only), "user" or "assistant", contents of at most
+ * max_prompt_bytes together, a name of 1..VALIDATE_MAX_TEMPLATE_NAME bytes
+ * and only with messages.  Which names exist is the worker's to say. */
+int validate_messages(Itt__ChatMessage *const *m, size_t n, const char *chat_template,
+		      const struct wire_limits *l, struct itt_err *err);
 
 /* Fills out from p (NULL: all defaults) with llama.cpp's defaults for
  * absent fields, and validates it; the bias entries are copied into

@@ -50,6 +50,8 @@ struct sched_session {
 	uint32_t n_done;   /* hist[0, n_done) are in the cache (== seq.n_pos) */
 	uint32_t n_prompt; /* prompt part of hist */
 	bool tokenized;    /* the prompt came as text: step 0 reports it */
+	int32_t stop_tokens[CHAT_MAX_STOP]; /* a conversation's end-of-turn ids (step 0) */
+	uint32_t n_stop_tokens;
 	uint64_t *keys;    /* [n_keys] prefix-index chain keys of the full prompt blocks */
 	uint32_t n_keys;
 	uint32_t n_reg; /* prompt blocks entered into the prefix index */

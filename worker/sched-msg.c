@@ -10,7 +10,10 @@
  * (tokenizing a text prompt is real work) runs on the compute thread.
  * Invariant: a command that comes out satisfies everything the compute
  * thread relies on (token ids within the vocabulary, hidden rows of the
- * right shape as F32, techniques this worker's range can run). */
+ * right shape as F32, techniques this worker's range can run).  A
+ * conversation (OPEN messages) is rendered here, with the named template or
+ * the model's: a linear copy of at most max_prompt_bytes; its tokenizing
+ * waits for the compute thread like a text prompt's. */
 #include <stdlib.h>
 #include <string.h>
 
@@ -103,6 +106,52 @@ static int sched_decode_hidden(const Itt__TensorInfo *ti, const void *tensor, si
 	memcpy(h, tensor, n * sizeof *h);
 	kv_fp16_to_fp32(*out, h, n);
 	free(h);
+	return 0;
+}
+
+/* Renders an OPEN's conversation into c->prompt with the template it
+ * names, or the model's. */
+static int sched_render_chat(const Itt__SessionOpen *m, const struct sched_info *info,
+                             struct sched_cmd *c, struct itt_err *err)
+{
+	struct itt_err ce = {0};
+	char bos[128] = "", eos[128] = "";
+	size_t n;
+	const char *s;
+	int rc;
+
+	if (m->chat_template) {
+		if (chat_template_by_name(m->chat_template, &c->chat_tmpl, &ce) < 0)
+			return itt_err_set(err, ITT__CODE__INVALID_ARGUMENT, "chat_template: %s",
+			                   ce.msg);
+	} else {
+		c->chat_tmpl = info->chat;
+	}
+	/* the templates write BOS and EOS as their tokens' texts */
+	if ((s = tokenizer_token_text(info->tok, info->bos, &n)) && n < sizeof bos) {
+		memcpy(bos, s, n);
+		bos[n] = 0;
+	}
+	if ((s = tokenizer_token_text(info->tok, info->eos, &n)) && n < sizeof eos) {
+		memcpy(eos, s, n);
+		eos[n] = 0;
+	}
+	struct chat_msg *msgs = malloc(m->n_messages * sizeof *msgs);
+	if (!msgs)
+		return itt_err_set(err, ITT__CODE__INTERNAL, "out of memory");
+	for (size_t i = 0; i < m->n_messages; i++)
+		msgs[i] = (struct chat_msg){m->messages[i]->role ? m->messages[i]->role : "",
+		                            m->messages[i]->content ? m->messages[i]->content : ""};
+	/* a model without BOS (or EOS) writes nothing where the template has it */
+	rc = chat_render(&c->chat_tmpl, msgs, m->n_messages, bos, eos, &c->prompt, &c->prompt_len,
+	                 &ce);
+	free(msgs);
+	if (rc == ITT_E_NOMEM)
+		return itt_err_set(err, ITT__CODE__INTERNAL,
+		                   "out of memory rendering the messages");
+	if (rc < 0) /* the reason names the message or the template */
+		return itt_err_set(err, ITT__CODE__INVALID_ARGUMENT, "%s", ce.msg);
+	c->chat = true;
 	return 0;
 }
 
@@ -224,13 +273,20 @@ int sched_decode_open(const uint8_t *body, size_t len, const void *tensor, size_
 		                 "reply_dtype %d is not F32 or F16", (int)m->reply_dtype);
 		goto out;
 	}
-	if ((rc = sched_check_stage_input(info, plen, m->n_tokens, err)))
+	if ((rc = sched_check_stage_input(info, plen + m->n_messages, m->n_tokens, err)))
 		goto out;
 	if (plen && m->n_tokens) {
 		rc = itt_err_set(err, ITT__CODE__INVALID_ARGUMENT,
 		                 "prompt and tokens are exclusive");
 		goto out;
 	}
+	if (m->n_messages && (plen || m->n_tokens)) {
+		rc = itt_err_set(err, ITT__CODE__INVALID_ARGUMENT, "messages and %s are exclusive",
+		                 plen ? "prompt" : "tokens");
+		goto out;
+	}
+	if ((rc = validate_messages(m->messages, m->n_messages, m->chat_template, &lim, err)))
+		goto out;
 	if (plen > lim.max_prompt_bytes) {
 		rc = itt_err_set(err, ITT__CODE__INVALID_ARGUMENT,
 		                 "prompt has %zu bytes; at most %u", plen, lim.max_prompt_bytes);
@@ -291,12 +347,16 @@ int sched_decode_open(const uint8_t *body, size_t len, const void *tensor, size_
 			    "this model has no tokenizer; send tokens instead of a prompt");
 			goto out;
 		}
-		if (!(c->prompt = malloc(plen + 1))) {
+		if (m->n_messages) {
+			if ((rc = sched_render_chat(m, info, c, err)))
+				goto out;
+		} else if (!(c->prompt = malloc(plen + 1))) {
 			rc = itt_err_set(err, ITT__CODE__INTERNAL, "out of memory");
 			goto out;
+		} else {
+			memcpy(c->prompt, plen ? m->prompt : "", plen + 1);
+			c->prompt_len = plen;
 		}
-		memcpy(c->prompt, plen ? m->prompt : "", plen + 1);
-		c->prompt_len = plen;
 	}
 	if (!c->prompt && c->n_tokens >= info->ctx_len) {
 		rc = itt_err_set(err, ITT__CODE__INVALID_ARGUMENT,
@@ -312,17 +372,18 @@ out:
 	return rc;
 }
 
-/* Tokenizes text (BOS first) into a new array *ids (replacing the old one)
- * of at most ctx_len ids, *n of them; a text longer than that is cut there
- * (the callers refuse it).  what names the field in the reason. */
+/* Tokenizes text (TOKENIZER_* flags) into a new array *ids (replacing the
+ * old one) of at most ctx_len ids, *n of them; a text longer than that is
+ * cut there (the callers refuse it).  what names the field in the reason. */
 static int sched_tokenize(const struct sched_info *info, const char *text, size_t len,
-                          const char *what, int32_t **ids, size_t *n, struct itt_err *err)
+                          unsigned flags, const char *what, int32_t **ids, size_t *n,
+                          struct itt_err *err)
 {
 	struct itt_err te = {0};
 	free(*ids);
 	if (!(*ids = malloc(((size_t)info->ctx_len + 1) * sizeof **ids)))
 		return itt_err_set(err, ITT__CODE__INTERNAL, "out of memory");
-	int trc = tokenizer_encode(info->tok, text, len, true, *ids, info->ctx_len, n, &te);
+	int trc = tokenizer_encode_flags(info->tok, text, len, flags, *ids, info->ctx_len, n, &te);
 	if (trc < 0 && trc != ITT_E_FULL)
 		return itt_err_set(err, ITT__CODE__INVALID_ARGUMENT, "%s: %s", what, te.msg);
 	return 0;
@@ -339,8 +400,8 @@ static int sched_prepare_negative(const struct sched_info *info, struct sched_te
 	if (!info->tok)
 		return itt_err_set(err, ITT__CODE__INVALID_ARGUMENT,
 		                   "guidance.negative_prompt: this model has no tokenizer");
-	if ((rc = sched_tokenize(info, t->g_neg, strlen(t->g_neg), "guidance.negative_prompt",
-	                         &t->g_neg_tokens, &n, err)))
+	if ((rc = sched_tokenize(info, t->g_neg, strlen(t->g_neg), TOKENIZER_ADD_BOS,
+	                         "guidance.negative_prompt", &t->g_neg_tokens, &n, err)))
 		return rc;
 	if (n == 0 || n >= info->ctx_len)
 		return itt_err_set(
@@ -366,12 +427,23 @@ int sched_prepare_open(const struct sched_info *info, struct sched_cmd *c, struc
 	if (!info->tok)
 		return itt_err_set(err, ITT__CODE__INVALID_ARGUMENT,
 		                   "this model has no tokenizer; send tokens instead of a prompt");
-	if ((rc = sched_tokenize(info, c->prompt, c->prompt_len, "prompt", &c->tokens, &n, err)))
+	unsigned flags = TOKENIZER_ADD_BOS;
+	if (c->chat) {
+		/* a rendering that starts with the BOS text has its BOS already */
+		size_t bl = 0;
+		const char *bt = tokenizer_token_text(info->tok, info->bos, &bl);
+		flags = TOKENIZER_PARSE_SPECIAL;
+		if (!bt || !bl || c->prompt_len < bl || memcmp(c->prompt, bt, bl))
+			flags |= TOKENIZER_ADD_BOS;
+		c->n_stop_tokens = chat_stop_tokens(&c->chat_tmpl, info->tok, c->stop_tokens);
+	}
+	if ((rc = sched_tokenize(info, c->prompt, c->prompt_len, flags,
+	                         c->chat ? "messages" : "prompt", &c->tokens, &n, err)))
 		return rc;
 	if (n >= info->ctx_len)
 		return itt_err_set(err, ITT__CODE__INVALID_ARGUMENT,
-		                   "prompt of %zu tokens does not fit the context of %u", n,
-		                   info->ctx_len);
+		                   "%s of %zu tokens does not fit the context of %u",
+		                   c->chat ? "messages" : "prompt", n, info->ctx_len);
 	if (n == 0)
 		return itt_err_set(err, ITT__CODE__INVALID_ARGUMENT,
 		                   "prompt: no tokens (the vocabulary has no BOS)");

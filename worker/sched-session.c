@@ -465,6 +465,8 @@ void sched_apply_open(sched_t *s, struct sched_cmd *c)
 	kv_seq_init(&ss->seq);
 	ss->n_prompt = c->n_prompt;
 	ss->tokenized = c->tokenized;
+	ss->n_stop_tokens = c->n_stop_tokens;
+	memcpy(ss->stop_tokens, c->stop_tokens, sizeof ss->stop_tokens);
 	ss->reply_dtype = c->reply_dtype;
 	ss->n_keys = n_keys;
 	kv_prefix_keys(&s->e->kv, ss->hist, n_keys, ss->keys);

@@ -285,6 +285,10 @@ static struct sched_out *sched_result_new(const struct sched_session *ss,
 		memcpy(r->prompt_tokens, ss->hist, (size_t)ss->n_prompt * sizeof(int32_t));
 		r->n_prompt_tokens = ss->n_prompt;
 	}
+	if (mk->step == 0) {
+		r->n_stop_tokens = ss->n_stop_tokens;
+		memcpy(r->stop_tokens, ss->stop_tokens, sizeof r->stop_tokens);
+	}
 	return r;
 }
 

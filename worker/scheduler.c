@@ -290,6 +290,19 @@ static int sched_load(sched_t *s, uint32_t first, uint32_t last, int threads, st
 	s->info.tok = s->e->tok;
 	s->info.eos = s->e->tok ? tokenizer_eos(s->e->tok) : -1;
 	s->info.bos = s->e->tok ? tokenizer_bos(s->e->tok) : -1;
+	struct itt_err cerr = {0};
+	if (s->cfg.chat_template &&
+	    chat_template_by_name(s->cfg.chat_template, &s->info.chat, &cerr) == 0)
+		LOG_INFO("chat template: %s (--chat-template)", chat_template_name(&s->info.chat));
+	else if (chat_template_from_gguf(m->file, &s->info.chat, &cerr) < 0)
+		LOG_WARN("%s: tokenizer.chat_template: %s; chat needs a named template",
+		         s->cfg.model_path, cerr.msg);
+	else if (s->e->tok && m->first == 0)
+		LOG_INFO("chat template: %s%s", chat_template_name(&s->info.chat),
+		         s->info.chat.fallback ? " (the model has none: the fallback)"
+		         : s->info.chat.family == CHAT_UNKNOWN
+		             ? " (not recognised: chat requests must name a template)"
+		             : "");
 	s->info.kv_blocks = s->e->kv.n_blocks;
 	s->info.kv_block = s->e->kv.block_size;
 	s->info.weight_bytes = sched_file_weight_bytes(m->file);

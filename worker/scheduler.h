@@ -93,6 +93,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "chat.h"
 #include "err.h"
 #include "kv-cache.h"
 #include "sampler.h"
@@ -115,6 +116,7 @@ struct sched_config {
 	bool prefix_cache;    /* share the KV blocks of common prompt prefixes */
 	uint32_t slow_ms;     /* debug: sleep this long after every step */
 	uint32_t batch_wait_us; /* gather window: see sched_gather in scheduler.c */
+	const char *chat_template; /* a chat template name replacing the model's, or NULL */
 };
 
 #define SCHED_DEFAULT_MAX_SESSIONS 64
@@ -137,6 +139,8 @@ struct sched_info {
 	int32_t eos, bos;               /* -1: none */
 	uint32_t kv_blocks, kv_block;   /* KV cache: blocks, positions per block */
 	const tokenizer_t *tok;         /* NULL: text prompts are refused */
+	struct chat_template chat;      /* the model's chat template (chat.h: detected, or the
+	                                 * chatml fallback when the file has none) */
 	uint64_t weight_bytes;          /* bytes of every tensor of the file (all layers) */
 };
 
@@ -187,6 +191,12 @@ struct sched_cmd {
 	uint32_t n_prompt;         /* OPEN: prompt part of tokens */
 	int32_t priority;          /* OPEN: higher is served first and preempted last */
 	bool tokenized;            /* OPEN: tokens came from a text prompt */
+	bool chat;                 /* OPEN: prompt is a rendered conversation (special tokens
+	                            * are parsed; BOS only when the rendering has none) */
+	struct chat_template chat_tmpl;     /* OPEN with chat: the template it was rendered with */
+	int32_t stop_tokens[CHAT_MAX_STOP]; /* OPEN with chat: its end-of-turn ids, set by
+	                                     * sched_prepare_open */
+	uint32_t n_stop_tokens;
 	struct sampler_params sp;  /* OPEN; sp.bias points at bias */
 	struct sampler_bias *bias; /* [sp.n_bias], owned */
 	float *hidden;             /* OPEN/STEP on a stage > 0: [hidden_rows][dim] F32, owned */
@@ -212,6 +222,10 @@ struct sched_cmd {
  * session with a perturbation branch (an OPEN says so; a STEP may have
  * either, the compute thread checks it against the session); on stage 0 a
  * tensor or `hidden` is refused; a text prompt is only valid on stage 0.
+ * An OPEN with messages (a conversation, stage 0 only) is rendered here
+ * with the named chat template or the model's (info->chat), into the text
+ * prompt that sched_prepare_open tokenizes; a template that is unknown or
+ * refuses the conversation is INVALID_ARGUMENT.
  * OPEN's techniques pass validate_techniques with this model's n_layers and
  * n_heads, and early exit, "exit" drafts and a negative prompt need a
  * whole-model worker (else INVALID_ARGUMENT). */
@@ -233,7 +247,10 @@ int sched_decode_close(const uint8_t *body, size_t len, struct sched_cmd **out,
                        uint64_t *session_id, struct itt_err *err);
 /* Tokenizes an OPEN's text prompt (BOS first) into its tokens, on the
  * compute thread; 0 (also when there is no prompt), or a code with reason
- * (INVALID_ARGUMENT when the prompt does not fit the context). */
+ * (INVALID_ARGUMENT when the prompt does not fit the context).  A rendered
+ * conversation is tokenized with special-token parsing (BOS added only
+ * when the text does not begin with it), and its end-of-turn ids are looked
+ * up into c->stop_tokens. */
 int sched_prepare_open(const struct sched_info *info, struct sched_cmd *c, struct itt_err *err);
 struct sched_cmd *sched_cmd_new(enum sched_cmd_kind kind);
 void sched_cmd_free(struct sched_cmd **c);
@@ -259,6 +276,8 @@ struct sched_out {
 	size_t piece_len;
 	int32_t *prompt_tokens; /* [n_prompt_tokens], owned; step 0 of a text prompt */
 	uint32_t n_prompt_tokens;
+	int32_t stop_tokens[CHAT_MAX_STOP]; /* step 0 of a conversation: its end-of-turn ids */
+	uint32_t n_stop_tokens;
 	bool has_token;    /* last stage: token and piece are set */
 	/* speculative: every token emitted (token is the last), their pieces,
 	 * and the drafts to feed next */

@@ -658,6 +658,8 @@ static void server_send_result(struct server *s, const struct sched_out *o)
 	}
 	r.prompt_tokens = o->prompt_tokens;
 	r.n_prompt_tokens = o->n_prompt_tokens;
+	r.stop_tokens = (int32_t *)o->stop_tokens;
+	r.n_stop_tokens = o->n_stop_tokens;
 	r.n_pos = o->n_pos;
 	r.step_ms = o->step_ms;
 	server_send_tensor(s, WIRE_RESULT, &r.base, o->has_token ? NULL : o->tensor,

@@ -41,6 +41,7 @@ struct worker_opts {
 	long heartbeat_ms;
 	long liveness;
 	long slow_ms;
+	const char *chat_template;
 	bool print_config;
 };
 
@@ -88,6 +89,9 @@ static const struct opt worker_opts_table[] = {
      "error, warn, info or debug"},
     {"slow-ms", 0, OPT_LONG, "0", 0, 10000, WORKER_OFF(slow_ms), NULL,
      "DEBUG knob: sleep this long after every step (SETTINGS may change it)"},
+    {"chat-template", 0, OPT_STR, NULL, 0, WORKER_STR_MAX, WORKER_OFF(chat_template), "NAME",
+     "render chat requests that name no template with this one (chatml, llama3, ...) "
+     "instead of the model's tokenizer.chat_template"},
     {"print-config", 0, OPT_FLAG, NULL, 0, 0, WORKER_OFF(print_config), NULL,
      "print the settings in force and exit"},
 };
@@ -233,6 +237,12 @@ int main(int argc, char **argv)
 		        w.max_batch_tokens, w.batch_tokens);
 		return 2;
 	}
+	struct chat_template ct;
+	struct itt_err cerr = {0};
+	if (w.chat_template && chat_template_by_name(w.chat_template, &ct, &cerr) < 0) {
+		fprintf(stderr, "itt-worker: --chat-template: %s\n", cerr.msg);
+		return 2;
+	}
 	if (w.print_config) {
 		if (!w.layers)
 			w.layers = "all";
@@ -254,6 +264,7 @@ int main(int argc, char **argv)
 	    .prefix_cache = w.prefix_cache != 0,
 	    .slow_ms = (uint32_t)w.slow_ms,
 	    .batch_wait_us = (uint32_t)w.batch_wait_us,
+	    .chat_template = w.chat_template,
 	};
 	struct itt_err err = {0};
 	sched_t *sched = NULL;

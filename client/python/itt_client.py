@@ -311,7 +311,7 @@ class Client:
     def generate(self, model, prompt="", *, prompt_tokens=None, max_tokens=None, stop=(),
                  deadline_ms=None, priority=None, tenant=None, request_id=None,
                  logit_bias=None, guidance=None, speculative=None, early_exit=None,
-                 **sampling):
+                 messages=None, chat_template=None, **sampling):
         """Submits a generation; returns a Stream to iterate.  Sampling keywords:
         temperature, top_k, top_p, min_p, typical_p, repeat_penalty,
         repeat_last_n, presence_penalty, frequency_penalty, seed; logit_bias is
@@ -323,7 +323,13 @@ class Client:
           speculative={"draft": "ngram" | "exit", "max_draft": N,
                        "exit_layers": K, "ngram_min": A, "ngram_max": B}
           early_exit={"threshold": T, "layers": [1, 2]}
-        The broker validates them (IttError INVALID_ARGUMENT naming the field)."""
+        The broker validates them (IttError INVALID_ARGUMENT naming the field).
+
+        Chat (PROTOCOL.md, "Chat"): messages=[{"role": "system" | "user" |
+        "assistant", "content": TEXT}, ...] instead of a prompt; the worker
+        renders them with the model's chat template, or chat_template (a name
+        such as "chatml" or "llama3"), and generation ends at the end of the
+        assistant's turn."""
         unknown = set(sampling) - set(_SAMPLING)
         if unknown:
             raise TypeError(f"unknown sampling parameter(s): {', '.join(sorted(unknown))}")
@@ -337,6 +343,10 @@ class Client:
             req.prompt = prompt
         if prompt_tokens:
             req.prompt_tokens.extend(prompt_tokens)
+        for m in messages or ():
+            req.messages.add(role=m["role"], content=m.get("content", ""))
+        if chat_template:
+            req.chat_template = chat_template
         if max_tokens is not None:
             req.max_tokens = max_tokens
         req.stop.extend(stop or ())

@@ -5,7 +5,9 @@
  * ERROR) and is then kept keep_ended_ms (at most keep_ended of them) so a
  * re-SUBMIT gets the same stream again; a lost worker's sessions are
  * requeued at the head of the queue and replayed elsewhere with the history,
- * up to --max-replays.  Every state is checked with broker_check(). */
+ * up to --max-replays; a conversation opens stage 0 with its messages and
+ * ends at the end-of-turn id stage 0 reported.  Every state is checked with
+ * broker_check(). */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -225,6 +227,78 @@ static void test_eos_ends_with_done_once_and_the_next_request_runs(void **state)
 	req_end(&t->b, r1, ITT__CODE__INTERNAL, "again");
 	assert_int_equal(r1->end_code, 0);
 	assert_int_equal(t->b.n_failed, 0);
+	assert_true(tb_quiet(c));
+	broker_check(&t->b);
+	tb_free(t);
+}
+
+static void test_a_conversation_opens_with_its_messages_and_ends_at_its_end_of_turn(void **state)
+{
+	(void)state;
+	void *wp;
+	struct tb *t = tb_new(0, NULL);
+	tb_worker(t, "w1", "m", 0, 4, 4, 1, &wp);
+	void *c = tb_peer(t, false, "c1");
+	Itt__ChatMessage sys = ITT__CHAT_MESSAGE__INIT, user = ITT__CHAT_MESSAGE__INIT;
+	Itt__ChatMessage *msgs[] = {&sys, &user};
+	sys.role = "system";
+	sys.content = "Be brief.";
+	user.role = "user";
+	user.content = "Hello";
+	Itt__GenerateRequest g = ITT__GENERATE_REQUEST__INIT;
+	g.client_id = "c";
+	g.request_id = "r1";
+	g.model = "m";
+	g.messages = msgs;
+	g.n_messages = 2;
+	g.chat_template = "llama3";
+	/* with a prompt too: refused at once */
+	g.prompt = "text";
+	tb_send(c, WIRE_SUBMIT, &g.base);
+	tb_pump_front(t);
+	expect_error(c, "r1", ITT__CODE__INVALID_ARGUMENT, "messages and prompt are exclusive");
+	/* a system message that is not first: refused */
+	g.prompt = NULL;
+	msgs[0] = &user;
+	msgs[1] = &sys;
+	tb_send(c, WIRE_SUBMIT, &g.base);
+	tb_pump_front(t);
+	expect_error(c, "r1", ITT__CODE__INVALID_ARGUMENT,
+	             "messages[1]: a system message may only come first");
+	msgs[0] = &sys;
+	msgs[1] = &user;
+	tb_send(c, WIRE_SUBMIT, &g.base);
+	tb_pump_front(t);
+	struct request *r = tb_request(t, "c", "r1");
+	assert_non_null(r);
+	/* stage 0 gets the conversation and the template's name, no prompt */
+	Itt__SessionOpen *o = expect_open(wp);
+	assert_int_equal(o->n_messages, 2);
+	assert_string_equal(o->messages[1]->content, "Hello");
+	assert_string_equal(o->chat_template, "llama3");
+	assert_null(o->prompt);
+	assert_int_equal(o->n_tokens, 0);
+	itt__session_open__free_unpacked(o, NULL);
+	/* step 0 reports the prompt and the end-of-turn id 7 */
+	int32_t prompt[] = {1, 5, 6}, eot[] = {7};
+	Itt__StepResult res = ITT__STEP_RESULT__INIT;
+	res.has_session_id = res.has_step = res.has_token = res.has_piece = true;
+	res.session_id = r->session_id;
+	res.token = 9;
+	res.piece.data = (uint8_t *)"Hi";
+	res.piece.len = 2;
+	res.prompt_tokens = prompt;
+	res.n_prompt_tokens = 3;
+	res.stop_tokens = eot;
+	res.n_stop_tokens = 1;
+	tb_send(wp, WIRE_RESULT, &res.base);
+	tb_pump_back(t);
+	expect_chunk(c, 0, 9, "Hi");
+	itt__step_request__free_unpacked(expect_step(wp), NULL);
+	/* the end-of-turn token ends it like EOS, unsent */
+	tb_result(t, wp, r->session_id, 1, 7, "");
+	expect_done(c, "r1", "eos", 1);
+	expect_close(wp, r->session_id, ITT__CODE__OK);
 	assert_true(tb_quiet(c));
 	broker_check(&t->b);
 	tb_free(t);
@@ -533,6 +607,8 @@ int main(void)
 	    cmocka_unit_test(test_a_request_waits_in_the_queue_while_routes_are_full),
 	    cmocka_unit_test(test_result_streams_a_chunk_and_asks_for_the_next_step),
 	    cmocka_unit_test(test_eos_ends_with_done_once_and_the_next_request_runs),
+	    cmocka_unit_test(
+	        test_a_conversation_opens_with_its_messages_and_ends_at_its_end_of_turn),
 	    cmocka_unit_test(test_resubmit_of_an_ended_request_resends_its_stream),
 	    cmocka_unit_test(test_resubmit_of_an_open_request_moves_its_stream),
 	    cmocka_unit_test(test_a_lost_worker_s_session_is_replayed_with_its_history),

@@ -2,7 +2,10 @@
  * pipeline stages, SETTINGS and ASSIGN: on a stage after the first an
  * OPEN/STEP needs `hidden` and a tensor frame of exactly n_tokens x dim
  * elements of a known dtype, and F16 rows are widened exactly; on stage 0 a
- * tensor is refused; a text prompt is refused past stage 0; knobs and
+ * tensor is refused; a text prompt is refused past stage 0; a conversation
+ * (messages) is rendered with the named or the model's chat template and
+ * tokenized with special tokens (no second BOS when the rendering has one),
+ * its end-of-turn id reported, and bad templates or turns refused; knobs and
  * ranges out of bounds are refused naming the field.  Techniques: OPEN
  * re-validates them against the worker's n_layers and n_heads, refuses
  * early exit, "exit" drafts and a negative prompt on a partial range, and a
@@ -15,6 +18,7 @@
 #include <stdint.h>
 #include <cmocka.h>
 
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -180,6 +184,106 @@ static void test_text_prompt_only_on_stage0(void **state)
 	/* no prompt and no tokens means BOS alone: text too */
 	open_body(0, -1, 0, 0, NULL, &p);
 	expect_invalid(true, &p, NULL, 0, &stage1, "not a text prompt");
+}
+
+/* OPEN {session 9, messages (role, content pairs), chat_template}. */
+static void chat_body(const char *const *rc, size_t n, const char *tmpl, struct packed *p)
+{
+	Itt__ChatMessage m[4], *mp[4];
+	Itt__SessionOpen o = ITT__SESSION_OPEN__INIT;
+	for (size_t i = 0; i < n; i++) {
+		Itt__ChatMessage init = ITT__CHAT_MESSAGE__INIT;
+		m[i] = init;
+		m[i].role = (char *)rc[2 * i];
+		m[i].content = (char *)rc[2 * i + 1];
+		mp[i] = &m[i];
+	}
+	o.has_session_id = 1;
+	o.session_id = 9;
+	o.messages = mp;
+	o.n_messages = n;
+	o.chat_template = (char *)tmpl;
+	pack(&o.base, p);
+}
+
+/* A vocabulary of <unk>, <s>, </s>, <|im_start|>, <|im_end|> (control)
+ * and the 256 byte tokens, so that any text encodes. */
+static tokenizer_t *chat_vocab(void)
+{
+	static char names[256][8];
+	struct gguf_str toks[261];
+	float scores[261] = {0};
+	int32_t types[261];
+	const char *special[] = {"<unk>", "<s>", "</s>", "<|im_start|>", "<|im_end|>"};
+	for (int i = 0; i < 5; i++) {
+		toks[i] = (struct gguf_str){strlen(special[i]), special[i]};
+		types[i] = i ? TOKENIZER_TYPE_CONTROL : TOKENIZER_TYPE_UNKNOWN;
+	}
+	for (int b = 0; b < 256; b++) {
+		snprintf(names[b], sizeof names[b], "<0x%02X>", b);
+		toks[5 + b] = (struct gguf_str){6, names[b]};
+		types[5 + b] = TOKENIZER_TYPE_BYTE;
+	}
+	struct tokenizer_vocab v = {261, toks, scores, types, 1, 2, 0, true};
+	tokenizer_t *t = NULL;
+	assert_int_equal(tokenizer_new_from_vocab(&v, &t, NULL), 0);
+	return t;
+}
+
+static void test_a_conversation_is_rendered_and_tokenized_with_special_tokens(void **state)
+{
+	struct packed p;
+	struct sched_cmd *c = NULL;
+	uint64_t sid = 0;
+	struct itt_err err = {0};
+	(void)state;
+	struct sched_info info = stage0;
+	info.vocab = 261;
+	info.ctx_len = 256;
+	info.tok = chat_vocab();
+	chat_template_by_name("chatml", &info.chat, NULL);
+	const char *conv[] = {"user", "hi"};
+	chat_body(conv, 1, NULL, &p);
+	assert_int_equal(sched_decode_open(p.buf, p.len, NULL, 0, &info, &c, &sid, &err), 0);
+	assert_true(c->chat);
+	assert_string_equal(c->prompt, "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n");
+	assert_int_equal(sched_prepare_open(&info, c, &err), 0);
+	/* BOS, then <|im_start|> as one token; <|im_end|> ends the turn */
+	assert_true(c->n_tokens > 3);
+	assert_int_equal(c->tokens[0], 1);
+	assert_int_equal(c->tokens[1], 3);
+	bool has_end = false;
+	for (uint32_t i = 0; i < c->n_tokens; i++)
+		has_end |= c->tokens[i] == 4;
+	assert_true(has_end);
+	assert_int_equal(c->n_stop_tokens, 1);
+	assert_int_equal(c->stop_tokens[0], 4);
+	sched_cmd_free(&c);
+	/* a named template: llama2 writes <s> itself, so no second BOS */
+	const char *two[] = {"user", "hi"};
+	chat_body(two, 1, "llama2", &p);
+	assert_int_equal(sched_decode_open(p.buf, p.len, NULL, 0, &info, &c, &sid, &err), 0);
+	assert_int_equal(sched_prepare_open(&info, c, &err), 0);
+	assert_int_equal(c->tokens[0], 1);
+	assert_true(c->tokens[1] != 1);
+	assert_int_equal(c->n_stop_tokens, 0); /* its turn ends with EOS */
+	sched_cmd_free(&c);
+	/* refusals: an unknown name, turns llama2 refuses, an unknown model
+	 * template, a later stage, messages with a prompt */
+	chat_body(conv, 1, "jinja", &p);
+	expect_invalid(true, &p, NULL, 0, &info, "chat_template");
+	const char *twice[] = {"user", "a", "user", "b"};
+	chat_body(twice, 2, "llama2", &p);
+	expect_invalid(true, &p, NULL, 0, &info, "alternate");
+	struct sched_info unknown = info;
+	unknown.chat.family = CHAT_UNKNOWN;
+	chat_body(conv, 1, NULL, &p);
+	expect_invalid(true, &p, NULL, 0, &unknown, "not one itt recognises");
+	expect_invalid(true, &p, NULL, 0, &stage1, "not a text prompt");
+	const char *bad[] = {"tool", "x"};
+	chat_body(bad, 1, NULL, &p);
+	expect_invalid(true, &p, NULL, 0, &info, "messages[0].role");
+	tokenizer_destroy((tokenizer_t **)&info.tok);
 }
 
 static void test_f32_and_f16_rows_decode(void **state)
@@ -519,6 +623,7 @@ int main(void)
 	    cmocka_unit_test(test_stage_needs_hidden_of_the_right_shape),
 	    cmocka_unit_test(test_stage0_refuses_a_tensor),
 	    cmocka_unit_test(test_text_prompt_only_on_stage0),
+	    cmocka_unit_test(test_a_conversation_is_rendered_and_tokenized_with_special_tokens),
 	    cmocka_unit_test(test_f32_and_f16_rows_decode),
 	    cmocka_unit_test(test_reply_dtype),
 	    cmocka_unit_test(test_settings_bounds),
