@@ -6,8 +6,8 @@ set -euo pipefail
 ITT_PACKAGES=(
     build-essential cmake pkg-config clang
     libzmq3-dev libuv1-dev libprotobuf-c-dev protobuf-c-compiler protobuf-compiler
-    libopenblas-dev libcmocka-dev libjansson-dev
-    python3 python3-numpy python3-zmq python3-protobuf python3-sentencepiece
+    libopenblas-dev libcmocka-dev libjansson-dev libutf8proc-dev
+    python3 python3-numpy python3-zmq python3-protobuf python3-sentencepiece python3-jinja2
     iproute2 curl ca-certificates
 )
 
