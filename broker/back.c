@@ -165,6 +165,15 @@ static int back_check_hello(const struct broker *b, Itt__WorkerHello *h, struct 
 	if (h->eos_token < -1 || (h->eos_token >= 0 && (uint32_t)h->eos_token >= h->vocab))
 		return itt_err_set(err, bad, "eos_token %d is neither -1 nor a token id",
 		                   h->eos_token);
+	if (h->n_eog_tokens > BROKER_MAX_EOG)
+		return itt_err_set(err, bad, "%zu eog_tokens; at most %d", h->n_eog_tokens,
+		                   BROKER_MAX_EOG);
+	for (size_t i = 0; i < h->n_eog_tokens; i++)
+		if (h->eog_tokens[i] < 0 || (uint32_t)h->eog_tokens[i] >= h->vocab ||
+		    (i > 0 && h->eog_tokens[i] <= h->eog_tokens[i - 1]))
+			return itt_err_set(err, bad,
+			                   "eog_tokens[%zu] = %d: not an ascending token id", i,
+			                   h->eog_tokens[i]);
 	if (h->max_sessions < 1)
 		return itt_err_set(err, bad, "max_sessions must be at least 1");
 	if (h->n_layers < 1 || h->layer_first >= h->layer_last || h->layer_last > h->n_layers)
@@ -229,14 +238,18 @@ static void back_hello(struct broker *b, const struct wire_msg *msg, struct work
 	struct model *m = back_model(b, h->model);
 	if (!m)
 		goto oom;
+	bool same_eog = m->n_eog == h->n_eog_tokens &&
+	                (!m->n_eog || !memcmp(m->eog, h->eog_tokens, m->n_eog * sizeof *m->eog));
 	if (m->n_workers && (m->vocab != h->vocab || m->ctx_len != h->ctx_len ||
-	                     m->eos != h->eos_token || m->n_layers != h->n_layers ||
+	                     m->eos != h->eos_token || !same_eog || m->n_layers != h->n_layers ||
 	                     m->dim != h->dim || (h->n_heads && m->n_heads != h->n_heads))) {
 		snprintf(why, sizeof why,
-		         "model %s is served with vocab %u, ctx_len %u, eos %d, %u layers, dim %u; "
-		         "this worker has vocab %u, ctx_len %u, eos %d, %u layers, dim %u",
-		         m->name, m->vocab, m->ctx_len, m->eos, m->n_layers, m->dim, h->vocab,
-		         h->ctx_len, h->eos_token, h->n_layers, h->dim);
+		         "model %s is served with vocab %u, ctx_len %u, eos %d, %u layers, dim %u, "
+		         "%u eog tokens; this worker has vocab %u, ctx_len %u, eos %d, %u layers, "
+		         "dim %u, %zu eog tokens%s",
+		         m->name, m->vocab, m->ctx_len, m->eos, m->n_layers, m->dim, m->n_eog,
+		         h->vocab, h->ctx_len, h->eos_token, h->n_layers, h->dim, h->n_eog_tokens,
+		         same_eog ? "" : " (different end-of-generation tokens)");
 		LOG_WARN("back end: worker %s (%s): HELLO refused: %s", h->worker_id, peer, why);
 		back_send_error(b, msg->identity, msg->identity_len, 0, ITT__CODE__INVALID_ARGUMENT,
 		                why);
@@ -287,6 +300,9 @@ static void back_hello(struct broker *b, const struct wire_msg *msg, struct work
 	m->vocab = h->vocab;
 	m->ctx_len = h->ctx_len;
 	m->eos = h->eos_token;
+	m->n_eog = (uint32_t)h->n_eog_tokens;
+	if (m->n_eog)
+		memcpy(m->eog, h->eog_tokens, m->n_eog * sizeof *m->eog);
 	m->n_layers = h->n_layers;
 	m->dim = h->dim;
 	if (h->n_heads)

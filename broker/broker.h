@@ -75,6 +75,7 @@
 #define BROKER_STATS_DECISIONS 32 /* decisions in STATS_REPLY */
 #define BROKER_MAX_DIM       (1u << 20)
 #define BROKER_MAX_STOP_TOKENS 4 /* end-of-turn ids a RESULT may report */
+#define BROKER_MAX_EOG       16  /* end-of-generation ids besides eos a HELLO may give */
 
 /* Knobs (PROTOCOL.md "Telemetry, settings, placement"), as bits for pins. */
 enum knob {
@@ -109,6 +110,8 @@ struct model {
 	char *name;
 	uint32_t vocab, ctx_len;
 	int32_t eos;
+	int32_t eog[BROKER_MAX_EOG]; /* other tokens that end generation, ascending */
+	uint32_t n_eog;
 	struct link workers; /* struct worker.model_link */
 	uint32_t n_workers;
 	struct heap queue; /* waiting requests: replays first, then priority, arrival */

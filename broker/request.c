@@ -544,6 +544,8 @@ static bool req_take(struct broker *b, struct request *r, int32_t tok, const uin
 	bool eot = false;
 	for (uint32_t i = 0; i < r->n_stop_tokens; i++)
 		eot |= tok == r->stop_tokens[i];
+	for (uint32_t i = 0; i < m->n_eog; i++)
+		eot |= tok == m->eog[i];
 	if ((m->eos >= 0 && tok == m->eos) || eot) {
 		req_end(b, r, 0, "eos");
 		return true;

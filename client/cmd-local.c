@@ -382,7 +382,7 @@ int cmd_generate_local(struct gen_opts *o)
 		bool eot = false;
 		for (uint32_t i = 0; i < n_stops; i++)
 			eot |= tok == stops[i];
-		if (tok == tokenizer_eos(e->tok) || eot) {
+		if (tokenizer_is_eog(e->tok, tok) || eot) {
 			stop_reason = "eos";
 			break;
 		}

@@ -290,6 +290,19 @@ static int sched_load(sched_t *s, uint32_t first, uint32_t last, int threads, st
 	s->info.tok = s->e->tok;
 	s->info.eos = s->e->tok ? tokenizer_eos(s->e->tok) : -1;
 	s->info.bos = s->e->tok ? tokenizer_bos(s->e->tok) : -1;
+	s->info.n_eog = 0;
+	if (s->e->tok) {
+		int32_t all[SCHED_MAX_EOG + 1];
+		size_t n = tokenizer_eog_ids(s->e->tok, all, SCHED_MAX_EOG + 1);
+		if (n > SCHED_MAX_EOG + 1)
+			n = SCHED_MAX_EOG + 1;
+		for (size_t i = 0; i < n && s->info.n_eog < SCHED_MAX_EOG; i++)
+			if (all[i] != s->info.eos)
+				s->info.eog[s->info.n_eog++] = all[i];
+		if (tokenizer_eog_ids(s->e->tok, NULL, 0) > SCHED_MAX_EOG + 1)
+			LOG_WARN("the vocabulary has more than %d end-of-generation tokens; "
+			         "the broker stops at the first %d", SCHED_MAX_EOG + 1, SCHED_MAX_EOG);
+	}
 	struct itt_err cerr = {0};
 	if (s->cfg.chat_template &&
 	    chat_template_by_name(s->cfg.chat_template, &s->info.chat, &cerr) == 0)

@@ -130,6 +130,9 @@ struct sched_config {
 /* Bounds of the live knobs (SETTINGS). */
 #define SCHED_MAX_THREADS 64
 #define SCHED_MAX_SLOW_MS 10000
+/* End-of-generation tokens besides EOS a worker announces (as many as the
+ * broker takes: BROKER_MAX_EOG). */
+#define SCHED_MAX_EOG 16
 
 /* What the decoders need to know about the model. */
 struct sched_info {
@@ -137,6 +140,8 @@ struct sched_info {
 	uint32_t n_layers, first, last; /* layers [first, last) of n_layers */
 	uint32_t n_heads;               /* query heads per layer (guidance heads) */
 	int32_t eos, bos;               /* -1: none */
+	int32_t eog[SCHED_MAX_EOG];     /* other tokens that end generation (HELLO) */
+	uint32_t n_eog;
 	uint32_t kv_blocks, kv_block;   /* KV cache: blocks, positions per block */
 	const tokenizer_t *tok;         /* NULL: text prompts are refused */
 	struct chat_template chat;      /* the model's chat template (chat.h: detected, or the

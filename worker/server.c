@@ -196,6 +196,8 @@ static void server_hello(struct server *s)
 	h.ctx_len = in->ctx_len;
 	h.dim = in->dim;
 	h.eos_token = in->eos;
+	h.n_eog_tokens = in->n_eog;
+	h.eog_tokens = (int32_t *)in->eog;
 	h.max_sessions = s->cfg.max_sessions;
 	h.threads = st.settings.threads;
 	h.cores = s->cores;

@@ -249,10 +249,11 @@ def main():
             # the rendering's own <|im_end|> is one token: special tokens are parsed
             assert res.prompt_tokens.count(EOT) == 1, res.prompt_tokens
             prompt = res.prompt_tokens
-            # a plain prompt: the same token is just a token
+            # a plain prompt ends there too: <|im_end|> is an end-of-generation token of
+            # the vocabulary (HELLO's eog_tokens), as in llama.cpp
             res = client.generate_text(NAME, "Once upon a time", max_tokens=3, temperature=0,
                                        logit_bias=bias)
-            assert res.tokens == [EOT] * 3 and res.stop_reason == "length", res.tokens
+            assert res.tokens == [] and res.stop_reason == "eos", (res.tokens, res.stop_reason)
         r = run([tool("itt"), "generate", "--local", eot_model, "--chat", "-p", hi[0]["content"],
                  "--temperature", "0", "-n", "8", "--json"], timeout=60)
         got = json.loads(r.stdout)

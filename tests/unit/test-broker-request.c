@@ -232,6 +232,65 @@ static void test_eos_ends_with_done_once_and_the_next_request_runs(void **state)
 	tb_free(t);
 }
 
+/* HELLO of worker id with layers [0, 4) of 4 and end-of-generation ids
+ * eog[0..n); returns its socket (the caller reads WELCOME or ERROR). */
+static void *hello_with_eog(struct tb *t, const char *id, const int32_t *eog, size_t n)
+{
+	void *s = tb_peer(t, true, id);
+	Itt__WorkerHello h = ITT__WORKER_HELLO__INIT;
+	h.worker_id = (char *)id;
+	h.host = "test";
+	h.model = "m";
+	h.has_vocab = h.has_ctx_len = h.has_max_sessions = h.has_n_layers = true;
+	h.has_layer_last = h.has_dim = h.has_threads = h.has_eos_token = true;
+	h.vocab = TB_VOCAB;
+	h.ctx_len = TB_CTX;
+	h.eos_token = TB_EOS;
+	h.max_sessions = 1;
+	h.n_layers = h.layer_last = 4;
+	h.dim = TB_DIM;
+	h.threads = 1;
+	h.eog_tokens = (int32_t *)eog;
+	h.n_eog_tokens = n;
+	tb_send(s, WIRE_HELLO, &h.base);
+	tb_pump_back(t);
+	return s;
+}
+
+static void test_hello_s_end_of_generation_tokens_end_requests_like_eos(void **state)
+{
+	(void)state;
+	struct tb *t = tb_new(0, NULL);
+	struct wire_msg m;
+	static const int32_t bad[][2] = {{9, 7}, {7, 7}, {-1, 7}, {7, TB_VOCAB}};
+	for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+		char id[16];
+		snprintf(id, sizeof id, "bad%zu", i);
+		tb_expect(hello_with_eog(t, id, bad[i], 2), WIRE_ERROR, &m);
+		wire_msg_close(&m);
+	}
+	assert_null(map_get(&t->b.models, "m", 1));
+	static const int32_t eog[] = {7, 9};
+	void *wp = hello_with_eog(t, "w1", eog, 2);
+	tb_expect(wp, WIRE_WELCOME, &m);
+	wire_msg_close(&m);
+	assert_int_equal(model(t, "m")->n_eog, 2);
+	/* another worker of the model must agree on them */
+	tb_expect(hello_with_eog(t, "w2", eog, 1), WIRE_ERROR, &m);
+	wire_msg_close(&m);
+	void *c = tb_peer(t, false, "c1");
+	struct request *r = tb_submit(t, c, "c", "r1", "m", 3, 8, 0);
+	itt__session_open__free_unpacked(expect_open(wp), NULL);
+	tb_result(t, wp, r->session_id, 0, 5, "a");
+	expect_chunk(c, 0, 5, "a");
+	itt__step_request__free_unpacked(expect_step(wp), NULL);
+	tb_result(t, wp, r->session_id, 1, 9, "");
+	expect_done(c, "r1", "eos", 1);
+	assert_int_equal(r->state, REQ_ENDED);
+	broker_check(&t->b);
+	tb_free(t);
+}
+
 static void test_a_conversation_opens_with_its_messages_and_ends_at_its_end_of_turn(void **state)
 {
 	(void)state;
@@ -607,6 +666,7 @@ int main(void)
 	    cmocka_unit_test(test_a_request_waits_in_the_queue_while_routes_are_full),
 	    cmocka_unit_test(test_result_streams_a_chunk_and_asks_for_the_next_step),
 	    cmocka_unit_test(test_eos_ends_with_done_once_and_the_next_request_runs),
+	    cmocka_unit_test(test_hello_s_end_of_generation_tokens_end_requests_like_eos),
 	    cmocka_unit_test(
 	        test_a_conversation_opens_with_its_messages_and_ends_at_its_end_of_turn),
 	    cmocka_unit_test(test_resubmit_of_an_ended_request_resends_its_stream),

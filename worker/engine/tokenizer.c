@@ -968,3 +968,16 @@ bool tokenizer_is_eog(const tokenizer_t *t, int32_t id)
 {
 	return t && id >= 0 && (uint32_t)id < t->n && t->eog[id];
 }
+
+size_t tokenizer_eog_ids(const tokenizer_t *t, int32_t *out, size_t cap)
+{
+	size_t n = 0;
+	for (uint32_t i = 0; t && i < t->n; i++) {
+		if (!t->eog[i])
+			continue;
+		if (n < cap)
+			out[n] = (int32_t)i;
+		n++;
+	}
+	return n;
+}

@@ -101,6 +101,9 @@ int32_t tokenizer_eot(const tokenizer_t *t);
  * llama.cpp treats as end-of-generation (<|im_end|>, <|eot_id|>,
  * <|endoftext|>, <end_of_turn>, ...). */
 bool tokenizer_is_eog(const tokenizer_t *t, int32_t id);
+/* The end-of-generation ids in ascending order: writes the first cap of
+ * them to out and returns how many there are. */
+size_t tokenizer_eog_ids(const tokenizer_t *t, int32_t *out, size_t cap);
 
 /* The bytes that token id contributes to the text when it follows prev
  * (prev = -1 at the start): byte tokens give their byte, control tokens
