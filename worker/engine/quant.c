@@ -918,8 +918,11 @@ typedef __m512 block_acc[2][QUANT_MAX_M][BLK_RB];
 /* Y[m * ldy + j] = avx512_hsum(acc[0][m][j] + acc[1][m][j]) for m < M,
  * j < rb: 16 pairs at a time with avx512_hsum16, laid out so that each
  * input's sums for 4 (or 2) consecutive rows come out side by side and go
- * to memory in one store (a wide store read back in pieces would stall). */
-static void avx512_store_block(block_acc acc, size_t M, size_t rb, float *Y, size_t ldy)
+ * to memory in one store (a wide store read back in pieces would stall).
+ * Not instrumented either: the accumulators live in avx512_blocked's
+ * uninstrumented frame, whose stack ASan may still mark from earlier calls. */
+static NO_SANITIZE void avx512_store_block(block_acc acc, size_t M, size_t rb, float *Y,
+                                           size_t ldy)
 {
 #define PAIR_SUM(m, j) _mm512_add_ps(acc[0][m][j], acc[1][m][j])
 	size_t j0 = 0, m;
