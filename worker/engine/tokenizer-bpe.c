@@ -29,7 +29,8 @@
 #include "pretok.h"
 #include "tokenizer-impl.h"
 
-#define BPE_MAX_MERGES    (1u << 24)       /* merges per vocabulary (GPT-2 has 50k) */
+#define BPE_MAX_MERGES    (1u << 24)       /* merges per vocabulary (GPT-2 has 50k); */
+                                           /* ranks stay exact as tok_pair float keys */
 #define BPE_MAX_MERGE_LEN (2 * 65535u + 1) /* two tokens of tokenizer.c's limit */
 
 struct bpe {
@@ -210,65 +211,7 @@ struct bsym {
 
 /* A candidate merge of left with its right neighbour, valid while both
  * still have the lengths that sum to len. */
-struct bpair {
-	uint32_t rank;
-	int32_t left, right;
-	uint32_t len;
-};
-
-struct bheap {
-	struct bpair *a;
-	size_t n, cap;
-};
-
-static bool bpair_before(const struct bpair *x, const struct bpair *y)
-{
-	return x->rank < y->rank || (x->rank == y->rank && x->left < y->left);
-}
-
-static int bheap_push(struct bheap *h, struct bpair p)
-{
-	if (h->n == h->cap) {
-		size_t cap = h->cap ? h->cap * 2 : 64;
-		struct bpair *a = realloc(h->a, cap * sizeof *a);
-		if (!a)
-			return ITT_E_NOMEM;
-		h->a = a;
-		h->cap = cap;
-	}
-	size_t i = h->n++;
-	while (i > 0) {
-		size_t parent = (i - 1) / 2;
-		if (!bpair_before(&p, &h->a[parent]))
-			break;
-		h->a[i] = h->a[parent];
-		i = parent;
-	}
-	h->a[i] = p;
-	return 0;
-}
-
-static struct bpair bheap_pop(struct bheap *h)
-{
-	struct bpair top = h->a[0], last = h->a[--h->n];
-	size_t i = 0;
-	for (;;) {
-		size_t c = 2 * i + 1;
-		if (c >= h->n)
-			break;
-		if (c + 1 < h->n && bpair_before(&h->a[c + 1], &h->a[c]))
-			c++;
-		if (!bpair_before(&h->a[c], &last))
-			break;
-		h->a[i] = h->a[c];
-		i = c;
-	}
-	if (h->n)
-		h->a[i] = last;
-	return top;
-}
-
-static int try_merge(const struct bpe *b, const char *w, const struct bsym *syms, struct bheap *h,
+static int try_merge(const struct bpe *b, const char *w, const struct bsym *syms, struct tok_pairs *h,
                      int32_t left)
 {
 	if (left < 0 || syms[left].next < 0)
@@ -278,14 +221,14 @@ static int try_merge(const struct bpe *b, const char *w, const struct bsym *syms
 	int32_t rank = pair_rank(b, w + l->start, l->len, w + r->start, r->len);
 	if (rank < 0)
 		return 0;
-	return bheap_push(h, (struct bpair){(uint32_t)rank, left, right, l->len + r->len});
+	return tok_pairs_push(h, (struct tok_pair){-(float)rank, left, right, l->len + r->len});
 }
 
 /* Scratch of one encode call, sized for the longest word. */
 struct bwork {
 	char *w; /* the encoded word */
 	struct bsym *syms;
-	struct bheap heap;
+	struct tok_pairs heap;
 };
 
 /* BPE of one word of n bytes; appends its ids to e. */
@@ -313,7 +256,7 @@ static int encode_word(const tokenizer_t *t, struct bwork *k, const unsigned cha
 	for (int32_t i = 0; i + 1 < nsym && rc == 0; i++)
 		rc = try_merge(b, k->w, k->syms, &k->heap, i);
 	while (rc == 0 && k->heap.n > 0) {
-		struct bpair top = bheap_pop(&k->heap);
+		struct tok_pair top = tok_pairs_pop(&k->heap);
 		struct bsym *l = &k->syms[top.left], *r = &k->syms[top.right];
 		if (l->len == 0 || r->len == 0 || l->len + r->len != top.len)
 			continue; /* stale: a side has changed since it was queued */

@@ -32,6 +32,24 @@ struct tokenizer {
 	struct bpe *bpe; /* byte-level BPE state, NULL for SentencePiece */
 };
 
+/* Candidate merges of adjacent symbols, both encoders': the pair with the
+ * highest key comes out first, the leftmost among equal keys (SPM's key
+ * is the merged piece's score, byte-level BPE's the negated merge rank,
+ * exact in a float up to 2^24 merges). */
+struct tok_pair {
+	float key;
+	int32_t left, right;
+	uint32_t len;
+};
+
+struct tok_pairs {
+	struct tok_pair *a;
+	size_t n, cap;
+};
+
+int tok_pairs_push(struct tok_pairs *h, struct tok_pair p); /* 0 or ITT_E_NOMEM */
+struct tok_pair tok_pairs_pop(struct tok_pairs *h);          /* h->n > 0 */
+
 /* Ids collected by an encoder: counted past cap, stored up to it. */
 struct emit {
 	int32_t *out;

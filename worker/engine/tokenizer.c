@@ -119,8 +119,8 @@ static const char *const EOT_TEXTS[] = {
     "<|end_of_text|>",
     "<EOT>",
     "_<EOT>",
-    "<\xef\xbd\x9c"
-    "end\xe2\x96\x81of\xe2\x96\x81sentence\xef\xbd\x9c>",
+    ("<\xef\xbd\x9c"
+     "end\xe2\x96\x81of\xe2\x96\x81sentence\xef\xbd\x9c>"), /* DeepSeek's; () for clang */
     "<end_of_utterance>",
 };
 
@@ -139,8 +139,8 @@ static const char *const EOG_TEXTS[] = {
     "_<EOT>",
     "<|end_of_text|>",
     "<end_of_utterance>",
-    "<\xef\xbd\x9c"
-    "end\xe2\x96\x81of\xe2\x96\x81sentence\xef\xbd\x9c>",
+    ("<\xef\xbd\x9c"
+     "end\xe2\x96\x81of\xe2\x96\x81sentence\xef\xbd\x9c>"), /* DeepSeek's; () for clang */
 };
 
 static int32_t find_text(const tokenizer_t *t, const char *s)
@@ -594,27 +594,16 @@ struct sym {
 
 /* A candidate merge of symbols left and its right neighbour right, valid
  * while both still have the lengths that sum to len. */
-struct pair {
-	float score;
-	int32_t left, right;
-	uint32_t len;
-};
-
-struct heap {
-	struct pair *a;
-	size_t n, cap;
-};
-
-static bool pair_before(const struct pair *x, const struct pair *y)
+static bool pair_before(const struct tok_pair *x, const struct tok_pair *y)
 {
-	return x->score > y->score || (x->score == y->score && x->left < y->left);
+	return x->key > y->key || (x->key == y->key && x->left < y->left);
 }
 
-static int heap_push(struct heap *h, struct pair p)
+int tok_pairs_push(struct tok_pairs *h, struct tok_pair p)
 {
 	if (h->n == h->cap) {
 		size_t cap = h->cap ? h->cap * 2 : 64;
-		struct pair *a = realloc(h->a, cap * sizeof *a);
+		struct tok_pair *a = realloc(h->a, cap * sizeof *a);
 		if (!a)
 			return ITT_E_NOMEM;
 		h->a = a;
@@ -632,9 +621,9 @@ static int heap_push(struct heap *h, struct pair p)
 	return 0;
 }
 
-static struct pair heap_pop(struct heap *h)
+struct tok_pair tok_pairs_pop(struct tok_pairs *h)
 {
-	struct pair top = h->a[0], last = h->a[--h->n];
+	struct tok_pair top = h->a[0], last = h->a[--h->n];
 	size_t i = 0;
 	for (;;) {
 		size_t c = 2 * i + 1;
@@ -654,7 +643,7 @@ static struct pair heap_pop(struct heap *h)
 
 /* Queues the merge of left with its right neighbour when the pair's text is
  * a mergeable token. */
-static int try_pair(const tokenizer_t *t, const char *text, const struct sym *syms, struct heap *h,
+static int try_pair(const tokenizer_t *t, const char *text, const struct sym *syms, struct tok_pairs *h,
                     int32_t left)
 {
 	if (left < 0 || syms[left].next < 0)
@@ -666,7 +655,7 @@ static int try_pair(const tokenizer_t *t, const char *text, const struct sym *sy
 	int32_t id = tokenizer_lookup(t, text + syms[left].start, len);
 	if (id < 0 || !tok_mergeable(t->types[id]))
 		return 0;
-	return heap_push(h, (struct pair){t->scores[id], left, right, len});
+	return tok_pairs_push(h, (struct tok_pair){t->scores[id], left, right, len});
 }
 
 /* Length of the well-formed UTF-8 character at s[0..n) (n >= 1), or 1 for a
@@ -717,7 +706,7 @@ static int spm_encode(const tokenizer_t *t, const char *text, size_t len, bool p
 	size_t nlen = len + 2 * spaces + (prefix ? 3 : 0);
 	char *norm = malloc(nlen);
 	struct sym *syms = malloc(nlen * sizeof *syms);
-	struct heap h = {0};
+	struct tok_pairs h = {0};
 	int rc = 0;
 	if (!norm || !syms) {
 		rc = itt_err_set(err, ITT_E_NOMEM, "tokenizer_encode: out of memory for %zu bytes",
@@ -753,7 +742,7 @@ static int spm_encode(const tokenizer_t *t, const char *text, size_t len, bool p
 	for (int32_t i = 0; i + 1 < nsym && rc == 0; i++)
 		rc = try_pair(t, norm, syms, &h, i);
 	while (rc == 0 && h.n > 0) {
-		struct pair top = heap_pop(&h);
+		struct tok_pair top = tok_pairs_pop(&h);
 		struct sym *l = &syms[top.left], *r = &syms[top.right];
 		if (l->len == 0 || r->len == 0 || l->len + r->len != top.len)
 			continue; /* stale: a side has changed since it was queued */
