@@ -1026,6 +1026,115 @@ static void test_synth_rejects_bad_arguments(void **state)
 	assert_false(file_exists(out));
 }
 
+/* --vocab-from copies every tokenizer.* key and sizes the model to it;
+ * --chat-template sets (or replaces) tokenizer.chat_template; a file that
+ * is not a GGUF, or holds no vocabulary, is refused without an output. */
+static void test_synth_vocab_from_another_file(void **state)
+{
+	(void)state;
+	const char *tool = bin_path("itt-synth");
+	if (!tool)
+		skip();
+	char *src = strdup(tu_tmp_path("synth-vsrc.gguf"));
+	char *out = strdup(tu_tmp_path("synth-vfrom.gguf"));
+	char *tmpl = strdup(tu_tmp_path("synth-vfrom.jinja"));
+	char *bare = strdup(tu_tmp_path("synth-vbare.gguf"));
+	char *junk = strdup(tu_tmp_path("synth-vjunk.gguf"));
+	assert_non_null(src);
+	assert_non_null(out);
+	assert_non_null(tmpl);
+	assert_non_null(bare);
+	assert_non_null(junk);
+	struct itt_err err = {0};
+
+	/* the source gets a template; the copy takes the vocabulary's size, not --vocab */
+	assert_int_equal(run_prog(tool, true, src, "--dim", "64", "--layers", "2", "--heads", "4",
+	                          "--kv-heads", "2", "--ffn", "96", "--vocab", "300", "--ctx",
+	                          "128", "--chat-template", "{{ old }}", NULL),
+	                 0);
+	assert_int_equal(run_prog(tool, true, out, "--dim", "32", "--layers", "1", "--heads", "2",
+	                          "--kv-heads", "1", "--ffn", "48", "--vocab", "1000", "--arch",
+	                          "qwen2", "--vocab-from", src, NULL),
+	                 0);
+	gguf_t *a = NULL, *b = NULL;
+	assert_int_equal(gguf_open(src, &a, &err), 0);
+	assert_int_equal(gguf_open(out, &b, &err), 0);
+	uint64_t n_tok = 0;
+	for (uint64_t i = 0; i < gguf_n_kv(a); i++) {
+		const struct gguf_kv *kv = gguf_kv_at(a, i);
+		char key[128];
+		if (kv->key.len < 10 || memcmp(kv->key.ptr, "tokenizer.", 10) != 0)
+			continue;
+		assert_true(kv->key.len < sizeof key);
+		memcpy(key, kv->key.ptr, kv->key.len);
+		key[kv->key.len] = 0;
+		assert_same_kv(a, b, key);
+		n_tok++;
+	}
+	assert_true(n_tok >= 5); /* model, tokens, scores, token_type, ids... */
+	const struct gguf_tensor *t = gguf_find_tensor(b, "token_embd.weight");
+	assert_non_null(t);
+	assert_int_equal(t->ne[0], 32);
+	assert_int_equal(t->ne[1], 300);
+	assert_int_equal(get_u32(b, "qwen2.embedding_length"), 32);
+	gguf_close(&b);
+
+	/* a template from a file replaces the copied one */
+	const char *jinja = "{% for m in messages %}{{ m.content }}{% endfor %}";
+	assert_int_equal(tu_write_file(tmpl, jinja, strlen(jinja)), 0);
+	assert_int_equal(run_prog(tool, true, out, "--dim", "32", "--layers", "1", "--heads", "2",
+	                          "--kv-heads", "1", "--ffn", "48", "--vocab-from", src,
+	                          "--chat-template-from", tmpl, NULL),
+	                 0);
+	assert_int_equal(gguf_open(out, &b, &err), 0);
+	struct gguf_str ct;
+	assert_int_equal(gguf_get_str(b, "tokenizer.chat_template", &ct, &err), 0);
+	assert_int_equal(ct.len, strlen(jinja));
+	assert_memory_equal(ct.ptr, jinja, ct.len);
+	gguf_close(&b);
+	unlink(out);
+
+	/* refusals: no output is written */
+	gguf_writer_t *w = NULL;
+	assert_int_equal(gguf_writer_new(&w, &err), 0);
+	assert_int_equal(gguf_writer_add_str(w, "general.architecture", "llama", &err), 0);
+	assert_int_equal(gguf_writer_write(w, bare, false, &err), 0);
+	gguf_writer_destroy(&w);
+	/* no tokenizer keys */
+	assert_int_equal(run_prog(tool, true, out, "--vocab-from", bare, NULL), 1);
+	uint32_t ids[3] = {1, 2, 3};
+	assert_int_equal(gguf_writer_new(&w, &err), 0);
+	assert_int_equal(gguf_writer_add_str(w, "tokenizer.ggml.model", "gpt2", &err), 0);
+	assert_int_equal(
+	    gguf_writer_add_arr(w, "tokenizer.ggml.tokens", GGUF_TYPE_UINT32, ids, 3, &err), 0);
+	assert_int_equal(gguf_writer_write(w, bare, false, &err), 0);
+	gguf_writer_destroy(&w);
+	/* tokens that are not strings */
+	assert_int_equal(run_prog(tool, true, out, "--vocab-from", bare, NULL), 1);
+	assert_int_equal(tu_write_file(junk, "GGUF\3\0\0\0garbage", 15), 0);
+	assert_int_equal(run_prog(tool, true, out, "--vocab-from", junk, NULL), 1);
+	assert_int_equal(run_prog(tool, true, out, "--vocab-from", tmpl, NULL), 1); /* text */
+	assert_int_equal(run_prog(tool, true, out, "--vocab-from", "/nonexistent.gguf", NULL), 1);
+	assert_int_equal(run_prog(tool, true, out, "--vocab-from", NULL), 2);
+	assert_int_equal(
+	    run_prog(tool, true, out, "--chat-template-from", "/nonexistent.jinja", NULL), 1);
+	assert_int_equal(
+	    run_prog(tool, true, out, "--chat-template", "x", "--chat-template-from", tmpl, NULL),
+	    2);
+	assert_false(file_exists(out));
+
+	gguf_close(&a);
+	unlink(src);
+	unlink(tmpl);
+	unlink(bare);
+	unlink(junk);
+	free(src);
+	free(out);
+	free(tmpl);
+	free(bare);
+	free(junk);
+}
+
 /* Largest |x - y| over a block of 32 against the block's largest |x|. */
 static void check_block_error(uint32_t type, const float *x, const float *y, size_t n)
 {
@@ -1142,6 +1251,7 @@ int main(void)
 	    cmocka_unit_test(test_convert_tool_output_and_exit_codes),
 	    cmocka_unit_test(test_synth_tiny_model_reads_back),
 	    cmocka_unit_test(test_synth_rejects_bad_arguments),
+	    cmocka_unit_test(test_synth_vocab_from_another_file),
 	    cmocka_unit_test(test_quantize_each_type),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);

@@ -9,6 +9,12 @@
  * from 1 to 8 like llama 3.1's), --rms-eps.  With the defaults the file is
  * the plain llama one it always was, byte for byte.
  *
+ * A real vocabulary: --vocab-from FILE.gguf copies every tokenizer.* key of
+ * another GGUF (llama.cpp's vocab-only ggml-vocab-*.gguf, or any model),
+ * in that file's order, and sizes token_embd/output to its token count
+ * (--vocab is then ignored).  --chat-template TEXT or --chat-template-from
+ * FILE sets tokenizer.chat_template (replacing a copied one).
+ *
  * Contract: the same arguments give the same file, byte for byte.  Weights
  * are generated while the file is written (one chunk in memory), from a
  * per-tensor splitmix64 stream: a sum of four uniforms, scaled to a
@@ -20,7 +26,7 @@
  * tokenizer: <unk>, <s>, </s>, the 256 <0xXX> byte tokens, U+2581 and the
  * printable ASCII characters, then distinct pseudo-random lowercase words
  * as chains of prefixes ("\u2581w", "\u2581wo", ... and "wo", ...) with
- * decreasing scores until the vocab is full.
+ * decreasing scores until the vocab is full (unless --vocab-from).
  * Exit codes: 0 done, 1 failure, 2 usage error (bad arguments). */
 #include <errno.h>
 #include <inttypes.h>
@@ -39,6 +45,7 @@
 #define SYNTH_MAX_PARAMS (1ull << 33) /* 32 GiB of F32 */
 #define SYNTH_CHUNK      16384        /* floats per fill call */
 #define SYNTH_MAX_WORD   10
+#define SYNTH_MAX_TMPL   (1 << 20) /* bytes of a chat template */
 
 struct synth_args {
 	long dim, layers, heads, kv_heads, ffn, vocab, ctx;
@@ -48,6 +55,9 @@ struct synth_args {
 	double rope_base, rope_scale, rms_eps;
 	const char *out;
 	const char *name;
+	const char *vocab_from;         /* or NULL: the built-in vocabulary */
+	const char *chat_template;      /* --chat-template TEXT, or NULL */
+	const char *chat_template_from; /* --chat-template-from FILE, or NULL */
 };
 
 /* ---- random numbers ---- */
@@ -250,6 +260,88 @@ static void free_vocab(struct vocab_build *b)
 	free(b->store);
 }
 
+/* ---- a vocabulary from another file ---- */
+
+static bool is_tokenizer_key(const struct gguf_kv *kv)
+{
+	return kv->key.len > 10 && memcmp(kv->key.ptr, "tokenizer.", 10) == 0;
+}
+
+/* Opens path and checks that it holds a tokenizer: tokenizer.ggml.model a
+ * string and tokenizer.ggml.tokens a non-empty array of strings of at most
+ * LLAMA2C_MAX_VOCAB.  Sets *g and *n_vocab. */
+static int vocab_open(const char *path, gguf_t **g, uint32_t *n_vocab, struct itt_err *err)
+{
+	struct itt_err e = {0};
+	int rc = gguf_open(path, g, &e);
+	if (rc)
+		return itt_err_set(err, rc, "--vocab-from %s: %s", path, e.msg);
+	const struct gguf_kv *model = gguf_find_kv(*g, "tokenizer.ggml.model");
+	const struct gguf_kv *toks = gguf_find_kv(*g, "tokenizer.ggml.tokens");
+	if (!model || !toks) {
+		rc = itt_err_set(err, ITT_E_FORMAT, "--vocab-from %s: no %s (not a vocabulary)",
+		                 path, model ? "tokenizer.ggml.tokens" : "tokenizer.ggml.model");
+	} else if (model->type != GGUF_TYPE_STRING) {
+		rc = itt_err_set(err, ITT_E_FORMAT,
+		                 "--vocab-from %s: tokenizer.ggml.model is a %s, not a string",
+		                 path, gguf_type_name(model->type));
+	} else if (toks->type != GGUF_TYPE_ARRAY || toks->arr_type != GGUF_TYPE_STRING ||
+	           toks->arr_n == 0 || toks->arr_n > LLAMA2C_MAX_VOCAB) {
+		rc =
+		    itt_err_set(err, ITT_E_FORMAT,
+		                "--vocab-from %s: tokenizer.ggml.tokens is not an array of 1 to %d "
+		                "strings",
+		                path, LLAMA2C_MAX_VOCAB);
+	} else {
+		*n_vocab = (uint32_t)toks->arr_n;
+		return 0;
+	}
+	gguf_close(g);
+	return rc;
+}
+
+/* Every tokenizer.* key of g, in g's order. */
+static int vocab_copy(gguf_writer_t *w, const gguf_t *g, struct itt_err *err)
+{
+	for (uint64_t i = 0; i < gguf_n_kv(g); i++) {
+		const struct gguf_kv *kv = gguf_kv_at(g, i);
+		int rc;
+		if (is_tokenizer_key(kv) && (rc = gguf_writer_copy_kv(w, g, kv, err)))
+			return rc;
+	}
+	return 0;
+}
+
+/* The whole of a text file into a new NUL-terminated string (at most
+ * SYNTH_MAX_TMPL bytes, no NUL inside). */
+static int read_text(const char *path, char **out, size_t *len, struct itt_err *err)
+{
+	FILE *f = fopen(path, "rb");
+	if (!f)
+		return itt_err_set(err, ITT_E_IO, "--chat-template-from %s: %s", path,
+		                   strerror(errno));
+	char *buf = malloc(SYNTH_MAX_TMPL + 1);
+	size_t n = buf ? fread(buf, 1, SYNTH_MAX_TMPL + 1, f) : 0;
+	int bad = !buf ? ITT_E_NOMEM : ferror(f) ? ITT_E_IO : 0;
+	fclose(f);
+	if (!bad && n > SYNTH_MAX_TMPL)
+		bad = ITT_E_RANGE;
+	if (!bad && memchr(buf, 0, n))
+		bad = ITT_E_FORMAT;
+	if (bad) {
+		free(buf);
+		return itt_err_set(err, bad, "--chat-template-from %s: %s", path,
+		                   bad == ITT_E_RANGE    ? "larger than 1 MiB"
+		                   : bad == ITT_E_FORMAT ? "holds a NUL byte (not a text file)"
+		                   : bad == ITT_E_NOMEM  ? "out of memory"
+		                                         : "read error");
+	}
+	buf[n] = 0;
+	*out = buf;
+	*len = n;
+	return 0;
+}
+
 /* ---- arguments ---- */
 
 static int synth_parse_seed(void *out, const char *v, char *reason, size_t cap)
@@ -278,8 +370,7 @@ static const struct opt synth_opts[] = {
     {"ffn", 0, OPT_LONG, "2048", 1, LLAMA2C_MAX_HIDDEN, SYNTH_AT(ffn), NULL, "FFN width"},
     {"vocab", 0, OPT_LONG, "32000", SYNTH_MIN_VOCAB, LLAMA2C_MAX_VOCAB, SYNTH_AT(vocab), NULL,
      "tokens"},
-    {"ctx", 0, OPT_LONG, "2048", 1, LLAMA2C_MAX_SEQ, SYNTH_AT(ctx), NULL,
-     "llama.context_length"},
+    {"ctx", 0, OPT_LONG, "2048", 1, LLAMA2C_MAX_SEQ, SYNTH_AT(ctx), NULL, "llama.context_length"},
     {"seed", 0, OPT_FN, "1", 0, 0, 0, NULL, "random seed", synth_parse_seed},
     {"tied", 0, OPT_FLAG, NULL, 0, 0, SYNTH_AT(tied), NULL,
      "no output.weight: the head is the token embedding"},
@@ -296,13 +387,19 @@ static const struct opt synth_opts[] = {
      "write rope_freqs.weight (llama 3.1-style frequency divisors, 1..8)"},
     {"rms-eps", 0, OPT_DOUBLE, "1e-5", 1e-12, 1, SYNTH_AT(rms_eps), "E",
      "<arch>.attention.layer_norm_rms_epsilon"},
+    {"vocab-from", 0, OPT_STR, NULL, 1, 4096, SYNTH_AT(vocab_from), "FILE.gguf",
+     "copy FILE's tokenizer.* keys (llama.cpp's ggml-vocab-*.gguf); its size replaces --vocab"},
+    {"chat-template", 0, OPT_STR, NULL, 0, SYNTH_MAX_TMPL, SYNTH_AT(chat_template), "TEXT",
+     "tokenizer.chat_template (replaces a copied one)"},
+    {"chat-template-from", 0, OPT_STR, NULL, 1, 4096, SYNTH_AT(chat_template_from), "FILE",
+     "tokenizer.chat_template from a text file (e.g. a .jinja)"},
 };
 
 static const struct opt_spec synth_spec = {
     .prog = "itt-synth",
     .usage = "OUT.gguf [options]",
     .about = "\nWrites a llama GGUF with deterministic random F32 weights and a valid\n"
-             "SentencePiece-style tokenizer.",
+             "SentencePiece-style tokenizer, or a real vocabulary (--vocab-from).",
     .opts = synth_opts,
     .n_opts = OPTS_N(synth_opts),
     .epilog = "Exit status: 0 done, 1 failure, 2 usage error.",
@@ -328,6 +425,11 @@ static int parse_args(int argc, char **argv, struct synth_args *a)
 	}
 	if (strcmp(a->arch, "qwen2") == 0)
 		a->qkv_bias = true;
+	if (a->chat_template && a->chat_template_from) {
+		fprintf(stderr,
+		        "itt-synth: --chat-template and --chat-template-from are exclusive\n");
+		return OPTS_ERROR;
+	}
 	if (a->heads > a->dim || a->kv_heads > a->heads) {
 		fprintf(stderr, "itt-synth: --heads must be <= --dim and --kv-heads <= --heads\n");
 		return OPTS_ERROR;
@@ -396,17 +498,31 @@ struct tensor_spec {
 
 static int synth(const struct synth_args *a, struct itt_err *err)
 {
+	gguf_t *vg = NULL; /* --vocab-from */
+	uint32_t n_vocab = (uint32_t)a->vocab;
+	char *tmpl = NULL; /* --chat-template-from */
+	size_t tmpl_len = 0;
+	int rc = 0;
+	if ((a->vocab_from && (rc = vocab_open(a->vocab_from, &vg, &n_vocab, err))) ||
+	    (a->chat_template_from &&
+	     (rc = read_text(a->chat_template_from, &tmpl, &tmpl_len, err)))) {
+		gguf_close(&vg);
+		return rc;
+	}
 	struct llama2c_config c = {.dim = (int32_t)a->dim,
 	                           .hidden_dim = (int32_t)a->ffn,
 	                           .n_layers = (int32_t)a->layers,
 	                           .n_heads = (int32_t)a->heads,
 	                           .n_kv_heads = (int32_t)a->kv_heads,
-	                           .vocab_size = (int32_t)a->vocab,
+	                           .vocab_size = (int32_t)n_vocab,
 	                           .seq_len = (int32_t)a->ctx,
 	                           .shared_classifier = a->tied};
-	int rc = llama2c_check_config(&c, err);
-	if (rc)
+	rc = llama2c_check_config(&c, err);
+	if (rc) {
+		gguf_close(&vg);
+		free(tmpl);
 		return rc;
+	}
 	uint64_t d = (uint64_t)c.dim, h = (uint64_t)c.hidden_dim, v = (uint64_t)c.vocab_size;
 	uint64_t kv = (uint64_t)c.kv_dim, L = (uint64_t)c.n_layers;
 	uint64_t per_layer = 2 * d * d + 2 * kv * d + 3 * h * d + 2 * d;
@@ -416,9 +532,12 @@ static int synth(const struct synth_args *a, struct itt_err *err)
 	                  (a->rope_freqs ? (uint64_t)c.head_dim / 2 : 0);
 	printf("parameters: %" PRIu64 " (%.1f M), %.1f MiB as F32\n", params, params / 1e6,
 	       params * 4.0 / 1048576.0);
-	if (params > SYNTH_MAX_PARAMS)
+	if (params > SYNTH_MAX_PARAMS) {
+		gguf_close(&vg);
+		free(tmpl);
 		return itt_err_set(err, ITT_E_RANGE, "%" PRIu64 " parameters exceed the limit %llu",
 		                   params, (unsigned long long)SYNTH_MAX_PARAMS);
+	}
 
 	size_t n_t = 3 + 12 * (size_t)L + 1;
 	struct tensor_spec *ts = calloc(n_t, sizeof *ts);
@@ -478,14 +597,20 @@ static int synth(const struct synth_args *a, struct itt_err *err)
 		ts[k++] =
 		    (struct tensor_spec){"rope_freqs.weight", (uint64_t)c.head_dim / 2, 0, 0.0f};
 
-	rc = build_vocab(&vb, (uint32_t)v, a->seed);
-	if (rc) {
+	if (!vg && (rc = build_vocab(&vb, (uint32_t)v, a->seed))) {
 		rc = itt_err_set(err, rc, "building the vocabulary: out of memory");
 		goto out;
 	}
 	if ((rc = gguf_writer_new(&w, err)) || (rc = add_hparams(w, a, &c, err)) ||
-	    (rc = llama2c_add_vocab(w, &vb.v, err)))
+	    (rc = vg ? vocab_copy(w, vg, err) : llama2c_add_vocab(w, &vb.v, err)))
 		goto out;
+	if (a->chat_template || tmpl) {
+		const char *t = tmpl ? tmpl : a->chat_template;
+		rc = gguf_writer_add_str_n(w, "tokenizer.chat_template", t,
+		                           tmpl ? tmpl_len : strlen(t), err);
+		if (rc)
+			goto out;
+	}
 	uint64_t seed_mix = splitmix64(&(uint64_t){a->seed});
 	for (size_t i = 0; i < k; i++) {
 		uint64_t ne[2] = {ts[i].cols, ts[i].rows};
@@ -508,10 +633,12 @@ static int synth(const struct synth_args *a, struct itt_err *err)
 	clock_gettime(CLOCK_MONOTONIC, &t1);
 	if (rc == 0)
 		printf("wrote %s: %zu tensors, vocab %u, %" PRIu64 " bytes in %.2f s\n", a->out, k,
-		       vb.v.n, gguf_writer_file_size(w),
+		       n_vocab, gguf_writer_file_size(w),
 		       (double)(t1.tv_sec - t0.tv_sec) + (t1.tv_nsec - t0.tv_nsec) / 1e9);
 out:
 	gguf_writer_destroy(&w);
+	gguf_close(&vg);
+	free(tmpl);
 	free_vocab(&vb);
 	free(buf);
 	free(gens);
