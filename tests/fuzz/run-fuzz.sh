@@ -6,9 +6,11 @@
 # Each target fuzzes a fresh temporary corpus, seeded from
 # tests/fuzz/corpus-X/ for a target named fuzz-X when that folder exists;
 # fuzz-gguf also gets stories260K.gguf from $ITT_MODEL_DIR (when set and
-# present) and a few tiny GGUF files generated here.  Crash, leak and
-# timeout inputs are kept in BUILD_DIR/fuzz-artifacts/ to reproduce with
-# `BUILD_DIR/bin/fuzz-X ARTIFACT`.  Extra libFuzzer flags: $FUZZ_ARGS.
+# present) and a few tiny GGUF files generated here; fuzz-tokenizer loads
+# that model's tokenizer itself, besides the vocabularies it builds in
+# memory.  Crash, leak and timeout inputs are kept in
+# BUILD_DIR/fuzz-artifacts/ to reproduce with `BUILD_DIR/bin/fuzz-X
+# ARTIFACT`.  Extra libFuzzer flags: $FUZZ_ARGS.
 #
 # Coverage needs the code under test instrumented too: when the engine
 # library is built without -fsanitize=fuzzer-no-link, "cov" stays at the

@@ -273,6 +273,28 @@ static void test_refusals(void **state)
 	assert_non_null(strstr(err.msg, "alternate"));
 }
 
+/* A message without a role or content is refused with a reason, the first
+ * one too (its role was compared with "system" before the check; found by
+ * tests/fuzz/fuzz-chat.c). */
+static void test_missing_role_or_content_refused(void **state)
+{
+	struct chat_template t;
+	struct itt_err err = {0};
+	char *out = NULL;
+	size_t len = 0;
+	(void)state;
+	chat_template_by_name("chatml", &t, NULL);
+	const struct chat_msg no_role[] = {{NULL, "a"}};
+	assert_int_equal(chat_render(&t, no_role, 1, NULL, NULL, &out, &len, &err),
+	                 ITT_E_INVALID);
+	assert_null(out);
+	assert_non_null(strstr(err.msg, "messages[0] has no role"));
+	const struct chat_msg no_content[] = {{"system", "s"}, {"user", NULL}};
+	assert_int_equal(chat_render(&t, no_content, 2, NULL, NULL, &out, &len, &err),
+	                 ITT_E_INVALID);
+	assert_non_null(strstr(err.msg, "messages[1] has no content"));
+}
+
 static void test_end_of_turn_texts(void **state)
 {
 	struct chat_template t;
@@ -347,6 +369,7 @@ int main(void)
 	    cmocka_unit_test(test_phi3_and_granite),
 	    cmocka_unit_test(test_detection_by_markers),
 	    cmocka_unit_test(test_refusals),
+	    cmocka_unit_test(test_missing_role_or_content_refused),
 	    cmocka_unit_test(test_end_of_turn_texts),
 	    cmocka_unit_test(test_gguf_template_and_fallback),
 	};

@@ -219,7 +219,7 @@ static bool role_is(const struct chat_msg *m, const char *role)
 static int chat_check(const struct chat_template *t, const struct chat_msg *m, size_t n,
                       bool alternate, struct itt_err *err)
 {
-	size_t first = n && role_is(&m[0], "system") ? 1 : 0;
+	size_t first = n && m[0].role && role_is(&m[0], "system") ? 1 : 0;
 	for (size_t i = 0; i < n; i++) {
 		if (!m[i].role || !m[i].content)
 			return itt_err_set(err, ITT_E_INVALID, "messages[%zu] has no %s", i,

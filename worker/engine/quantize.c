@@ -33,11 +33,6 @@ static inline void store_u16(uint8_t *p, uint16_t v)
 	p[1] = (uint8_t)(v >> 8);
 }
 
-static inline float fp16_round(float f)
-{
-	return quant_fp16_to_fp32(quant_fp32_to_fp16(f));
-}
-
 /* Round to nearest, ties to even, for |v| < 2^22: adding 1.5 * 2^23 moves
  * the integer part into the low mantissa bits.  Unlike a float-to-int cast
  * it is defined for every input (NaN and huge values give some integer,
