@@ -14,13 +14,15 @@
 #include "sampler.h"
 #include "guidance.h"
 
-static int open_engine(const char *path, int threads, uint32_t kv_seqs, struct engine **e)
+static int open_engine(const char *path, int threads, uint32_t kv_seqs, bool act_quant,
+                       struct engine **e)
 {
 	struct engine_config c;
 	struct itt_err err = {0};
 	engine_config_default(&c);
 	c.path = path;
 	c.n_threads = threads;
+	c.act_quant = act_quant;
 	c.kv_bytes = 0; /* exactly kv_seqs sequences of the full context */
 	c.kv_seqs = kv_seqs;
 	if (engine_open(&c, e, &err) < 0) {
@@ -268,7 +270,7 @@ int cmd_generate_local(struct gen_opts *o)
 	bool two = (o->tech.scale > 0 && (o->tech.heads || o->tech.head_set ||
 	                                  o->tech.negative_prompt)) ||
 	           o->tech.compare;
-	if (open_engine(o->local, o->threads, two ? 2 : 1, &e))
+	if (open_engine(o->local, o->threads, two ? 2 : 1, !o->act_quant_off, &e))
 		return 1;
 	const struct model *m = e->model;
 	uint32_t V = m->hp.vocab, ctx = m->hp.ctx_len, L = m->hp.n_layers;
@@ -325,6 +327,11 @@ int cmd_generate_local(struct gen_opts *o)
 	if (n_prompt >= ctx) {
 		fprintf(stderr, "itt generate: prompt of %zu tokens leaves no room in the context of %u\n",
 			n_prompt, ctx);
+		goto out;
+	}
+	if (n_prompt == 0) { /* nothing to predict from: a BPE vocabulary without BOS */
+		fprintf(stderr, "itt generate: the prompt is empty and this vocabulary adds no BOS: "
+		                "there is nothing to generate from\n");
 		goto out;
 	}
 	if (t.mode == 2) {
@@ -569,10 +576,11 @@ static const struct opt_spec perplexity_spec = {
 	.prog = "itt perplexity",
 	.usage = "--local MODEL.gguf --text FILE [options]",
 	.about = "\n"
-		 "Splits FILE on blank lines, strips each paragraph, encodes it with BOS and\n"
-		 "sums -log softmax of each next token over positions 0..n-2 (paragraphs longer\n"
-		 "than the model's context are truncated to it). Prints paragraphs, predicted\n"
-		 "tokens, mean NLL and perplexity.",
+		 "Splits FILE on blank lines, strips each paragraph, encodes it (with BOS when\n"
+		 "the vocabulary adds one) and sums -log softmax of each next token over\n"
+		 "positions 0..n-2 (paragraphs longer than the model's context are truncated to\n"
+		 "it). Prints paragraphs, predicted tokens, mean NLL and perplexity; exit 1 when\n"
+		 "no paragraph has a token to predict.",
 	.opts = perplexity_opts_table,
 	.n_opts = OPTS_N(perplexity_opts_table),
 };
@@ -621,7 +629,7 @@ int cmd_perplexity(int argc, char **argv)
 	}
 
 	struct engine *e;
-	if (open_engine(model, (int)po.threads, 1, &e)) {
+	if (open_engine(model, (int)po.threads, 1, true, &e)) {
 		free(buf);
 		return 1;
 	}
@@ -694,7 +702,14 @@ int cmd_perplexity(int argc, char **argv)
 		n_pred += n - 1;
 	}
 	double t1 = clock_mono_us() / 1e3;
-	double mean = n_pred ? nll / (double)n_pred : NAN;
+	if (n_pred == 0) {
+		fprintf(stderr, "itt perplexity: no token to predict: each of the %zu paragraphs "
+		        "encodes to at most one token%s\n", n_par,
+		        tokenizer_add_bos(e->tok) ? "" : " (this vocabulary adds no BOS)");
+		rc = 1;
+		goto out;
+	}
+	double mean = nll / (double)n_pred;
 	if (po.json) {
 		json_t *j = json_object();
 		json_object_set_new(j, "paragraphs", json_integer((json_int_t)n_par));

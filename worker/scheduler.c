@@ -275,6 +275,7 @@ static int sched_load(sched_t *s, uint32_t first, uint32_t last, int threads, st
 	ec.max_rows = s->max_rows;
 	ec.kv_bytes = s->cfg.kv_bytes;
 	ec.kv_type = s->cfg.kv_type;
+	ec.act_quant = !s->cfg.act_quant_off;
 	s->block = ec.kv_block;
 	int rc = engine_open(&ec, &s->e, err);
 	if (rc < 0)

@@ -114,6 +114,7 @@ struct sched_config {
 	enum kv_type kv_type; /* element type of the KV cache */
 	uint32_t max_waiting; /* OPENs waiting for KV memory at most; more get OVERLOADED */
 	bool prefix_cache;    /* share the KV blocks of common prompt prefixes */
+	bool act_quant_off;   /* engine_config.act_quant false: float activations */
 	uint32_t slow_ms;     /* debug: sleep this long after every step */
 	uint32_t batch_wait_us; /* gather window: see sched_gather in scheduler.c */
 	const char *chat_template; /* a chat template name replacing the model's, or NULL */

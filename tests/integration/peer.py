@@ -254,12 +254,13 @@ def llama_greedy(model_path, prompt, n_tokens, ignore_eos=False):
         return srv.greedy(prompt, n_tokens, ignore_eos)
 
 
-def itt_greedy(model_path, prompt_text, n_tokens, threads=1):
-    """Our greedy token ids (`itt generate --local --json --temperature 0`);
-    generation stops at end-of-sequence like llama.cpp's."""
+def itt_greedy(model_path, prompt_text, n_tokens, threads=1, extra=()):
+    """Our greedy token ids (`itt generate --local --json --temperature 0`
+    plus extra arguments); generation stops at end-of-sequence like
+    llama.cpp's."""
     r = itt_test.run([itt_test.tool("itt"), "generate", "--local", model_path, "-p", prompt_text,
-                      "-n", str(n_tokens), "--temperature", "0", "--json", "-t", str(threads)],
-                     timeout=120)
+                      "-n", str(n_tokens), "--temperature", "0", "--json", "-t", str(threads)]
+                     + list(extra), timeout=120)
     return [int(t) for t in json.loads(r.stdout.decode())["tokens"]]
 
 
@@ -270,15 +271,16 @@ def itt_prompt_tokens(model_path, prompt_text):
     return [int(t) for t in json.loads(r.stdout.decode())["prompt_tokens"]]
 
 
-def itt_logits(model_path, tokens, layers=None):
-    """Our logits [len(tokens)][vocab] (numpy float32) from itt-dump-logits."""
+def itt_logits(model_path, tokens, layers=None, extra=()):
+    """Our logits [len(tokens)][vocab] (numpy float32) from itt-dump-logits
+    (plus extra arguments)."""
     import numpy as np
     out = os.path.join(itt_test.TMP, "peer-logits-%d.f32" % os.getpid())
     args = [itt_test.tool("itt-dump-logits"), model_path, "--tokens",
             ",".join(map(str, tokens)), "--out", out]
     if layers:
         args += ["--layers", "%d:%d" % layers]
-    itt_test.run(args, timeout=120)
+    itt_test.run(args + list(extra), timeout=120)
     y = np.fromfile(out, dtype="<f4")
     os.unlink(out)
     return y.reshape(len(tokens), -1)

@@ -4,7 +4,7 @@
  *   itt-dump-logits MODEL.gguf --tokens 1,2,3 [--layers A:B] [--hidden-in FILE]
  *                   [--threads T] [--batch N] [--perturb L:H,... [--blend U]]
  *                   [--stop-layer K] [--exit-layers L,... --exit-threshold T
- *                   [--exited-out FILE]] --out FILE
+ *                   [--exited-out FILE]] [--act-quant on|off] --out FILE
  *
  * Output is [n_tokens][vocab] logits on a last stage and [n_tokens][dim]
  * residual stream otherwise.  --batch N feeds the tokens N rows at a time
@@ -12,7 +12,8 @@
  * The techniques of forward.h apply to every row: --perturb the listed heads
  * (blend U, default 1), --stop-layer a draft pass over layers [first, K),
  * --exit-layers/--exit-threshold early exit, with the layer each token
- * stopped after written to --exited-out as one comma-separated line. */
+ * stopped after written to --exited-out as one comma-separated line.
+ * --act-quant sets engine_config.act_quant (default on). */
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -26,7 +27,7 @@ static int usage(void)
 	fprintf(stderr, "usage: itt-dump-logits MODEL.gguf --tokens IDS [--layers A:B] "
 			"[--hidden-in FILE] [--threads T] [--batch N] [--perturb L:H,... "
 			"[--blend U]] [--stop-layer K] [--exit-layers L,... --exit-threshold T "
-			"[--exited-out FILE]] --out FILE\n");
+			"[--exited-out FILE]] [--act-quant on|off] --out FILE\n");
 	return 2;
 }
 
@@ -36,7 +37,7 @@ int main(int argc, char **argv)
 	const char *perturb_arg = NULL, *exit_arg = NULL, *exited_path = NULL;
 	unsigned first = 0, last = 0, batch = 0, stop_layer = 0;
 	float blend = 1.0f, threshold = -1.0f;
-	int threads = 1;
+	int threads = 1, act_quant = 1;
 
 	for (int i = 1; i < argc; i++) {
 		const char *a = argv[i];
@@ -66,6 +67,12 @@ int main(int argc, char **argv)
 			threshold = strtof(argv[++i], NULL);
 		else if (!strcmp(a, "--exited-out") && v)
 			exited_path = argv[++i];
+		else if (!strcmp(a, "--act-quant") && v) {
+			const char *q = argv[++i];
+			if (strcmp(q, "on") && strcmp(q, "off"))
+				return usage();
+			act_quant = !strcmp(q, "on");
+		}
 		else if (a[0] != '-' && !path)
 			path = a;
 		else
@@ -96,6 +103,7 @@ int main(int argc, char **argv)
 	c.first = first;
 	c.last = last;
 	c.n_threads = threads;
+	c.act_quant = act_quant;
 	c.max_rows = batch ? batch : (uint32_t)n;
 	struct itt_err err = {0};
 	struct engine *e;

@@ -20,6 +20,7 @@
 
 #include "err.h"
 #include "gguf.h"
+#include "quant-dot.h"
 #include "quant.h"
 #include "testutil.h"
 
@@ -1136,6 +1137,331 @@ static void test_matmul_rejects_bad_arguments(void **state)
 	assert_string_equal(quant_kernel_name(QUANT_KERNEL_SCALAR), "scalar");
 }
 
+/* ---- integer products with quantised activations (quant-dot.h) ------------------ */
+
+/* Q8_0 by hand: amax 127 gives d = 1 and multiplier 127 / 127 = 1, and the
+ * ties go to even (ggml's x86 quantiser; its portable _ref would round 0.5
+ * to 1 and 2.5 to 3).  Second block: amax 2, multiplier 63.5. */
+static void test_act_q8_0_known_blocks(void **state)
+{
+	(void)state;
+	float x[64] = {0};
+	x[0] = 127.0f, x[1] = -63.5f, x[2] = 0.5f, x[3] = 1.5f, x[4] = 2.5f, x[5] = -0.5f;
+	x[6] = -3.25f, x[31] = 126.6f;
+	x[32] = -2.0f, x[33] = 1.0f, x[34] = 0.5f, x[35] = 0.25f, x[36] = 1.0f / 127.0f;
+	uint8_t y[2 * sizeof(struct block_q8_0)];
+	assert_int_equal(quant_dot_act_row_bytes(GGML_TYPE_Q4_0, 64), sizeof y);
+	assert_int_equal(quant_dot_quantize_row(GGML_TYPE_Q4_0, x, y, 64), 0);
+	struct block_q8_0 b[2];
+	memcpy(b, y, sizeof b);
+	assert_int_equal(b[0].d, 0x3c00); /* 1.0 */
+	const int8_t q0[32] = {127, -64, 0, 2, 2, 0, -3, [31] = 127};
+	assert_memory_equal(b[0].qs, q0, 32);
+	assert_int_equal(b[1].d, quant_fp32_to_fp16(2.0f / 127.0f));
+	/* 63.5 -> 64 (even), 31.75 -> 32, 15.875 -> 16, 63.5 / 127 = 0.5 -> 0 */
+	const int8_t q1[32] = {-127, 64, 32, 16, 0};
+	assert_memory_equal(b[1].qs, q1, 32);
+	/* the same weights' Q8_0 type pairs with Q8_0 activations */
+	uint8_t y8[sizeof y];
+	assert_int_equal(quant_dot_quantize_row(GGML_TYPE_Q8_0, x, y8, 64), 0);
+	assert_memory_equal(y, y8, sizeof y);
+}
+
+/* Q8_1 adds s = fp16(d * sum q): 127 - 64 + 2 + 2 - 3 + 127 = 191. */
+static void test_act_q8_1_known_block(void **state)
+{
+	(void)state;
+	float x[32] = {127.0f, -63.5f, 0.5f, 1.5f, 2.5f, -0.5f, -3.25f, [31] = 126.6f};
+	struct block_q8_1 b;
+	assert_int_equal(quant_dot_act_row_bytes(GGML_TYPE_Q4_1, 32), sizeof b);
+	assert_int_equal(quant_dot_quantize_row(GGML_TYPE_Q5_1, x, &b, 32), 0);
+	assert_int_equal(b.d, 0x3c00);
+	assert_int_equal(b.s, quant_fp32_to_fp16(191.0f));
+	const int8_t q[32] = {127, -64, 0, 2, 2, 0, -3, [31] = 127};
+	assert_memory_equal(b.qs, q, 32);
+}
+
+/* Q8_K by hand: the first value of largest magnitude sets the sign of the
+ * scale (iscale = -127 / max), ties to even, bsums per 16 values. */
+static void test_act_q8_K_known_blocks(void **state)
+{
+	(void)state;
+	float x[512] = {0};
+	/* super-block 0: max -4 at 5 (4 at 7 does not replace it) */
+	x[0] = 2.0f, x[1] = 1.0f, x[5] = -4.0f, x[7] = 4.0f, x[16] = -0.5f / 31.75f;
+	x[17] = 1.5f / 31.75f, x[255] = 0.75f;
+	/* super-block 1: max 8 at 0 */
+	x[256] = 8.0f, x[257] = -8.0f, x[258] = 1.0f, x[300] = 0.5f;
+	struct block_q8_K b[2];
+	assert_int_equal(quant_dot_act_row_bytes(GGML_TYPE_Q4_K, 512), sizeof b);
+	assert_int_equal(quant_dot_quantize_row(GGML_TYPE_Q6_K, x, b, 512), 0);
+	/* iscale = 31.75: 63.5 -> 64, 31.75 -> 32, -127, 127, -0.5 -> 0, 1.5 -> 2,
+	 * 23.8125 -> 24 */
+	assert_true(b[0].d == 1.0f / 31.75f);
+	int8_t q0[256] = {64, 32, 0, 0, 0, -127, 0, 127, [16] = 0, [17] = 2, [255] = 24};
+	assert_memory_equal(b[0].qs, q0, 256);
+	assert_int_equal(b[0].bsums[0], 64 + 32 - 127 + 127);
+	assert_int_equal(b[0].bsums[1], 2);
+	assert_int_equal(b[0].bsums[15], 24);
+	/* iscale = -15.875: 1 -> -15.875 -> -16, 0.5 -> -7.9375 -> -8 */
+	assert_true(b[1].d == 1.0f / -15.875f);
+	int8_t q1[256] = {-127, 127, -16, [44] = -8};
+	assert_memory_equal(b[1].qs, q1, 256);
+	assert_int_equal(b[1].bsums[0], -16);
+	assert_int_equal(b[1].bsums[2], -8);
+	/* all zero: d = 0, codes 0 */
+	float z[256] = {0};
+	assert_int_equal(quant_dot_quantize_row(GGML_TYPE_Q4_K, z, b, 256), 0);
+	assert_true(b[0].d == 0.0f);
+	assert_int_equal(b[0].bsums[3], 0);
+}
+
+static void test_act_types_and_bad_lengths(void **state)
+{
+	(void)state;
+	assert_int_equal(quant_dot_act_type(GGML_TYPE_Q8_0), GGML_TYPE_Q8_0);
+	assert_int_equal(quant_dot_act_type(GGML_TYPE_Q5_0), GGML_TYPE_Q8_0);
+	assert_int_equal(quant_dot_act_type(GGML_TYPE_Q4_1), GGML_TYPE_Q8_1);
+	assert_int_equal(quant_dot_act_type(GGML_TYPE_Q3_K), GGML_TYPE_Q8_K);
+	assert_int_equal(quant_dot_act_type(GGML_TYPE_F16), 0);
+	float x[256] = {0};
+	uint8_t y[512];
+	assert_int_equal(quant_dot_quantize_row(GGML_TYPE_F32, x, y, 32), ITT_E_UNSUPPORTED);
+	assert_int_equal(quant_dot_quantize_row(GGML_TYPE_Q4_K, x, y, 32), ITT_E_INVALID);
+	assert_int_equal(quant_dot_quantize_row(GGML_TYPE_Q4_0, x, y, 33), ITT_E_INVALID);
+	assert_int_equal(quant_dot_act_row_bytes(GGML_TYPE_Q6_K, 128), 0);
+	float Y[4];
+	assert_int_equal(quant_dot_rows(GGML_TYPE_F32, y, 4, 1, y, 0, 1, Y, 0, 0, 1),
+	                 ITT_E_UNSUPPORTED);
+	assert_int_equal(quant_dot_rows(GGML_TYPE_Q4_0, y, 18, 32, y, 34, 0, Y, 0, 0, 1),
+	                 ITT_E_INVALID);
+	assert_int_equal(quant_dot_rows(GGML_TYPE_Q4_0, y, 18, 48, y, 34, 1, Y, 0, 0, 1),
+	                 ITT_E_INVALID);
+	assert_int_equal(quant_dot_rows(GGML_TYPE_Q4_0, y, 18, 32, y, 34, 2, Y, 1, 0, 2),
+	                 ITT_E_INVALID);
+	assert_int_equal(quant_dot_rows(GGML_TYPE_Q4_0, y, 18, 32, y, 34, 1, Y, 0, 1, 1), 0);
+}
+
+static const uint32_t dot_types[] = {GGML_TYPE_Q8_0, GGML_TYPE_Q4_0, GGML_TYPE_Q4_1,
+                                     GGML_TYPE_Q5_0, GGML_TYPE_Q5_1, GGML_TYPE_Q2_K,
+                                     GGML_TYPE_Q3_K, GGML_TYPE_Q4_K, GGML_TYPE_Q5_K,
+                                     GGML_TYPE_Q6_K};
+#define N_DOT_TYPES (sizeof dot_types / sizeof dot_types[0])
+
+/* Quantised activations of an mm_case and the double-precision product of
+ * the dequantised weights with the dequantised activations.  For Q8_1 the
+ * minimum's term uses the block's stored s = fp16(d sum q) (that is the
+ * format's definition, as in ggml), so the reference adds
+ * m (s - d sum q) per block. */
+struct dot_case {
+	size_t ab;     /* activation row bytes */
+	uint8_t *Xq;   /* [QUANT_MAX_M][ab] */
+	double *ref;   /* [QUANT_MAX_M][rows] */
+	double *mag;   /* sum |w x| */
+};
+
+static void dot_case_init(struct dot_case *d, const struct mm_case *c)
+{
+	size_t K = c->K, at = quant_dot_act_type(c->type);
+	d->ab = quant_dot_act_row_bytes(c->type, K);
+	d->Xq = malloc(QUANT_MAX_M * d->ab);
+	d->ref = malloc(QUANT_MAX_M * c->rows * sizeof(double));
+	d->mag = malloc(QUANT_MAX_M * c->rows * sizeof(double));
+	double *xd = malloc(K * sizeof(double));
+	double *corr = calloc(K / 32, sizeof(double)); /* Q8_1: s - d sum q per block */
+	for (size_t m = 0; m < QUANT_MAX_M; m++) {
+		uint8_t *a = d->Xq + m * d->ab;
+		assert_int_equal(quant_dot_quantize_row(c->type, c->X + m * K, a, K), 0);
+		for (size_t b = 0; b < K / (at == GGML_TYPE_Q8_K ? 256 : 32); b++) {
+			if (at == GGML_TYPE_Q8_K) {
+				struct block_q8_K q;
+				memcpy(&q, a + b * sizeof q, sizeof q);
+				for (int j = 0; j < 256; j++)
+					xd[b * 256 + j] = (double)q.d * q.qs[j];
+			} else if (at == GGML_TYPE_Q8_0) {
+				struct block_q8_0 q;
+				memcpy(&q, a + b * sizeof q, sizeof q);
+				for (int j = 0; j < 32; j++)
+					xd[b * 32 + j] = (double)quant_fp16_to_fp32(q.d) * q.qs[j];
+			} else {
+				struct block_q8_1 q;
+				memcpy(&q, a + b * sizeof q, sizeof q);
+				double dd = quant_fp16_to_fp32(q.d), sum = 0;
+				for (int j = 0; j < 32; j++) {
+					xd[b * 32 + j] = dd * q.qs[j];
+					sum += q.qs[j];
+				}
+				corr[b] = quant_fp16_to_fp32(q.s) - dd * sum;
+			}
+		}
+		for (size_t r = 0; r < c->rows; r++) {
+			double s = 0, mg = 0;
+			for (size_t k = 0; k < K; k++) {
+				double p = (double)c->Wf[r * K + k] * xd[k];
+				s += p;
+				mg += fabs(p);
+			}
+			if (at == GGML_TYPE_Q8_1) {
+				size_t bb = quant_row_bytes(c->type, 32);
+				for (size_t b = 0; b < K / 32; b++) {
+					/* m of Q4_1 / Q5_1 is the second fp16 */
+					const uint8_t *blk = c->W + r * c->stride + b * bb;
+					double mw = quant_fp16_to_fp32(
+					    (uint16_t)(blk[2] | blk[3] << 8));
+					s += mw * corr[b];
+					mg += fabs(mw * corr[b]);
+				}
+			}
+			d->ref[m * c->rows + r] = s;
+			d->mag[m * c->rows + r] = mg;
+		}
+	}
+	free(xd);
+	free(corr);
+}
+
+static void dot_case_free(struct dot_case *d)
+{
+	free(d->Xq);
+	free(d->ref);
+	free(d->mag);
+}
+
+/* Every kernel against the double reference.  Roundings: one per fma and
+ * per scale product, the int -> float conversion of a K-quant unit's sum,
+ * and the 16-lane reduction: within (K/16 + 8) 2^-24 sum |w x| (the
+ * weights with a minimum split each value in two terms, d sc q - dmin mn,
+ * that could cancel; on these rows the error stays below a quarter of the
+ * bound all the same). */
+static void test_dot_matches_reference(void **state)
+{
+	(void)state;
+	const size_t Ks[] = {32, 256, 768, 4096};
+	for (size_t ki = 0; ki < sizeof Ks / sizeof Ks[0]; ki++)
+		for (size_t t = 0; t < N_DOT_TYPES; t++) {
+			size_t K = Ks[ki];
+			if (quant_row_bytes(dot_types[t], K) == 0)
+				continue;
+			struct mm_case c;
+			struct dot_case d;
+			mm_case_init(&c, dot_types[t], 37, K);
+			dot_case_init(&d, &c);
+			double tol = ((double)K / 16.0 + 8.0) * 0x1p-24;
+			size_t ldy = c.rows + 3;
+			float *Y = malloc(QUANT_MAX_M * ldy * sizeof(float));
+			for (int kern = QUANT_KERNEL_AUTO; kern < QUANT_KERNEL_COUNT; kern++) {
+				if (!quant_kernel_available(kern))
+					continue;
+				for (size_t M = 1; M <= QUANT_MAX_M; M += 5) {
+					for (size_t i = 0; i < M * ldy; i++)
+						Y[i] = SENTINEL;
+					assert_int_equal(quant_dot_rows_kernel(
+					                     kern, c.type, c.W, c.stride, K, d.Xq,
+					                     d.ab, M, Y, ldy, 2, 35),
+					                 0);
+					for (size_t m = 0; m < M; m++)
+						for (size_t r = 0; r < ldy; r++) {
+							float y = Y[m * ldy + r];
+							if (r < 2 || r >= 35) {
+								assert_true(y == SENTINEL);
+								continue;
+							}
+							double ref = d.ref[m * c.rows + r];
+							double mg = d.mag[m * c.rows + r];
+							if (fabs(y - ref) > tol * mg + 1e-30)
+								fail_msg("%s type %u K %zu M %zu r %zu: "
+								         "%.9g vs %.9g (mag %g)",
+								         quant_kernel_name(kern),
+								         c.type, K, M, r, y, ref, mg);
+						}
+				}
+			}
+			free(Y);
+			dot_case_free(&d);
+			mm_case_free(&c);
+		}
+}
+
+/* All kernels give the scalar kernel's bits; a batched call equals single
+ * calls on each activation row, computed in two pieces of the row range. */
+static void test_dot_kernels_agree_and_batched_equals_single(void **state)
+{
+	(void)state;
+	/* 736: 23 blocks, an odd tail of a 16-block group */
+	const size_t Ks[] = {256, 768, 2304, 736};
+	for (size_t ki = 0; ki < sizeof Ks / sizeof Ks[0]; ki++)
+		for (size_t t = 0; t < N_DOT_TYPES; t++) {
+			size_t K = Ks[ki];
+			if (quant_row_bytes(dot_types[t], K) == 0)
+				continue;
+			struct mm_case c;
+			struct dot_case d;
+			mm_case_init(&c, dot_types[t], 29, K);
+			dot_case_init(&d, &c);
+			size_t ldy = c.rows;
+			float *Yref = malloc(QUANT_MAX_M * ldy * sizeof(float));
+			float *Yb = malloc(QUANT_MAX_M * ldy * sizeof(float));
+			float *Ys = malloc(ldy * sizeof(float));
+			uint8_t *xs = malloc(d.ab + 1);
+			assert_int_equal(quant_dot_rows_kernel(QUANT_KERNEL_SCALAR, c.type, c.W,
+			                                       c.stride, K, d.Xq, d.ab, QUANT_MAX_M,
+			                                       Yref, ldy, 0, c.rows),
+			                 0);
+			for (int kern = QUANT_KERNEL_SCALAR; kern < QUANT_KERNEL_COUNT; kern++) {
+				if (!quant_kernel_available(kern))
+					continue;
+				for (size_t M = 1; M <= QUANT_MAX_M; M += (M < 8 ? 1 : 7)) {
+					assert_int_equal(quant_dot_rows_kernel(kern, c.type, c.W,
+					                                       c.stride, K, d.Xq, d.ab,
+					                                       M, Yb, ldy, 0, c.rows),
+					                 0);
+					if (memcmp(Yb, Yref, M * ldy * sizeof(float)))
+						fail_msg("%s type %u K %zu M %zu: differs from scalar",
+						         quant_kernel_name(kern), c.type, K, M);
+					for (size_t m = 0; m < M; m++) {
+						/* misaligned copy of one row, two row pieces */
+						memcpy(xs + 1, d.Xq + m * d.ab, d.ab);
+						size_t cut = (M * 7 + m) % c.rows;
+						assert_int_equal(quant_dot_rows_kernel(
+						                     kern, c.type, c.W, c.stride, K,
+						                     xs + 1, 0, 1, Ys, 0, 0, cut),
+						                 0);
+						assert_int_equal(quant_dot_rows_kernel(
+						                     kern, c.type, c.W, c.stride, K,
+						                     xs + 1, 0, 1, Ys, 0, cut, c.rows),
+						                 0);
+						if (memcmp(Ys, Yb + m * ldy, ldy * sizeof(float)))
+							fail_msg("%s type %u K %zu M %zu m %zu: "
+							         "batched != single",
+							         quant_kernel_name(kern), c.type, K, M,
+							         m);
+					}
+				}
+			}
+			free(Yref);
+			free(Yb);
+			free(Ys);
+			free(xs);
+			dot_case_free(&d);
+			mm_case_free(&c);
+		}
+}
+
+/* The SIMD kernels have their own code for the most used types (so the
+ * agreement test above compares two implementations, not one twice). */
+static void test_dot_simd_kernels_cover_main_types(void **state)
+{
+	(void)state;
+	const uint32_t main_types[] = {GGML_TYPE_Q8_0, GGML_TYPE_Q4_0, GGML_TYPE_Q4_K,
+	                               GGML_TYPE_Q6_K};
+	for (int kern = QUANT_KERNEL_AVX2; kern < QUANT_KERNEL_COUNT; kern++)
+		for (size_t t = 0; t < 4; t++)
+			if (quant_kernel_available(kern))
+				assert_true(quant_dot_kernel_has_type(kern, main_types[t]));
+	assert_false(quant_dot_kernel_has_type(QUANT_KERNEL_SCALAR, GGML_TYPE_F32));
+	assert_true(quant_dot_kernel_has_type(QUANT_KERNEL_SCALAR, GGML_TYPE_Q3_K));
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -1173,6 +1499,13 @@ int main(void)
 	    cmocka_unit_test(test_matmul_reads_nothing_past_the_ends),
 	    cmocka_unit_test(test_matmul_auto_is_best_kernel),
 	    cmocka_unit_test(test_matmul_rejects_bad_arguments),
+	    cmocka_unit_test(test_act_q8_0_known_blocks),
+	    cmocka_unit_test(test_act_q8_1_known_block),
+	    cmocka_unit_test(test_act_q8_K_known_blocks),
+	    cmocka_unit_test(test_act_types_and_bad_lengths),
+	    cmocka_unit_test(test_dot_matches_reference),
+	    cmocka_unit_test(test_dot_kernels_agree_and_batched_equals_single),
+	    cmocka_unit_test(test_dot_simd_kernels_cover_main_types),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -12,6 +12,7 @@ void engine_config_default(struct engine_config *c)
 	c->kv_bytes = ENGINE_DEFAULT_KV_BYTES;
 	c->kv_block = ENGINE_DEFAULT_KV_BLOCK;
 	c->kv_type = KV_TYPE_F32;
+	c->act_quant = true;
 }
 
 int engine_open(const struct engine_config *c, struct engine **out, struct itt_err *err)
@@ -41,6 +42,7 @@ int engine_open(const struct engine_config *c, struct engine **out, struct itt_e
 		goto fail;
 	if ((rc = forward_init(&e->fwd, e->model, &e->kv, e->pool, c->max_rows, err)) < 0)
 		goto fail;
+	e->fwd.lin.act_quant = c->act_quant;
 	size_t width = model_is_last(e->model) ? hp->vocab : hp->dim;
 	e->logits = malloc((size_t)c->max_rows * width * sizeof(float));
 	if (!e->logits) {
@@ -66,6 +68,7 @@ int engine_set_threads(struct engine *e, int n_threads, struct itt_err *err)
 		threadpool_destroy(&pool);
 		return rc;
 	}
+	fwd.lin.act_quant = e->fwd.lin.act_quant;
 	forward_free(&e->fwd);
 	threadpool_destroy(&e->pool);
 	e->fwd = fwd;

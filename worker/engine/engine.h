@@ -5,6 +5,7 @@
 #ifndef ITT_ENGINE_H
 #define ITT_ENGINE_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -25,6 +26,8 @@ struct engine_config {
 	                       * (0 counts as 1), e.g. 2 for a guidance branch */
 	uint32_t kv_block;    /* positions per KV block */
 	enum kv_type kv_type; /* element type of the KV cache (default F32) */
+	bool act_quant;       /* quantised weights: quantise the activations and use
+	                       * integer products, as llama.cpp (linear.h; default on) */
 };
 
 #define ENGINE_DEFAULT_MAX_ROWS 512

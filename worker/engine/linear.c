@@ -8,6 +8,7 @@
 #include <string.h>
 
 #include "gguf.h"
+#include "quant-dot.h"
 #include "quant.h"
 
 /* Rows of weight dequantised per sgemm tile (a few MB, stays in cache). */
@@ -31,6 +32,12 @@
 #define FUSED_MAX_M_BF16 FUSED_MAX_M_F16
 #define FUSED_MAX_M_BLOCKS 32
 
+/* Integer products for quantised weights (quant-dot.h) unless the build
+ * says otherwise. */
+#ifndef LINEAR_ACT_QUANT_DEFAULT
+#define LINEAR_ACT_QUANT_DEFAULT true
+#endif
+
 int linear_init(struct linear_ctx *lc, threadpool_t *pool, uint32_t max_cols, struct itt_err *err)
 {
 	memset(lc, 0, sizeof *lc);
@@ -39,6 +46,21 @@ int linear_init(struct linear_ctx *lc, threadpool_t *pool, uint32_t max_cols, st
 	if (!lc->tile)
 		return itt_err_set(err, ITT_E_NOMEM, "linear_init: cannot allocate a %zu-float tile",
 				   lc->tile_floats);
+	/* Quantised activation rows: the widest format is Q8_K (292 bytes per
+	 * 256 values); Q8_1 is 36 per 32.  Rounded up to whole blocks. */
+	size_t kb = ((size_t)max_cols + QK_K - 1) / QK_K * sizeof(struct block_q8_K);
+	size_t lb = ((size_t)max_cols + 31) / 32 * sizeof(struct block_q8_1);
+	lc->xq_bytes = (size_t)QUANT_MAX_M * (kb > lb ? kb : lb);
+	lc->xq = malloc(lc->xq_bytes);
+	lc->xf = malloc(lc->tile_floats * sizeof(float));
+	if (!lc->xq || !lc->xf) {
+		free(lc->tile);
+		free(lc->xq);
+		free(lc->xf);
+		return itt_err_set(err, ITT_E_NOMEM, "linear_init: cannot allocate %zu bytes",
+				   lc->xq_bytes);
+	}
+	lc->act_quant = LINEAR_ACT_QUANT_DEFAULT;
 	lc->pool = pool;
 	lc->n_threads = threadpool_size(pool);
 	for (uint32_t t = 0; t < GGML_TYPE_COUNT; t++)
@@ -58,6 +80,8 @@ int linear_init(struct linear_ctx *lc, threadpool_t *pool, uint32_t max_cols, st
 void linear_free(struct linear_ctx *lc)
 {
 	free(lc->tile);
+	free(lc->xq);
+	free(lc->xf);
 	memset(lc, 0, sizeof *lc);
 }
 
@@ -67,6 +91,14 @@ enum linear_path linear_choose(const struct linear_ctx *lc, uint32_t type, uint3
 		return LINEAR_PATH_FUSED;
 	if (lc->force != LINEAR_PATH_AUTO)
 		return lc->force;
+	/* Integer products at every batch size: a row's result then does not
+	 * depend on the batch it comes in (replays and prefix reuse rebuild
+	 * decode steps as prefill batches; with quantised activations, float
+	 * rounding differences between two paths can flip a code and grow).
+	 * On this path's speed at large M, see bench-linear's intdot column:
+	 * at M = 128 it matched sgemm on dequantised tiles here. */
+	if (lc->act_quant && quant_dot_act_type(type))
+		return LINEAR_PATH_FUSED;
 	uint32_t max_m = type < GGML_TYPE_COUNT ? lc->fused_max_m[type] : FUSED_MAX_M_BLOCKS;
 	return M <= max_m ? LINEAR_PATH_FUSED : LINEAR_PATH_GEMM;
 }
@@ -74,6 +106,8 @@ enum linear_path linear_choose(const struct linear_ctx *lc, uint32_t type, uint3
 struct job {
 	const struct model_weight *w;
 	const float *X;
+	const uint8_t *Xq; /* quantised X (act_quant), rows xq_row bytes apart */
+	size_t xq_row;
 	uint32_t M;
 	float *Y;
 	size_t ldy;
@@ -88,6 +122,16 @@ static void fused_worker(void *arg, int ith, int nth)
 	if (lo < hi)
 		quant_matmul_rows(j->w->type, j->w->data, j->w->row_bytes, j->w->cols, j->X, j->M,
 				  j->Y, j->ldy, lo, hi);
+}
+
+static void dot_worker(void *arg, int ith, int nth)
+{
+	struct job *j = arg;
+	size_t lo, hi;
+	threadpool_split(j->w->rows, 16, ith, nth, &lo, &hi);
+	if (lo < hi)
+		quant_dot_rows(j->w->type, j->w->data, j->w->row_bytes, j->w->cols, j->Xq, j->xq_row,
+			       j->M, j->Y, j->ldy, lo, hi);
 }
 
 static void gemv_worker(void *arg, int ith, int nth)
@@ -129,21 +173,48 @@ static void dequant_worker(void *arg, int ith, int nth)
 				  j->Y + r * j->w->cols, j->w->cols);
 }
 
+/* Dequantise TILE_ROWS weight rows at a time (in parallel) and let sgemm
+ * reuse each tile across all M inputs. */
+static void gemm_tiles(struct linear_ctx *lc, const struct model_weight *w, const float *X,
+		       uint32_t M, float *Y, size_t ldy)
+{
+	for (size_t r0 = 0; r0 < w->rows; r0 += TILE_ROWS) {
+		size_t n = w->rows - r0 < TILE_ROWS ? w->rows - r0 : TILE_ROWS;
+		struct job dj = {.w = w, .Y = lc->tile, .r0 = r0, .n = n};
+		threadpool_run(lc->pool, dequant_worker, &dj);
+		struct model_weight tile = {lc->tile, GGML_TYPE_F32, (uint32_t)n, w->cols,
+					    (size_t)w->cols * sizeof(float)};
+		struct job bj = {.w = &tile, .X = X, .M = M, .Y = Y + r0, .ldy = ldy};
+		threadpool_run(lc->pool, gemm_worker, &bj);
+	}
+}
+
 void linear_matmul(struct linear_ctx *lc, const struct model_weight *w, const float *X, uint32_t M,
 		   float *Y, size_t ldy)
 {
 	switch (linear_choose(lc, w->type, M)) {
 	case LINEAR_PATH_GEMV: {
-		struct job j = {w, X, M, Y, ldy, 0, 0};
+		struct job j = {.w = w, .X = X, .M = M, .Y = Y, .ldy = ldy};
 		threadpool_run(lc->pool, gemv_worker, &j);
 		return;
 	}
 	case LINEAR_PATH_FUSED:
 		for (uint32_t m0 = 0; m0 < M; m0 += QUANT_MAX_M) {
 			uint32_t mm = M - m0 < QUANT_MAX_M ? M - m0 : QUANT_MAX_M;
-			struct job j = {w, X + (size_t)m0 * w->cols, mm, Y + (size_t)m0 * ldy, ldy,
-					0, 0};
-			threadpool_run(lc->pool, fused_worker, &j);
+			struct job j = {.w = w, .X = X + (size_t)m0 * w->cols, .M = mm,
+					.Y = Y + (size_t)m0 * ldy, .ldy = ldy};
+			size_t ab = lc->act_quant ? quant_dot_act_row_bytes(w->type, w->cols) : 0;
+			if (ab && ab * mm <= lc->xq_bytes) {
+				/* quantise X once, on this thread, before the split */
+				for (uint32_t m = 0; m < mm; m++)
+					quant_dot_quantize_row(w->type, j.X + (size_t)m * w->cols,
+							       lc->xq + m * ab, w->cols);
+				j.Xq = lc->xq;
+				j.xq_row = ab;
+				threadpool_run(lc->pool, dot_worker, &j);
+			} else {
+				threadpool_run(lc->pool, fused_worker, &j);
+			}
 		}
 		return;
 	case LINEAR_PATH_AUTO:
@@ -151,19 +222,24 @@ void linear_matmul(struct linear_ctx *lc, const struct model_weight *w, const fl
 		break;
 	}
 	if (w->type == GGML_TYPE_F32) {
-		struct job j = {w, X, M, Y, ldy, 0, 0};
+		struct job j = {.w = w, .X = X, .M = M, .Y = Y, .ldy = ldy};
 		threadpool_run(lc->pool, gemm_worker, &j);
 		return;
 	}
-	/* Dequantise TILE_ROWS weight rows at a time (in parallel) and let
-	 * sgemm reuse each tile across all M inputs. */
-	for (size_t r0 = 0; r0 < w->rows; r0 += TILE_ROWS) {
-		size_t n = w->rows - r0 < TILE_ROWS ? w->rows - r0 : TILE_ROWS;
-		struct job dj = {w, NULL, 0, lc->tile, 0, r0, n};
-		threadpool_run(lc->pool, dequant_worker, &dj);
-		struct model_weight tile = {lc->tile, GGML_TYPE_F32, (uint32_t)n, w->cols,
-					    (size_t)w->cols * sizeof(float)};
-		struct job bj = {&tile, X, M, Y + r0, ldy, 0, 0};
-		threadpool_run(lc->pool, gemm_worker, &bj);
+	size_t ab = lc->act_quant ? quant_dot_act_row_bytes(w->type, w->cols) : 0;
+	if (!ab) {
+		gemm_tiles(lc, w, X, M, Y, ldy);
+		return;
+	}
+	/* the activations the integer products would see, TILE_ROWS at a time */
+	for (uint32_t m0 = 0; m0 < M; m0 += TILE_ROWS) {
+		uint32_t mm = M - m0 < TILE_ROWS ? M - m0 : TILE_ROWS;
+		for (uint32_t m = 0; m < mm; m++) {
+			quant_dot_quantize_row(w->type, X + (size_t)(m0 + m) * w->cols, lc->xq,
+					       w->cols);
+			quant_dot_dequantize_row(w->type, lc->xq, lc->xf + (size_t)m * w->cols,
+						 w->cols);
+		}
+		gemm_tiles(lc, w, lc->xf, mm, Y + (size_t)m0 * ldy, ldy);
 	}
 }

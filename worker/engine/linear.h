@@ -12,11 +12,22 @@
  *          bound by compute.
  *   GEMV   OpenBLAS sgemv once per input row (F32 only); kept for
  *          comparison, never faster than FUSED here.
+ * With act_quant on (the default), the FUSED path for quantised weights
+ * is llama.cpp's arithmetic instead (quant-dot.h): X is quantised once per
+ * call to 8-bit blocks (Q8_0, Q8_1 or Q8_K by weight type) and each block
+ * pair is an integer dot product, and linear_choose picks FUSED at every
+ * M for those weights, so that a row's result never depends on the batch
+ * size (replays and prefix reuse depend on that).  Off, FUSED multiplies
+ * float X by the dequantised weights up to the measured crossovers.  A
+ * forced GEMM path stays sgemm on dequantised weight tiles; with act_quant
+ * on its X is first quantised and dequantised the same way (equal to the
+ * integer products up to float rounding).
  * Every kernel runs inside the thread pool, split by weight rows; OpenBLAS
  * itself runs single-threaded, so there is one set of threads. */
 #ifndef ITT_LINEAR_H
 #define ITT_LINEAR_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -39,6 +50,10 @@ struct linear_ctx {
 	enum linear_path force;  /* benchmarks: one path for everything */
 	float *tile;             /* dequantised weight tile for the GEMM path */
 	size_t tile_floats;
+	bool act_quant;          /* FUSED on quantised weights: integer products */
+	uint8_t *xq;             /* [QUANT_MAX_M] quantised activation rows */
+	size_t xq_bytes;
+	float *xf;               /* [TILE_ROWS][max_cols] X quantised and dequantised (GEMM) */
 };
 
 /* max_cols: the widest input of any weight used with this context (sizes
