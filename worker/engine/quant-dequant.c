@@ -19,22 +19,13 @@
 #include "gguf.h"
 #include "quant.h"
 
-static inline float fp16_at(const uint8_t *p)
-{
-	return quant_fp16_to_fp32((uint16_t)(p[0] | (p[1] << 8)));
-}
-
-static inline uint32_t u32_at(const uint8_t *p)
-{
-	return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
-}
 
 /* ---- legacy blocks of 32: byte j holds values j (low nibble) and j + 16 */
 
 static void dequant_q4_1(const uint8_t *blk, float *y)
 {
-	float d = fp16_at(blk + offsetof(struct block_q4_1, d));
-	float m = fp16_at(blk + offsetof(struct block_q4_1, m));
+	float d = quant_fp16_at(blk + offsetof(struct block_q4_1, d));
+	float m = quant_fp16_at(blk + offsetof(struct block_q4_1, m));
 	const uint8_t *qs = blk + offsetof(struct block_q4_1, qs);
 	for (int j = 0; j < QK4_1 / 2; j++) {
 		y[j] = d * (float)(qs[j] & 15) + m;
@@ -45,8 +36,8 @@ static void dequant_q4_1(const uint8_t *blk, float *y)
 /* Q5_0 / Q5_1: bit j of the little-endian qh is the fifth bit of value j. */
 static void dequant_q5_0(const uint8_t *blk, float *y)
 {
-	float d = fp16_at(blk + offsetof(struct block_q5_0, d));
-	uint32_t qh = u32_at(blk + offsetof(struct block_q5_0, qh));
+	float d = quant_fp16_at(blk + offsetof(struct block_q5_0, d));
+	uint32_t qh = quant_u32_at(blk + offsetof(struct block_q5_0, qh));
 	const uint8_t *qs = blk + offsetof(struct block_q5_0, qs);
 	for (int j = 0; j < QK5_0 / 2; j++) {
 		int q0 = (qs[j] & 15) | (int)((qh >> j) & 1) << 4;
@@ -58,9 +49,9 @@ static void dequant_q5_0(const uint8_t *blk, float *y)
 
 static void dequant_q5_1(const uint8_t *blk, float *y)
 {
-	float d = fp16_at(blk + offsetof(struct block_q5_1, d));
-	float m = fp16_at(blk + offsetof(struct block_q5_1, m));
-	uint32_t qh = u32_at(blk + offsetof(struct block_q5_1, qh));
+	float d = quant_fp16_at(blk + offsetof(struct block_q5_1, d));
+	float m = quant_fp16_at(blk + offsetof(struct block_q5_1, m));
+	uint32_t qh = quant_u32_at(blk + offsetof(struct block_q5_1, qh));
 	const uint8_t *qs = blk + offsetof(struct block_q5_1, qs);
 	for (int j = 0; j < QK5_1 / 2; j++) {
 		int q0 = (qs[j] & 15) | (int)((qh >> j) & 1) << 4;
@@ -82,8 +73,8 @@ static void dequant_q2_K(const uint8_t *blk, float *y)
 {
 	const uint8_t *sc = blk + offsetof(struct block_q2_K, scales);
 	const uint8_t *qs = blk + offsetof(struct block_q2_K, qs);
-	float d = fp16_at(blk + offsetof(struct block_q2_K, d));
-	float dmin = fp16_at(blk + offsetof(struct block_q2_K, dmin));
+	float d = quant_fp16_at(blk + offsetof(struct block_q2_K, d));
+	float dmin = quant_fp16_at(blk + offsetof(struct block_q2_K, dmin));
 	for (int s = 0; s < QK_K / 16; s++) {
 		/* low nibble: scale, high nibble: minimum */
 		float dl = d * (float)(sc[s] & 15), ml = dmin * (float)(sc[s] >> 4);
@@ -103,7 +94,7 @@ static void dequant_q3_K(const uint8_t *blk, float *y)
 	const uint8_t *hm = blk + offsetof(struct block_q3_K, hmask);
 	const uint8_t *qs = blk + offsetof(struct block_q3_K, qs);
 	const uint8_t *sc = blk + offsetof(struct block_q3_K, scales);
-	float d = fp16_at(blk + offsetof(struct block_q3_K, d));
+	float d = quant_fp16_at(blk + offsetof(struct block_q3_K, d));
 	for (int s = 0; s < QK_K / 16; s++) {
 		int lo = s < 8 ? sc[s] & 15 : sc[s - 8] >> 4;
 		int hi = (sc[8 + s % 4] >> (2 * (s / 4))) & 3;
@@ -118,19 +109,11 @@ static void dequant_q3_K(const uint8_t *blk, float *y)
 	}
 }
 
-/* Q4_K / Q5_K: scale and minimum of sub-block j (32 values), 6 bits each,
- * packed in 12 bytes: for j < 4 the low 6 bits of bytes j and j + 4; for
- * j >= 4 a nibble of byte j + 4 and the top two bits of bytes j - 4 and j. */
+/* Sub-block j's scale and minimum as floats (quant_scale_min_k4). */
 static inline void scale_min_k4(int j, const uint8_t *q, float d, float dmin, float *dl, float *ml)
 {
 	int sc, m;
-	if (j < 4) {
-		sc = q[j] & 63;
-		m = q[j + 4] & 63;
-	} else {
-		sc = (q[j + 4] & 15) | (q[j - 4] >> 6) << 4;
-		m = (q[j + 4] >> 4) | (q[j] >> 6) << 4;
-	}
+	quant_scale_min_k4(j, q, &sc, &m);
 	*dl = d * (float)sc;
 	*ml = dmin * (float)m;
 }
@@ -141,8 +124,8 @@ static void dequant_q4_K(const uint8_t *blk, float *y)
 {
 	const uint8_t *sc = blk + offsetof(struct block_q4_K, scales);
 	const uint8_t *qs = blk + offsetof(struct block_q4_K, qs);
-	float d = fp16_at(blk + offsetof(struct block_q4_K, d));
-	float dmin = fp16_at(blk + offsetof(struct block_q4_K, dmin));
+	float d = quant_fp16_at(blk + offsetof(struct block_q4_K, d));
+	float dmin = quant_fp16_at(blk + offsetof(struct block_q4_K, dmin));
 	for (int s = 0; s < QK_K / 32; s++) {
 		float dl, ml;
 		scale_min_k4(s, sc, d, dmin, &dl, &ml);
@@ -160,8 +143,8 @@ static void dequant_q5_K(const uint8_t *blk, float *y)
 	const uint8_t *sc = blk + offsetof(struct block_q5_K, scales);
 	const uint8_t *qh = blk + offsetof(struct block_q5_K, qh);
 	const uint8_t *qs = blk + offsetof(struct block_q5_K, qs);
-	float d = fp16_at(blk + offsetof(struct block_q5_K, d));
-	float dmin = fp16_at(blk + offsetof(struct block_q5_K, dmin));
+	float d = quant_fp16_at(blk + offsetof(struct block_q5_K, d));
+	float dmin = quant_fp16_at(blk + offsetof(struct block_q5_K, dmin));
 	for (int s = 0; s < QK_K / 32; s++) {
 		float dl, ml;
 		scale_min_k4(s, sc, d, dmin, &dl, &ml);
@@ -183,7 +166,7 @@ static void dequant_q6_K(const uint8_t *blk, float *y)
 	const uint8_t *ql = blk + offsetof(struct block_q6_K, ql);
 	const uint8_t *qh = blk + offsetof(struct block_q6_K, qh);
 	const uint8_t *sc = blk + offsetof(struct block_q6_K, scales);
-	float d = fp16_at(blk + offsetof(struct block_q6_K, d));
+	float d = quant_fp16_at(blk + offsetof(struct block_q6_K, d));
 	for (int h = 0; h < 2; h++)
 		for (int k = 0; k < 4; k++)
 			for (int s = 0; s < 2; s++) {

@@ -27,7 +27,7 @@ typedef void (*simd_rows_fn)(uint32_t type, const uint8_t *W, size_t stride, siz
  * quant_fp16_to_fp32, without a call per block. */
 static inline float h2f(const uint8_t *p)
 {
-	return _cvtsh_ss(u16_at(p));
+	return _cvtsh_ss(quant_u16_at(p));
 }
 #define QDOT_MAX_U (QDOT_MAX_K / 32)
 #define NO_SANITIZE_QD __attribute__((no_sanitize("address", "undefined")))
@@ -89,7 +89,7 @@ static void decode_legacy(uint32_t type, const uint8_t *w, size_t nb, struct dro
 			d->dw[b] = h2f(blk);
 			if (type == GGML_TYPE_Q5_1)
 				d->mw[b] = h2f(blk + 2);
-			uint32_t h = u32_at(blk + hoff);
+			uint32_t h = quant_u32_at(blk + hoff);
 			const uint8_t *qs = blk + hoff + 4;
 			for (int j = 0; j < 16; j++) {
 				u[j] = (uint8_t)((qs[j] & 15) | ((h >> j) & 1) << 4);
@@ -157,7 +157,7 @@ static void decode_k(uint32_t type, const uint8_t *w, size_t nu, struct drow *d)
 			d->mw[i] = h2f(blk + 2);
 			for (int s = 0; s < 8; s++) {
 				int sc, mn;
-				scale_min_k4(s, scp, &sc, &mn);
+				quant_scale_min_k4(s, scp, &sc, &mn);
 				const uint8_t *q = qs + 32 * (s / 2);
 				int shift = 4 * (s % 2);
 				for (int l = 0; l < 32; l++) {
@@ -249,6 +249,63 @@ static inline float scalar_k_combine(const struct drow *d, size_t nu, const floa
 			acc[i % LANES] = fmaf((float)-summs[i], d->mw[i] * ad, acc[i % LANES]);
 	}
 	return reduce16(acc);
+}
+
+typedef float (*legacy_dot_fn)(const struct drow *d, size_t nb, const int8_t *q,
+                               const int32_t *sy, const float *dx, const float *sx);
+typedef float (*legacy_direct_fn)(uint32_t type, const uint8_t *w, size_t nb, const int8_t *q,
+                                  const int32_t *sy, const float *dx);
+typedef float (*k_dot_fn)(const struct drow *d, size_t nu, const uint8_t *a, const float *yd);
+
+/* The rows of both instruction sets: each weight row decoded once (vnni:
+ * legacy codes offset for vpdpbusd), then taken against up to PRE_SLOTS /
+ * nbp precomputed activation rows at a time.  direct (may be NULL) takes
+ * small M straight from the row for the types it handles (direct_m: the
+ * largest M per type, 0 = never).  Inlined into each kernel with its own
+ * functions, so the calls are direct. */
+static inline __attribute__((always_inline)) NO_SANITIZE_QD void
+simd_rows_driver(uint32_t type, const uint8_t *W, size_t stride, size_t K, const uint8_t *Xq,
+                 size_t xstride, size_t M, float *Y, size_t ldy, size_t r0, size_t r1, int vnni,
+                 legacy_dot_fn ldot, k_dot_fn kdot, legacy_direct_fn direct, size_t direct_m)
+{
+	struct drow *const dp = &tls_drow;
+	struct act_pre *const pp = &tls_pre;
+	int legacy = is_legacy(type);
+	if (K > QDOT_MAX_K) {
+		scalar_rows(dot_type_of(type), W, stride, K, Xq, xstride, M, Y, ldy, r0, r1);
+		return;
+	}
+	uint32_t atype = quant_dot_act_type(type);
+	size_t nu = K / (legacy ? 32 : QK_K), nbp = (nu + 15) / 16 * 16;
+	size_t mchunk = PRE_SLOTS / nbp;
+	for (size_t m0 = 0; m0 < M; m0 += mchunk) {
+		size_t mc = M - m0 < mchunk ? M - m0 : mchunk;
+		for (size_t m = 0; m < mc; m++)
+			act_precompute(atype, Xq + (m0 + m) * xstride, nu, nbp, pp, m * nbp);
+		if (direct && mc <= direct_m) {
+			for (size_t r = r0; r < r1; r++)
+				for (size_t m = 0; m < mc; m++) {
+					size_t o = m * nbp;
+					Y[(m0 + m) * ldy + r] = direct(type, W + r * stride, nu,
+					                               pp->q + 32 * o, pp->sy + o, pp->dx + o);
+				}
+			continue;
+		}
+		for (size_t r = r0; r < r1; r++) {
+			if (legacy)
+				decode_legacy(type, W + r * stride, nu, dp, vnni);
+			else
+				decode_k(type, W + r * stride, nu, dp);
+			for (size_t m = 0; m < mc; m++) {
+				const uint8_t *a = Xq + (m0 + m) * xstride;
+				size_t o = m * nbp;
+				Y[(m0 + m) * ldy + r] =
+				    legacy ? ldot(dp, nu, pp->q + 32 * o, pp->sy + o, pp->dx + o,
+				                  pp->sx + o)
+				           : kdot(dp, nu, a, pp->dx + o);
+			}
+		}
+	}
 }
 
 #endif
@@ -412,45 +469,10 @@ static NO_SANITIZE_QD void avx512_rows(uint32_t type, const uint8_t *W, size_t s
                                        const uint8_t *Xq, size_t xstride, size_t M, float *Y,
                                        size_t ldy, size_t r0, size_t r1)
 {
-	struct drow *const dp = &tls_drow;
-	struct act_pre *const pp = &tls_pre;
-	int legacy = is_legacy(type);
-	if (K > QDOT_MAX_K) {
-		scalar_rows(dot_type_of(type), W, stride, K, Xq, xstride, M, Y, ldy, r0, r1);
-		return;
-	}
-	uint32_t atype = quant_dot_act_type(type);
-	size_t nu = K / (legacy ? 32 : QK_K), nbp = (nu + 15) / 16 * 16;
-	size_t mchunk = PRE_SLOTS / nbp;
-	for (size_t m0 = 0; m0 < M; m0 += mchunk) {
-		size_t mc = M - m0 < mchunk ? M - m0 : mchunk;
-		for (size_t m = 0; m < mc; m++)
-			act_precompute(atype, Xq + (m0 + m) * xstride, nu, nbp, pp, m * nbp);
-		if ((type == GGML_TYPE_Q4_0 && mc <= 2) || (type == GGML_TYPE_Q8_0 && mc == 1)) {
-			for (size_t r = r0; r < r1; r++)
-				for (size_t m = 0; m < mc; m++) {
-					size_t o = m * nbp;
-					Y[(m0 + m) * ldy + r] = avx512_legacy_direct(
-					    type, W + r * stride, nu, pp->q + 32 * o, pp->sy + o,
-					    pp->dx + o);
-				}
-			continue;
-		}
-		for (size_t r = r0; r < r1; r++) {
-			if (legacy)
-				decode_legacy(type, W + r * stride, nu, dp, 1);
-			else
-				decode_k(type, W + r * stride, nu, dp);
-			for (size_t m = 0; m < mc; m++) {
-				const uint8_t *a = Xq + (m0 + m) * xstride;
-				size_t o = m * nbp;
-				Y[(m0 + m) * ldy + r] =
-				    legacy ? avx512_legacy_dot(dp, nu, pp->q + 32 * o, pp->sy + o,
-				                               pp->dx + o, pp->sx + o)
-				           : avx512_k_dot(dp, nu, a, pp->dx + o);
-			}
-		}
-	}
+	/* straight from the row: Q4_0 up to 2 inputs, Q8_0 for 1 */
+	size_t direct_m = type == GGML_TYPE_Q4_0 ? 2 : type == GGML_TYPE_Q8_0 ? 1 : 0;
+	simd_rows_driver(type, W, stride, K, Xq, xstride, M, Y, ldy, r0, r1, 1, avx512_legacy_dot,
+	                 avx512_k_dot, avx512_legacy_direct, direct_m);
 }
 
 static simd_rows_fn simd_avx512_fn(uint32_t type)
@@ -561,38 +583,11 @@ static NO_SANITIZE_QD float avx2_k_dot(const struct drow *d, size_t nu, const ui
 }
 
 static NO_SANITIZE_QD void avx2_rows(uint32_t type, const uint8_t *W, size_t stride, size_t K,
-                                       const uint8_t *Xq, size_t xstride, size_t M, float *Y,
-                                       size_t ldy, size_t r0, size_t r1)
+                                     const uint8_t *Xq, size_t xstride, size_t M, float *Y,
+                                     size_t ldy, size_t r0, size_t r1)
 {
-	struct drow *const dp = &tls_drow;
-	struct act_pre *const pp = &tls_pre;
-	int legacy = is_legacy(type);
-	if (K > QDOT_MAX_K) {
-		scalar_rows(dot_type_of(type), W, stride, K, Xq, xstride, M, Y, ldy, r0, r1);
-		return;
-	}
-	uint32_t atype = quant_dot_act_type(type);
-	size_t nu = K / (legacy ? 32 : QK_K), nbp = (nu + 15) / 16 * 16;
-	size_t mchunk = PRE_SLOTS / nbp;
-	for (size_t m0 = 0; m0 < M; m0 += mchunk) {
-		size_t mc = M - m0 < mchunk ? M - m0 : mchunk;
-		for (size_t m = 0; m < mc; m++)
-			act_precompute(atype, Xq + (m0 + m) * xstride, nu, nbp, pp, m * nbp);
-		for (size_t r = r0; r < r1; r++) {
-			if (legacy)
-				decode_legacy(type, W + r * stride, nu, dp, 0);
-			else
-				decode_k(type, W + r * stride, nu, dp);
-			for (size_t m = 0; m < mc; m++) {
-				const uint8_t *a = Xq + (m0 + m) * xstride;
-				size_t o = m * nbp;
-				Y[(m0 + m) * ldy + r] =
-				    legacy ? avx2_legacy_dot(dp, nu, pp->q + 32 * o, pp->sy + o,
-				                               pp->dx + o, pp->sx + o)
-				           : avx2_k_dot(dp, nu, a, pp->dx + o);
-			}
-		}
-	}
+	simd_rows_driver(type, W, stride, K, Xq, xstride, M, Y, ldy, r0, r1, 0, avx2_legacy_dot,
+	                 avx2_k_dot, NULL, 0);
 }
 
 static simd_rows_fn simd_avx2_fn(uint32_t type)

@@ -23,6 +23,7 @@
 
 #include "err.h"
 #include "gguf.h"
+#include "quant-dequant.h"
 
 #if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VNNI__) &&               \
     defined(__AVX512VL__) && defined(__FMA__)
@@ -36,21 +37,6 @@
 #endif
 
 #define LANES 16
-
-static inline uint16_t u16_at(const uint8_t *p)
-{
-	return (uint16_t)(p[0] | (p[1] << 8));
-}
-
-static inline float fp16_at(const uint8_t *p)
-{
-	return quant_fp16_to_fp32(u16_at(p));
-}
-
-static inline uint32_t u32_at(const uint8_t *p)
-{
-	return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
-}
 
 /* ---- types ----------------------------------------------------------- */
 
@@ -221,7 +207,7 @@ int quant_dot_dequantize_row(uint32_t wtype, const void *xq, float *y, size_t K)
 		if (at == GGML_TYPE_Q8_K)
 			memcpy(&d, p, sizeof d);
 		else
-			d = fp16_at(p);
+			d = quant_fp16_at(p);
 		const int8_t *qs = (const int8_t *)(p + bytes - n - (at == GGML_TYPE_Q8_K ? 32 : 0));
 		for (size_t j = 0; j < n; j++)
 			y[j] = d * (float)qs[j];
@@ -246,7 +232,7 @@ static inline int dot32(const int8_t *q, const int8_t *a)
 static float unit_q8_0(const uint8_t *w, const uint8_t *a, float acc)
 {
 	int isum = dot32((const int8_t *)(w + 2), (const int8_t *)(a + 2));
-	return fmaf((float)isum, fp16_at(w) * fp16_at(a), acc);
+	return fmaf((float)isum, quant_fp16_at(w) * quant_fp16_at(a), acc);
 }
 
 /* Codes of the legacy 4/5-bit blocks in value order. */
@@ -260,7 +246,7 @@ static inline void codes_nibbles(const uint8_t *qs, int8_t *q, int offset)
 
 static inline void codes_fifth_bit(const uint8_t *qh, int8_t *q, int offset)
 {
-	uint32_t h = u32_at(qh);
+	uint32_t h = quant_u32_at(qh);
 	for (int j = 0; j < 32; j++)
 		q[j] = (int8_t)(q[j] + (int)((h >> j) & 1) * 16 - offset);
 }
@@ -270,7 +256,7 @@ static float unit_q4_0(const uint8_t *w, const uint8_t *a, float acc)
 	int8_t q[32];
 	codes_nibbles(w + offsetof(struct block_q4_0, qs), q, 8);
 	int isum = dot32(q, (const int8_t *)(a + 2));
-	return fmaf((float)isum, fp16_at(w) * fp16_at(a), acc);
+	return fmaf((float)isum, quant_fp16_at(w) * quant_fp16_at(a), acc);
 }
 
 static float unit_q5_0(const uint8_t *w, const uint8_t *a, float acc)
@@ -279,7 +265,7 @@ static float unit_q5_0(const uint8_t *w, const uint8_t *a, float acc)
 	codes_nibbles(w + offsetof(struct block_q5_0, qs), q, 0);
 	codes_fifth_bit(w + offsetof(struct block_q5_0, qh), q, 16);
 	int isum = dot32(q, (const int8_t *)(a + 2));
-	return fmaf((float)isum, fp16_at(w) * fp16_at(a), acc);
+	return fmaf((float)isum, quant_fp16_at(w) * quant_fp16_at(a), acc);
 }
 
 static float unit_q4_1(const uint8_t *w, const uint8_t *a, float acc)
@@ -287,8 +273,8 @@ static float unit_q4_1(const uint8_t *w, const uint8_t *a, float acc)
 	int8_t q[32];
 	codes_nibbles(w + offsetof(struct block_q4_1, qs), q, 0);
 	int isum = dot32(q, (const int8_t *)(a + offsetof(struct block_q8_1, qs)));
-	acc = fmaf((float)isum, fp16_at(w) * fp16_at(a), acc);
-	return fmaf(fp16_at(w + 2), fp16_at(a + 2), acc);
+	acc = fmaf((float)isum, quant_fp16_at(w) * quant_fp16_at(a), acc);
+	return fmaf(quant_fp16_at(w + 2), quant_fp16_at(a + 2), acc);
 }
 
 static float unit_q5_1(const uint8_t *w, const uint8_t *a, float acc)
@@ -297,8 +283,8 @@ static float unit_q5_1(const uint8_t *w, const uint8_t *a, float acc)
 	codes_nibbles(w + offsetof(struct block_q5_1, qs), q, 0);
 	codes_fifth_bit(w + offsetof(struct block_q5_1, qh), q, 0);
 	int isum = dot32(q, (const int8_t *)(a + offsetof(struct block_q8_1, qs)));
-	acc = fmaf((float)isum, fp16_at(w) * fp16_at(a), acc);
-	return fmaf(fp16_at(w + 2), fp16_at(a + 2), acc);
+	acc = fmaf((float)isum, quant_fp16_at(w) * quant_fp16_at(a), acc);
+	return fmaf(quant_fp16_at(w + 2), quant_fp16_at(a + 2), acc);
 }
 
 /* K-quants: codes q[256] in value order, nsub sub-blocks of 256 / nsub
@@ -323,7 +309,7 @@ static float kunit_combine(const struct kunit *u, const uint8_t *a, float acc)
 		isum += u->sc[s] * dot;
 	}
 	for (int j = 0; j < QK_K / 16; j++) {
-		int bs = (int16_t)u16_at(a + offsetof(struct block_q8_K, bsums) + 2 * j);
+		int bs = (int16_t)quant_u16_at(a + offsetof(struct block_q8_K, bsums) + 2 * j);
 		summs += bs * u->mn[j * u->nsub / 16];
 	}
 	acc = fmaf((float)isum, u->d * ad, acc);
@@ -337,8 +323,8 @@ static float unit_q2_K(const uint8_t *w, const uint8_t *a, float acc)
 	struct kunit u = {.nsub = 16, .has_min = 1};
 	const uint8_t *sc = w + offsetof(struct block_q2_K, scales);
 	const uint8_t *qs = w + offsetof(struct block_q2_K, qs);
-	u.d = fp16_at(w + offsetof(struct block_q2_K, d));
-	u.dmin = fp16_at(w + offsetof(struct block_q2_K, dmin));
+	u.d = quant_fp16_at(w + offsetof(struct block_q2_K, d));
+	u.dmin = quant_fp16_at(w + offsetof(struct block_q2_K, dmin));
 	for (int s = 0; s < 16; s++) {
 		u.sc[s] = sc[s] & 15;
 		u.mn[s] = sc[s] >> 4;
@@ -356,7 +342,7 @@ static float unit_q3_K(const uint8_t *w, const uint8_t *a, float acc)
 	const uint8_t *hm = w + offsetof(struct block_q3_K, hmask);
 	const uint8_t *qs = w + offsetof(struct block_q3_K, qs);
 	const uint8_t *sc = w + offsetof(struct block_q3_K, scales);
-	u.d = fp16_at(w + offsetof(struct block_q3_K, d));
+	u.d = quant_fp16_at(w + offsetof(struct block_q3_K, d));
 	for (int s = 0; s < 16; s++) {
 		int lo = s < 8 ? sc[s] & 15 : sc[s - 8] >> 4;
 		int hi = (sc[8 + s % 4] >> (2 * (s / 4))) & 3;
@@ -371,26 +357,15 @@ static float unit_q3_K(const uint8_t *w, const uint8_t *a, float acc)
 	return kunit_combine(&u, a, acc);
 }
 
-static inline void scale_min_k4(int j, const uint8_t *q, int *sc, int *m)
-{
-	if (j < 4) {
-		*sc = q[j] & 63;
-		*m = q[j + 4] & 63;
-	} else {
-		*sc = (q[j + 4] & 15) | (q[j - 4] >> 6) << 4;
-		*m = (q[j + 4] >> 4) | (q[j] >> 6) << 4;
-	}
-}
-
 static float unit_q4_K(const uint8_t *w, const uint8_t *a, float acc)
 {
 	struct kunit u = {.nsub = 8, .has_min = 1};
 	const uint8_t *sc = w + offsetof(struct block_q4_K, scales);
 	const uint8_t *qs = w + offsetof(struct block_q4_K, qs);
-	u.d = fp16_at(w + offsetof(struct block_q4_K, d));
-	u.dmin = fp16_at(w + offsetof(struct block_q4_K, dmin));
+	u.d = quant_fp16_at(w + offsetof(struct block_q4_K, d));
+	u.dmin = quant_fp16_at(w + offsetof(struct block_q4_K, dmin));
 	for (int s = 0; s < 8; s++) {
-		scale_min_k4(s, sc, &u.sc[s], &u.mn[s]);
+		quant_scale_min_k4(s, sc, &u.sc[s], &u.mn[s]);
 		const uint8_t *q = qs + 32 * (s / 2);
 		int shift = 4 * (s % 2);
 		for (int l = 0; l < 32; l++)
@@ -405,10 +380,10 @@ static float unit_q5_K(const uint8_t *w, const uint8_t *a, float acc)
 	const uint8_t *sc = w + offsetof(struct block_q5_K, scales);
 	const uint8_t *qh = w + offsetof(struct block_q5_K, qh);
 	const uint8_t *qs = w + offsetof(struct block_q5_K, qs);
-	u.d = fp16_at(w + offsetof(struct block_q5_K, d));
-	u.dmin = fp16_at(w + offsetof(struct block_q5_K, dmin));
+	u.d = quant_fp16_at(w + offsetof(struct block_q5_K, d));
+	u.dmin = quant_fp16_at(w + offsetof(struct block_q5_K, dmin));
 	for (int s = 0; s < 8; s++) {
-		scale_min_k4(s, sc, &u.sc[s], &u.mn[s]);
+		quant_scale_min_k4(s, sc, &u.sc[s], &u.mn[s]);
 		const uint8_t *q = qs + 32 * (s / 2);
 		int shift = 4 * (s % 2);
 		for (int l = 0; l < 32; l++)
@@ -424,7 +399,7 @@ static float unit_q6_K(const uint8_t *w, const uint8_t *a, float acc)
 	const uint8_t *ql = w + offsetof(struct block_q6_K, ql);
 	const uint8_t *qh = w + offsetof(struct block_q6_K, qh);
 	const uint8_t *sc = w + offsetof(struct block_q6_K, scales);
-	u.d = fp16_at(w + offsetof(struct block_q6_K, d));
+	u.d = quant_fp16_at(w + offsetof(struct block_q6_K, d));
 	for (int h = 0; h < 2; h++)
 		for (int k = 0; k < 4; k++)
 			for (int s = 0; s < 2; s++) {

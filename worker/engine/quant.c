@@ -63,11 +63,6 @@ static inline float bits_f32(uint32_t u)
 	return f;
 }
 
-static inline uint16_t load_u16(const uint8_t *p)
-{
-	return (uint16_t)(p[0] | (p[1] << 8));
-}
-
 float quant_fp16_to_fp32(uint16_t h)
 {
 	uint32_t sign = (uint32_t)(h & 0x8000u) << 16;
@@ -157,7 +152,7 @@ size_t quant_row_bytes(uint32_t type, size_t n)
 static inline void dequant_block_q8_0(const uint8_t *row, size_t b, float *out)
 {
 	const uint8_t *blk = row + b * sizeof(struct block_q8_0);
-	float d = quant_fp16_to_fp32(load_u16(blk));
+	float d = quant_fp16_to_fp32(quant_u16_at(blk));
 	for (int j = 0; j < QK8_0; j++)
 		out[j] = d * (float)(int8_t)blk[2 + j];
 }
@@ -165,7 +160,7 @@ static inline void dequant_block_q8_0(const uint8_t *row, size_t b, float *out)
 static inline void dequant_block_q4_0(const uint8_t *row, size_t b, float *out)
 {
 	const uint8_t *blk = row + b * sizeof(struct block_q4_0);
-	float d = quant_fp16_to_fp32(load_u16(blk));
+	float d = quant_fp16_to_fp32(quant_u16_at(blk));
 	for (int j = 0; j < QK4_0 / 2; j++) {
 		out[j] = d * (float)((blk[2 + j] & 15) - 8);
 		out[j + QK4_0 / 2] = d * (float)((blk[2 + j] >> 4) - 8);
@@ -190,11 +185,11 @@ int quant_dequant_row(uint32_t type, const void *src, float *dst, size_t n)
 			                              (const __m128i *)(s + 2 * i))));
 #endif
 		for (; i < n; i++)
-			dst[i] = quant_fp16_to_fp32(load_u16(s + 2 * i));
+			dst[i] = quant_fp16_to_fp32(quant_u16_at(s + 2 * i));
 		return 0;
 	case GGML_TYPE_BF16:
 		for (; i < n; i++)
-			dst[i] = bf16_to_fp32(load_u16(s + 2 * i));
+			dst[i] = bf16_to_fp32(quant_u16_at(s + 2 * i));
 		return 0;
 	case GGML_TYPE_Q8_0:
 		if (n % QK8_0)
@@ -397,11 +392,11 @@ static void scalar_decode_step(uint32_t type, const uint8_t *row, size_t K, size
 	case GGML_TYPE_F32: memcpy(w, row + 4 * k0, n * sizeof(float)); break;
 	case GGML_TYPE_F16:
 		for (size_t j = 0; j < n; j++)
-			w[j] = quant_fp16_to_fp32(load_u16(row + 2 * (k0 + j)));
+			w[j] = quant_fp16_to_fp32(quant_u16_at(row + 2 * (k0 + j)));
 		break;
 	case GGML_TYPE_BF16:
 		for (size_t j = 0; j < n; j++)
-			w[j] = bf16_to_fp32(load_u16(row + 2 * (k0 + j)));
+			w[j] = bf16_to_fp32(quant_u16_at(row + 2 * (k0 + j)));
 		break;
 	}
 	for (size_t j = n; j < 32; j++)
@@ -556,7 +551,7 @@ ALWAYS_INLINE void avx512_scales(uint32_t type, const uint8_t *row, size_t b0, s
 {
 	const size_t bs = type == GGML_TYPE_Q8_0 ? 34 : 18;
 	for (size_t j = 0; j < n; j++)
-		ds[j] = _cvtsh_ss(load_u16(row + (b0 + j) * bs));
+		ds[j] = _cvtsh_ss(quant_u16_at(row + (b0 + j) * bs));
 }
 
 /* The zero-padded last step of a float-like row whose K is not a multiple
@@ -784,9 +779,9 @@ ALWAYS_INLINE void avx512_fill_rows(uint32_t type, const uint8_t *W, size_t stri
 				else if (type == GGML_TYPE_F32)
 					memcpy(&t[i], src + 4 * i, sizeof(float));
 				else if (type == GGML_TYPE_F16)
-					t[i] = quant_fp16_to_fp32(load_u16(src + 2 * i));
+					t[i] = quant_fp16_to_fp32(quant_u16_at(src + 2 * i));
 				else
-					t[i] = bf16_to_fp32(load_u16(src + 2 * i));
+					t[i] = bf16_to_fp32(quant_u16_at(src + 2 * i));
 			}
 		}
 	}
@@ -1039,7 +1034,7 @@ static const size_t avx512_blocked_min_m[N_KERNEL_TYPES] = {6, 12, 12, 9, 9, 9};
 
 ALWAYS_INLINE __m256 avx2_bcast_fp16(const uint8_t *p)
 {
-	return _mm256_set1_ps(_cvtsh_ss(load_u16(p)));
+	return _mm256_set1_ps(_cvtsh_ss(quant_u16_at(p)));
 }
 
 /* Quarter c (8 floats) of step b of a row; d is the block's scale,
