@@ -32,19 +32,6 @@ static int gen_seed(void *out, const char *v, char *reason, size_t cap)
 	return 0;
 }
 
-/* --act-quant on|off: the engine's integer products on quantised weights
- * (engine_config.act_quant). */
-static int gen_act_quant(void *out, const char *v, char *reason, size_t cap)
-{
-	struct gen_opts *o = out;
-	if (strcmp(v, "on") && strcmp(v, "off")) {
-		snprintf(reason, cap, "expected on or off");
-		return -1;
-	}
-	o->act_quant_off = !strcmp(v, "off");
-	return 0;
-}
-
 static int gen_stop(void *out, const char *v, char *reason, size_t cap)
 {
 	struct gen_opts *o = out;
@@ -93,10 +80,8 @@ static const struct opt gen_opts_table[] = {
 	 gen_stop},
 	{"threads", 't', OPT_INT, "1", 1, 256, GEN_AT(threads), NULL,
 	 "compute threads (--local)"},
-	{"act-quant", 0, OPT_FN, NULL, 0, 0, 0, "on|off",
-	 "quantised weights: integer products on 8-bit activations as llama.cpp (--local; "
-	 "default on)",
-	 gen_act_quant},
+	{"act-quant", 0, OPT_SWITCH, "on", 0, 0, GEN_AT(act_quant), NULL,
+	 "quantised weights: integer products on 8-bit activations as llama.cpp (--local)"},
 	{"json", 0, OPT_FLAG, NULL, 0, 0, GEN_AT(json), NULL, "print one JSON object"},
 	CLUSTER_CONN_OPTS(struct gen_opts, co, "30000",
 			  "give up when the broker is silent this long"),

@@ -97,7 +97,7 @@ struct gen_opts {
 	const char *stops[CLI_MAX_STOPS];
 	int n_stops;
 	int threads;
-	bool act_quant_off; /* --act-quant off (--local): float activations */
+	bool act_quant;     /* --act-quant (--local): integer products on 8-bit activations */
 	bool json;
 	struct gen_technique tech;
 	struct cluster_opts co; /* --broker only */

@@ -184,7 +184,7 @@ void cpu_name(char *buf, size_t cap)
 struct engine_bench_opts {
 	const char *model;
 	long threads, n_prompt, n_gen, reps;
-	const char *act_quant;
+	bool act_quant;
 	bool json;
 };
 
@@ -198,7 +198,7 @@ static const struct opt engine_bench_opts_table[] = {
 	{"gen-tokens", 0, OPT_LONG, "64", 1, 65536, EB_AT(n_gen), NULL,
 	 "tokens decoded one at a time"},
 	{"reps", 0, OPT_LONG, "5", 1, 31, EB_AT(reps), "R", "runs; figures are their medians"},
-	{"act-quant", 0, OPT_STR, "on", 2, 3, EB_AT(act_quant), "on|off",
+	{"act-quant", 0, OPT_SWITCH, "on", 0, 0, EB_AT(act_quant), NULL,
 	 "quantised weights: integer products on 8-bit activations (engine_config.act_quant)"},
 	{"json", 0, OPT_FLAG, NULL, 0, 0, EB_AT(json), NULL, "print one JSON object"},
 };
@@ -227,10 +227,6 @@ static int bench_engine(int argc, char **argv)
 		fprintf(stderr, "itt bench engine: --local MODEL.gguf is required (see --help)\n");
 		return 2;
 	}
-	if (strcmp(bo.act_quant, "on") && strcmp(bo.act_quant, "off")) {
-		fprintf(stderr, "itt bench engine: --act-quant: expected on or off\n");
-		return 2;
-	}
 	const char *model = bo.model;
 	long threads = bo.threads, n_prompt = bo.n_prompt, n_gen = bo.n_gen, reps = bo.reps;
 
@@ -242,7 +238,7 @@ static int bench_engine(int argc, char **argv)
 	c.n_threads = (int)threads;
 	c.max_rows = (uint32_t)n_prompt;
 	c.kv_bytes = 0; /* one sequence of the full context */
-	c.act_quant = !strcmp(bo.act_quant, "on");
+	c.act_quant = bo.act_quant;
 	if (engine_open(&c, &e, &err) < 0) {
 		fprintf(stderr, "itt bench engine: %s: %s\n", itt_strerror(err.code), err.msg);
 		return 1;

@@ -270,7 +270,7 @@ int cmd_generate_local(struct gen_opts *o)
 	bool two = (o->tech.scale > 0 && (o->tech.heads || o->tech.head_set ||
 	                                  o->tech.negative_prompt)) ||
 	           o->tech.compare;
-	if (open_engine(o->local, o->threads, two ? 2 : 1, !o->act_quant_off, &e))
+	if (open_engine(o->local, o->threads, two ? 2 : 1, o->act_quant, &e))
 		return 1;
 	const struct model *m = e->model;
 	uint32_t V = m->hp.vocab, ctx = m->hp.ctx_len, L = m->hp.n_layers;

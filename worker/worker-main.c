@@ -36,7 +36,7 @@ struct worker_opts {
 	long batch_wait_us;
 	double kv_mb;
 	const char *kv_type;
-	const char *act_quant;
+	bool act_quant;
 	long max_waiting;
 	long prefix_cache;
 	long heartbeat_ms;
@@ -80,7 +80,7 @@ static const struct opt worker_opts_table[] = {
      "element type of the KV cache: f32 or f16 (half the memory)"},
     {"max-waiting", 0, OPT_LONG, "64", 0, 65536, WORKER_OFF(max_waiting), NULL,
      "OPENs waiting for KV memory at most; further ones get OVERLOADED"},
-    {"act-quant", 0, OPT_STR, "on", 0, WORKER_STR_MAX, WORKER_OFF(act_quant), "on|off",
+    {"act-quant", 0, OPT_SWITCH, "on", 0, 0, WORKER_OFF(act_quant), NULL,
      "quantised weights: integer products on 8-bit activations, as llama.cpp"},
     {"prefix-cache", 0, OPT_LONG, "1", 0, 1, WORKER_OFF(prefix_cache), NULL,
      "share the KV blocks of common prompt prefixes (0: off)"},
@@ -228,10 +228,6 @@ int main(int argc, char **argv)
 		        w.broker);
 		return 2;
 	}
-	if (strcmp(w.act_quant, "on") && strcmp(w.act_quant, "off")) {
-		fprintf(stderr, "itt-worker: --act-quant %s: expected on or off\n", w.act_quant);
-		return 2;
-	}
 	int kv_type = kv_type_parse(w.kv_type);
 	if (kv_type < 0) {
 		fprintf(stderr, "itt-worker: --kv-type %s: expected f32 or f16\n", w.kv_type);
@@ -269,7 +265,7 @@ int main(int argc, char **argv)
 	    .kv_type = (enum kv_type)kv_type,
 	    .max_waiting = (uint32_t)w.max_waiting,
 	    .prefix_cache = w.prefix_cache != 0,
-	    .act_quant_off = !strcmp(w.act_quant, "off"),
+	    .act_quant_off = !w.act_quant,
 	    .slow_ms = (uint32_t)w.slow_ms,
 	    .batch_wait_us = (uint32_t)w.batch_wait_us,
 	    .chat_template = w.chat_template,

@@ -107,6 +107,13 @@ static int opts_set(const struct opt *o, void *out, const char *v, char *reason,
 		*(int *)(void *)p = l;
 		return 0;
 	}
+	case OPT_SWITCH:
+		if (strcmp(v, "on") && strcmp(v, "off")) {
+			snprintf(reason, cap, "expected on or off");
+			return -1;
+		}
+		*(bool *)(void *)p = !strcmp(v, "on");
+		return 0;
 	case OPT_FN:
 		if (!o->fn) {
 			snprintf(reason, cap, "no parser for this option");
@@ -242,6 +249,7 @@ static const char *opts_arg_name(const struct opt *o)
 	case OPT_DOUBLE:
 	case OPT_FLOAT: return "N";
 	case OPT_LEVEL: return "LEVEL";
+	case OPT_SWITCH: return "on|off";
 	default: return "S";
 	}
 }
@@ -307,6 +315,7 @@ void opts_print(const struct opt_spec *spec, const void *in, FILE *f)
 		}
 		case OPT_BUF: fprintf(f, "%s = %s\n", o->name, p); break;
 		case OPT_LEVEL: fprintf(f, "%s = %s\n", o->name, log_level_name(*(const int *)(const void *)p)); break;
+		case OPT_SWITCH: fprintf(f, "%s = %s\n", o->name, *(const bool *)(const void *)p ? "on" : "off"); break;
 		case OPT_FN: fprintf(f, "%s = (custom)\n", o->name); break;
 		}
 	}

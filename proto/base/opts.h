@@ -21,7 +21,8 @@
  * - Bounds: OPT_INT and OPT_LONG take [lo, hi]; OPT_DOUBLE and OPT_FLOAT
  *   take [lo, hi], or (lo, hi] with OPT_LO_OPEN, and must be finite; OPT_STR
  *   and OPT_BUF strings are lo..hi bytes long (OPT_BUF copies into a char
- *   array of hi + 1 bytes).  OPT_FN calls the row's function with the value
+ *   array of hi + 1 bytes).  OPT_SWITCH takes on or off into a bool.
+ *   OPT_FN calls the row's function with the value
  *   (repeatable options, lists, custom syntax); it returns 0, or -1 after
  *   writing the reason. */
 #ifndef ITT_OPTS_H
@@ -40,6 +41,7 @@ enum opt_type {
 	OPT_STR,    /* const char *, pointing into argv (or the default) */
 	OPT_BUF,    /* char[hi + 1], copied */
 	OPT_LEVEL,  /* int: a log level name (error, warn, info, debug) or 0..3 */
+	OPT_SWITCH, /* bool: on or off */
 	OPT_FN,     /* the row's fn parses the value */
 };
 
